@@ -1,0 +1,74 @@
+"""Azure Functions entry points (Python v2 programming model).
+
+`ingest`: one Event Hub-triggered function, cardinality many. Thin by design: decode the
+batch, hand it to the pipeline, log one structured line. Any exception propagates so the
+host retries the batch (retry policy below); the pipeline makes retries harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from typing import Any
+
+import azure.functions as func
+
+from txmetrics.core.catalog import load_catalog
+from txmetrics.core.events import InboundEvent
+from txmetrics.runtime import get_pipeline
+from txmetrics.settings import BUNDLED_CATALOG
+
+# Refuse a bad metric catalog at start-up (file, key and fix in the message), not mid-stream.
+load_catalog(os.environ.get("METRIC_CATALOG", "").strip() or BUNDLED_CATALOG)
+
+app = func.FunctionApp()
+log = logging.getLogger("txmetrics.ingest")
+
+
+def partition_id_of(events: list[func.EventHubEvent]) -> str:
+    """PartitionContext.PartitionId from the batch's trigger metadata, as the host sends it."""
+    if not events:
+        return "unknown"
+    metadata = events[0].metadata or {}
+    context: Any = metadata.get("PartitionContext")
+    if isinstance(context, str | bytes):
+        try:
+            context = json.loads(context)
+        except ValueError:
+            context = None
+    if isinstance(context, dict):
+        pid = context.get("PartitionId", context.get("partitionId"))
+        if pid is not None:
+            return str(pid)
+    log.warning("trigger metadata has no PartitionContext.PartitionId; using 'unknown'")
+    return "unknown"
+
+
+def to_inbound(events: list[func.EventHubEvent], partition_id: str) -> list[InboundEvent]:
+    inbound = []
+    for index, event in enumerate(events):
+        seq = event.sequence_number
+        if seq is None:  # never from the real host; keeps hand-made batches processable
+            seq = int(event.offset) if event.offset is not None else index
+        enqueued: datetime | None = event.enqueued_time
+        offset = int(event.offset) if event.offset is not None else None
+        inbound.append(InboundEvent(body=event.get_body(), partition_id=partition_id, sequence_number=int(seq),
+                                    offset=offset, enqueued_at=enqueued))
+    return inbound
+
+
+# Exponential backoff, bounded: 8 retries from 2 s up to 5 min (about 10 minutes in all).
+# While retrying, the host writes no checkpoint, so the partition waits rather than skips;
+# past the bound the batch's checkpoint moves on and only the (idempotent) redelivery on
+# restart or rebalance can bring it back - see docs/ingest.md, "Failures and retries".
+@app.retry(strategy="exponential_backoff", max_retry_count="8",
+           minimum_interval="00:00:02", maximum_interval="00:05:00")
+@app.event_hub_message_trigger(arg_name="events", event_hub_name="%EVENTHUB_NAME%",
+                               connection="EventHubConnection", consumer_group="%EVENTHUB_CONSUMER_GROUP%",
+                               cardinality=func.Cardinality.MANY, data_type="binary")
+def ingest(events: list[func.EventHubEvent]) -> None:
+    partition_id = partition_id_of(events)
+    report = get_pipeline().process(partition_id, to_inbound(events, partition_id))
+    log.info("batch %s", json.dumps(report.log_fields(), sort_keys=True))

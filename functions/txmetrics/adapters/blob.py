@@ -1,0 +1,73 @@
+"""Blob Storage adapter for the raw archive: upload (overwrite), download, list, delete."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    name: str
+    size: int
+    last_modified: datetime
+    tier: str | None
+
+
+def service_client(connection_string: str | None = None, account_url: str | None = None) -> BlobServiceClient:
+    """From a connection string (local, tests) or an account URL + managed identity (Azure)."""
+    if connection_string:
+        return BlobServiceClient.from_connection_string(connection_string, max_single_put_size=256 * 1024 * 1024)
+    if account_url:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential(managed_identity_client_id=os.environ.get("AZURE_CLIENT_ID"))
+        return BlobServiceClient(account_url, credential=credential, max_single_put_size=256 * 1024 * 1024)
+    raise ValueError("set AZURE_STORAGE_CONNECTION_STRING (local) or AZURE_STORAGE_ACCOUNT_URL (Azure)")
+
+
+class BlobArchive:
+    def __init__(self, service: BlobServiceClient, container: str) -> None:
+        self.service = service
+        self.container_name = container
+        self.container: ContainerClient = service.get_container_client(container)
+        self._container_checked = False
+
+    def ensure_container(self) -> None:
+        if self._container_checked:
+            return
+        try:
+            self.container.create_container()
+        except ResourceExistsError:
+            pass
+        self._container_checked = True
+
+    def upload(self, path: str, data: bytes) -> None:
+        """Idempotent: the same path is overwritten, so a retry never adds a file."""
+        self.ensure_container()
+        try:
+            self.container.upload_blob(path, data, overwrite=True)
+        except ResourceNotFoundError:
+            # container deleted behind our back (e.g. emulator restarted in memory): recreate once
+            self._container_checked = False
+            self.ensure_container()
+            self.container.upload_blob(path, data, overwrite=True)
+
+    def download(self, path: str) -> bytes:
+        return bytes(self.container.download_blob(path).readall())
+
+    def delete(self, path: str) -> None:
+        try:
+            self.container.delete_blob(path)
+        except ResourceNotFoundError:
+            pass
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        for b in self.container.list_blobs(name_starts_with=prefix or None):
+            yield BlobInfo(name=b.name, size=int(b.size), last_modified=b.last_modified,
+                           tier=str(b.blob_tier) if b.blob_tier else None)

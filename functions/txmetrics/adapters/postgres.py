@@ -1,0 +1,271 @@
+"""PostgreSQL adapter: one transaction per batch, exactly-once by construction.
+
+Within one transaction a batch
+1. claims its events in the `ingested_events` ledger (INSERT .. ON CONFLICT DO NOTHING
+   RETURNING): only events whose ledger row is really inserted go further, so a
+   redelivered event, in this batch or another, adds nothing anywhere;
+2. records the batch's raw files in the manifest, their bytes in the outbox;
+3. inserts the new events' metric rows into dynamic_metrics;
+4. merges their histograms into aggregate_histograms, keys in sorted order (every writer
+   locks rows in the same order, so concurrent partitions cannot deadlock), the merge
+   itself done in SQL;
+5. records bad events in failed_items (ON CONFLICT DO NOTHING on their item key).
+After the commit the caller uploads the files and marks them uploaded (outbox pattern).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import psycopg
+from psycopg import sql
+
+from ..core.events import PaymentEvent, Rejection
+from ..core.metrics import AggregateRow, MetricRows
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
+RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+@dataclass(frozen=True, slots=True)
+class RawFile:
+    id: int
+    path: str
+    partition_id: str
+    event_date: date
+    seq_min: int
+    seq_max: int
+    occurred_min_us: int
+    occurred_max_us: int
+    row_count: int
+    content: bytes
+
+
+def _us_to_dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
+
+
+def _dt_to_us(dt: datetime) -> int:
+    delta = dt - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _pg_array(values: Sequence[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+class PostgresStore:
+    """Holds one connection, reused across invocations and reopened when it breaks."""
+
+    def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg.Connection | None = None
+        self._known_days: set[date] = set()
+
+    def connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            self._conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout,
+                                         application_name="txmetrics")
+            self._known_days.clear()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    # ------------------------------------------------------------------ partitions
+    def ensure_day_partitions(self, days: set[date]) -> None:
+        """Create the day partitions a batch needs, in their own short transaction, so that
+        the batch transaction never holds the parent's exclusive lock."""
+        missing = sorted(days - self._known_days)
+        if not missing:
+            return
+        conn = self.connection()
+        with conn.transaction():
+            for table in PARTITIONED_TABLES:
+                for first, last in _runs(missing):
+                    conn.execute("SELECT txm_ensure_day_partitions(%s::regclass, %s, %s)", (table, first, last))
+        self._known_days.update(missing)
+
+    # ------------------------------------------------------------------ batch
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[BatchTransaction]:
+        conn = self.connection()
+        try:
+            with conn.transaction():
+                yield BatchTransaction(conn)
+        except psycopg.OperationalError:
+            self.close()
+            raise
+
+    def run_batch(self, work: object, attempts: int = 3) -> object:
+        """Run `work(tx)` in a batch transaction, retrying deadlocks / serialization failures."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.batch() as tx:
+                    return work(tx)  # type: ignore[operator]
+            except psycopg.errors.Error as exc:
+                if exc.sqlstate in RETRYABLE_SQLSTATES and attempt < attempts:
+                    time.sleep(0.05 * attempt)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ outbox
+    def pending_files(self, partition_id: str | None) -> list[tuple[int, str, bytes]]:
+        conn = self.connection()
+        with conn.transaction():
+            rows = conn.execute(
+                """SELECT f.id, f.path, o.content FROM raw_file_outbox o JOIN raw_files f ON f.id = o.raw_file_id
+                    WHERE (%(p)s::text IS NULL OR f.partition_id = %(p)s) ORDER BY f.id""",
+                {"p": partition_id}).fetchall()
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def mark_uploaded(self, file_ids: Sequence[int]) -> None:
+        if not file_ids:
+            return
+        conn = self.connection()
+        with conn.transaction():
+            conn.execute("UPDATE raw_files SET state = 'uploaded', uploaded_at = now() "
+                         "WHERE id = ANY(%s) AND state = 'pending'", (list(file_ids),))
+            conn.execute("DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%s)", (list(file_ids),))
+
+
+def _runs(days: list[date]) -> Iterator[tuple[date, date]]:
+    start = prev = days[0]
+    for d in days[1:]:
+        if (d - prev).days != 1:
+            yield start, prev
+            start = d
+        prev = d
+    yield start, prev
+
+
+class BatchTransaction:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def allocate_file_ids(self, n: int) -> list[int]:
+        if n == 0:
+            return []
+        rows = self.conn.execute("SELECT nextval('raw_files_id_seq') FROM generate_series(1, %s)", (n,)).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def claim_events(self, events: Sequence[PaymentEvent], file_ids: Sequence[int]) -> set[tuple[str, int]]:
+        """Insert ledger rows; return the (event_id, occurred_us) keys really inserted."""
+        if not events:
+            return set()
+        order = sorted(range(len(events)), key=lambda i: (events[i].event_id, events[i].occurred_us))
+        cur = self.conn.execute(
+            """INSERT INTO ingested_events (event_id, occurred_at, partition_id, sequence_number, raw_file_id)
+               SELECT e, timestamptz 'epoch' + us * interval '1 microsecond', p, s, f
+                 FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[]) AS u(e, us, p, s, f)
+               ON CONFLICT DO NOTHING
+               RETURNING event_id, occurred_at""",
+            ([events[i].event_id for i in order], [events[i].occurred_us for i in order],
+             [events[i].partition_id for i in order], [events[i].sequence_number for i in order],
+             [file_ids[i] for i in order]))
+        return {(str(r[0]), _dt_to_us(r[1])) for r in cur.fetchall()}
+
+    def taken_paths(self, paths: Sequence[str]) -> set[str]:
+        if not paths:
+            return set()
+        rows = self.conn.execute("SELECT path FROM raw_files WHERE path = ANY(%s)", (list(paths),)).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def record_files(self, files: Sequence[RawFile], container: str) -> None:
+        for f in files:
+            self.conn.execute(
+                """INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max,
+                                          occurred_min, occurred_max, row_count, byte_size, state)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')""",
+                (f.id, f.path, container, f.partition_id, f.event_date, f.seq_min, f.seq_max,
+                 _us_to_dt(f.occurred_min_us), _us_to_dt(f.occurred_max_us), f.row_count, len(f.content)))
+            self.conn.execute("INSERT INTO raw_file_outbox (raw_file_id, content) VALUES (%s, %s)",
+                              (f.id, f.content))
+
+    def insert_metrics(self, rows: MetricRows) -> int:
+        if not len(rows):
+            return 0
+        order = sorted(range(len(rows)), key=lambda i: (rows.event_id[i], rows.metric_name[i], rows.occurred_us[i]))
+
+        def col(values: list) -> list:  # type: ignore[type-arg]
+            return [values[i] for i in order]
+
+        cur = self.conn.execute(
+            """INSERT INTO dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method,
+                                            status, currency, country, event_type, dimensions)
+               SELECT e, m, v, timestamptz 'epoch' + us * interval '1 microsecond', mi, pm, st, cu, co, et, d::jsonb
+                 FROM unnest(%s::text[], %s::text[], %s::float8[], %s::bigint[], %s::text[], %s::text[], %s::text[],
+                             %s::text[], %s::text[], %s::text[], %s::text[])
+                      AS u(e, m, v, us, mi, pm, st, cu, co, et, d)
+               ON CONFLICT DO NOTHING""",
+            (col(rows.event_id), col(rows.metric_name), col(rows.value), col(rows.occurred_us), col(rows.merchant_id),
+             col(rows.payment_method), col(rows.status), col(rows.currency), col(rows.country), col(rows.event_type),
+             col(rows.dimensions)))
+        return cur.rowcount
+
+    def merge_aggregates(self, aggregates: Sequence[AggregateRow], scale: int) -> int:
+        if not aggregates:
+            return 0
+        a = aggregates
+        cur = self.conn.execute(
+            """INSERT INTO aggregate_histograms AS h (metric_name, window_seconds, window_start, dimensions, count, sum,
+                                                     min, max, zero_count, scale, pos_offset, pos_counts,
+                                                     neg_offset, neg_counts)
+               SELECT m, w, timestamptz 'epoch' + us * interval '1 microsecond', d::jsonb, c, s::numeric, lo, hi, z,
+                      %s, po, pc::bigint[], no, nc::bigint[]
+                 FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::bigint[], %s::float8[],
+                             %s::float8[], %s::float8[], %s::bigint[], %s::int[], %s::text[], %s::int[], %s::text[])
+                      AS u(m, w, us, d, c, s, lo, hi, z, po, pc, no, nc)
+                ORDER BY m, w, us, d::jsonb
+               ON CONFLICT (metric_name, window_seconds, window_start, dimensions) DO UPDATE SET
+                   count = h.count + excluded.count,
+                   sum = h.sum + excluded.sum,
+                   min = least(h.min, excluded.min),
+                   max = greatest(h.max, excluded.max),
+                   zero_count = h.zero_count + excluded.zero_count,
+                   pos_counts = txm_hist_merge_counts(h.pos_offset, h.pos_counts, excluded.pos_offset, excluded.pos_counts),
+                   pos_offset = txm_hist_merge_offset(h.pos_offset, excluded.pos_offset),
+                   neg_counts = txm_hist_merge_counts(h.neg_offset, h.neg_counts, excluded.neg_offset, excluded.neg_counts),
+                   neg_offset = txm_hist_merge_offset(h.neg_offset, excluded.neg_offset),
+                   updated_at = now()
+                WHERE h.scale = excluded.scale""",
+            (scale, [r.metric_name for r in a], [r.window_seconds for r in a], [r.window_start_us for r in a],
+             [r.dimensions for r in a], [r.count for r in a], [r.sum for r in a], [r.min for r in a],
+             [r.max for r in a], [r.zero_count for r in a], [r.pos_offset for r in a],
+             [_pg_array(r.pos_counts) if r.pos_offset is not None else None for r in a],
+             [r.neg_offset for r in a],
+             [_pg_array(r.neg_counts) if r.neg_offset is not None else None for r in a]))
+        if cur.rowcount != len(a):
+            raise RuntimeError(f"aggregate merge touched {cur.rowcount} of {len(a)} rows: a histogram with another "
+                               "scale is stored under the same key; migrate the stored rows before changing SCALE")
+        return cur.rowcount
+
+    def record_failures(self, rejections: Sequence[Rejection]) -> int:
+        if not rejections:
+            return 0
+        r = sorted(rejections, key=lambda x: x.item_key)
+        cur = self.conn.execute(
+            """INSERT INTO failed_items (item_key, partition_id, sequence_number, enqueued_at, event_id, error_code,
+                                         detail, payload, payload_truncated)
+               SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[],
+                                    %s::text[], %s::text[], %s::bool[])
+               ON CONFLICT (item_key) DO NOTHING""",
+            ([x.item_key for x in r], [x.partition_id for x in r], [x.sequence_number for x in r],
+             [x.enqueued_at for x in r], [x.event_id for x in r], [x.error_code for x in r], [x.detail for x in r],
+             [x.payload for x in r], [x.payload_truncated for x in r]))
+        return cur.rowcount
+
+
+def identifier(name: str) -> sql.Identifier:
+    return sql.Identifier(name)

@@ -1,0 +1,227 @@
+"""The metric catalog: which metrics to extract from each event, and by which dimensions
+to aggregate them (contract section 5). Adding a metric is an edit of the YAML file.
+
+Format (keys beyond the contract's are optional)::
+
+    metrics:
+      - name: amount          # metric_name in the tables: [a-z][a-z0-9_]*
+        kind: value           # value: a number read from `source`
+        source: amount        # dotted path into the event, e.g. attributes.risk_score
+        by: [currency]        # dimensions every set of this metric includes
+      - name: approved
+        kind: flag            # flag: 1 when the condition holds, else 0
+        when: {field: status, equals: approved}   # or in: [...], not_equals: x, exists: true
+    dimension_sets: [[], [payment_method], [merchant_id]]
+    window_seconds: [300]     # aggregate windows; 300 is the 5-minute window
+
+A bad catalog is refused at start-up with `CatalogError` naming file, key and fix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_KINDS = ("value", "flag")
+_CONDITIONS = ("equals", "not_equals", "in", "exists")
+_TOP_KEYS = {"metrics", "dimension_sets", "window_seconds", "version", "description"}
+_METRIC_KEYS = {"name", "kind", "source", "when", "by", "description"}
+# Dimensions stored as columns of dynamic_metrics; any other dimension goes to its jsonb column.
+COLUMN_DIMENSIONS = ("merchant_id", "payment_method", "status", "currency", "country", "event_type")
+
+
+class CatalogError(ValueError):
+    """The catalog file is invalid; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    field: str
+    op: str
+    operand: Any
+
+    def holds(self, document: dict[str, Any]) -> bool:
+        value = lookup(document, self.field)
+        if self.op == "exists":
+            return (value is not None) == bool(self.operand)
+        if self.op == "equals":
+            return bool(value == self.operand)
+        if self.op == "not_equals":
+            return bool(value != self.operand)
+        return value in self.operand
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    kind: str
+    source: str | None
+    when: Condition | None
+    by: tuple[str, ...]
+
+    def extract(self, document: dict[str, Any]) -> float | None:
+        """The metric's value for one event, or None when the event has no such value."""
+        if self.kind == "flag":
+            assert self.when is not None
+            return 1.0 if self.when.holds(document) else 0.0
+        assert self.source is not None
+        value = lookup(document, self.source)
+        if isinstance(value, bool) or value is None:
+            return None
+        if isinstance(value, int | float | Decimal):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(Decimal(value.strip()))
+            except ArithmeticError:
+                return None
+        else:
+            return None
+        if number != number or number in (float("inf"), float("-inf")):
+            return None
+        return number
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    path: str
+    metrics: tuple[Metric, ...]
+    dimension_sets: tuple[tuple[str, ...], ...]
+    window_seconds: tuple[int, ...]
+
+    def sets_for(self, metric: Metric) -> tuple[tuple[str, ...], ...]:
+        """The dimension sets of one metric: each catalog set plus the metric's own `by`."""
+        seen: dict[tuple[str, ...], None] = {}
+        for dims in self.dimension_sets:
+            merged = tuple(sorted(set(dims) | set(metric.by)))
+            seen.setdefault(merged, None)
+        return tuple(seen)
+
+    @property
+    def dimension_fields(self) -> tuple[str, ...]:
+        fields: dict[str, None] = {}
+        for dims in self.dimension_sets:
+            for d in dims:
+                fields.setdefault(d, None)
+        for m in self.metrics:
+            for d in m.by:
+                fields.setdefault(d, None)
+        return tuple(fields)
+
+    @property
+    def extra_dimension_fields(self) -> tuple[str, ...]:
+        return tuple(d for d in self.dimension_fields if d not in COLUMN_DIMENSIONS)
+
+
+def lookup(document: dict[str, Any], path: str) -> Any:
+    node: Any = document
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the metric catalog ({exc.strerror}); "
+                           "fix: point METRIC_CATALOG at an existing YAML file") from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML ({exc}); fix: correct the YAML syntax") from None
+    return parse_catalog(raw, path)
+
+
+def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
+    def fail(key: str, reason: str, fix: str) -> CatalogError:
+        return CatalogError(f"{path}: {key}: {reason}; fix: {fix}")
+
+    if not isinstance(raw, dict):
+        raise fail("(top level)", "the catalog must be a mapping", "start the file with 'metrics:' and 'dimension_sets:'")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise fail(sorted(unknown)[0], "unknown key", f"use only {', '.join(sorted(_TOP_KEYS))}")
+    metrics_raw = raw.get("metrics")
+    if not isinstance(metrics_raw, list) or not metrics_raw:
+        raise fail("metrics", "must be a non-empty list", "list at least one metric with name and kind")
+    metrics: list[Metric] = []
+    names: set[str] = set()
+    for i, m in enumerate(metrics_raw):
+        key = f"metrics[{i}]"
+        if not isinstance(m, dict):
+            raise fail(key, "must be a mapping", "give each metric 'name' and 'kind'")
+        unknown = set(m) - _METRIC_KEYS
+        if unknown:
+            raise fail(f"{key}.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(_METRIC_KEYS))}")
+        name = m.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise fail(f"{key}.name", f"{name!r} is not a valid metric name",
+                       "use lower case letters, digits and underscores, starting with a letter")
+        if name in names:
+            raise fail(f"{key}.name", f"metric {name!r} is defined twice", "give each metric a unique name")
+        names.add(name)
+        kind = m.get("kind")
+        if kind not in _KINDS:
+            raise fail(f"{key}.kind", f"{kind!r} is not a metric kind", f"use one of {', '.join(_KINDS)}")
+        source = m.get("source")
+        when: Condition | None = None
+        if kind == "value":
+            if not isinstance(source, str) or not _PATH.match(source):
+                raise fail(f"{key}.source", f"{source!r} is not a dotted field path",
+                           "name the event field to read, e.g. amount or attributes.risk_score")
+            if "when" in m:
+                raise fail(f"{key}.when", "a value metric takes no condition", "remove 'when' or use kind: flag")
+        else:
+            if source is not None:
+                raise fail(f"{key}.source", "a flag metric reads no source", "remove 'source' or use kind: value")
+            when = _parse_condition(m.get("when"), f"{key}.when", fail)
+        by = m.get("by", [])
+        if not isinstance(by, list) or not all(isinstance(d, str) and _PATH.match(d) for d in by):
+            raise fail(f"{key}.by", f"{by!r} is not a list of field paths", "write e.g. by: [currency]")
+        metrics.append(Metric(name=name, kind=kind, source=source, when=when, by=tuple(by)))
+
+    sets_raw = raw.get("dimension_sets", [[]])
+    if not isinstance(sets_raw, list) or not sets_raw:
+        raise fail("dimension_sets", "must be a non-empty list of lists", "write e.g. dimension_sets: [[], [payment_method]]")
+    sets: list[tuple[str, ...]] = []
+    for i, s in enumerate(sets_raw):
+        if not isinstance(s, list) or not all(isinstance(d, str) and _PATH.match(d) for d in s):
+            raise fail(f"dimension_sets[{i}]", f"{s!r} is not a list of field paths", "write e.g. [merchant_id, status]")
+        if len(set(s)) != len(s):
+            raise fail(f"dimension_sets[{i}]", "names a dimension twice", "list each dimension once")
+        if len(s) > 4:
+            raise fail(f"dimension_sets[{i}]", "has more than 4 dimensions", "split it: each set multiplies aggregate rows")
+        sets.append(tuple(s))
+
+    windows_raw = raw.get("window_seconds", [300])
+    if not isinstance(windows_raw, list) or not windows_raw or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0 and 86400 % w == 0 for w in windows_raw):
+        raise fail("window_seconds", f"{windows_raw!r} is not a list of window lengths dividing a day",
+                   "use e.g. [300] (5 minutes)")
+    return Catalog(path=path, metrics=tuple(metrics), dimension_sets=tuple(sets),
+                   window_seconds=tuple(sorted(set(windows_raw))))
+
+
+def _parse_condition(raw: Any, key: str, fail: Any) -> Condition:
+    if not isinstance(raw, dict) or not isinstance(raw.get("field"), str) or not _PATH.match(raw["field"]):
+        raise fail(key, "a flag metric needs a condition with a 'field'", "write e.g. when: {field: status, equals: approved}")
+    ops = [op for op in raw if op != "field"]
+    if len(ops) != 1 or ops[0] not in _CONDITIONS:
+        raise fail(key, f"needs exactly one of {', '.join(_CONDITIONS)}, got {ops}", "write e.g. equals: approved")
+    op = ops[0]
+    operand = raw[op]
+    if op == "in" and not isinstance(operand, list):
+        raise fail(f"{key}.in", "must be a list", "write e.g. in: [approved, pending]")
+    if op == "exists" and not isinstance(operand, bool):
+        raise fail(f"{key}.exists", "must be true or false", "write exists: true")
+    return Condition(field=raw["field"], op=op, operand=tuple(operand) if op == "in" else operand)

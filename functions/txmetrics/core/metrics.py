@@ -1,0 +1,191 @@
+"""Metric extraction and windowed aggregation for a batch of (new) events. No I/O.
+
+`extract_metrics` gives the rows of dynamic_metrics, column by column;
+`aggregate` folds those rows into one histogram row per
+(metric, window, dimension values), ready to be merged into aggregate_histograms.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import histogram
+from .catalog import COLUMN_DIMENSIONS, Catalog, lookup
+from .events import PaymentEvent
+from .naming import window_start_us
+
+
+@dataclass
+class MetricRows:
+    """Columns of dynamic_metrics rows (one entry per (event, metric))."""
+
+    event_id: list[str] = field(default_factory=list)
+    metric_name: list[str] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    occurred_us: list[int] = field(default_factory=list)
+    merchant_id: list[str] = field(default_factory=list)
+    payment_method: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    currency: list[str] = field(default_factory=list)
+    country: list[str | None] = field(default_factory=list)
+    event_type: list[str | None] = field(default_factory=list)
+    dimensions: list[str | None] = field(default_factory=list)   # extra catalog dimensions, JSON
+    # index of the metric in the catalog and of the event in the batch, for aggregation
+    metric_index: list[int] = field(default_factory=list)
+    event_index: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateRow:
+    metric_name: str
+    window_seconds: int
+    window_start_us: int
+    dimensions: str                 # canonical JSON object text
+    count: int
+    sum: float
+    min: float
+    max: float
+    zero_count: int
+    pos_offset: int | None
+    pos_counts: tuple[int, ...]
+    neg_offset: int | None
+    neg_counts: tuple[int, ...]
+
+    @property
+    def key(self) -> tuple[str, int, int, str]:
+        return (self.metric_name, self.window_seconds, self.window_start_us, self.dimensions)
+
+
+def dimension_value(event: PaymentEvent, name: str) -> Any:
+    if name in COLUMN_DIMENSIONS:
+        return getattr(event, name)
+    value = lookup(event.document, name)
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, default=str)
+    if value is not None and not isinstance(value, str | bool | int):
+        return str(value)   # Decimal and friends: keep the exact text
+    return value
+
+
+def extract_metrics(events: Sequence[PaymentEvent], catalog: Catalog) -> MetricRows:
+    rows = MetricRows()
+    extra = catalog.extra_dimension_fields
+    for ei, ev in enumerate(events):
+        extra_json = None
+        if extra:
+            extra_json = json.dumps({d: dimension_value(ev, d) for d in extra}, sort_keys=True, separators=(",", ":"))
+        for mi, metric in enumerate(catalog.metrics):
+            value = metric.extract(ev.document)
+            if value is None:
+                continue
+            rows.event_id.append(ev.event_id)
+            rows.metric_name.append(metric.name)
+            rows.value.append(value)
+            rows.occurred_us.append(ev.occurred_us)
+            rows.merchant_id.append(ev.merchant_id)
+            rows.payment_method.append(ev.payment_method)
+            rows.status.append(ev.status)
+            rows.currency.append(ev.currency)
+            rows.country.append(ev.country)
+            rows.event_type.append(ev.event_type)
+            rows.dimensions.append(extra_json)
+            rows.metric_index.append(mi)
+            rows.event_index.append(ei)
+    return rows
+
+
+def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog) -> list[AggregateRow]:
+    """One histogram row per (metric, window, dimension values), sorted by key."""
+    if not len(rows):
+        return []
+    group_of: dict[tuple[str, int, int, str], int] = {}
+    group_idx: list[int] = []
+    row_idx: list[int] = []
+    sets_per_metric = [catalog.sets_for(m) for m in catalog.metrics]
+    dim_cache: dict[tuple[int, tuple[str, ...]], str] = {}
+    for r in range(len(rows)):
+        mi = rows.metric_index[r]
+        ei = rows.event_index[r]
+        name = rows.metric_name[r]
+        occurred = rows.occurred_us[r]
+        for dims in sets_per_metric[mi]:
+            ck = (ei, dims)
+            dims_json = dim_cache.get(ck)
+            if dims_json is None:
+                ev = events[ei]
+                dims_json = json.dumps({d: dimension_value(ev, d) for d in dims}, sort_keys=True,
+                                       separators=(",", ":"))
+                dim_cache[ck] = dims_json
+            for w in catalog.window_seconds:
+                key = (name, w, window_start_us(occurred, w), dims_json)
+                g = group_of.get(key)
+                if g is None:
+                    g = len(group_of)
+                    group_of[key] = g
+                group_idx.append(g)
+                row_idx.append(r)
+    return _fold(list(group_of), np.asarray(group_idx, dtype=np.int64),
+                 np.asarray(rows.value, dtype=np.float64)[np.asarray(row_idx, dtype=np.int64)])
+
+
+def _fold(keys: list[tuple[str, int, int, str]], groups: np.ndarray, values: np.ndarray) -> list[AggregateRow]:
+    n = len(keys)
+    counts = np.bincount(groups, minlength=n)
+    mins = np.full(n, np.inf)
+    maxs = np.full(n, -np.inf)
+    np.minimum.at(mins, groups, values)
+    np.maximum.at(maxs, groups, values)
+    # Sums per group, exactly rounded (math.fsum semantics) via sorting by group.
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    sorted_values = values[order]
+    bounds = np.searchsorted(sorted_groups, np.arange(n + 1))
+    mags = np.abs(values)
+    zero = mags < histogram.ZERO_THRESHOLD
+    zero_counts = np.bincount(groups[zero], minlength=n)
+    pos = _dense_per_group(groups[(~zero) & (values > 0)], mags[(~zero) & (values > 0)], n)
+    neg = _dense_per_group(groups[(~zero) & (values < 0)], mags[(~zero) & (values < 0)], n)
+    import math
+
+    out = []
+    for g, key in enumerate(keys):
+        seg = sorted_values[bounds[g]:bounds[g + 1]]
+        out.append(AggregateRow(
+            metric_name=key[0], window_seconds=key[1], window_start_us=key[2], dimensions=key[3],
+            count=int(counts[g]), sum=math.fsum(seg.tolist()), min=float(mins[g]), max=float(maxs[g]),
+            zero_count=int(zero_counts[g]),
+            pos_offset=pos[g][0], pos_counts=pos[g][1], neg_offset=neg[g][0], neg_counts=neg[g][1],
+        ))
+    out.sort(key=lambda a: a.key)
+    return out
+
+
+def _dense_per_group(groups: np.ndarray, mags: np.ndarray, n: int) -> list[tuple[int | None, tuple[int, ...]]]:
+    result: list[tuple[int | None, tuple[int, ...]]] = [(None, ())] * n
+    if groups.size == 0:
+        return result
+    keys = histogram.bucket_keys(mags)
+    span = histogram.KEY_MAX - histogram.KEY_MIN + 1
+    combined = groups * span + (keys - histogram.KEY_MIN)
+    uniq, cnt = np.unique(combined, return_counts=True)
+    ug = uniq // span
+    uk = uniq % span + histogram.KEY_MIN
+    bounds = np.searchsorted(ug, np.arange(n + 1))
+    for g in range(n):
+        lo, hi = bounds[g], bounds[g + 1]
+        if lo == hi:
+            continue
+        k = uk[lo:hi]
+        first = int(k[0])
+        dense = np.zeros(int(k[-1]) - first + 1, dtype=np.int64)
+        dense[k - first] = cnt[lo:hi]
+        result[g] = (first, tuple(dense.tolist()))
+    return result

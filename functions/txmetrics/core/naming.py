@@ -1,0 +1,46 @@
+"""Deterministic names and time buckets: raw-archive paths and aggregate windows."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+
+RAW_PREFIX = "raw_events"
+_SAFE = re.compile(r"[^A-Za-z0-9_.=-]")
+
+
+def date_folder(day: date) -> str:
+    """``raw_events/yyyy=2026/mm=03/dd=07`` (hive-style, zero-padded, UTC date)."""
+    return f"{RAW_PREFIX}/yyyy={day.year:04d}/mm={day.month:02d}/dd={day.day:02d}"
+
+
+def raw_file_path(partition_id: str, first_sequence_number: int, day: date, attempt: int = 0) -> str:
+    """Path of the Parquet file holding one trigger batch's events of one UTC date.
+
+    Deterministic from (partition, first sequence number, date), so a retried batch
+    overwrites its file rather than adding one. `attempt` > 0 only disambiguates the
+    impossible-in-Event-Hubs case of two different event sets claiming the same first
+    sequence number on the same partition and date (a producer reusing sequence numbers).
+    """
+    part = _SAFE.sub("_", partition_id) or "_"
+    suffix = f"-{attempt}" if attempt else ""
+    return (f"{date_folder(day)}/part-{part}-seq-{first_sequence_number:020d}-"
+            f"{day:%Y%m%d}{suffix}.parquet")
+
+
+def compacted_file_path(day: date, generation: str, index: int) -> str:
+    return f"{date_folder(day)}/compacted-{day:%Y%m%d}-{generation}-{index:04d}.parquet"
+
+
+def window_start_us(occurred_us: int, window_seconds: int) -> int:
+    """Start (epoch microseconds) of the window holding a timestamp."""
+    width = window_seconds * 1_000_000
+    return occurred_us - occurred_us % width
+
+
+def us_to_datetime(us: int) -> datetime:
+    return datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
+
+
+def utc_day(us: int) -> date:
+    return us_to_datetime(us).date()

@@ -1,0 +1,200 @@
+"""The ingest path: one trigger batch in, durable effects out (contract sections 2-4).
+
+`Pipeline.process` returns normally only when the batch's valid events are in the raw
+archive, dynamic_metrics and aggregate_histograms, and its bad events in failed_items.
+It raises when PostgreSQL or Blob Storage fails, so that the host retries the batch;
+a retry (or any redelivery, however the batch is re-cut) has the effect of one delivery.
+
+Order of effects (the transactional-outbox pattern):
+  1. finish uploads a crashed earlier attempt on this partition left behind;
+  2. one PostgreSQL transaction: claim events in the ledger, manifest + Parquet bytes in
+     the outbox, metric rows, histogram merges, failed items; commit;
+  3. upload the Parquet files (overwrite), then mark them uploaded and empty the outbox.
+A crash before 2 commits leaves nothing; after 2, the next attempt finishes step 3 from
+the outbox. Blobs are written only for committed files, so no orphan or duplicate file
+can appear, even when the redelivered batch is longer or shorter than the first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from .adapters import parquet
+from .adapters.blob import BlobArchive, service_client
+from .adapters.postgres import BatchTransaction, PostgresStore, RawFile
+from .core import histogram
+from .core.catalog import Catalog, load_catalog
+from .core.events import InboundEvent, PaymentEvent, Rejection, parse_event
+from .core.metrics import aggregate, extract_metrics
+from .core.naming import raw_file_path, utc_day
+from .settings import Settings
+
+# Test hook: called with a step name at each crash-relevant point ("before_commit",
+# "after_commit", "after_upload"). Production code never sets it.
+CrashHook = Callable[[str], None]
+
+
+@dataclass
+class BatchReport:
+    partition_id: str
+    received: int = 0
+    valid: int = 0
+    new_events: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    failed_new: int = 0
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+    metric_rows: int = 0
+    aggregate_rows: int = 0
+    files: list[tuple[str, int]] = field(default_factory=list)   # (path, bytes)
+    seq_min: int | None = None
+    seq_max: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition_id, "seq_min": self.seq_min, "seq_max": self.seq_max,
+            "received": self.received, "processed": self.valid, "new": self.new_events,
+            "duplicates": self.duplicates, "failed": self.failed, "failed_by_code": self.failed_by_code,
+            "metric_rows": self.metric_rows, "aggregate_rows": self.aggregate_rows,
+            "files": len(self.files), "bytes": sum(b for _, b in self.files),
+            "ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+class _Timer:
+    def __init__(self, report: BatchReport) -> None:
+        self.report = report
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.report.timings_ms[name] = self.report.timings_ms.get(name, 0.0) + (now - self.t) * 1000
+        self.t = now
+
+
+class Pipeline:
+    def __init__(self, store: PostgresStore, archive: BlobArchive, catalog: Catalog,
+                 crash_hook: CrashHook | None = None) -> None:
+        self.store = store
+        self.archive = archive
+        self.catalog = catalog
+        self.crash_hook = crash_hook
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        catalog = load_catalog(settings.metric_catalog)
+        store = PostgresStore(settings.database_url)
+        archive = BlobArchive(service_client(settings.storage_connection_string, settings.storage_account_url),
+                              settings.raw_events_container)
+        return cls(store, archive, catalog)
+
+    def _crash_point(self, name: str) -> None:
+        if self.crash_hook is not None:
+            self.crash_hook(name)
+
+    def flush_outbox(self, partition_id: str | None) -> int:
+        """Upload files committed but not yet confirmed in Blob Storage. Idempotent."""
+        pending = self.store.pending_files(partition_id)
+        for _, path, content in pending:
+            self.archive.upload(path, content)
+        self.store.mark_uploaded([fid for fid, _, _ in pending])
+        return len(pending)
+
+    def process(self, partition_id: str, inbound: Sequence[InboundEvent]) -> BatchReport:
+        report = BatchReport(partition_id=partition_id, received=len(inbound))
+        if inbound:
+            seqs = [e.sequence_number for e in inbound]
+            report.seq_min, report.seq_max = min(seqs), max(seqs)
+        timer = _Timer(report)
+
+        self.flush_outbox(partition_id)
+        timer.lap("flush_outbox")
+
+        valid: list[PaymentEvent] = []
+        rejections: list[Rejection] = []
+        seen: set[tuple[str, int]] = set()
+        for item in inbound:
+            parsed = parse_event(item)
+            if isinstance(parsed, Rejection):
+                rejections.append(parsed)
+                report.failed_by_code[parsed.error_code] = report.failed_by_code.get(parsed.error_code, 0) + 1
+            else:
+                report.valid += 1
+                key = (parsed.event_id, parsed.occurred_us)
+                if key in seen:          # the same event twice in one batch counts once
+                    continue
+                seen.add(key)
+                valid.append(parsed)
+        report.failed = len(rejections)
+        timer.lap("decode_validate")
+
+        by_day: dict[date, list[PaymentEvent]] = {}
+        for ev in valid:
+            by_day.setdefault(utc_day(ev.occurred_us), []).append(ev)
+        self.store.ensure_day_partitions(set(by_day))
+        timer.lap("partitions")
+
+        uploads: list[RawFile] = []
+
+        def work(tx: BatchTransaction) -> None:
+            uploads.clear()
+            days = sorted(by_day)
+            ids = dict(zip(days, tx.allocate_file_ids(len(days)), strict=True))
+            claimed = tx.claim_events(valid, [ids[utc_day(ev.occurred_us)] for ev in valid])
+            new = [ev for ev in valid if (ev.event_id, ev.occurred_us) in claimed]
+            report.new_events = len(new)
+            report.duplicates = report.valid - len(new)
+            timer.lap("claim")
+            files = self._build_files(tx, new, ids)
+            report.files = [(f.path, len(f.content)) for f in files]
+            timer.lap("parquet_encode")
+            tx.record_files(files, self.archive.container_name)
+            rows = extract_metrics(new, self.catalog)
+            report.metric_rows = tx.insert_metrics(rows)
+            timer.lap("metrics_write")
+            aggs = aggregate(new, rows, self.catalog)
+            report.aggregate_rows = tx.merge_aggregates(aggs, histogram.SCALE)
+            timer.lap("aggregate_merge")
+            report.failed_new = tx.record_failures(rejections)
+            self._crash_point("before_commit")
+            uploads.extend(files)
+
+        self.store.run_batch(work)
+        timer.lap("commit")
+        self._crash_point("after_commit")
+
+        for f in uploads:
+            self.archive.upload(f.path, f.content)
+        timer.lap("upload")
+        self._crash_point("after_upload")
+        self.store.mark_uploaded([f.id for f in uploads])
+        timer.lap("mark_uploaded")
+        return report
+
+    def _build_files(self, tx: BatchTransaction, new: list[PaymentEvent], ids: dict[date, int]) -> list[RawFile]:
+        groups: dict[date, list[PaymentEvent]] = {}
+        for ev in new:
+            groups.setdefault(utc_day(ev.occurred_us), []).append(ev)
+        files = []
+        for day in sorted(groups):
+            events = groups[day]
+            first = min(ev.sequence_number for ev in events)
+            partition_id = events[0].partition_id
+            path = raw_file_path(partition_id, first, day)
+            attempt = 0
+            while tx.taken_paths([path]):
+                attempt += 1
+                path = raw_file_path(partition_id, first, day, attempt)
+            content = parquet.encode(parquet.events_table(events))
+            files.append(RawFile(
+                id=ids[day], path=path, partition_id=partition_id, event_date=day,
+                seq_min=first, seq_max=max(ev.sequence_number for ev in events),
+                occurred_min_us=min(ev.occurred_us for ev in events),
+                occurred_max_us=max(ev.occurred_us for ev in events),
+                row_count=len(events), content=content))
+        return files

@@ -1,0 +1,49 @@
+"""Build Event Hubs trigger batches exactly as the Functions host hands them to Python:
+a `collection_bytes` datum plus `SystemPropertiesArray` and `PartitionContext` trigger
+metadata, decoded by azure-functions' own EventHubTriggerConverter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import azure.functions as func
+from azure.functions.eventhub import EventHubTriggerConverter
+from azure.functions.meta import Datum
+
+
+def encode_body(event: dict[str, Any] | bytes | str) -> bytes:
+    if isinstance(event, bytes):
+        return event
+    if isinstance(event, str):
+        return event.encode()
+    return json.dumps(event).encode()
+
+
+def make_batch(bodies: Sequence[dict[str, Any] | bytes | str], *, partition_id: str = "0", first_sequence: int = 0,
+               enqueued_at: datetime | None = None, hub: str = "transactions",
+               sequence_numbers: Sequence[int] | None = None,
+               enqueued_times: Sequence[datetime] | None = None) -> list[func.EventHubEvent]:
+    start = enqueued_at or datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    raw = [encode_body(b) for b in bodies]
+    seqs = list(sequence_numbers) if sequence_numbers is not None else [first_sequence + i for i in range(len(raw))]
+    props = [{
+        "SequenceNumber": seq,
+        "Offset": seq * 512,
+        "EnqueuedTimeUtc": (enqueued_times[i] if enqueued_times is not None else start + timedelta(milliseconds=i))
+        .strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "PartitionKey": None,
+    } for i, seq in enumerate(seqs)]
+    datum = Datum(type="collection_bytes", value=SimpleNamespace(bytes=raw))
+    metadata = {
+        "SystemPropertiesArray": Datum(type="json", value=json.dumps(props)),
+        "PartitionContext": Datum(type="json", value=json.dumps({
+            "ConsumerGroup": "$Default", "EventHubName": hub,
+            "FullyQualifiedNamespace": "local.servicebus.windows.net", "PartitionId": partition_id})),
+    }
+    events = EventHubTriggerConverter.decode(datum, trigger_metadata=metadata)
+    assert isinstance(events, list)
+    return events

