@@ -1,0 +1,171 @@
+"""`make run`: synthetic payment events through the real function, against local services.
+
+Generates events, shapes them into Event Hubs trigger batches per partition (decoded by
+azure-functions' own EventHubTriggerConverter), runs the partitions in parallel worker
+processes through `function_app.ingest`, and ends with a summary read back from the
+tables and the archive.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS_DIR = ROOT / "functions"
+
+
+@dataclass
+class RunConfig:
+    events: int = 50_000
+    days: float = 1.0
+    seed: int = 7
+    partitions: int = 4
+    batch_size: int = 1000
+    bad_rate: float = 0.03
+    start: datetime = field(default_factory=lambda: datetime(2026, 3, 1, tzinfo=UTC))
+
+
+def load_function() -> Any:
+    """The user function of function_app.ingest, as the Functions host would call it."""
+    if str(FUNCTIONS_DIR) not in sys.path:
+        sys.path.insert(0, str(FUNCTIONS_DIR))
+    import function_app
+
+    for f in function_app.app.get_functions():
+        if f.get_function_name() == "ingest":
+            return f.get_user_function()
+    raise RuntimeError("function_app defines no 'ingest' function")
+
+
+def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[bytes, int, datetime]]],
+            progress: Any) -> dict[str, Any]:
+    os.environ.update(env)
+    import logging
+
+    logging.getLogger("txmetrics.ingest").setLevel(logging.WARNING)
+    from localdev.eventhub import make_batch
+
+    fn = load_function()
+    latencies = []
+    for batch in batches:
+        events = make_batch([b for b, _, _ in batch], partition_id=partition_id,
+                            sequence_numbers=[s for _, s, _ in batch], enqueued_times=[t for _, _, t in batch])
+        t0 = time.perf_counter()
+        fn(events)
+        latencies.append(time.perf_counter() - t0)
+        progress.put(len(batch))
+    # Counts are read back from the database at the end; the worker reports only timings.
+    return {"partition": partition_id, "latencies": latencies}
+
+
+def run(config: RunConfig, env: dict[str, str], *, console: Any = None) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from localdev.synth import Generator, batches
+
+    console = console or Console()
+    gen = Generator(seed=config.seed, partitions=config.partitions, bad_rate=config.bad_rate, start=config.start,
+                    days=config.days)
+    t_gen = time.perf_counter()
+    events = list(gen.events(config.events))
+    per_partition = batches(events, config.batch_size)
+    gen_seconds = time.perf_counter() - t_gen
+    expected_bad = Counter(e.bad_kind for e in events if e.bad_kind)
+    console.print(f"Generated {len(events):,} events ({sum(expected_bad.values()):,} bad, "
+                  f"{sum(e.has_card_number for e in events):,} carrying card numbers) over {config.days:g} day(s) "
+                  f"in {gen_seconds:.1f} s; {config.partitions} partitions, batches of {config.batch_size}.")
+
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    progress_q = manager.Queue()
+    t0 = time.perf_counter()
+    with ctx.Pool(processes=len(per_partition)) as pool, Progress(
+            TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("ingest", total=len(events), rate="")
+        results = [pool.apply_async(_worker, (env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b]
+                                                       for b in bl], progress_q))
+                   for p, bl in per_partition.items()]
+        done = 0
+        while not all(r.ready() for r in results) or not progress_q.empty():
+            while not progress_q.empty():
+                done += progress_q.get()
+            elapsed = time.perf_counter() - t0
+            progress.update(task, completed=done, rate=f"{done / elapsed:,.0f} events/s" if elapsed > 0 else "")
+            time.sleep(0.1)
+        worker_results = [r.get() for r in results]
+    seconds = time.perf_counter() - t0
+    manager.shutdown()
+    latencies = sorted(x for r in worker_results for x in r["latencies"])
+    return {"events": len(events), "seconds": seconds, "events_per_second": len(events) / seconds,
+            "batches": len(latencies), "batch_p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0,
+            "batch_p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else 0,
+            "expected_bad": dict(expected_bad)}
+
+
+def summary(database_url: str, container: str, connection_string: str, result: dict[str, Any],
+            config: RunConfig, console: Any) -> dict[str, Any]:
+    import psycopg
+    from rich.table import Table
+
+    from txmetrics import kpi
+    from txmetrics.adapters.blob import BlobArchive, service_client
+
+    with psycopg.connect(database_url) as conn:
+        failed = dict(conn.execute("SELECT error_code, count(*) FROM failed_items GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        events_ok = conn.execute("SELECT count(*) FROM ingested_events").fetchone()[0]  # type: ignore[index]
+        metric_rows = conn.execute("SELECT count(*) FROM dynamic_metrics").fetchone()[0]  # type: ignore[index]
+        agg_rows = conn.execute("SELECT count(*) FROM aggregate_histograms").fetchone()[0]  # type: ignore[index]
+        files, file_bytes = conn.execute("SELECT count(*), coalesce(sum(byte_size), 0)::bigint FROM raw_files "
+                                         "WHERE state = 'uploaded'").fetchone()  # type: ignore[misc]
+        db_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
+        start = config.start
+        end = start + timedelta(days=config.days) + timedelta(days=1)
+        volume = kpi.query(conn, metric="approved", start=start, end=end, group_by=["payment_method"])
+        proc = {r.dimensions["payment_method"]: r for r in
+                kpi.query(conn, metric="processing_ms", start=start, end=end, group_by=["payment_method"])}
+        amounts = kpi.query(conn, metric="amount", start=start, end=end, group_by=["payment_method", "currency"])
+    archive = BlobArchive(service_client(connection_string), container)
+    blobs = list(archive.list("raw_events/"))
+
+    console.print()
+    console.print(f"[bold]Ingested {result['events']:,} events in {result['seconds']:.1f} s = "
+                  f"{result['events_per_second']:,.0f} events/s[/bold] "
+                  f"(batch latency p50 {result['batch_p50_ms']:.0f} ms, p99 {result['batch_p99_ms']:.0f} ms)")
+    console.print(f"  received {result['events']:,}; processed (valid, unique) {events_ok:,}; "
+                  f"failed {sum(failed.values()):,}: " + ", ".join(f"{k} {v}" for k, v in failed.items()))
+    console.print(f"  raw archive: {files:,} Parquet files, {file_bytes / 1e6:.2f} MB in container '{container}' "
+                  f"({len(blobs):,} blobs under raw_events/); {file_bytes / max(events_ok, 1):.0f} bytes/event")
+    console.print(f"  PostgreSQL: {metric_rows:,} dynamic_metrics rows, {agg_rows:,} aggregate_histograms rows, "
+                  f"database {db_bytes / 1e6:.1f} MB")
+
+    t = Table(title="KPIs by payment method (from aggregate_histograms, merged across all 5-minute windows)")
+    for col in ("method", "transactions", "approval rate", "processing p50 ms", "p95 ms", "p99 ms"):
+        t.add_column(col, justify="right" if col != "method" else "left")
+    for r in volume:
+        m = r.dimensions["payment_method"]
+        p = proc.get(m)
+        t.add_row(m, f"{r.count:,}", f"{r.rate:.1%}", *(f"{p.quantiles[q]:.0f}" if p else "-" for q in (0.5, 0.95, 0.99)))
+    console.print(t)
+    t2 = Table(title="Amount by payment method and currency (p50/p95/p99 within 0.54%)")
+    for col in ("method", "currency", "count", "sum", "p50", "p95", "p99"):
+        t2.add_column(col, justify="right" if col not in ("method", "currency") else "left")
+    for r in amounts:
+        t2.add_row(r.dimensions["payment_method"], r.dimensions["currency"], f"{r.count:,}", f"{r.sum:,.2f}",
+                   *(f"{r.quantiles[q]:,.2f}" for q in (0.5, 0.95, 0.99)))
+    console.print(t2)
+    console.print("Where to look next:")
+    console.print(f"  psql {database_url}  -- SELECT * FROM payment_metrics_5m ORDER BY window_start LIMIT 20;")
+    console.print("  SELECT error_code, detail FROM failed_items;  txmetrics --help for queries, KPIs and replay")
+    console.print("  docs/ingest.md for the write path, README.md for operations")
+    return {"failed": failed, "processed": events_ok, "files": files, "file_bytes": file_bytes,
+            "metric_rows": metric_rows, "aggregate_rows": agg_rows, "db_bytes": db_bytes}

@@ -1,0 +1,82 @@
+"""The emulators are real, and the database's constraints do real work."""
+
+from __future__ import annotations
+
+import io
+
+import psycopg
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from azure.storage.blob import BlobServiceClient
+from pyarrow import fs
+
+from localdev.services import AZURITE_ACCOUNT, AZURITE_KEY, LocalServices
+
+
+def test_parquet_uploaded_with_the_sdk_reads_back_through_pyarrow_azure_filesystem(
+        services: LocalServices, container_name: str) -> None:
+    client = BlobServiceClient.from_connection_string(services.storage_connection_string)
+    client.create_container(container_name)
+    for day, ids in (("01", [1, 2]), ("02", [3])):
+        sink = io.BytesIO()
+        pq.write_table(pa.table({"event_id": [f"e{i}" for i in ids], "amount": [i * 1.5 for i in ids]}), sink)
+        client.get_blob_client(container_name, f"raw_events/yyyy=2026/mm=03/dd={day}/f.parquet").upload_blob(
+            sink.getvalue())
+    endpoint = services.storage_connection_string.split("BlobEndpoint=http://")[1].split("/")[0]
+    azfs = fs.AzureFileSystem(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY,
+                              blob_storage_authority=endpoint, blob_storage_scheme="http",
+                              dfs_storage_authority=endpoint, dfs_storage_scheme="http")
+    partitioning = ds.partitioning(pa.schema([("yyyy", pa.int16()), ("mm", pa.int8()), ("dd", pa.int8())]),
+                                   flavor="hive")
+    table = ds.dataset(f"{container_name}/raw_events", filesystem=azfs, format="parquet",
+                       partitioning=partitioning).to_table().sort_by("event_id")
+    assert table.column("event_id").to_pylist() == ["e1", "e2", "e3"]
+    assert table.column("dd").to_pylist() == [1, 1, 2]
+    assert table.column("amount").to_pylist() == [1.5, 3.0, 4.5]
+
+
+def _metric(conn: psycopg.Connection, **overrides: object) -> None:
+    row = {"event_id": "e1", "metric_name": "amount", "value": 1.0, "occurred_at": "2026-03-01T00:00:00Z",
+           "merchant_id": "m", "payment_method": "card", "status": "approved", "currency": "USD"}
+    row.update(overrides)
+    conn.execute("SELECT txm_ensure_day_partitions('dynamic_metrics', '2026-03-01', '2026-03-01')")
+    cols = ", ".join(row)
+    conn.execute(f"INSERT INTO dynamic_metrics ({cols}) VALUES ({', '.join(['%s'] * len(row))})", list(row.values()))
+
+
+def test_duplicate_metric_row_is_refused_by_the_database(db: psycopg.Connection) -> None:
+    _metric(db)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        _metric(db, value=2.0)
+    assert db.execute("SELECT count(*), min(value) FROM dynamic_metrics").fetchone() == (1, 1.0)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"status": "maybe"}, {"currency": "usd"}, {"value": float("nan")}, {"value": float("inf")},
+    {"event_id": ""}, {"event_id": "x" * 129}, {"metric_name": "Bad-Name"}, {"merchant_id": ""},
+])
+def test_values_that_can_never_be_valid_are_refused_in_dynamic_metrics(db: psycopg.Connection,
+                                                                       overrides: dict[str, object]) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation):
+        _metric(db, **overrides)
+
+
+@pytest.mark.parametrize("column, value", [("count", -1), ("zero_count", -2), ("window_start", "2026-03-01T00:01:00Z"),
+                                           ("dimensions", "[1]")])
+def test_impossible_aggregates_are_refused(db: psycopg.Connection, column: str, value: object) -> None:
+    row: dict[str, object] = {"metric_name": "amount", "window_seconds": 300, "window_start": "2026-03-01T00:00:00Z",
+                              "dimensions": "{}", "count": 1, "sum": 1, "min": 1, "max": 1}
+    row[column] = value
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(f"INSERT INTO aggregate_histograms ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})",
+                   list(row.values()))
+
+
+def test_failed_items_dedupe_key_is_unique(db: psycopg.Connection) -> None:
+    insert = ("INSERT INTO failed_items (item_key, partition_id, error_code, detail, payload) "
+              "VALUES ('k', '0', 'body_not_json', 'd', 'p')")
+    db.execute(insert)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        db.execute(insert)
