@@ -163,7 +163,7 @@ def _peek_event_id(body: bytes) -> str | None:
     if isinstance(doc, dict):
         value = doc.get("event_id")
         if isinstance(value, str) and 0 < len(value) <= MAX_EVENT_ID:
-            return mask_text(value)
+            return mask_text(value.replace("\x00", "\ufffd"))
     return None
 
 
@@ -179,6 +179,8 @@ def _text(doc: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TE
         raise _Invalid(f"invalid_{name}", f"'{name}' must not be empty")
     if len(value) > limit:
         raise _Invalid(f"invalid_{name}", f"'{name}' is {len(value)} characters; at most {limit} are allowed")
+    if "\x00" in value:
+        raise _Invalid(f"invalid_{name}", f"'{name}' contains a NUL character")
     return value
 
 

@@ -69,9 +69,11 @@ def dimension_value(event: PaymentEvent, name: str) -> Any:
         return getattr(event, name)
     value = lookup(event.document, name)
     if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, default=str)
-    if value is not None and not isinstance(value, str | bool | int):
-        return str(value)   # Decimal and friends: keep the exact text
+        value = json.dumps(value, sort_keys=True, default=str)
+    elif value is not None and not isinstance(value, str | bool | int):
+        value = str(value)   # Decimal and friends: keep the exact text
+    if isinstance(value, str) and "\x00" in value:
+        value = value.replace("\x00", "\ufffd")   # jsonb cannot hold NUL
     return value
 
 

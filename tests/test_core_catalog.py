@@ -1,0 +1,77 @@
+"""The metric catalog: bundled content, extraction, and refusal of bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from txmetrics.core.catalog import CatalogError, load_catalog, parse_catalog
+from txmetrics.settings import BUNDLED_CATALOG
+
+
+def test_the_bundled_catalog_has_the_contract_metrics_and_never_mixes_currencies() -> None:
+    cat = load_catalog(BUNDLED_CATALOG)
+    names = {m.name for m in cat.metrics}
+    assert {"amount", "processing_ms", "approved"} <= names
+    amount = next(m for m in cat.metrics if m.name == "amount")
+    assert all("currency" in dims for dims in cat.sets_for(amount))
+    assert cat.window_seconds == (300,)
+    assert () in cat.dimension_sets
+
+
+def test_value_and_flag_extraction() -> None:
+    cat = parse_catalog({"metrics": [
+        {"name": "risk", "kind": "value", "source": "attributes.risk_score"},
+        {"name": "big", "kind": "flag", "when": {"field": "status", "in": ["approved", "pending"]}},
+        {"name": "has_country", "kind": "flag", "when": {"field": "country", "exists": True}},
+    ], "dimension_sets": [[]]})
+    risk, big, has_country = cat.metrics
+    assert risk.extract({"attributes": {"risk_score": 0.25}}) == 0.25
+    assert risk.extract({"attributes": {"risk_score": "0.5"}}) == 0.5
+    assert risk.extract({"attributes": {}}) is None
+    assert risk.extract({"attributes": {"risk_score": True}}) is None
+    assert risk.extract({"attributes": {"risk_score": "high"}}) is None
+    assert risk.extract({"attributes": "flat"}) is None
+    assert big.extract({"status": "pending"}) == 1.0 and big.extract({"status": "declined"}) == 0.0
+    assert has_country.extract({"country": "DE"}) == 1.0 and has_country.extract({}) == 0.0
+
+
+BAD = [
+    ({"metrics": []}, "metrics", "non-empty"),
+    ({"metrics": [{"name": "Amount", "kind": "value", "source": "amount"}]}, "metrics[0].name", "lower case"),
+    ({"metrics": [{"name": "a", "kind": "valu", "source": "amount"}]}, "metrics[0].kind", "value, flag"),
+    ({"metrics": [{"name": "a", "kind": "value"}]}, "metrics[0].source", "dotted field path"),
+    ({"metrics": [{"name": "a", "kind": "flag"}]}, "metrics[0].when", "field"),
+    ({"metrics": [{"name": "a", "kind": "flag", "when": {"field": "s", "like": "x"}}]}, "metrics[0].when", "equals"),
+    ({"metrics": [{"name": "a", "kind": "value", "source": "amount", "sorce": "x"}]}, "metrics[0].sorce",
+     "unknown key"),
+    ({"metrics": [{"name": "a", "kind": "value", "source": "x"}, {"name": "a", "kind": "value", "source": "y"}]},
+     "metrics[1].name", "twice"),
+    ({"metrics": [{"name": "a", "kind": "value", "source": "x"}], "dimension_sets": [["a", "a"]]},
+     "dimension_sets[0]", "twice"),
+    ({"metrics": [{"name": "a", "kind": "value", "source": "x"}], "window_seconds": [7]}, "window_seconds", "day"),
+    ({"metrics": [{"name": "a", "kind": "value", "source": "x"}], "metric": []}, "metric", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("raw, key, reason", BAD)
+def test_a_bad_catalog_is_refused_with_file_key_and_fix(raw: dict, key: str, reason: str, tmp_path: Path) -> None:
+    import yaml
+
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}: ")
+    assert reason in message and "fix:" in message
+
+
+def test_unreadable_or_broken_yaml_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_catalog(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("metrics: [\n")
+    with pytest.raises(CatalogError, match="not valid YAML"):
+        load_catalog(broken)

@@ -1,0 +1,109 @@
+"""Validation and normalisation of payment events (contract section 1). No I/O."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
+
+
+def valid(**overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": "e-1", "transaction_id": "t-1", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m-1",
+        "amount": "12.30", "currency": "USD", "payment_method": "card", "status": "approved",
+    }
+    for k, v in overrides.items():
+        if v is ...:
+            event.pop(k, None)
+        else:
+            event[k] = v
+    return event
+
+
+def parse(body: dict[str, Any] | bytes) -> PaymentEvent | Rejection:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_event(InboundEvent(body=raw, partition_id="3", sequence_number=42))
+
+
+def test_a_valid_event_is_normalised() -> None:
+    ev = parse(valid(occurred_at="2026-03-01T05:30:00.123456+05:30", amount=12.30, processing_ms=87,
+                     country="DE", extra_field={"kept": True}))
+    assert isinstance(ev, PaymentEvent)
+    assert ev.occurred_at.isoformat() == "2026-03-01T00:00:00.123456+00:00"
+    assert ev.amount == Decimal("12.30") and isinstance(ev.amount, Decimal)
+    assert ev.processing_ms == 87 and ev.country == "DE"
+    assert json.loads(ev.payload)["extra_field"] == {"kept": True}
+    assert (ev.partition_id, ev.sequence_number) == ("3", 42)
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"\xff\xfe{}", "body_not_utf8"),
+    (b"{not json", "body_not_json"),
+    (b"[1, 2]", "body_not_object"),
+    (b'"just a string"', "body_not_object"),
+    (b"{" + b'"pad": "' + b"x" * (1024 * 1024) + b'"}', "body_too_large"),
+    (valid(event_id=...), "missing_event_id"),
+    (valid(event_id=""), "invalid_event_id"),
+    (valid(event_id="x" * 129), "invalid_event_id"),
+    (valid(event_id=7), "invalid_event_id"),
+    (valid(transaction_id=...), "missing_transaction_id"),
+    (valid(occurred_at=...), "missing_occurred_at"),
+    (valid(occurred_at="2026-03-01T10:00:00"), "invalid_occurred_at"),
+    (valid(occurred_at="2026-03-01"), "invalid_occurred_at"),
+    (valid(occurred_at="2026-02-30T10:00:00Z"), "invalid_occurred_at"),
+    (valid(occurred_at=1700000000), "invalid_occurred_at"),
+    (valid(merchant_id=""), "invalid_merchant_id"),
+    (valid(amount=...), "missing_amount"),
+    (valid(amount=-0.01), "invalid_amount"),
+    (valid(amount="12,30"), "invalid_amount"),
+    (valid(amount="-1"), "invalid_amount"),
+    (valid(amount=True), "invalid_amount"),
+    (valid(amount="1e999"), "invalid_amount"),
+    (valid(amount=[1]), "invalid_amount"),
+    (valid(currency="usd"), "invalid_currency"),
+    (valid(currency="USDT"), "invalid_currency"),
+    (valid(currency=...), "missing_currency"),
+    (valid(payment_method=...), "missing_payment_method"),
+    (valid(status="maybe"), "invalid_status"),
+    (valid(status=...), "missing_status"),
+    (valid(processing_ms=-1), "invalid_processing_ms"),
+    (valid(processing_ms=1.5), "invalid_processing_ms"),
+    (valid(processing_ms="12"), "invalid_processing_ms"),
+    (valid(country="DEU"), "invalid_country"),
+    (valid(card="4111"), "invalid_card"),
+    (valid(attributes=[1]), "invalid_attributes"),
+    (valid(merchant_id="m\u0000x"), "invalid_merchant_id"),
+])
+def test_bad_events_get_a_machine_readable_code(body: dict[str, Any] | bytes, code: str) -> None:
+    result = parse(body)
+    assert isinstance(result, Rejection), result
+    assert result.error_code == code
+    assert result.detail
+    assert (result.partition_id, result.sequence_number) == ("3", 42)
+
+
+def test_rejection_keeps_the_event_id_when_it_can_be_read_and_a_stable_item_key() -> None:
+    a = parse(valid(status="maybe"))
+    b = parse(valid(status="maybe"))
+    assert isinstance(a, Rejection) and isinstance(b, Rejection)
+    assert a.event_id == "e-1"
+    assert a.item_key == b.item_key
+    other = parse_event(InboundEvent(body=json.dumps(valid(status="maybe")).encode(), partition_id="3",
+                                     sequence_number=43))
+    assert isinstance(other, Rejection) and other.item_key != a.item_key
+
+
+@pytest.mark.parametrize("amount, expected", [("0", "0"), (0, "0"), ("12.30", "12.30"), (1234567.891, "1234567.891"),
+                                              ("0.000000001", "0.000000001")])
+def test_amounts_are_exact_decimals(amount: Any, expected: str) -> None:
+    ev = parse(valid(amount=amount))
+    assert isinstance(ev, PaymentEvent) and ev.amount == Decimal(expected)
+
+
+def test_optional_fields_may_be_null() -> None:
+    ev = parse(valid(event_type=None, processing_ms=None, country=None, card=None, attributes=None))
+    assert isinstance(ev, PaymentEvent) and ev.event_type is None and ev.processing_ms is None

@@ -1,0 +1,76 @@
+"""Card-number masking (PCI DSS): Luhn-valid 13-19 digit runs, plain, spaced or dashed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
+from txmetrics.core.masking import luhn_ok, mask_text, mask_value
+
+VISA = "4111111111111111"
+AMEX = "378282246310005"      # 15 digits
+LONG = "6011000990139424"
+NINETEEN = "6304000000000000000"  # 19 digits, Luhn-valid
+
+
+@pytest.mark.parametrize("text, expected", [
+    (f"card {VISA} ok", "card ************1111 ok"),
+    ("card 4111 1111 1111 1111.", "card **** **** **** 1111."),
+    ("4111-1111-1111-1111", "****-****-****-1111"),
+    (AMEX, "***********0005"),
+    (f"x{NINETEEN}y", "x***************0000y"),
+    ("12 4111111111111111", "12 ************1111"),           # the card hides behind a number
+    ("4111 1111 1111 1111 2026", "**** **** **** 1111 2026"),  # ... or before one
+    ("4111 1111 1111 1111 2024", "**** **** **** **** 2024"),  # two overlapping Luhn-valid runs: both masked
+])
+def test_card_numbers_are_masked_keeping_the_last_four(text: str, expected: str) -> None:
+    assert mask_text(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "order 4111111111111112",          # Luhn-invalid: an order number, left alone
+    "ref 123456789012",                # 12 digits: too short
+    "id 41111111111111111111111",      # 25 digits in one run: one long number, not a card
+    "4111  1111 1111 1111",            # double space breaks the run
+    "2026-03-01T10:00:00Z",
+    "phone +1 415 555 0100",
+])
+def test_other_digit_runs_are_left_alone(text: str) -> None:
+    assert mask_text(text) == text
+
+
+def test_luhn() -> None:
+    assert luhn_ok(VISA) and luhn_ok(AMEX) and luhn_ok(LONG) and not luhn_ok("4111111111111112")
+
+
+def test_mask_value_walks_every_string_key_and_number() -> None:
+    doc = {"a": [f"pan {VISA}", {"deep": LONG}], VISA: 1, "n": int(VISA), "ok": 4111111111111112}
+    masked = mask_value(doc)
+    text = json.dumps(masked)
+    assert VISA not in text and LONG not in text
+    assert masked["ok"] == 4111111111111112
+
+
+def test_an_event_with_a_card_number_is_processed_and_masked_everywhere() -> None:
+    event = {"event_id": "e", "transaction_id": f"t {VISA}", "occurred_at": "2026-03-01T00:00:00Z",
+             "merchant_id": "m", "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved",
+             "attributes": {"note": "card 4111-1111-1111-1111"}, "card": {"number": VISA}}
+    result = parse_event(InboundEvent(body=json.dumps(event).encode(), partition_id="0", sequence_number=1))
+    assert isinstance(result, PaymentEvent)
+    assert VISA not in result.payload and "4111-1111-1111-1111" not in result.payload
+    assert result.transaction_id == "t ************1111"
+
+
+def test_a_bad_event_with_a_card_number_is_masked_in_payload_and_detail() -> None:
+    body = f'{{"event_id": "e", "currency": "{VISA}", broken'.encode()
+    result = parse_event(InboundEvent(body=body, partition_id="0", sequence_number=1))
+    assert isinstance(result, Rejection)
+    assert VISA not in result.payload and VISA not in result.detail
+    bad_currency = json.dumps({"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z",
+                               "merchant_id": "m", "amount": 1, "currency": VISA, "payment_method": "card",
+                               "status": "approved"}).encode()
+    result = parse_event(InboundEvent(body=bad_currency, partition_id="0", sequence_number=2))
+    assert isinstance(result, Rejection) and result.error_code == "invalid_currency"
+    assert VISA not in result.payload and VISA not in result.detail
