@@ -33,16 +33,24 @@ class RunConfig:
     start: datetime = field(default_factory=lambda: datetime(2026, 3, 1, tzinfo=UTC))
 
 
-def load_function() -> Any:
-    """The user function of function_app.ingest, as the Functions host would call it."""
-    if str(FUNCTIONS_DIR) not in sys.path:
-        sys.path.insert(0, str(FUNCTIONS_DIR))
-    import function_app
+_FUNCTIONS: dict[str, Any] = {}
 
-    for f in function_app.app.get_functions():
-        if f.get_function_name() == "ingest":
-            return f.get_user_function()
-    raise RuntimeError("function_app defines no 'ingest' function")
+
+def load_function(name: str = "ingest") -> Any:
+    """A user function of function_app, as the Functions host would call it.
+
+    `app.get_functions()` builds (and validates) the function list once; calling it twice
+    raises, so the result is cached per process."""
+    if not _FUNCTIONS:
+        if str(FUNCTIONS_DIR) not in sys.path:
+            sys.path.insert(0, str(FUNCTIONS_DIR))
+        import function_app
+
+        for f in function_app.app.get_functions():
+            _FUNCTIONS[f.get_function_name()] = f.get_user_function()
+    if name not in _FUNCTIONS:
+        raise RuntimeError(f"function_app defines no {name!r} function")
+    return _FUNCTIONS[name]
 
 
 def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[bytes, int, datetime]]],

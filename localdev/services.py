@@ -271,8 +271,10 @@ class NpmAzurite:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         if self.proc is not None:
+            # Azurite's graceful shutdown waits for clients' keep-alive connections to close;
+            # give it a moment, then stop it hard.
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
+
+# The SDK's default (15 s initial backoff, growing) holds an invocation for a minute before
+# it fails; the host retries whole batches anyway, so fail within seconds and let it.
+_RETRY = dict(retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+              connection_timeout=10, read_timeout=60, max_single_put_size=256 * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +27,12 @@ class BlobInfo:
 def service_client(connection_string: str | None = None, account_url: str | None = None) -> BlobServiceClient:
     """From a connection string (local, tests) or an account URL + managed identity (Azure)."""
     if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string, max_single_put_size=256 * 1024 * 1024)
+        return BlobServiceClient.from_connection_string(connection_string, **_RETRY)
     if account_url:
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential(managed_identity_client_id=os.environ.get("AZURE_CLIENT_ID"))
-        return BlobServiceClient(account_url, credential=credential, max_single_put_size=256 * 1024 * 1024)
+        return BlobServiceClient(account_url, credential=credential, **_RETRY)
     raise ValueError("set AZURE_STORAGE_CONNECTION_STRING (local) or AZURE_STORAGE_ACCOUNT_URL (Azure)")
 
 

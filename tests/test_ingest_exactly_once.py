@@ -1,0 +1,208 @@
+"""Exactly-once effects under at-least-once delivery: redelivery, re-cut batches, the same
+event in another partition, and crashes at every step between the first byte and the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from localdev.eventhub import make_batch
+from localdev.synth import Generator, SyntheticEvent
+from tests.conftest import archive_rows, table_snapshot
+from txmetrics import runtime
+from txmetrics.adapters.blob import BlobArchive
+
+Batch = list[SyntheticEvent]
+
+
+def synthetic(n: int = 1200, partitions: int = 3, seed: int = 5) -> dict[str, list[SyntheticEvent]]:
+    gen = Generator(seed=seed, partitions=partitions, merchants=20, bad_rate=0.05, card_number_rate=0.02,
+                    start=datetime(2026, 3, 1, 23, 0, tzinfo=UTC), days=2 / 24)   # spans midnight
+    per: dict[str, list[SyntheticEvent]] = {}
+    for e in gen.events(n):
+        per.setdefault(e.partition_id, []).append(e)
+    return per
+
+
+def cut(events: list[SyntheticEvent], size: int, offset: int = 0) -> list[Batch]:
+    """Consecutive batches of `size`, the first one `offset` events shorter (re-cut boundaries)."""
+    first = size - offset if offset else size
+    out = [events[:first]]
+    out += [events[i:i + size] for i in range(first, len(events), size)]
+    return [b for b in out if b]
+
+
+def send(fn: Callable[[list[Any]], None], partition: str, batch: Batch) -> None:
+    fn(make_batch([e.body for e in batch], partition_id=partition,
+                  sequence_numbers=[e.sequence_number for e in batch],
+                  enqueued_times=[e.enqueued_at for e in batch]))
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, list[SyntheticEvent]]:
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def reference(services: Any, data: dict[str, list[SyntheticEvent]],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Tables and archive after one clean delivery of every batch (computed once)."""
+    import os
+
+    from localdev.run import load_function
+    from txmetrics.adapters.blob import service_client
+
+    container = "reference-single-delivery"
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "AZURE_STORAGE_CONNECTION_STRING", "RAW_EVENTS_CONTAINER")}
+    os.environ.update({**services.env(), "RAW_EVENTS_CONTAINER": container})
+    runtime.reset()
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        from tests.conftest import DATA_TABLES
+
+        conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+        fn = load_function()
+        for p, events in data.items():
+            for b in cut(events, 200):
+                send(fn, p, b)
+        snap = table_snapshot(conn)
+    arch = BlobArchive(service_client(services.storage_connection_string), container)
+    rows = archive_rows(arch)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    runtime.reset()
+    yield {"tables": snap, "archive": rows}
+
+
+def assert_same_as_reference(db: psycopg.Connection, archive: BlobArchive, reference: dict[str, Any]) -> None:
+    snap = table_snapshot(db)
+    for table, rows in reference["tables"].items():
+        assert snap[table] == rows, f"{table} differs from a single delivery"
+    rows = archive_rows(archive)
+    assert rows == reference["archive"]
+    keys = [(r[0], r[1]) for r in rows]
+    assert len(keys) == len(set(keys)), "a (partition, sequence number) appears twice in the archive"
+    assert db.execute("SELECT count(*) FROM raw_file_outbox").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM raw_files WHERE state <> 'uploaded'").fetchone() == (0,)
+
+
+def test_reference_is_meaningful(reference: dict[str, Any], data: dict[str, list[SyntheticEvent]]) -> None:
+    valid = sum(1 for evs in data.values() for e in evs if e.bad_kind is None)
+    bad = sum(1 for evs in data.values() for e in evs if e.bad_kind is not None)
+    assert len(reference["tables"]["ingested_events"]) == valid
+    assert len(reference["tables"]["failed_items"]) == bad
+    assert len(reference["archive"]) == valid
+    assert len(reference["tables"]["dynamic_metrics"]) >= 2 * valid
+
+
+def test_every_batch_delivered_twice(ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+                                     data: dict[str, list[SyntheticEvent]], reference: dict[str, Any]) -> None:
+    for p, events in data.items():
+        for b in cut(events, 200):
+            send(ingest_fn, p, b)
+            send(ingest_fn, p, b)
+    assert_same_as_reference(db, archive, reference)
+
+
+def test_redelivery_recut_at_other_boundaries(ingest_fn: Callable[..., None], db: psycopg.Connection,
+                                              archive: BlobArchive, data: dict[str, list[SyntheticEvent]],
+                                              reference: dict[str, Any]) -> None:
+    for p, events in data.items():
+        for b in cut(events, 200):
+            send(ingest_fn, p, b)
+        for b in cut(events, 150, offset=70):       # longer and shorter, overlapping the first cut
+            send(ingest_fn, p, b)
+    assert_same_as_reference(db, archive, reference)
+
+
+def test_first_delivery_partial_then_recut_redelivery(ingest_fn: Callable[..., None], db: psycopg.Connection,
+                                                      archive: BlobArchive, data: dict[str, list[SyntheticEvent]],
+                                                      reference: dict[str, Any]) -> None:
+    for p, events in data.items():
+        batches = cut(events, 200)
+        for b in batches[::2]:                       # every other batch first
+            send(ingest_fn, p, b)
+        for b in cut(events, 333, offset=100):       # then everything, cut differently
+            send(ingest_fn, p, b)
+    assert_same_as_reference(db, archive, reference)
+
+
+def test_the_same_event_in_another_partition_counts_once(deliver: Callable[..., None], db: psycopg.Connection,
+                                                         archive: BlobArchive) -> None:
+    event = {"event_id": "dup-1", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z", "merchant_id": "m",
+             "amount": 5, "currency": "USD", "payment_method": "card", "status": "approved"}
+    deliver([event], partition_id="0", first_sequence=10)
+    before = table_snapshot(db)
+    deliver([event, event], partition_id="1", first_sequence=99)   # producer retry, twice in one batch too
+    assert table_snapshot(db) == before
+    assert len(archive_rows(archive)) == 1
+
+
+@pytest.mark.parametrize("step", ["before_commit", "after_commit", "after_upload"])
+def test_crash_at_each_step_then_retry_gives_exactly_once(step: str, ingest_fn: Callable[..., None],
+                                                          db: psycopg.Connection, archive: BlobArchive,
+                                                          data: dict[str, list[SyntheticEvent]],
+                                                          reference: dict[str, Any]) -> None:
+    """The process 'dies' at `step` on every third batch; the host redelivers it (sometimes re-cut)."""
+
+    class Crash(RuntimeError):
+        pass
+
+    pipeline = runtime.get_pipeline()
+    calls = {"n": 0}
+
+    def hook(name: str) -> None:
+        if name == step:
+            calls["n"] += 1
+            if calls["n"] % 3 == 1:
+                raise Crash(step)
+
+    pipeline.crash_hook = hook
+    crashes = 0
+    for p, events in data.items():
+        for i, b in enumerate(cut(events, 200)):
+            try:
+                send(ingest_fn, p, b)
+            except Crash:
+                crashes += 1
+                # the host retries; every other time the redelivery is shorter (re-cut)
+                retry = b if i % 2 else b[: len(b) // 2]
+                send(ingest_fn, p, retry)
+                if retry is not b:
+                    send(ingest_fn, p, b)
+    pipeline.crash_hook = None
+    assert crashes >= 3
+    assert_same_as_reference(db, archive, reference)
+
+
+def test_crash_inside_the_commit_rolls_back_everything(ingest_fn: Callable[..., None], db: psycopg.Connection,
+                                                       archive: BlobArchive, data: dict[str, list[SyntheticEvent]],
+                                                       reference: dict[str, Any], services: Any) -> None:
+    """The connection is killed while the batch transaction is open (as when the process or the
+    network dies mid-commit): nothing of the batch remains, and the retry completes it."""
+    pipeline = runtime.get_pipeline()
+    armed = {"on": True}
+
+    def hook(name: str) -> None:
+        if name == "before_commit" and armed["on"]:
+            armed["on"] = False
+            pid = pipeline.store.connection().info.backend_pid
+            with psycopg.connect(services.database_url, autocommit=True) as killer:
+                killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    pipeline.crash_hook = hook
+    first_partition = next(iter(data))
+    with pytest.raises(psycopg.OperationalError):
+        send(ingest_fn, first_partition, cut(data[first_partition], 200)[0])
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (0,)
+    pipeline.crash_hook = None
+    for p, events in data.items():
+        for b in cut(events, 200):
+            send(ingest_fn, p, b)
+    assert_same_as_reference(db, archive, reference)
