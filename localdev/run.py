@@ -36,8 +36,8 @@ class RunConfig:
 _FUNCTIONS: dict[str, Any] = {}
 
 
-def load_function(name: str = "ingest") -> Any:
-    """A user function of function_app, as the Functions host would call it.
+def indexed_functions() -> dict[str, Any]:
+    """function_app's functions as the host indexes them, by name.
 
     `app.get_functions()` builds (and validates) the function list once; calling it twice
     raises, so the result is cached per process."""
@@ -47,10 +47,16 @@ def load_function(name: str = "ingest") -> Any:
         import function_app
 
         for f in function_app.app.get_functions():
-            _FUNCTIONS[f.get_function_name()] = f.get_user_function()
-    if name not in _FUNCTIONS:
+            _FUNCTIONS[f.get_function_name()] = f
+    return _FUNCTIONS
+
+
+def load_function(name: str = "ingest") -> Any:
+    """A user function of function_app, called as the Functions host calls it."""
+    functions = indexed_functions()
+    if name not in functions:
         raise RuntimeError(f"function_app defines no {name!r} function")
-    return _FUNCTIONS[name]
+    return functions[name].get_user_function()
 
 
 def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[bytes, int, datetime]]],

@@ -68,7 +68,8 @@ def run(events: Annotated[int, typer.Option(help="number of events")] = 50_000,
         batch_size: Annotated[int, typer.Option(help="events per trigger batch")] = 1000,
         start: Annotated[str, typer.Option(help="UTC date of the first event")] = "2026-03-01") -> None:
     """Ingest synthetic payment events through the function against local services."""
-    from localdev.run import RunConfig, run as run_ingest, summary
+    from localdev.run import RunConfig, summary
+    from localdev.run import run as run_ingest
     from localdev.services import persistent_services, services_up
     from txmetrics import schema
 

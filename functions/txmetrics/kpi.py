@@ -39,7 +39,7 @@ class KpiRow:
 
     @property
     def mean(self) -> float:
-        return self.sum / self.count if self.count else float("nan")
+        return float(self.sum / self.count) if self.count else float("nan")
 
     @property
     def rate(self) -> float:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 # The SDK's default (15 s initial backoff, growing) holds an invocation for a minute before
 # it fails; the host retries whole batches anyway, so fail within seconds and let it.
-_RETRY = dict(retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+_RETRY: dict[str, Any] = dict(retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
               connection_timeout=10, read_timeout=60, max_single_put_size=256 * 1024 * 1024)
 
 
@@ -46,10 +48,8 @@ class BlobArchive:
     def ensure_container(self) -> None:
         if self._container_checked:
             return
-        try:
+        with contextlib.suppress(ResourceExistsError):
             self.container.create_container()
-        except ResourceExistsError:
-            pass
         self._container_checked = True
 
     def upload(self, path: str, data: bytes) -> None:
@@ -67,10 +67,8 @@ class BlobArchive:
         return bytes(self.container.download_blob(path).readall())
 
     def delete(self, path: str) -> None:
-        try:
+        with contextlib.suppress(ResourceNotFoundError):
             self.container.delete_blob(path)
-        except ResourceNotFoundError:
-            pass
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         for b in self.container.list_blobs(name_starts_with=prefix or None):

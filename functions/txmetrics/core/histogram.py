@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 SCALE = 6
-BASE = 2.0 ** (2.0 ** -SCALE)
-RELATIVE_ERROR = (BASE - 1) / (BASE + 1)
+BASE: float = 2.0 ** (2.0 ** -SCALE)
+RELATIVE_ERROR: float = (BASE - 1) / (BASE + 1)
 ZERO_THRESHOLD = 1e-9
 KEY_MIN = -30 * 2**SCALE
 KEY_MAX = 40 * 2**SCALE
@@ -34,11 +34,12 @@ KEY_MAX = 40 * 2**SCALE
 def bucket_keys(magnitudes: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     """Bucket keys of positive magnitudes (vectorised)."""
     keys = np.ceil(np.log2(magnitudes) * (1 << SCALE))
-    return np.clip(keys, KEY_MIN, KEY_MAX).astype(np.int64)
+    clipped: npt.NDArray[np.int64] = np.clip(keys, KEY_MIN, KEY_MAX).astype(np.int64)
+    return clipped
 
 
 def bucket_estimate(key: int) -> float:
-    return 2.0 * BASE**key / (BASE + 1.0)
+    return float(2.0 * BASE**key / (BASE + 1.0))
 
 
 @dataclass

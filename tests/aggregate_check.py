@@ -1,0 +1,41 @@
+"""Independent recomputation of aggregate_histograms from dynamic_metrics (test helper)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import psycopg
+
+from txmetrics.core.catalog import Catalog
+from txmetrics.core.histogram import Histogram
+
+
+def recompute_and_compare(conn: psycopg.Connection, catalog: Catalog) -> int:
+    """Assert every aggregate equals a recomputation from dynamic_metrics; return rows checked."""
+    expected: dict[tuple[str, Any, str], list[float]] = defaultdict(list)
+    for metric in catalog.metrics:
+        for dims in catalog.sets_for(metric):
+            build = "jsonb_build_object(" + ", ".join(f"'{d}', {d}" for d in dims) + ")"
+            rows = conn.execute(
+                f"SELECT date_bin('5 minutes', occurred_at, timestamptz 'epoch'), {build}::text, value "
+                "FROM dynamic_metrics WHERE metric_name = %s", (metric.name,)).fetchall()
+            for w, d, v in rows:
+                expected[(metric.name, w, d)].append(v)
+    stored = conn.execute(
+        "SELECT metric_name, window_start, dimensions::text, count, sum, min, max, zero_count, pos_offset, pos_counts, "
+        "neg_offset, neg_counts FROM aggregate_histograms WHERE window_seconds = 300").fetchall()
+    normalised = {}
+    for key in expected:
+        d = conn.execute("SELECT %s::jsonb::text", (key[2],)).fetchone()[0]  # type: ignore[index]
+        normalised[(key[0], key[1], d)] = expected[key]
+    assert len(stored) == len(normalised), (len(stored), len(normalised))
+    for m, w, d, count, total, lo, hi, zero, po, pc, no, nc in stored:
+        values = normalised[(m, w, d)]
+        h = Histogram.of(values)
+        assert count == h.count, (m, w, d)
+        assert abs(float(total) - h.sum) <= 1e-9 * max(1.0, abs(h.sum)), (m, w, d, total, h.sum)
+        assert (lo, hi, zero) == (h.min, h.max, h.zero_count), (m, w, d)
+        assert (po, list(pc or [])) == (h.pos_offset, h.pos_counts), (m, w, d)
+        assert (no, list(nc or [])) == (h.neg_offset, h.neg_counts), (m, w, d)
+    return len(stored)

@@ -1,0 +1,49 @@
+"""The trigger as the Functions host indexes and calls it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from localdev.eventhub import make_batch
+from localdev.run import indexed_functions
+
+
+def test_binding_matches_the_contract() -> None:
+    functions = indexed_functions()
+    assert "ingest" in functions
+    binding = json.loads(functions["ingest"].get_function_json())["bindings"]
+    assert binding == [{"direction": "IN", "dataType": "BINARY", "type": "eventHubTrigger", "name": "events",
+                        "connection": "EventHubConnection", "eventHubName": "%EVENTHUB_NAME%",
+                        "cardinality": "MANY", "consumerGroup": "%EVENTHUB_CONSUMER_GROUP%"}]
+    retry = functions["ingest"].get_setting("retry_policy").get_dict_repr()
+    assert retry["strategy"] == "exponential_backoff" and int(retry["max_retry_count"]) == 8
+
+
+def test_partition_id_comes_from_partition_context() -> None:
+    indexed_functions()
+    import function_app
+
+    events = make_batch([b"{}"], partition_id="17")
+    assert function_app.partition_id_of(events) == "17"
+    inbound = function_app.to_inbound(events, "17")
+    assert inbound[0].sequence_number == 0 and inbound[0].offset == 0 and inbound[0].enqueued_at is not None
+
+
+def test_one_structured_log_line_per_batch(ingest_fn: Callable[..., None], db: psycopg.Connection,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="txmetrics.ingest")
+    event = {"event_id": "l1", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m",
+             "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved"}
+    ingest_fn(make_batch([event, b"bad"], partition_id="4", first_sequence=70))
+    lines = [r.getMessage() for r in caplog.records if r.name == "txmetrics.ingest"]
+    assert len(lines) == 1
+    fields = json.loads(lines[0].split(" ", 1)[1])
+    assert (fields["partition"], fields["seq_min"], fields["seq_max"]) == ("4", 70, 71)
+    assert (fields["received"], fields["processed"], fields["failed"]) == (2, 1, 1)
+    assert fields["failed_by_code"] == {"body_not_json": 1}
+    assert {"decode_validate", "commit", "upload"} <= set(fields["ms"])

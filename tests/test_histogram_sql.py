@@ -1,0 +1,71 @@
+"""Quantiles from histograms merged in SQL across many windows and dimensions are within
+1% of the exact quantiles, on lognormal and heavy-tailed data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import psycopg
+
+from localdev.eventhub import make_batch
+from txmetrics import kpi
+from txmetrics.core import histogram
+
+
+def test_merged_quantiles_within_one_percent(ingest_fn: Callable[..., None], db: psycopg.Connection) -> None:
+    rng = np.random.default_rng(17)
+    n = 12_000
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    amounts = np.round(rng.lognormal(3.5, 1.3, n), 2)
+    processing = (rng.pareto(1.2, n) + 1) * 40          # heavy tail
+    methods = rng.choice(["card", "wallet", "bank_transfer"], n)
+    bodies = []
+    for i in range(n):
+        bodies.append(json.dumps({
+            "event_id": f"h{i}", "transaction_id": "t", "merchant_id": f"m{i % 7}",
+            "occurred_at": (start + timedelta(seconds=int(i * 14.4))).isoformat().replace("+00:00", "Z"),  # 2 days
+            "amount": f"{amounts[i]:.2f}", "currency": "USD", "payment_method": str(methods[i]), "status": "approved",
+            "processing_ms": int(processing[i])}).encode())
+    for i in range(0, n, 1000):
+        ingest_fn(make_batch(bodies[i:i + 1000], partition_id="0", first_sequence=i))
+    windows = db.execute("SELECT count(DISTINCT window_start) FROM aggregate_histograms").fetchone()[0]
+    assert windows > 500
+
+    end = start + timedelta(days=3)
+    exact_processing = np.floor(processing)
+    for metric, values, stored in (("amount", amounts, ["currency"]), ("processing_ms", exact_processing, [])):
+        overall = kpi.query(db, metric=metric, start=start, end=end, stored_dimensions=stored)
+        assert len(overall) == 1 and overall[0].count == n
+        for q in (0.5, 0.95, 0.99):
+            exact = float(np.quantile(values, q, method="lower"))
+            est = overall[0].quantiles[q]
+            assert est is not None and abs(est - exact) <= 0.01 * exact, (metric, q, est, exact)
+        by_method = kpi.query(db, metric=metric, start=start, end=end, group_by=["payment_method"],
+                              stored_dimensions=stored)
+        assert {r.dimensions["payment_method"] for r in by_method} == {"card", "wallet", "bank_transfer"}
+        for r in by_method:
+            subset = values[methods == r.dimensions["payment_method"]]
+            assert r.count == len(subset)
+            for q in (0.5, 0.95, 0.99):
+                exact = float(np.quantile(subset, q, method="lower"))
+                assert abs(r.quantiles[q] - exact) <= 0.01 * exact, (metric, r.dimensions, q)
+        hourly = kpi.query(db, metric=metric, start=start, end=start + timedelta(hours=6), window="1h",
+                           stored_dimensions=stored)
+        assert len(hourly) == 6 and sum(r.count for r in hourly) == int(6 * 3600 / 14.4)
+
+
+def test_sql_quantile_function_matches_python(db: psycopg.Connection) -> None:
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.lognormal(2, 1, 3000), -rng.lognormal(1, 0.5, 500), np.zeros(200)])
+    h = histogram.Histogram.of(values)
+    for q in (0.0, 0.05, 0.1, 0.5, 0.9, 0.99, 1.0):
+        sql_value = db.execute("SELECT txm_hist_quantile(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                               (q, histogram.SCALE, h.zero_count, h.pos_offset, h.pos_counts, h.neg_offset,
+                                h.neg_counts, h.min, h.max)).fetchone()[0]
+        assert sql_value == h.quantile(q) or abs(sql_value - h.quantile(q)) <= 1e-9 * abs(h.quantile(q))
+    merged = db.execute("SELECT txm_hist_merge_offset(%s, %s), txm_hist_merge_counts(%s, %s, %s, %s)",
+                        (3, 1, 3, [1, 2], 1, [5, 0, 7, 1])).fetchone()
+    assert merged == (1, [5, 0, 8, 3])

@@ -1,0 +1,70 @@
+"""Card numbers never reach storage: not the blobs, not any table, not the logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from txmetrics.adapters import parquet
+from txmetrics.adapters.blob import BlobArchive
+
+PANS = ["4111111111111111", "5500005555555559", "378282246310005", "6011000990139424", "3530111333300000"]
+WRITTEN = [PANS[0], "5500 0055 5555 5559", "3782-822463-10005", PANS[3], "3530 1113 3330 0000"]
+ORDER_NUMBER = "4111111111111112"   # Luhn-invalid: must survive untouched
+
+
+def events() -> list[Any]:
+    base = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": "5.00",
+            "currency": "USD", "payment_method": "card", "status": "approved"}
+    return [
+        {**base, "event_id": "p1", "card": {"number": WRITTEN[0], "bin": "411111", "last4": "1111"}},
+        {**base, "event_id": "p2", "attributes": {"note": f"card {WRITTEN[1]} order {ORDER_NUMBER}"}},
+        {**base, "event_id": "p3", "transaction_id": f"tx {WRITTEN[2]}", "free": [{"deep": WRITTEN[3]}]},
+        {**base, "event_id": f"p4 {WRITTEN[4]}", "merchant_id": f"m {PANS[0]}"},
+        {**base, "event_id": "p5", "card": {"number": int(PANS[3])}},
+        {**base, "event_id": "p6", "currency": PANS[2]},                        # bad event carrying a PAN
+        f'{{"event_id": "p7", "broken": "{WRITTEN[1]}"'.encode(),              # unparseable, carrying a PAN
+    ]
+
+
+def all_text(conn: psycopg.Connection) -> str:
+    parts = []
+    for table in ("dynamic_metrics", "aggregate_histograms", "failed_items", "ingested_events", "raw_files"):
+        parts += [r[0] for r in conn.execute(f"SELECT t::text FROM {table} t").fetchall()]
+    return "\n".join(parts)
+
+
+def test_no_card_number_in_blobs_tables_or_logs(deliver: Callable[..., None], db: psycopg.Connection,
+                                                archive: BlobArchive, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    deliver(events(), partition_id="0")
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (5,)
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (2,)
+
+    blobs = list(archive.list())
+    assert blobs
+    texts = []
+    for b in blobs:
+        raw = archive.download(b.name)
+        table = parquet.decode(raw)
+        for column in table.columns:
+            if pa.types.is_string(column.type):
+                texts += [v for v in column.to_pylist() if v]
+        for pan in PANS:
+            assert pan.encode() not in raw
+    stored = "\n".join(texts) + "\n" + all_text(db) + "\n" + caplog.text
+    for pan in PANS:
+        assert pan not in stored
+    for written in WRITTEN:
+        assert written not in stored
+    assert ORDER_NUMBER in "\n".join(texts)        # order numbers are left alone
+    payloads = {json.loads(t)["event_id"]: json.loads(t) for t in texts if t.startswith("{")}
+    assert payloads["p1"]["card"]["number"] == "************1111"
+    assert payloads["p1"]["card"]["last4"] == "1111"
+    assert payloads["p5"]["card"]["number"] == "************9424"
