@@ -105,8 +105,10 @@ class Generator:
             processing *= rng.paretovariate(1.5)
         when = occurred.astimezone(IST) if currency == "INR" else occurred
         event: dict[str, object] = {
-            "event_id": f"evt-{self._n:09d}-{rng.getrandbits(32):08x}",
-            "transaction_id": f"tx-{rng.getrandbits(48):012x}",
+            # underscores, not dashes: a dash joins digit runs, and a 13+ digit run that passes
+            # Luhn would be masked as a card number (as the contract requires)
+            "event_id": f"evt_{self._n}_{rng.getrandbits(32):08x}",
+            "transaction_id": f"tx_{rng.getrandbits(48):012x}",
             "occurred_at": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "merchant_id": merchant,
             "amount": f"{amount:.{decimals}f}" if rng.random() < 0.5 else amount,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -30,6 +30,19 @@ from ..core.metrics import AggregateRow, MetricRows
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+# Per-connection staging tables: rows arrive by COPY (an order of magnitude cheaper than
+# binding parameter arrays from Python), then one INSERT .. SELECT does the real work in
+# the server. Created once per connection, emptied at every commit: no catalog churn.
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS txm_stage_events (
+    e text, us bigint, p text, s bigint, f bigint) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS txm_stage_metrics (
+    e text, m text, v float8, us bigint, mi text, pm text, st text, cu text, co text, et text, d text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS txm_stage_aggregates (
+    m text, w int, us bigint, d text, c bigint, s float8, lo float8, hi float8, z bigint,
+    po int, pc text, no int, nc text) ON COMMIT DELETE ROWS;
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,7 @@ class PostgresStore:
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection | None = None
         self._known_days: set[date] = set()
+        self._staging_ready = False
 
     def connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -74,6 +88,7 @@ class PostgresStore:
             self._conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout,
                                          application_name="txmetrics")
             self._known_days.clear()
+            self._staging_ready = False
         return self._conn
 
     def close(self) -> None:
@@ -100,6 +115,10 @@ class PostgresStore:
     @contextlib.contextmanager
     def batch(self) -> Iterator[BatchTransaction]:
         conn = self.connection()
+        if not self._staging_ready:
+            with conn.transaction():
+                conn.execute(_STAGING_DDL)
+            self._staging_ready = True
         try:
             with conn.transaction():
                 yield BatchTransaction(conn)
@@ -160,20 +179,26 @@ class BatchTransaction:
         rows = self.conn.execute("SELECT nextval('raw_files_id_seq') FROM generate_series(1, %s)", (n,)).fetchall()
         return [int(r[0]) for r in rows]
 
+    def _copy(self, table: str, rows: Iterable[Sequence[object]]) -> None:
+        with self.conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def claim_events(self, events: Sequence[PaymentEvent], file_ids: Sequence[int]) -> set[tuple[str, int]]:
-        """Insert ledger rows; return the (event_id, occurred_us) keys really inserted."""
+        """Insert ledger rows; return the (event_id, occurred_us) keys really inserted.
+
+        Rows go in sorted by key, so two writers claiming overlapping events lock them in
+        the same order and wait for each other instead of deadlocking."""
         if not events:
             return set()
-        order = sorted(range(len(events)), key=lambda i: (events[i].event_id, events[i].occurred_us))
+        self._copy("txm_stage_events", ((ev.event_id, ev.occurred_us, ev.partition_id, ev.sequence_number, f)
+                                        for ev, f in zip(events, file_ids, strict=True)))
         cur = self.conn.execute(
             """INSERT INTO ingested_events (event_id, occurred_at, partition_id, sequence_number, raw_file_id)
                SELECT e, timestamptz 'epoch' + us * interval '1 microsecond', p, s, f
-                 FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[]) AS u(e, us, p, s, f)
+                 FROM txm_stage_events ORDER BY e, us
                ON CONFLICT DO NOTHING
-               RETURNING event_id, occurred_at""",
-            ([events[i].event_id for i in order], [events[i].occurred_us for i in order],
-             [events[i].partition_id for i in order], [events[i].sequence_number for i in order],
-             [file_ids[i] for i in order]))
+               RETURNING event_id, occurred_at""")
         return {(str(r[0]), _dt_to_us(r[1])) for r in cur.fetchall()}
 
     def taken_paths(self, paths: Sequence[str]) -> set[str]:
@@ -194,39 +219,35 @@ class BatchTransaction:
                               (f.id, f.content))
 
     def insert_metrics(self, rows: MetricRows) -> int:
+        """Metric rows of the newly claimed events; ON CONFLICT DO NOTHING as a second guard."""
         if not len(rows):
             return 0
-        order = sorted(range(len(rows)), key=lambda i: (rows.event_id[i], rows.metric_name[i], rows.occurred_us[i]))
-
-        def col(values: list) -> list:  # type: ignore[type-arg]
-            return [values[i] for i in order]
-
+        self._copy("txm_stage_metrics", zip(rows.event_id, rows.metric_name, rows.value, rows.occurred_us,
+                                            rows.merchant_id, rows.payment_method, rows.status, rows.currency,
+                                            rows.country, rows.event_type, rows.dimensions, strict=True))
         cur = self.conn.execute(
             """INSERT INTO dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method,
                                             status, currency, country, event_type, dimensions)
                SELECT e, m, v, timestamptz 'epoch' + us * interval '1 microsecond', mi, pm, st, cu, co, et, d::jsonb
-                 FROM unnest(%s::text[], %s::text[], %s::float8[], %s::bigint[], %s::text[], %s::text[], %s::text[],
-                             %s::text[], %s::text[], %s::text[], %s::text[])
-                      AS u(e, m, v, us, mi, pm, st, cu, co, et, d)
-               ON CONFLICT DO NOTHING""",
-            (col(rows.event_id), col(rows.metric_name), col(rows.value), col(rows.occurred_us), col(rows.merchant_id),
-             col(rows.payment_method), col(rows.status), col(rows.currency), col(rows.country), col(rows.event_type),
-             col(rows.dimensions)))
+                 FROM txm_stage_metrics ORDER BY e, m, us
+               ON CONFLICT DO NOTHING""")
         return cur.rowcount
 
     def merge_aggregates(self, aggregates: Sequence[AggregateRow], scale: int) -> int:
         if not aggregates:
             return 0
         a = aggregates
+        self._copy("txm_stage_aggregates", (
+            (r.metric_name, r.window_seconds, r.window_start_us, r.dimensions, r.count, r.sum, r.min, r.max,
+             r.zero_count, r.pos_offset, _pg_array(r.pos_counts) if r.pos_offset is not None else None,
+             r.neg_offset, _pg_array(r.neg_counts) if r.neg_offset is not None else None) for r in a))
         cur = self.conn.execute(
             """INSERT INTO aggregate_histograms AS h (metric_name, window_seconds, window_start, dimensions, count, sum,
                                                      min, max, zero_count, scale, pos_offset, pos_counts,
                                                      neg_offset, neg_counts)
                SELECT m, w, timestamptz 'epoch' + us * interval '1 microsecond', d::jsonb, c, s::numeric, lo, hi, z,
                       %s, po, pc::bigint[], no, nc::bigint[]
-                 FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::bigint[], %s::float8[],
-                             %s::float8[], %s::float8[], %s::bigint[], %s::int[], %s::text[], %s::int[], %s::text[])
-                      AS u(m, w, us, d, c, s, lo, hi, z, po, pc, no, nc)
+                 FROM txm_stage_aggregates
                 ORDER BY m, w, us, d::jsonb
                ON CONFLICT (metric_name, window_seconds, window_start, dimensions) DO UPDATE SET
                    count = h.count + excluded.count,
@@ -239,13 +260,7 @@ class BatchTransaction:
                    neg_counts = txm_hist_merge_counts(h.neg_offset, h.neg_counts, excluded.neg_offset, excluded.neg_counts),
                    neg_offset = txm_hist_merge_offset(h.neg_offset, excluded.neg_offset),
                    updated_at = now()
-                WHERE h.scale = excluded.scale""",
-            (scale, [r.metric_name for r in a], [r.window_seconds for r in a], [r.window_start_us for r in a],
-             [r.dimensions for r in a], [r.count for r in a], [r.sum for r in a], [r.min for r in a],
-             [r.max for r in a], [r.zero_count for r in a], [r.pos_offset for r in a],
-             [_pg_array(r.pos_counts) if r.pos_offset is not None else None for r in a],
-             [r.neg_offset for r in a],
-             [_pg_array(r.neg_counts) if r.neg_offset is not None else None for r in a]))
+                WHERE h.scale = excluded.scale""", (scale,))
         if cur.rowcount != len(a):
             raise RuntimeError(f"aggregate merge touched {cur.rowcount} of {len(a)} rows: a histogram with another "
                                "scale is stored under the same key; migrate the stored rows before changing SCALE")

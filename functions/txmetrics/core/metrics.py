@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,6 @@ import numpy as np
 from . import histogram
 from .catalog import COLUMN_DIMENSIONS, Catalog, lookup
 from .events import PaymentEvent
-from .naming import window_start_us
 
 
 @dataclass
@@ -105,37 +105,48 @@ def extract_metrics(events: Sequence[PaymentEvent], catalog: Catalog) -> MetricR
 
 
 def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog) -> list[AggregateRow]:
-    """One histogram row per (metric, window, dimension values), sorted by key."""
+    """One histogram row per (metric, window, dimension values), sorted by key.
+
+    Vectorised: dimension values are factorised to integer codes once per event, and each
+    (metric, window, dimension set) is grouped with numpy, so the cost per batch grows with
+    the number of groups, not with rows x sets."""
     if not len(rows):
         return []
-    group_of: dict[tuple[str, int, int, str], int] = {}
-    group_idx: list[int] = []
-    row_idx: list[int] = []
-    sets_per_metric = [catalog.sets_for(m) for m in catalog.metrics]
-    dim_cache: dict[tuple[int, tuple[str, ...]], str] = {}
-    for r in range(len(rows)):
-        mi = rows.metric_index[r]
-        ei = rows.event_index[r]
-        name = rows.metric_name[r]
-        occurred = rows.occurred_us[r]
-        for dims in sets_per_metric[mi]:
-            ck = (ei, dims)
-            dims_json = dim_cache.get(ck)
-            if dims_json is None:
-                ev = events[ei]
-                dims_json = json.dumps({d: dimension_value(ev, d) for d in dims}, sort_keys=True,
-                                       separators=(",", ":"))
-                dim_cache[ck] = dims_json
-            for w in catalog.window_seconds:
-                key = (name, w, window_start_us(occurred, w), dims_json)
-                g = group_of.get(key)
-                if g is None:
-                    g = len(group_of)
-                    group_of[key] = g
-                group_idx.append(g)
-                row_idx.append(r)
-    return _fold(list(group_of), np.asarray(group_idx, dtype=np.int64),
-                 np.asarray(rows.value, dtype=np.float64)[np.asarray(row_idx, dtype=np.int64)])
+    fields = catalog.dimension_fields
+    codes: dict[str, np.ndarray] = {}
+    labels: dict[str, list[Any]] = {}
+    for f in fields:
+        table: dict[tuple[str, Any], int] = {}
+        column = np.empty(len(events), dtype=np.int64)
+        for i, ev in enumerate(events):
+            v = dimension_value(ev, f)
+            column[i] = table.setdefault((type(v).__name__, v), len(table))   # True and 1 stay apart
+        codes[f] = column
+        labels[f] = [v for _, v in table]
+    values = np.asarray(rows.value, dtype=np.float64)
+    occurred = np.asarray(rows.occurred_us, dtype=np.int64)
+    metric_index = np.asarray(rows.metric_index, dtype=np.int64)
+    event_index = np.asarray(rows.event_index, dtype=np.int64)
+    keys: list[tuple[str, int, int, str]] = []
+    group_parts: list[np.ndarray] = []
+    value_parts: list[np.ndarray] = []
+    for mi, metric in enumerate(catalog.metrics):
+        sel = np.flatnonzero(metric_index == mi)
+        if not sel.size:
+            continue
+        ev_sel = event_index[sel]
+        for w in catalog.window_seconds:
+            starts = occurred[sel] - occurred[sel] % (w * 1_000_000)
+            for dims in catalog.sets_for(metric):
+                stacked = np.stack([starts, *(codes[d][ev_sel] for d in dims)], axis=1)
+                uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+                for u in uniq.tolist():
+                    dims_json = json.dumps({d: labels[d][u[j + 1]] for j, d in enumerate(dims)}, sort_keys=True,
+                                           separators=(",", ":"))
+                    keys.append((metric.name, w, u[0], dims_json))
+                group_parts.append(inverse.reshape(-1) + (len(keys) - len(uniq)))
+                value_parts.append(values[sel])
+    return _fold(keys, np.concatenate(group_parts), np.concatenate(value_parts))
 
 
 def _fold(keys: list[tuple[str, int, int, str]], groups: np.ndarray, values: np.ndarray) -> list[AggregateRow]:
@@ -155,8 +166,6 @@ def _fold(keys: list[tuple[str, int, int, str]], groups: np.ndarray, values: np.
     zero_counts = np.bincount(groups[zero], minlength=n)
     pos = _dense_per_group(groups[(~zero) & (values > 0)], mags[(~zero) & (values > 0)], n)
     neg = _dense_per_group(groups[(~zero) & (values < 0)], mags[(~zero) & (values < 0)], n)
-    import math
-
     out = []
     for g, key in enumerate(keys):
         seg = sorted_values[bounds[g]:bounds[g + 1]]
