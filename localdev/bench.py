@@ -1,0 +1,282 @@
+"""`make bench`: ingest throughput of the real function entry, with the floor and a naive
+baseline measured in the same run, on the same services and the same data.
+
+* real: N synthetic events (same generator as `make run`) in batches of 1,000 over 4
+  partitions, one worker process per partition, through `function_app.ingest`.
+* floor: only the unavoidable I/O for the same data: COPY of the same metric rows into a
+  table shaped like dynamic_metrics, and Parquet encode + upload of the same events
+  (no validation, no dedupe, no aggregation).
+* naive: the same work row at a time, as row-at-a-time stores do: one INSERT per metric
+  row and one aggregate upsert per (event, metric, dimension set), on a sample of the
+  events (it is slow), reported as events/s.
+
+Results go to benchmarks/results/<utc time>.json with a description of the machine, and a
+row is added to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+START = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+# ----------------------------------------------------------------------------- workers
+
+def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[bytes, int, datetime]]]
+                 ) -> dict[str, Any]:
+    import logging
+
+    os.environ.update(env)
+    from localdev.eventhub import make_batch
+    from localdev.run import load_function
+
+    timings: list[dict[str, float]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith("batch "):
+                timings.append(json.loads(message[6:])["ms"])
+
+    log = logging.getLogger("txmetrics.ingest")
+    log.setLevel(logging.INFO)
+    log.addHandler(Capture())
+    log.propagate = False
+    fn = load_function()
+    decoded = [make_batch([b for b, _, _ in batch], partition_id=partition, sequence_numbers=[s for _, s, _ in batch],
+                          enqueued_times=[t for _, _, t in batch]) for batch in batches]
+    latencies = []
+    t0 = time.perf_counter()
+    for events in decoded:
+        t = time.perf_counter()
+        fn(events)
+        latencies.append(time.perf_counter() - t)
+    return {"seconds": time.perf_counter() - t0, "latencies": latencies, "timings": timings,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _prepare(bodies: list[bytes], partition: str) -> tuple[list[Any], Any]:
+    """Valid events and their metric rows, computed outside the timed part of the floor."""
+    from txmetrics.core.catalog import load_catalog
+    from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
+    from txmetrics.core.metrics import extract_metrics
+    from txmetrics.settings import BUNDLED_CATALOG
+
+    events = [e for i, b in enumerate(bodies)
+              if isinstance(e := parse_event(InboundEvent(b, partition, i)), PaymentEvent)]
+    return events, extract_metrics(events, load_catalog(BUNDLED_CATALOG))
+
+
+def _floor_worker(env: dict[str, str], partition: str, batches: list[list[bytes]]) -> dict[str, Any]:
+    import psycopg
+
+    from txmetrics.adapters import parquet
+    from txmetrics.adapters.blob import BlobArchive, service_client
+
+    prepared = [_prepare(b, partition) for b in batches]
+    archive = BlobArchive(service_client(env["AZURE_STORAGE_CONNECTION_STRING"]), "bench-floor")
+    archive.ensure_container()
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        t0 = time.perf_counter()
+        for i, (events, rows) in enumerate(prepared):
+            with conn.transaction(), conn.cursor().copy(
+                    "COPY bench_floor_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method, "
+                    "status, currency, country, event_type, dimensions) FROM STDIN") as copy:
+                for row in zip(rows.event_id, rows.metric_name, rows.value,
+                               [datetime.fromtimestamp(us / 1e6, UTC) for us in rows.occurred_us], rows.merchant_id,
+                               rows.payment_method, rows.status, rows.currency, rows.country, rows.event_type,
+                               rows.dimensions, strict=True):
+                    copy.write_row(row)
+            archive.upload(f"floor/{partition}/{i}.parquet", parquet.encode(parquet.events_table(events)))
+        return {"seconds": time.perf_counter() - t0}
+
+
+def _naive_worker(env: dict[str, str], partition: str, bodies: list[bytes]) -> dict[str, Any]:
+    import psycopg
+
+    from txmetrics.core.catalog import load_catalog
+    from txmetrics.core.metrics import dimension_value
+    from txmetrics.settings import BUNDLED_CATALOG
+
+    catalog = load_catalog(BUNDLED_CATALOG)
+    events, rows = _prepare(bodies, partition)
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        t0 = time.perf_counter()
+        for r in range(len(rows)):
+            ev = events[rows.event_index[r]]
+            conn.execute(
+                "INSERT INTO bench_naive_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method,"
+                " status, currency) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (rows.event_id[r], rows.metric_name[r], rows.value[r], ev.occurred_at, ev.merchant_id,
+                 ev.payment_method, ev.status, ev.currency))
+            metric = catalog.metrics[rows.metric_index[r]]
+            window = ev.occurred_us - ev.occurred_us % 300_000_000
+            for dims in catalog.sets_for(metric):
+                conn.execute(
+                    "INSERT INTO bench_naive_aggregates AS a VALUES (%s, %s, %s::jsonb, 1, %s) "
+                    "ON CONFLICT (metric_name, window_us, dimensions) DO UPDATE SET count = a.count + 1, "
+                    "sum = a.sum + excluded.sum",
+                    (metric.name, window, json.dumps({d: dimension_value(ev, d) for d in dims}, sort_keys=True),
+                     rows.value[r]))
+        return {"seconds": time.perf_counter() - t0, "events": len(bodies)}
+
+
+# ----------------------------------------------------------------------------- run
+
+def _parallel(target: Any, args_list: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(len(args_list)) as pool:
+        return pool.starmap(target, args_list)
+
+
+def run(events: int, partitions: int, batch_size: int, naive_events: int) -> dict[str, Any]:
+    import psycopg
+    from rich.console import Console
+
+    from localdev.services import ephemeral_services, running
+    from localdev.synth import Generator, batches
+    from txmetrics import schema
+
+    console = Console()
+    gen = Generator(seed=42, partitions=partitions, start=START,
+                    days=max(events / 40_000, 300) / 86_400)   # timestamps as at 40k events/s (>= 5 minutes)
+    data = list(gen.events(events))
+    per = batches(data, batch_size)
+    console.print(f"{len(data):,} events, {partitions} partitions, batches of {batch_size}")
+    with running(ephemeral_services()) as services:
+        schema.apply_all(services.database_url)
+        env = {**services.env(), "RAW_EVENTS_CONTAINER": "raw-events"}
+        with psycopg.connect(services.database_url, autocommit=True) as conn:
+            conn.execute("CREATE UNLOGGED TABLE IF NOT EXISTS bench_floor_metrics (LIKE dynamic_metrics)")
+            conn.execute("ALTER TABLE bench_floor_metrics SET LOGGED")
+            conn.execute("CREATE TABLE bench_naive_metrics (event_id text, metric_name text, value float8, "
+                         "occurred_at timestamptz, merchant_id text, payment_method text, status text, currency text, "
+                         "PRIMARY KEY (event_id, metric_name, occurred_at))")
+            conn.execute("CREATE TABLE bench_naive_aggregates (metric_name text, window_us bigint, dimensions jsonb, "
+                         "count bigint, sum float8, PRIMARY KEY (metric_name, window_us, dimensions))")
+
+        console.print("real: the function entry ...")
+        t0 = time.perf_counter()
+        real = _parallel(_real_worker, [(env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b] for b in bl])
+                                        for p, bl in per.items()])
+        real_seconds = time.perf_counter() - t0
+        console.print("floor: COPY + Parquet encode/upload of the same data ...")
+        t0 = time.perf_counter()
+        _parallel(_floor_worker, [(env, p, [[e.body for e in b] for b in bl]) for p, bl in per.items()])
+        floor_seconds = time.perf_counter() - t0
+        console.print(f"naive: row at a time on {naive_events:,} events ...")
+        sample = data[:naive_events]
+        naive_per: dict[str, list[bytes]] = {}
+        for e in sample:
+            naive_per.setdefault(e.partition_id, []).append(e.body)
+        t0 = time.perf_counter()
+        _parallel(_naive_worker, [(env, p, b) for p, b in naive_per.items()])
+        naive_seconds = time.perf_counter() - t0
+
+        with psycopg.connect(services.database_url) as conn:
+            q = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+            processed = q("SELECT count(*) FROM ingested_events")
+            parquet_bytes = q("SELECT coalesce(sum(byte_size), 0) FROM raw_files")
+            pg_bytes = q("""SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c
+                             WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace
+                               AND (c.relname LIKE 'dynamic_metrics%' OR c.relname LIKE 'ingested_events%'
+                                    OR c.relname IN ('aggregate_histograms', 'failed_items', 'raw_files'))""")
+            metric_rows = q("SELECT count(*) FROM dynamic_metrics")
+            aggregate_rows = q("SELECT count(*) FROM aggregate_histograms")
+            pg_version = q("SHOW server_version")
+
+    latencies = sorted(x for r in real for x in r["latencies"])
+    steps: dict[str, float] = {}
+    for r in real:
+        for t in r["timings"]:
+            for k, v in t.items():
+                steps[k] = steps.get(k, 0.0) + v
+    total_ms = sum(steps.values())
+    breakdown = {k: round(100 * v / total_ms, 1) for k, v in sorted(steps.items(), key=lambda kv: -kv[1])}
+    result = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {**machine(), "postgresql": pg_version, "services": "embedded PostgreSQL + Azurite on the same cores"},
+        "config": {"events": events, "partitions": partitions, "batch_size": batch_size, "naive_events": naive_events},
+        "events_per_second": round(events / real_seconds),
+        "floor_events_per_second": round(events / floor_seconds),
+        "naive_events_per_second": round(naive_events / naive_seconds),
+        "ratio_to_floor": round(real_seconds / floor_seconds, 2),
+        "speedup_over_naive": round((events / real_seconds) / (naive_events / naive_seconds), 1),
+        "batch_latency_ms": {"p50": round(1000 * statistics.median(latencies), 1),
+                             "p99": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1)},
+        "peak_memory_mb_per_worker": round(max(r["max_rss_mb"] for r in real), 1),
+        "parquet_bytes_per_event": round(parquet_bytes / max(processed, 1), 1),
+        "postgres_bytes_per_event": round(pg_bytes / max(processed, 1), 1),
+        "metric_rows": metric_rows, "aggregate_rows": aggregate_rows, "processed": processed,
+        "time_breakdown_percent": breakdown,
+        "targets": {"events_per_second >= 40000": events / real_seconds >= 40_000,
+                    "ratio_to_floor <= 2": real_seconds / floor_seconds <= 2,
+                    "speedup_over_naive >= 10": (events / real_seconds) / (naive_events / naive_seconds) >= 10,
+                    "peak_memory_mb < 256": max(r["max_rss_mb"] for r in real) < 256},
+    }
+    return result
+
+
+def record(result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{result['when'].replace(':', '').replace('+0000', 'Z')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    row = (f"| {result['when'][:16]} | {result['machine']['cores']} x {result['machine']['cpu'][:40]} | "
+           f"{result['config']['events']:,} | {result['events_per_second']:,} | {result['floor_events_per_second']:,} | "
+           f"{result['ratio_to_floor']} | {result['naive_events_per_second']:,} | {result['speedup_over_naive']} | "
+           f"{result['batch_latency_ms']['p50']} / {result['batch_latency_ms']['p99']} | "
+           f"{result['peak_memory_mb_per_worker']} | {result['parquet_bytes_per_event']} | "
+           f"{result['postgres_bytes_per_event']} |")
+    lines = DOC.read_text().splitlines() if DOC.exists() else []
+    for i, line in enumerate(lines):
+        if line.startswith("|---"):          # newest run first, right under the table header
+            lines.insert(i + 1, row)
+            DOC.write_text("\n".join(lines) + "\n")
+            break
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--naive-events", type=int, default=5_000)
+    parser.add_argument("--no-record", action="store_true", help="print only; write no result file")
+    args = parser.parse_args()
+    result = run(args.events, args.partitions, args.batch_size, args.naive_events)
+    print(json.dumps(result, indent=2))
+    if not args.no_record:
+        print(f"recorded in {record(result)}")
+
+
+if __name__ == "__main__":
+    main()
