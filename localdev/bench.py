@@ -24,7 +24,8 @@ import platform
 import resource
 import statistics
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,9 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int) -> dic
         naive_seconds = time.perf_counter() - t0
 
         with psycopg.connect(services.database_url) as conn:
-            q = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+            def q(sql: str) -> Any:
+                value = conn.execute(sql).fetchone()[0]  # type: ignore[index]
+                return int(value) if isinstance(value, Decimal) else value
             processed = q("SELECT count(*) FROM ingested_events")
             parquet_bytes = q("SELECT coalesce(sum(byte_size), 0) FROM raw_files")
             pg_bytes = q("""SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c

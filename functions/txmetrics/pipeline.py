@@ -157,10 +157,13 @@ class Pipeline:
             rows = extract_metrics(new, self.catalog)
             report.metric_rows = tx.insert_metrics(rows)
             timer.lap("metrics_write")
+            report.failed_new = tx.record_failures(rejections)
             aggs = aggregate(new, rows, self.catalog)
+            timer.lap("aggregate_build")
+            # Last before the commit: the aggregate rows (the all-up totals above all) are the
+            # ones every partition updates, so their row locks are held for the shortest time.
             report.aggregate_rows = tx.merge_aggregates(aggs, histogram.SCALE)
             timer.lap("aggregate_merge")
-            report.failed_new = tx.record_failures(rejections)
             self._crash_point("before_commit")
             uploads.extend(files)
 
