@@ -88,7 +88,7 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
         catalog = load_catalog(settings.metric_catalog)
-        store = PostgresStore(settings.database_url)
+        store = PostgresStore(settings.database_url, entra=settings.database_auth == "entra")
         archive = BlobArchive(service_client(settings.storage_connection_string, settings.storage_account_url),
                               settings.raw_events_container)
         return cls(store, archive, catalog)

@@ -20,6 +20,7 @@ class Settings:
     storage_account_url: str | None
     raw_events_container: str
     metric_catalog: Path
+    database_auth: str = "password"   # "entra": a managed-identity token is the password (deployed apps)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -35,5 +36,8 @@ class Settings:
                                 "connection string (local, Azurite) or the account URL (Azure, managed identity)")
         container = e.get("RAW_EVENTS_CONTAINER", "").strip() or "raw-events"
         catalog = Path(e.get("METRIC_CATALOG", "").strip() or BUNDLED_CATALOG)
+        auth = e.get("DATABASE_AUTH", "").strip().lower() or "password"
+        if auth not in ("password", "entra"):
+            raise SettingsError(f"DATABASE_AUTH={auth!r}: set 'entra' (managed identity) or leave it unset (password)")
         return cls(database_url=database_url, storage_connection_string=conn_str, storage_account_url=account_url,
-                   raw_events_container=container, metric_catalog=catalog)
+                   raw_events_container=container, metric_catalog=catalog, database_auth=auth)

@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import AggregateRow, MetricRows
@@ -75,9 +76,10 @@ def _pg_array(values: Sequence[int]) -> str:
 class PostgresStore:
     """Holds one connection, reused across invocations and reopened when it breaks."""
 
-    def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
+    def __init__(self, url: str, *, connect_timeout: int = 10, entra: bool = False) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
+        self.entra = entra
         self._conn: psycopg.Connection | None = None
         self._known_days: set[date] = set()
         self._staging_ready = False
@@ -85,8 +87,9 @@ class PostgresStore:
     def connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            self._conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout,
-                                         application_name="txmetrics")
+            # deployed apps: a managed-identity token is the password
+            conninfo = make_conninfo(self.url, password=_entra_token()) if self.entra else self.url
+            self._conn = psycopg.connect(conninfo, connect_timeout=self.connect_timeout, application_name="txmetrics")
             self._known_days.clear()
             self._staging_ready = False
         return self._conn
@@ -157,6 +160,17 @@ class PostgresStore:
             conn.execute("UPDATE raw_files SET state = 'uploaded', uploaded_at = now() "
                          "WHERE id = ANY(%s) AND state = 'pending'", (list(file_ids),))
             conn.execute("DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%s)", (list(file_ids),))
+
+
+def _entra_token() -> str:
+    """Microsoft Entra token of the app's managed identity, used as the PostgreSQL password.
+    Checked at connect time only, so an open connection outlives the token."""
+    import os
+
+    from azure.identity import DefaultAzureCredential
+
+    credential = DefaultAzureCredential(managed_identity_client_id=os.environ.get("AZURE_CLIENT_ID"))
+    return credential.get_token("https://ossrdbms-aad.database.windows.net/.default").token
 
 
 def _runs(days: list[date]) -> Iterator[tuple[date, date]]:

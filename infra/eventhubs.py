@@ -1,0 +1,37 @@
+"""Event Hubs: namespace (Standard, auto-inflate), the transactions hub, the function's consumer group."""
+
+from __future__ import annotations
+
+import pulumi
+from pulumi_azure_native import eventhub
+
+from .config import StackConfig
+
+HUB_NAME = "transactions"
+CONSUMER_GROUP = "txmetrics"
+
+
+class EventHubs(pulumi.ComponentResource):
+    def __init__(self, name: str, cfg: StackConfig, resource_group: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("txmetrics:infra:EventHubs", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        inflate = cfg.eventhub_max_throughput_units > 0
+        self.namespace = eventhub.Namespace(
+            f"{name}-ns", resource_group_name=resource_group, location=cfg.location,
+            sku=eventhub.SkuArgs(name="Standard", tier="Standard", capacity=cfg.eventhub_throughput_units),
+            is_auto_inflate_enabled=inflate,
+            maximum_throughput_units=cfg.eventhub_max_throughput_units if inflate else None,
+            disable_local_auth=True,            # Entra ID only: no SAS keys to leak
+            minimum_tls_version="1.2",
+            tags={"stack": cfg.stack}, opts=child)
+        self.hub = eventhub.EventHub(
+            f"{name}-hub", event_hub_name=HUB_NAME, resource_group_name=resource_group,
+            namespace_name=self.namespace.name, partition_count=cfg.eventhub_partitions,
+            message_retention_in_days=cfg.eventhub_retention_days, opts=child)
+        self.consumer_group = eventhub.ConsumerGroup(
+            f"{name}-cg", consumer_group_name=CONSUMER_GROUP, resource_group_name=resource_group,
+            namespace_name=self.namespace.name, event_hub_name=self.hub.name, opts=child)
+        self.fully_qualified_namespace = self.namespace.name.apply(lambda n: f"{n}.servicebus.windows.net")
+        self.register_outputs({"namespace": self.namespace.name, "hub": self.hub.name,
+                               "consumer_group": self.consumer_group.name})

@@ -1,0 +1,90 @@
+"""The Function App on Flex Consumption (Python 3.11) with a user-assigned identity,
+identity-based connections only, the contract's settings, and least-privilege roles:
+read its hub, write raw events, read its deployment container, own its host storage."""
+
+from __future__ import annotations
+
+import pulumi
+from pulumi_azure_native import authorization, managedidentity, web
+
+from . import roles
+from .config import StackConfig
+from .database import DATABASE_NAME, Database
+from .eventhubs import EventHubs
+from .monitoring import Monitoring
+from .storage import DEPLOYMENT_CONTAINER, RAW_EVENTS_CONTAINER, Storage
+
+
+class FunctionApp(pulumi.ComponentResource):
+    def __init__(self, name: str, cfg: StackConfig, resource_group: pulumi.Input[str], subscription_id: pulumi.Input[str],
+                 hubs: EventHubs, store: Storage, db: Database, monitoring: Monitoring, retention_setting: str,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("txmetrics:infra:FunctionApp", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.identity = managedidentity.UserAssignedIdentity(
+            f"{name}-identity", resource_name_=f"{cfg.prefix}-func-id", resource_group_name=resource_group,
+            location=cfg.location, opts=child)
+        self.plan = web.AppServicePlan(
+            f"{name}-plan", resource_group_name=resource_group, location=cfg.location, kind="functionapp",
+            reserved=True, sku=web.SkuDescriptionArgs(name="FC1", tier="FlexConsumption"), opts=child)
+        client_id = self.identity.client_id
+        deployment_url = store.blob_endpoint.apply(lambda e: f"{e}{DEPLOYMENT_CONTAINER}")
+        settings: dict[str, pulumi.Input[str]] = {
+            # Functions host state: identity-based, in the runtime account
+            "AzureWebJobsStorage__accountName": store.runtime_account.name,
+            "AzureWebJobsStorage__credential": "managedidentity",
+            "AzureWebJobsStorage__clientId": client_id,
+            # Event Hubs trigger: identity-based
+            "EventHubConnection__fullyQualifiedNamespace": hubs.fully_qualified_namespace,
+            "EventHubConnection__credential": "managedidentity",
+            "EventHubConnection__clientId": client_id,
+            "EVENTHUB_NAME": hubs.hub.name,
+            "EVENTHUB_CONSUMER_GROUP": hubs.consumer_group.name,
+            # Contract section 2, deployed form: no passwords, no keys
+            "DATABASE_URL": pulumi.Output.all(self.identity.name, db.host).apply(
+                lambda a: f"postgresql://{a[0]}@{a[1]}:5432/{DATABASE_NAME}?sslmode=require"),
+            "DATABASE_AUTH": "entra",
+            "AZURE_CLIENT_ID": client_id,
+            "AZURE_STORAGE_ACCOUNT_URL": store.blob_endpoint,
+            "RAW_EVENTS_CONTAINER": RAW_EVENTS_CONTAINER,
+            "TXMETRICS_RETENTION": retention_setting,
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": monitoring.app_insights.connection_string,
+            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": client_id.apply(
+                lambda c: f"ClientId={c};Authorization=AAD"),
+        }
+        self.app_settings = settings
+        self.app = web.WebApp(
+            f"{name}-app", name=f"{cfg.prefix}-func", resource_group_name=resource_group, location=cfg.location,
+            kind="functionapp,linux", server_farm_id=self.plan.id, https_only=True,
+            identity=web.ManagedServiceIdentityArgs(type="UserAssigned", user_assigned_identities=[self.identity.id]),
+            function_app_config=web.FunctionAppConfigArgs(
+                deployment=web.FunctionsDeploymentArgs(storage=web.FunctionsDeploymentStorageArgs(
+                    type="blobContainer", value=deployment_url,
+                    authentication=web.FunctionsDeploymentStorageAuthenticationArgs(
+                        type="UserAssignedIdentity", user_assigned_identity_resource_id=self.identity.id))),
+                runtime=web.FunctionsRuntimeArgs(name="python", version="3.11"),
+                scale_and_concurrency=web.FunctionsScaleAndConcurrencyArgs(
+                    instance_memory_mb=cfg.function_instance_memory_mb,
+                    maximum_instance_count=cfg.function_maximum_instances)),
+            site_config=web.SiteConfigArgs(
+                app_settings=[web.NameValuePairArgs(name=k, value=v) for k, v in settings.items()],
+                min_tls_version="1.2", ftps_state="Disabled", http20_enabled=True),
+            tags={"stack": cfg.stack}, opts=child)
+
+        def grant(label: str, role: str, scope: pulumi.Input[str]) -> authorization.RoleAssignment:
+            return authorization.RoleAssignment(
+                f"{name}-{label}", principal_id=self.identity.principal_id, principal_type="ServicePrincipal",
+                role_definition_id=pulumi.Output.from_input(subscription_id).apply(
+                    lambda s: roles.role_definition_id(s, role)),
+                scope=scope, opts=child)
+
+        self.role_assignments = [
+            grant("read-hub", roles.EVENT_HUBS_DATA_RECEIVER, hubs.hub.id),
+            grant("write-raw-events", roles.STORAGE_BLOB_DATA_CONTRIBUTOR, store.raw_events.id),
+            grant("read-deployments", roles.STORAGE_BLOB_DATA_CONTRIBUTOR, store.deployments.id),
+            grant("host-storage", roles.STORAGE_BLOB_DATA_OWNER, store.runtime_account.id),
+            grant("publish-telemetry", roles.MONITORING_METRICS_PUBLISHER, monitoring.app_insights.id),
+        ]
+        self.scm_url = self.app.default_host_name.apply(
+            lambda h: "https://" + h.replace(".azurewebsites.net", ".scm.azurewebsites.net", 1))
+        self.register_outputs({"app": self.app.name, "identity": self.identity.name})

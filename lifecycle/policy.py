@@ -1,0 +1,247 @@
+"""Retention policies as code: load (base + per-stack override), validate, render.
+
+`load_policy(stack)` reads `lifecycle/base.yaml` and, when present, `lifecycle/<stack>.yaml`.
+Override rules: `blob_rules` in the stack file replaces the base list whole; the mappings
+`storage`, `tables` and `minimum_retention_days` are merged key by key.
+
+Every error names the file, the rule (or key) and the fix: `LifecycleError`.
+`render_management_policy(policy)` gives the storage account's management policy in its
+exact ARM shape; the Pulumi program applies it (single source of truth).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LIFECYCLE_DIR = Path(__file__).resolve().parent
+MAX_RULES = 100
+NO_ARCHIVE_REDUNDANCY = {"Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS", "Premium_ZRS"}
+REDUNDANCIES = {"Standard_LRS", "Standard_GRS", "Standard_RAGRS", *NO_ARCHIVE_REDUNDANCY}
+TIERS = ("cool", "cold", "archive", "delete")            # in the order blobs move through them
+EARLY_DELETION_DAYS = {"cool": 30, "cold": 90, "archive": 180}
+TABLES = ("dynamic_metrics", "ingested_events", "failed_items", "aggregate_histograms")
+TOP_KEYS = {"version", "storage", "blob_rules", "tables", "minimum_retention_days"}
+STORAGE_KEYS = {"redundancy", "containers"}
+RULE_KEYS = {"name", "container", "prefix", "cool_after_days", "cold_after_days", "archive_after_days",
+             "delete_after_days", "allow_early_deletion", "enabled"}
+MINIMUM_KEYS = {"raw_events", *TABLES}
+
+
+class LifecycleError(ValueError):
+    """An invalid retention policy; the message names file, rule and fix."""
+
+
+@dataclass(frozen=True)
+class BlobRule:
+    name: str
+    container: str
+    prefix: str
+    days: dict[str, int]          # tier -> days after modification ("delete" included)
+    enabled: bool = True
+
+    @property
+    def full_prefix(self) -> str:
+        return f"{self.container}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    stack: str
+    files: tuple[str, ...]
+    redundancy: str
+    containers: tuple[str, ...]
+    blob_rules: tuple[BlobRule, ...]
+    tables: dict[str, int]
+    minimums: dict[str, int]
+
+    def rule(self, name: str) -> BlobRule:
+        return next(r for r in self.blob_rules if r.name == name)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise LifecycleError(f"{path}: not valid YAML ({exc}); fix: correct the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LifecycleError(f"{path}: the file must be a mapping; fix: start with keys such as 'blob_rules:'")
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise LifecycleError(f"{path}: key '{sorted(unknown)[0]}': unknown key; fix: use only "
+                             f"{', '.join(sorted(TOP_KEYS))}")
+    return data
+
+
+def load_policy(stack: str, directory: Path = LIFECYCLE_DIR) -> Policy:
+    base_path = directory / "base.yaml"
+    merged = _read(base_path)
+    origin = {k: str(base_path) for k in merged}
+    files = [str(base_path)]
+    stack_path = directory / f"{stack}.yaml"
+    if stack_path.exists():
+        override = _read(stack_path)
+        files.append(str(stack_path))
+        for key, value in override.items():
+            if key in ("storage", "tables", "minimum_retention_days") and isinstance(value, dict):
+                merged[key] = {**(merged.get(key) or {}), **value}
+            else:
+                merged[key] = copy.deepcopy(value)
+            origin[key] = str(stack_path)
+    return validate(merged, stack=stack, origin=origin, files=tuple(files))
+
+
+def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: tuple[str, ...]) -> Policy:
+    def fail(section: str, where: str, what: str, fix: str) -> LifecycleError:
+        return LifecycleError(f"{origin.get(section, files[-1])}: {where}: {what}; fix: {fix}")
+
+    storage = raw.get("storage") or {}
+    unknown = set(storage) - STORAGE_KEYS
+    if unknown:
+        raise fail("storage", f"storage.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(STORAGE_KEYS))}")
+    redundancy = storage.get("redundancy", "Standard_LRS")
+    if redundancy not in REDUNDANCIES:
+        raise fail("storage", "storage.redundancy", f"{redundancy!r} is not a storage redundancy",
+                   f"use one of {', '.join(sorted(REDUNDANCIES))}")
+    containers = tuple(storage.get("containers") or ())
+    if not containers:
+        raise fail("storage", "storage.containers", "no containers listed", "list the containers the rules act on")
+
+    rules_raw = raw.get("blob_rules") or []
+    if not isinstance(rules_raw, list):
+        raise fail("blob_rules", "blob_rules", "must be a list of rules", "write '- name: ...' items")
+    if len(rules_raw) > MAX_RULES:
+        raise fail("blob_rules", "blob_rules", f"{len(rules_raw)} rules; Azure allows at most {MAX_RULES}",
+                   "merge rules that share a prefix")
+    rules: list[BlobRule] = []
+    names: set[str] = set()
+    minimums = {k: int(v) for k, v in (raw.get("minimum_retention_days") or {}).items()}
+    unknown = set(minimums) - MINIMUM_KEYS
+    if unknown:
+        raise fail("minimum_retention_days", f"minimum_retention_days.{sorted(unknown)[0]}", "unknown key",
+                   f"use only {', '.join(sorted(MINIMUM_KEYS))}")
+    for i, r in enumerate(rules_raw):
+        name = r.get("name") if isinstance(r, dict) else None
+        where = f"rule '{name}'" if name else f"blob_rules[{i}]"
+        if not isinstance(r, dict) or not isinstance(name, str) or not name:
+            raise fail("blob_rules", where, "every rule needs a name", "add 'name: <what the rule is for>'")
+        unknown = set(r) - RULE_KEYS
+        if unknown:
+            key = sorted(unknown)[0]
+            raise fail("blob_rules", where, f"unknown key '{key}'", f"use only {', '.join(sorted(RULE_KEYS))}")
+        if name in names:
+            raise fail("blob_rules", where, "the name is used twice", "give each rule a unique name")
+        names.add(name)
+        container = r.get("container")
+        if container not in containers:
+            raise fail("blob_rules", where, f"container {container!r} is not one of the account's containers "
+                       f"({', '.join(containers)})", "name an existing container, or add it to storage.containers")
+        prefix = r.get("prefix", "")
+        if not isinstance(prefix, str) or prefix.startswith("/"):
+            raise fail("blob_rules", where, f"prefix {prefix!r} must be a path inside the container",
+                       "write e.g. prefix: raw_events/ (no leading slash, no container name)")
+        days: dict[str, int] = {}
+        for tier in TIERS:
+            key = f"{tier}_after_days"
+            if key in r:
+                value = r[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise fail("blob_rules", where, f"{key} must be a whole number of days >= 0, got {value!r}",
+                               f"write e.g. {key}: 90")
+                days[tier] = value
+        if not days:
+            raise fail("blob_rules", where, "no action", "set at least one of " +
+                       ", ".join(f"{t}_after_days" for t in TIERS))
+        ordered = [t for t in TIERS if t in days]
+        for a, b in itertools.pairwise(ordered):
+            if days[a] >= days[b]:
+                raise fail("blob_rules", where, f"{a}_after_days ({days[a]}) must be less than {b}_after_days "
+                           f"({days[b]})", f"tiers go cool < cold < archive < delete; raise {b}_after_days above "
+                           f"{days[a]}")
+        if "archive" in days and redundancy in NO_ARCHIVE_REDUNDANCY:
+            raise fail("blob_rules", where, f"the archive tier is not available on {redundancy} accounts",
+                       "use Standard_LRS, Standard_GRS or Standard_RAGRS in storage.redundancy, or tier to cold "
+                       "instead of archive")
+        if "delete" in days and not r.get("allow_early_deletion", False):
+            for tier, minimum in EARLY_DELETION_DAYS.items():
+                if tier in days and days["delete"] - days[tier] < minimum:
+                    raise fail("blob_rules", where, f"deleting {days['delete'] - days[tier]} days after moving to "
+                               f"{tier} falls inside its {minimum}-day early-deletion window (charged as if kept "
+                               f"{minimum} days)", f"set delete_after_days >= {days[tier] + minimum}, or "
+                               "allow_early_deletion: true if the charge is intended")
+        if container == "raw-events" and prefix.startswith("raw_events") and "delete" in days:
+            floor = minimums.get("raw_events")
+            if floor is not None and days["delete"] < floor:
+                raise fail("blob_rules", where, f"delete_after_days {days['delete']} is below the minimum retention "
+                           f"of {floor} days for raw events", f"keep raw events at least {floor} days, or lower "
+                           "minimum_retention_days.raw_events with the compliance owner's approval")
+        rules.append(BlobRule(name=name, container=container, prefix=prefix, days=days,
+                              enabled=bool(r.get("enabled", True))))
+
+    tables_raw = raw.get("tables") or {}
+    unknown = set(tables_raw) - set(TABLES)
+    if unknown:
+        raise fail("tables", f"tables.{sorted(unknown)[0]}", "unknown table", f"use only {', '.join(TABLES)}")
+    tables: dict[str, int] = {}
+    for table in TABLES:
+        value = tables_raw.get(table)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail("tables", f"tables.{table}", f"retention must be a whole number of days >= 1, got {value!r}",
+                       f"write e.g. {table}: 35")
+        floor = minimums.get(table)
+        if floor is not None and value < floor:
+            raise fail("tables", f"tables.{table}", f"{value} days is below the minimum retention of {floor} days",
+                       f"keep {table} at least {floor} days, or lower minimum_retention_days.{table}")
+        tables[table] = value
+    if tables["ingested_events"] < tables["dynamic_metrics"]:
+        raise fail("tables", "tables.ingested_events", f"{tables['ingested_events']} days is shorter than "
+                   f"dynamic_metrics ({tables['dynamic_metrics']}): redelivered events older than the ledger would "
+                   "be counted twice", f"set ingested_events to at least {tables['dynamic_metrics']}")
+    return Policy(stack=stack, files=files, redundancy=redundancy, containers=containers, blob_rules=tuple(rules),
+                  tables=tables, minimums=minimums)
+
+
+_ARM_ACTION = {"cool": "tierToCool", "cold": "tierToCold", "archive": "tierToArchive", "delete": "delete"}
+
+
+def render_management_policy(policy: Policy) -> dict[str, Any]:
+    """The storage account management policy (Microsoft.Storage/storageAccounts/managementPolicies)
+    `properties.policy` document, in ARM's camelCase shape."""
+    rules = []
+    for rule in policy.blob_rules:
+        base_blob = {_ARM_ACTION[t]: {"daysAfterModificationGreaterThan": d} for t, d in rule.days.items()}
+        rules.append({
+            "enabled": rule.enabled,
+            "name": rule.name,
+            "type": "Lifecycle",
+            "definition": {
+                "actions": {"baseBlob": base_blob},
+                "filters": {"blobTypes": ["blockBlob"], "prefixMatch": [rule.full_prefix]},
+            },
+        })
+    return {"rules": rules}
+
+
+def to_snake(value: Any) -> Any:
+    """ARM camelCase keys -> the snake_case keys Pulumi's Python SDK takes."""
+    import re
+
+    if isinstance(value, dict):
+        return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): to_snake(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_snake(v) for v in value]
+    return value
+
+
+def table_retention_setting(policy: Policy) -> str:
+    """The PostgreSQL retention as the JSON app setting the daily retention function reads."""
+    import json
+
+    return json.dumps(policy.tables, sort_keys=True)
