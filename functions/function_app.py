@@ -72,3 +72,20 @@ def ingest(events: list[func.EventHubEvent]) -> None:
     partition_id = partition_id_of(events)
     report = get_pipeline().process(partition_id, to_inbound(events, partition_id))
     log.info("batch %s", json.dumps(report.log_fields(), sort_keys=True))
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 30 2 * * *", run_on_startup=False, use_monitor=True)
+def retention(timer: func.TimerRequest) -> None:
+    """Daily PostgreSQL retention (TXMETRICS_RETENTION, rendered from lifecycle/ by Pulumi)."""
+    from datetime import UTC, datetime
+
+    from txmetrics.retention import enforce
+
+    policy = json.loads(os.environ.get("TXMETRICS_RETENTION", "{}"))
+    if not policy:
+        log.warning("TXMETRICS_RETENTION is not set: no retention applied")
+        return
+    with get_pipeline().store.autocommit_connection() as conn:
+        report = enforce(conn, {k: int(v) for k, v in policy.items()}, datetime.now(UTC).date())
+    log.info("retention %s", json.dumps({"created": report.created_partitions, "dropped": report.dropped_partitions,
+                                         "deleted": report.deleted_rows}, sort_keys=True))

@@ -240,8 +240,18 @@ def to_snake(value: Any) -> Any:
     return value
 
 
+def table_retention(policy: Policy) -> dict[str, int]:
+    """PostgreSQL retention in days per table, as txmetrics.retention.enforce takes it. The raw
+    file manifest follows the raw archive's delete rule (its rows go when the blobs go)."""
+    out = dict(policy.tables)
+    for rule in policy.blob_rules:
+        if rule.container == "raw-events" and rule.prefix.startswith("raw_events") and "delete" in rule.days:
+            out["raw_files"] = rule.days["delete"]
+    return out
+
+
 def table_retention_setting(policy: Policy) -> str:
     """The PostgreSQL retention as the JSON app setting the daily retention function reads."""
     import json
 
-    return json.dumps(policy.tables, sort_keys=True)
+    return json.dumps(table_retention(policy), sort_keys=True)

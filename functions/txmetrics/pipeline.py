@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import psycopg
+
 from .adapters import parquet
 from .adapters.blob import BlobArchive, service_client
 from .adapters.postgres import BatchTransaction, PostgresStore, RawFile
@@ -167,7 +169,16 @@ class Pipeline:
             self._crash_point("before_commit")
             uploads.extend(files)
 
-        self.store.run_batch(work)
+        try:
+            self.store.run_batch(work)
+        except psycopg.errors.CheckViolation as exc:
+            if "no partition" not in str(exc):
+                raise
+            # a day partition this process knew of was dropped by retention (a late event):
+            # create it again and retry once
+            self.store.forget_partitions()
+            self.store.ensure_day_partitions(set(by_day))
+            self.store.run_batch(work)
         timer.lap("commit")
         self._crash_point("after_commit")
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
@@ -93,6 +92,16 @@ class PostgresStore:
             self._known_days.clear()
             self._staging_ready = False
         return self._conn
+
+    def autocommit_connection(self) -> psycopg.Connection:
+        """A separate autocommit connection with the same credentials (maintenance jobs)."""
+        conninfo = make_conninfo(self.url, password=_entra_token()) if self.entra else self.url
+        return psycopg.connect(conninfo, connect_timeout=self.connect_timeout, autocommit=True,
+                               application_name="txmetrics-maintenance")
+
+    def forget_partitions(self) -> None:
+        """Partitions may have been dropped by retention: check again before the next batch."""
+        self._known_days.clear()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -294,7 +303,3 @@ class BatchTransaction:
              [x.enqueued_at for x in r], [x.event_id for x in r], [x.error_code for x in r], [x.detail for x in r],
              [x.payload for x in r], [x.payload_truncated for x in r]))
         return cur.rowcount
-
-
-def identifier(name: str) -> sql.Identifier:
-    return sql.Identifier(name)

@@ -1,0 +1,135 @@
+"""What a retention policy will do by a given date, from the real inventory.
+
+Blob side: every blob under each rule's container/prefix (name, size, last modified, tier)
+is matched against the rule as Azure's lifecycle engine would: the furthest action whose
+`daysAfterModificationGreaterThan` the blob's age exceeds (delete beats archive beats cold
+beats cool); a blob already in that tier needs nothing. `simulate()` applies the blob
+actions on the storage account itself (Azurite does not run lifecycle rules), so their
+effect can be tested and seen.
+
+Table side: the day partitions of dynamic_metrics / ingested_events that would be dropped,
+and the rows of failed_items / aggregate_histograms / raw_files that would be deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from .policy import TIERS, Policy, table_retention
+
+_TIER_NAME = {"cool": "Cool", "cold": "Cold", "archive": "Archive"}
+_TIER_RANK = {"Hot": 0, "Cool": 1, "Cold": 2, "Archive": 3}
+
+
+@dataclass
+class BlobAction:
+    rule: str
+    prefix: str
+    action: str            # tierToCool, tierToCold, tierToArchive, delete
+    blobs: list[tuple[str, int]] = field(default_factory=list)   # (name, bytes)
+
+    @property
+    def count(self) -> int:
+        return len(self.blobs)
+
+    @property
+    def bytes(self) -> int:
+        return sum(b for _, b in self.blobs)
+
+
+@dataclass
+class Plan:
+    stack: str
+    at: datetime
+    blob_actions: list[BlobAction]
+    unchanged_blobs: int
+    dropped_partitions: dict[str, list[str]]
+    deleted_rows: dict[str, int]
+
+    def action(self, rule: str, action: str) -> BlobAction | None:
+        return next((a for a in self.blob_actions if a.rule == rule and a.action == action), None)
+
+
+def due_action(rule_days: dict[str, int], age_days: float, current_tier: str | None) -> str | None:
+    """The action Azure would take on a blob of this age, or None."""
+    for tier in reversed(TIERS):
+        days = rule_days.get(tier)
+        if days is not None and age_days > days:
+            if tier == "delete":
+                return "delete"
+            if _TIER_RANK.get(current_tier or "Hot", 0) >= _TIER_RANK[_TIER_NAME[tier]]:
+                return None       # already there (or colder)
+            return {"cool": "tierToCool", "cold": "tierToCold", "archive": "tierToArchive"}[tier]
+    return None
+
+
+def plan_blobs(policy: Policy, service: Any, at: datetime) -> tuple[list[BlobAction], int]:
+    actions: dict[tuple[str, str], BlobAction] = {}
+    unchanged = 0
+    for rule in policy.blob_rules:
+        if not rule.enabled:
+            continue
+        container = service.get_container_client(rule.container)
+        if not container.exists():
+            continue
+        for blob in container.list_blobs(name_starts_with=rule.prefix or None):
+            age = (at - blob.last_modified).total_seconds() / 86400
+            tier = str(blob.blob_tier) if blob.blob_tier else None
+            action = due_action(rule.days, age, tier)
+            if action is None:
+                unchanged += 1
+                continue
+            key = (rule.name, action)
+            if key not in actions:
+                actions[key] = BlobAction(rule=rule.name, prefix=rule.full_prefix, action=action)
+            actions[key].blobs.append((blob.name, int(blob.size)))
+    return sorted(actions.values(), key=lambda a: (a.rule, a.action)), unchanged
+
+
+def plan_tables(policy: Policy, conn: Any, at: date) -> tuple[dict[str, list[str]], dict[str, int]]:
+    retention = table_retention(policy)
+    dropped: dict[str, list[str]] = {}
+    for table in ("dynamic_metrics", "ingested_events"):
+        cutoff = at - timedelta(days=retention[table])
+        rows = conn.execute(
+            """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = %s::regclass
+                  AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz
+                      <= (%s::timestamp AT TIME ZONE 'UTC')
+                ORDER BY 1""", (table, cutoff)).fetchall()
+        dropped[table] = [r[0] for r in rows]
+    deleted: dict[str, int] = {}
+    for table, column in (("failed_items", "received_at"), ("aggregate_histograms", "window_start"),
+                          ("raw_files", "created_at")):
+        if table not in retention:
+            continue
+        cutoff = at - timedelta(days=retention[table])
+        row = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} < (%s::timestamp AT TIME ZONE 'UTC')",
+                           (cutoff,)).fetchone()
+        deleted[table] = int(row[0])
+    return dropped, deleted
+
+
+def make_plan(policy: Policy, at: datetime, service: Any | None = None, conn: Any | None = None) -> Plan:
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    blob_actions, unchanged = plan_blobs(policy, service, at) if service is not None else ([], 0)
+    dropped, deleted = plan_tables(policy, conn, at.date()) if conn is not None else ({}, {})
+    return Plan(stack=policy.stack, at=at, blob_actions=blob_actions, unchanged_blobs=unchanged,
+                dropped_partitions=dropped, deleted_rows=deleted)
+
+
+def simulate(plan: Plan, policy: Policy, service: Any) -> dict[str, int]:
+    """Apply the plan's blob actions (set tier / delete), as the lifecycle engine would."""
+    done: dict[str, int] = {}
+    for action in plan.blob_actions:
+        container = service.get_container_client(policy.rule(action.rule).container)
+        for name, _ in action.blobs:
+            blob = container.get_blob_client(name)
+            if action.action == "delete":
+                blob.delete_blob()
+            else:
+                blob.set_standard_blob_tier(action.action.removeprefix("tierTo"))
+            done[action.action] = done.get(action.action, 0) + 1
+    return done

@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS txm_drop_expired_partitions(regclass, date);

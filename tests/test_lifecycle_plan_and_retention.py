@@ -1,0 +1,155 @@
+"""The plan against real blobs in Azurite and real partitions in PostgreSQL; --simulate;
+the retention job dropping exactly the expired partitions, idempotent, safe while ingesting."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
+from typer.testing import CliRunner
+
+from lifecycle.plan import make_plan, simulate
+from lifecycle.policy import load_policy, table_retention
+from localdev.eventhub import make_batch
+from localdev.services import LocalServices
+from txmetrics.retention import enforce
+
+
+@pytest.fixture
+def service(services: LocalServices) -> BlobServiceClient:
+    client = BlobServiceClient.from_connection_string(services.storage_connection_string)
+    for name in ("raw-events", "deployments"):
+        container = client.get_container_client(name)
+        if container.exists():
+            container.delete_container()
+        container.create_container()
+    return client
+
+
+def upload(service: BlobServiceClient) -> dict[str, int]:
+    sizes = {}
+    for i in range(5):
+        name = f"raw_events/yyyy=2026/mm=03/dd=0{i + 1}/part-0-seq-{i:020d}-2026030{i + 1}.parquet"
+        data = b"x" * (1000 + i)
+        service.get_blob_client("raw-events", name).upload_blob(data)
+        sizes[name] = len(data)
+    service.get_blob_client("raw-events", "elsewhere/not-matched.txt").upload_blob(b"zzz")
+    service.get_blob_client("deployments", "released-package.zip").upload_blob(b"p" * 500)
+    return sizes
+
+
+def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient, db: psycopg.Connection) -> None:
+    sizes = upload(service)
+    policy = load_policy("dev")     # cool 30, archive 90, delete 270 for raw events; packages deleted at 14
+    now = datetime.now(UTC)
+    soon = make_plan(policy, now + timedelta(days=10), service=service)
+    assert soon.blob_actions == [] and soon.unchanged_blobs == 6
+    cool = make_plan(policy, now + timedelta(days=40), service=service)
+    assert [(a.rule, a.action, a.count, a.bytes) for a in cool.blob_actions] == [
+        ("old-function-packages", "delete", 1, 500), ("raw-events-tiering", "tierToCool", 5, sum(sizes.values()))]
+    later = make_plan(policy, now + timedelta(days=100), service=service)
+    archive = later.action("raw-events-tiering", "tierToArchive")
+    assert archive is not None and archive.count == 5 and archive.bytes == sum(sizes.values())
+    assert archive.prefix == "raw-events/raw_events/"
+    gone = make_plan(policy, now + timedelta(days=300), service=service)
+    assert gone.action("raw-events-tiering", "delete").count == 5  # type: ignore[union-attr]
+
+
+def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient, db: psycopg.Connection) -> None:
+    sizes = upload(service)
+    policy = load_policy("dev")
+    plan = make_plan(policy, datetime.now(UTC) + timedelta(days=100), service=service)
+    assert simulate(plan, policy, service) == {"tierToArchive": 5, "delete": 1}
+    tiers = {b.name: b.blob_tier for b in service.get_container_client("raw-events").list_blobs()}
+    assert all(tiers[name] == "Archive" for name in sizes)
+    assert tiers["elsewhere/not-matched.txt"] in ("Hot", None)
+    assert list(service.get_container_client("deployments").list_blobs()) == []
+    with pytest.raises(ResourceExistsError) as err:          # an archived blob refuses reads, as in Azure
+        service.get_blob_client("raw-events", next(iter(sizes))).download_blob().readall()
+    assert err.value.error_code == "BlobArchived"
+    again = make_plan(policy, datetime.now(UTC) + timedelta(days=100), service=service)
+    assert again.blob_actions == []                          # already done: nothing more to do
+
+
+def partitions(conn: psycopg.Connection, table: str) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                       "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,)).fetchall()]
+
+
+def test_retention_drops_exactly_the_expired_partitions(db: psycopg.Connection) -> None:
+    db.execute("SELECT txm_drop_expired_partitions('dynamic_metrics', '2100-01-01')")
+    db.execute("SELECT txm_drop_expired_partitions('ingested_events', '2100-01-01')")
+    today = date(2026, 6, 30)
+    db.execute("SELECT txm_ensure_day_partitions('dynamic_metrics', '2026-06-10', '2026-06-20')")
+    for day in ("2026-06-15", "2026-06-16"):   # the last expired day and the first kept day hold data
+        db.execute("INSERT INTO dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, "
+                   "payment_method, status, currency) VALUES (%s, 'amount', 1, %s, 'm', 'card', 'approved', 'USD')",
+                   (f"e-{day}", f"{day}T23:59:59.999999Z"))
+    db.execute("INSERT INTO failed_items (item_key, partition_id, error_code, detail, payload, received_at) VALUES "
+               "('old', '0', 'body_not_json', 'd', 'p', '2026-05-01T00:00:00Z'), "
+               "('new', '0', 'body_not_json', 'd', 'p', '2026-06-29T00:00:00Z')")
+    retention = {"dynamic_metrics": 14, "ingested_events": 14, "failed_items": 30, "aggregate_histograms": 90}
+    policy = load_policy("dev")
+    plan = make_plan(policy, datetime(2026, 6, 30, tzinfo=UTC), conn=db)
+    report = enforce(db, retention, today)
+    expected = [f"dynamic_metrics_p202606{d:02d}" for d in range(10, 16)]   # cutoff 2026-06-16: up to the 15th
+    assert sorted(p for p in report.dropped_partitions if p.startswith("dynamic")) == expected
+    assert plan.dropped_partitions["dynamic_metrics"] == expected              # the plan said so
+    remaining = partitions(db, "dynamic_metrics")
+    assert "dynamic_metrics_p20260616" in remaining and "dynamic_metrics_p20260707" in remaining
+    assert db.execute("SELECT event_id FROM dynamic_metrics").fetchall() == [("e-2026-06-16",)]
+    assert report.deleted_rows["failed_items"] == 1
+    assert db.execute("SELECT item_key FROM failed_items").fetchall() == [("new",)]
+    second = enforce(db, retention, today)
+    assert (second.created_partitions, second.dropped_partitions, second.deleted_rows["failed_items"]) == (0, [], 0)
+    assert partitions(db, "dynamic_metrics") == remaining
+
+
+def test_retention_is_safe_while_ingestion_runs(ingest_fn: Callable[[list[Any]], None], db: psycopg.Connection,
+                                                services: LocalServices) -> None:
+    today = datetime.now(UTC).date()
+    errors: list[BaseException] = []
+
+    def ingest() -> None:
+        try:
+            for i in range(8):
+                bodies = [json.dumps({"event_id": f"live-{i}-{j}", "transaction_id": "t", "merchant_id": "m",
+                                      "occurred_at": (datetime.now(UTC) - timedelta(days=j % 3)).isoformat(),
+                                      "amount": 1, "currency": "USD", "payment_method": "card",
+                                      "status": "approved"}) for j in range(100)]
+                ingest_fn(make_batch(bodies, partition_id="0", first_sequence=i * 100))
+        except BaseException as exc:   # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=ingest)
+    thread.start()
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        for _ in range(5):
+            enforce(conn, table_retention(load_policy("dev")), today)
+    thread.join(timeout=120)
+    assert not errors, errors
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (800,)
+
+
+def test_cli_plan_and_simulate(service: BlobServiceClient, services: LocalServices, db: psycopg.Connection,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from txmetrics_cli.main import app
+
+    upload(service)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", services.storage_connection_string)
+    monkeypatch.setenv("DATABASE_URL", services.database_url)
+    at = (datetime.now(UTC) + timedelta(days=100)).date().isoformat()
+    result = CliRunner().invoke(app, ["lifecycle", "plan", "--stack", "dev", "--at", at, "--simulate"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "tierToArchive" in result.output and "5,010" in result.output
+    assert "simulated: {'delete': 1, 'tierToArchive': 5}" in result.output
+    bad = CliRunner().invoke(app, ["lifecycle", "validate", "--stack", "nonexistent-stack"])
+    assert bad.exit_code == 0   # no override file: the base policy applies

@@ -1,0 +1,140 @@
+"""Retention policies as code: one validation test per rule, each error naming file, rule
+and fix; the rendered management policy for dev and prod, exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lifecycle.policy import (
+    LIFECYCLE_DIR,
+    LifecycleError,
+    load_policy,
+    render_management_policy,
+    table_retention,
+)
+
+
+def write_policy(tmp_path: Path, base_changes: dict[str, Any] | None = None, stack: dict[str, Any] | None = None,
+                 rule_changes: dict[str, Any] | None = None) -> Path:
+    base = yaml.safe_load((LIFECYCLE_DIR / "base.yaml").read_text())
+    base.update(base_changes or {})
+    if rule_changes is not None:
+        base["blob_rules"][0].update(rule_changes)
+        for k, v in list(base["blob_rules"][0].items()):
+            if v is None:
+                del base["blob_rules"][0][k]
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    if stack is not None:
+        (tmp_path / "test.yaml").write_text(yaml.safe_dump(stack, sort_keys=False))
+    return tmp_path
+
+
+def refused(tmp_path: Path, **kwargs: Any) -> str:
+    directory = write_policy(tmp_path, **kwargs)
+    with pytest.raises(LifecycleError) as err:
+        load_policy("test", directory)
+    return str(err.value)
+
+
+def test_the_shipped_policies_are_valid() -> None:
+    for stack in ("dev", "prod"):
+        policy = load_policy(stack)
+        assert policy.rule("raw-events-tiering").days["archive"] == 90
+
+
+def test_tier_days_must_be_in_order(tmp_path: Path) -> None:
+    msg = refused(tmp_path, rule_changes={"cool_after_days": 120})
+    assert msg.startswith(f"{tmp_path / 'base.yaml'}: rule 'raw-events-tiering': ")
+    assert "cool_after_days (120) must be less than archive_after_days (90)" in msg and "fix: tiers go cool" in msg
+
+
+def test_archive_is_refused_on_zone_redundant_accounts(tmp_path: Path) -> None:
+    msg = refused(tmp_path, stack={"storage": {"redundancy": "Standard_ZRS"}})
+    assert "rule 'raw-events-tiering'" in msg and "not available on Standard_ZRS" in msg
+    assert "fix: use Standard_LRS, Standard_GRS or Standard_RAGRS" in msg
+
+
+def test_delete_inside_the_early_deletion_window_is_flagged(tmp_path: Path) -> None:
+    msg = refused(tmp_path, rule_changes={"delete_after_days": 200},
+                  base_changes={"minimum_retention_days": {"raw_events": 100}})
+    assert "rule 'raw-events-tiering'" in msg and "180-day early-deletion window" in msg
+    assert "fix: set delete_after_days >= 270, or allow_early_deletion: true" in msg
+    directory = write_policy(tmp_path, rule_changes={"delete_after_days": 200, "allow_early_deletion": True},
+                             base_changes={"minimum_retention_days": {"raw_events": 100}})
+    assert load_policy("test", directory).rule("raw-events-tiering").days["delete"] == 200
+
+
+def test_a_prefix_must_start_with_a_real_container(tmp_path: Path) -> None:
+    msg = refused(tmp_path, rule_changes={"container": "raw-event"})
+    assert "container 'raw-event' is not one of the account's containers (raw-events, deployments)" in msg
+    assert "fix: name an existing container" in msg
+    msg = refused(tmp_path, rule_changes={"prefix": "/raw_events/"})
+    assert "fix: write e.g. prefix: raw_events/" in msg
+
+
+def test_at_most_100_rules(tmp_path: Path) -> None:
+    rules = [{"name": f"r{i}", "container": "deployments", "prefix": f"p{i}/", "delete_after_days": 30}
+             for i in range(101)]
+    msg = refused(tmp_path, base_changes={"blob_rules": rules})
+    assert "101 rules; Azure allows at most 100" in msg and "fix: merge rules" in msg
+
+
+def test_unknown_keys_are_refused(tmp_path: Path) -> None:
+    msg = refused(tmp_path, rule_changes={"archve_after_days": 90})
+    assert "rule 'raw-events-tiering': unknown key 'archve_after_days'" in msg and "fix: use only" in msg
+    msg = refused(tmp_path, stack={"tabels": {}})
+    assert f"{tmp_path / 'test.yaml'}: key 'tabels': unknown key" in msg
+    msg = refused(tmp_path, stack={"tables": {"dynamic_metric": 3}})
+    assert "tables.dynamic_metric: unknown table" in msg
+
+
+def test_retention_below_the_minimum_is_refused(tmp_path: Path) -> None:
+    msg = refused(tmp_path, stack={"tables": {"dynamic_metrics": 3}})
+    assert f"{tmp_path / 'test.yaml'}: tables.dynamic_metrics: 3 days is below the minimum retention of 7 days" in msg
+    assert "fix: keep dynamic_metrics at least 7 days" in msg
+    msg = refused(tmp_path, rule_changes={"delete_after_days": 1000})
+    assert "delete_after_days 1000 is below the minimum retention of 2555 days for raw events" in msg
+
+
+def test_the_ledger_must_outlive_the_metrics(tmp_path: Path) -> None:
+    msg = refused(tmp_path, stack={"tables": {"ingested_events": 20}})
+    assert "tables.ingested_events: 20 days is shorter than dynamic_metrics (35)" in msg
+
+
+EXPECTED = {
+    "dev": {"rules": [
+        {"enabled": True, "name": "raw-events-tiering", "type": "Lifecycle", "definition": {
+            "actions": {"baseBlob": {"tierToCool": {"daysAfterModificationGreaterThan": 30},
+                                     "tierToArchive": {"daysAfterModificationGreaterThan": 90},
+                                     "delete": {"daysAfterModificationGreaterThan": 270}}},
+            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["raw-events/raw_events/"]}}},
+        {"enabled": True, "name": "old-function-packages", "type": "Lifecycle", "definition": {
+            "actions": {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": 14}}},
+            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["deployments/"]}}},
+    ]},
+    "prod": {"rules": [
+        {"enabled": True, "name": "raw-events-tiering", "type": "Lifecycle", "definition": {
+            "actions": {"baseBlob": {"tierToCool": {"daysAfterModificationGreaterThan": 30},
+                                     "tierToArchive": {"daysAfterModificationGreaterThan": 90},
+                                     "delete": {"daysAfterModificationGreaterThan": 2555}}},
+            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["raw-events/raw_events/"]}}},
+        {"enabled": True, "name": "old-function-packages", "type": "Lifecycle", "definition": {
+            "actions": {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": 90}}},
+            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["deployments/"]}}},
+    ]},
+}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_rendered_management_policy(stack: str) -> None:
+    assert render_management_policy(load_policy(stack)) == EXPECTED[stack]
+
+
+def test_table_retention_per_stack() -> None:
+    assert table_retention(load_policy("dev")) == {"dynamic_metrics": 14, "ingested_events": 14, "failed_items": 30,
+                                                   "aggregate_histograms": 90, "raw_files": 270}
+    assert table_retention(load_policy("prod"))["dynamic_metrics"] == 35
