@@ -89,3 +89,20 @@ def retention(timer: func.TimerRequest) -> None:
         report = enforce(conn, {k: int(v) for k, v in policy.items()}, datetime.now(UTC).date())
     log.info("retention %s", json.dumps({"created": report.created_partitions, "dropped": report.dropped_partitions,
                                          "deleted": report.deleted_rows}, sort_keys=True))
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 0 3 * * *", run_on_startup=False, use_monitor=True)
+def maintenance(timer: func.TimerRequest) -> None:
+    """Daily: finish stale outbox uploads, roll up finished days, compact finished days' small files."""
+    from datetime import UTC, datetime
+
+    from txmetrics.compaction import compact_day, days_to_compact
+    from txmetrics.rollup import days_to_roll, roll_day
+
+    pipeline = get_pipeline()
+    flushed = pipeline.flush_outbox(None)
+    today = datetime.now(UTC).date()
+    with pipeline.store.autocommit_connection() as conn:
+        rolled = [str(d) for d in days_to_roll(conn, today) if roll_day(conn, d)]
+        compacted = {str(d): len(compact_day(conn, pipeline.archive, d).outputs) for d in days_to_compact(conn, today)}
+    log.info("maintenance %s", json.dumps({"outbox_flushed": flushed, "rolled_up": rolled, "compacted": compacted}))

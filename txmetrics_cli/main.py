@@ -212,5 +212,225 @@ def retention_apply(stack: Annotated[str, typer.Option()] = "dev",
                   f"deleted rows {report.deleted_rows}")
 
 
+# ------------------------------------------------------------------------------ read side
+
+
+def _archive(container: str) -> object:
+    from txmetrics.adapters.blob import BlobArchive
+
+    return BlobArchive(_storage_service(), container)  # type: ignore[arg-type]
+
+
+def _when(value: str) -> datetime:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command("query")
+def query_events(start: Annotated[str, typer.Option(help="UTC start, inclusive (2026-03-01T10:00)")],
+                 end: Annotated[str, typer.Option(help="UTC end, exclusive")],
+                 merchant: Annotated[str | None, typer.Option()] = None,
+                 status: Annotated[str | None, typer.Option()] = None,
+                 event_id: Annotated[str | None, typer.Option()] = None,
+                 transaction_id: Annotated[str | None, typer.Option()] = None,
+                 fmt: Annotated[str, typer.Option("--format", help="table, jsonl, csv or parquet")] = "table",
+                 out: Annotated[str | None, typer.Option(help="output file (parquet needs one)")] = None,
+                 rehydrate: Annotated[str | None, typer.Option(help="Standard or High: rehydrate archived files")] = None,
+                 container: Annotated[str, typer.Option(envvar="RAW_EVENTS_CONTAINER")] = "raw-events") -> None:
+    """Raw events in a time range from the Parquet archive (only the files that can match are read)."""
+    import sys
+
+    import psycopg
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from txmetrics.query import QueryResult
+    from txmetrics.query import query_events as run_query
+    from txmetrics.query import rehydrate as request_rehydration
+
+    if fmt not in ("table", "jsonl", "csv", "parquet"):
+        raise typer.BadParameter("use table, jsonl, csv or parquet", param_hint="--format")
+    if fmt == "parquet" and not out:
+        raise typer.BadParameter("parquet output needs --out FILE", param_hint="--out")
+    archive = _archive(container)
+    result = QueryResult()
+    sink = open(out, "w" if fmt != "parquet" else "wb") if out else sys.stdout  # noqa: SIM115
+    writer = None
+    try:
+        with psycopg.connect(_database_url()) as conn:
+            tables = run_query(conn, archive, _when(start), _when(end), result,  # type: ignore[arg-type]
+                               merchant_id=merchant, status=status, event_id=event_id, transaction_id=transaction_id)
+            for table in tables:
+                if fmt == "jsonl":
+                    import json
+
+                    for row in table.drop_columns(["payload"]).to_pylist():
+                        sink.write(json.dumps(row, default=str) + "\n")
+                elif fmt == "csv":
+                    buf = pa.BufferOutputStream()
+                    pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=writer is None))
+                    writer = True
+                    sink.write(buf.getvalue().to_pybytes().decode())
+                elif fmt == "parquet":
+                    writer = writer or pq.ParquetWriter(out, table.schema, compression="zstd")
+                    writer.write_table(table)
+                else:
+                    for row in table.select(["occurred_at", "event_id", "merchant_id", "amount", "currency", "status",
+                                             "payment_method"]).to_pylist():
+                        console.print(" ".join(str(v) for v in row.values()))
+    finally:
+        if fmt == "parquet" and writer is not None:
+            writer.close()
+        if out and fmt != "parquet":
+            sink.close()
+    err = Console(stderr=True)
+    err.print(f"{result.rows:,} event(s) from {len(result.files_opened)} of {len(result.files_planned)} planned file(s)")
+    if result.archived:
+        err.print(f"[yellow]{len(result.archived)} file(s) in the archive tier were not read:[/yellow]")
+        for path in result.archived:
+            err.print(f"  {path}")
+        if rehydrate:
+            err.print(request_rehydration(archive, result.archived, rehydrate))  # type: ignore[arg-type]
+        else:
+            err.print("re-run with --rehydrate Standard (up to 15 h) or High (under 1 h) to bring them back")
+
+
+@app.command("kpi")
+def kpi_command(metric: Annotated[str, typer.Option()], start: Annotated[str, typer.Option()],
+                end: Annotated[str, typer.Option()],
+                by: Annotated[list[str] | None, typer.Option(help="group by a dimension (repeatable)")] = None,
+                where: Annotated[list[str] | None, typer.Option(help="filter dim=value (repeatable)")] = None,
+                window: Annotated[str | None, typer.Option(help="5m, 1h or 1d")] = None,
+                stored: Annotated[list[str] | None, typer.Option(help="extra stored dimensions (e.g. currency)")] = None
+                ) -> None:
+    """KPIs from aggregate_histograms: count, sum, mean/rate, p50/p90/p95/p99 (within 0.54%)."""
+    import psycopg
+    from rich.table import Table
+
+    from txmetrics import kpi
+
+    filters = dict(w.split("=", 1) for w in (where or []))
+    with psycopg.connect(_database_url()) as conn:
+        rows = kpi.query(conn, metric=metric, start=_when(start), end=_when(end), group_by=list(by or []),
+                         filters=filters, window=window, stored_dimensions=list(stored or []))
+    t = Table(title=f"{metric} {start} .. {end}")
+    for col in ("window", "group", "count", "sum", "mean/rate", "p50", "p90", "p95", "p99"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r.window_start or ""), str(r.dimensions), f"{r.count:,}", f"{r.sum:,.2f}", f"{r.mean:.4g}",
+                  *(f"{r.quantiles[q]:.4g}" if r.quantiles.get(q) is not None else "-" for q in kpi.QUANTILES))
+    console.print(t)
+
+
+@app.command("compact")
+def compact_command(day: Annotated[str, typer.Option(help="UTC date to compact")],
+                    target_mb: Annotated[float, typer.Option(help="target file size")] = 128,
+                    container: Annotated[str, typer.Option(envvar="RAW_EVENTS_CONTAINER")] = "raw-events") -> None:
+    """Merge a finished day's small raw files into files of the target size (safe to re-run)."""
+    import psycopg
+
+    from txmetrics.compaction import compact_day
+
+    with psycopg.connect(_database_url(), autocommit=True) as conn:
+        report = compact_day(conn, _archive(container), datetime.fromisoformat(day).date(),  # type: ignore[arg-type]
+                             target_bytes=int(target_mb * 1024 * 1024))
+    console.print(report.skipped_reason or f"{report.inputs} file(s) -> {len(report.outputs)} file(s), "
+                  f"{report.rows:,} rows; recovered {report.recovered} unfinished run(s)")
+
+
+@app.command("rollup")
+def rollup_command(day: Annotated[str, typer.Option(help="UTC date to roll up")]) -> None:
+    """Build the daily rollup of one day's 5-minute histograms."""
+    import psycopg
+
+    from txmetrics.rollup import roll_day
+
+    with psycopg.connect(_database_url(), autocommit=True) as conn:
+        fresh = roll_day(conn, datetime.fromisoformat(day).date())
+    console.print("rolled up" if fresh else "rolled up, but late events arrived meanwhile: still stale, re-run")
+
+
+failed_app = typer.Typer(no_args_is_help=True, help="Failed items: list, show, fix, replay, resolve.")
+app.add_typer(failed_app, name="failed")
+
+
+@failed_app.command("list")
+def failed_list(code: Annotated[str | None, typer.Option(help="error code")] = None,
+                all_items: Annotated[bool, typer.Option("--all", help="include replayed and resolved")] = False,
+                limit: Annotated[int, typer.Option()] = 50) -> None:
+    import psycopg
+
+    from txmetrics import replay
+
+    with psycopg.connect(_database_url()) as conn:
+        for item in replay.list_items(conn, error_code=code, include_done=all_items, limit=limit):
+            console.print(f"{item['id']:>8}  {item['error_code']:<24} {item['event_id'] or '-':<30} {item['detail']}")
+
+
+@failed_app.command("show")
+def failed_show(item_id: int) -> None:
+    import psycopg
+
+    from txmetrics import replay
+
+    with psycopg.connect(_database_url()) as conn:
+        for k, v in replay.show(conn, item_id).items():
+            console.print(f"[bold]{k}[/bold]: {v}")
+
+
+@failed_app.command("fix")
+def failed_fix(item_id: int, payload_file: Annotated[str, typer.Option(help="file with the corrected JSON")]) -> None:
+    import psycopg
+
+    from txmetrics import replay
+
+    with psycopg.connect(_database_url()) as conn, open(payload_file, encoding="utf-8") as fh:
+        replay.fix(conn, item_id, fh.read())
+    console.print(f"item {item_id}: fixed payload stored")
+
+
+@failed_app.command("set")
+def failed_set(item_id: int, field: str, value: str) -> None:
+    """Set one (dotted) field of the payload; VALUE is JSON if it parses, else a string; null removes it."""
+    import json
+
+    import psycopg
+
+    from txmetrics import replay
+
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    with psycopg.connect(_database_url()) as conn:
+        console.print(replay.set_field(conn, item_id, field, parsed))
+
+
+@failed_app.command("replay")
+def failed_replay(ids: Annotated[list[int] | None, typer.Argument()] = None,
+                  code: Annotated[str | None, typer.Option(help="replay every open item with this error code")] = None,
+                  force: Annotated[bool, typer.Option(help="replay items already replayed")] = False) -> None:
+    """Replay items through the normal ingest path (deduplication still holds)."""
+    import psycopg
+
+    from txmetrics import replay
+    from txmetrics.runtime import get_pipeline
+
+    with psycopg.connect(_database_url()) as conn:
+        for outcome in replay.replay(conn, get_pipeline(), item_ids=list(ids or []), error_code=code, force=force):
+            console.print(f"{outcome.item_id}: {outcome.note}")
+
+
+@failed_app.command("resolve")
+def failed_resolve(ids: list[int], note: Annotated[str, typer.Option()] = "resolved without replay") -> None:
+    import psycopg
+
+    from txmetrics import replay
+
+    with psycopg.connect(_database_url()) as conn:
+        console.print(f"{replay.resolve(conn, ids, note)} item(s) resolved")
+
+
 if __name__ == "__main__":
     app()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -54,7 +54,7 @@ class KpiRow:
 def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime,
           group_by: list[str] | None = None, filters: dict[str, Any] | None = None,
           window: str | None = None, stored_dimensions: list[str] | None = None,
-          quantiles: tuple[float, ...] = QUANTILES) -> list[KpiRow]:
+          quantiles: tuple[float, ...] = QUANTILES, use_rollups: bool = True) -> list[KpiRow]:
     """KPIs of `metric` over [start, end), one row per group (and per window when given)."""
     group_by = list(group_by or [])
     filters = dict(filters or {})
@@ -64,17 +64,27 @@ def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: dateti
     bucket_expr = "NULL::timestamptz"
     if window is not None:
         bucket_expr = f"date_bin(interval '{WINDOWS[window]} seconds', window_start, timestamptz 'epoch')"
-    params: dict[str, Any] = {"metric": metric, "start": start, "end": end, "keys": keys,
-                              "filters": json.dumps(filters)}
-    base = f"""
-        SELECT {bucket_expr} AS bucket, dimensions, count, sum, min, max, zero_count,
-               pos_offset, pos_counts, neg_offset, neg_counts
-          FROM aggregate_histograms
-         WHERE metric_name = %(metric)s AND window_seconds = 300
-           AND window_start >= %(start)s AND window_start < %(end)s
-           AND dimensions ?& %(keys)s::text[]
-           AND (SELECT count(*) FROM jsonb_object_keys(dimensions)) = cardinality(%(keys)s::text[])
-           AND dimensions @> %(filters)s::jsonb"""
+    params: dict[str, Any] = {"metric": metric, "keys": keys, "filters": json.dumps(filters)}
+    # Full days with a fresh daily rollup are read from it (1 row instead of 288); the rest of
+    # the range from the 5-minute rows. Rollups cannot serve sub-day windows.
+    rolled = sorted(_rolled_days(conn, start, end)) if use_rollups and window in (None, "1d") else []
+    select = f"""SELECT {bucket_expr} AS bucket, dimensions, count, sum, min, max, zero_count,
+                        pos_offset, pos_counts, neg_offset, neg_counts
+                   FROM aggregate_histograms
+                  WHERE metric_name = %(metric)s
+                    AND dimensions ?& %(keys)s::text[]
+                    AND (SELECT count(*) FROM jsonb_object_keys(dimensions)) = cardinality(%(keys)s::text[])
+                    AND dimensions @> %(filters)s::jsonb"""
+    parts = []
+    if rolled:
+        params["rolled"] = [datetime.combine(d, datetime.min.time(), tzinfo=UTC) for d in rolled]
+        parts.append(select + " AND window_seconds = 86400 AND window_start = ANY(%(rolled)s::timestamptz[])")
+    for i, (a, b) in enumerate(_subtract(start, end, rolled)):
+        params[f"a{i}"], params[f"b{i}"] = a, b
+        parts.append(select + f" AND window_seconds = 300 AND window_start >= %(a{i})s AND window_start < %(b{i})s")
+    if not parts:
+        return []
+    base = " UNION ALL ".join(parts)
     group_cols = "bucket, " + (", ".join(f"dimensions -> '{_safe(k)}'" for k in group_by) or "NULL::jsonb")
     group_json = "jsonb_build_object(" + ", ".join(f"'{_safe(k)}', dimensions -> '{_safe(k)}'" for k in group_by) + ")"
     sql = f"""
@@ -104,6 +114,30 @@ def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: dateti
         for q in quantiles:
             row.quantiles[q] = histogram.quantile(q, int(z), pos_off, pos_counts, neg_off, neg_counts, row.min, row.max)
         out.append(row)
+    return out
+
+
+def _rolled_days(conn: psycopg.Connection, start: datetime, end: datetime) -> set[date]:
+    from .rollup import fresh_days
+
+    first = (start + timedelta(days=1) - timedelta(microseconds=1)).astimezone(UTC).date()   # first full day
+    last = (end.astimezone(UTC) - timedelta(days=1)).date()                                  # last full day
+    if last < first:
+        return set()
+    return fresh_days(conn, first, last)
+
+
+def _subtract(start: datetime, end: datetime, days: list[date]) -> list[tuple[datetime, datetime]]:
+    """[start, end) minus the given whole UTC days, as sorted intervals."""
+    out = []
+    cursor = start
+    for d in days:
+        a = datetime.combine(d, datetime.min.time(), tzinfo=UTC)
+        if a > cursor:
+            out.append((cursor, a))
+        cursor = max(cursor, a + timedelta(days=1))
+    if cursor < end:
+        out.append((cursor, end))
     return out
 
 

@@ -284,6 +284,10 @@ class BatchTransaction:
                    neg_offset = txm_hist_merge_offset(h.neg_offset, excluded.neg_offset),
                    updated_at = now()
                 WHERE h.scale = excluded.scale""", (scale,))
+        # late events for a day already rolled up: its daily rollup no longer agrees, mark it
+        days = sorted({_us_to_dt(r.window_start_us).date() for r in a})
+        self.conn.execute("UPDATE aggregate_rollups SET stale = true, version = version + 1 WHERE day = ANY(%s)",
+                          (days,))
         if cur.rowcount != len(a):
             raise RuntimeError(f"aggregate merge touched {cur.rowcount} of {len(a)} rows: a histogram with another "
                                "scale is stored under the same key; migrate the stored rows before changing SCALE")

@@ -1,0 +1,110 @@
+"""Raw-event queries: events in a UTC time range, with filters, read back from the Parquet
+archive, opening only the files whose time range overlaps (from the raw_files manifest).
+
+Files in the archive tier cannot be read (409 BlobArchived): they are reported by name
+instead of failing the query half-way; `rehydrate()` asks Azure to bring them back.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import RehydratePriority
+
+from .adapters.blob import BlobArchive
+from .adapters.parquet import RAW_EVENT_SCHEMA
+
+FILTER_COLUMNS = ("merchant_id", "status", "event_id", "transaction_id", "payment_method", "currency")
+REHYDRATION_HOURS = {"Standard": 15, "High": 1}    # Azure's upper bounds for blobs under 10 GB
+
+
+@dataclass
+class QueryResult:
+    files_planned: list[str] = field(default_factory=list)
+    files_opened: list[str] = field(default_factory=list)
+    archived: list[str] = field(default_factory=list)
+    rows: int = 0
+
+
+def plan_files(conn: psycopg.Connection, start: datetime, end: datetime,
+               event_id: str | None = None) -> list[tuple[str, str, bytes | None]]:
+    """(path, state, outbox bytes) of the live files that can hold events in [start, end)."""
+    if event_id is not None:
+        # the ledger knows the file; after compaction, the files of the generation that replaced it
+        rows = conn.execute(
+            """SELECT DISTINCT f.path, f.state, o.content
+                 FROM ingested_events e
+                 JOIN raw_files orig ON orig.id = e.raw_file_id
+                 JOIN raw_files f ON (f.id = orig.id AND orig.superseded_by IS NULL)
+                                  OR (f.generation = orig.superseded_by)
+                 LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
+                WHERE e.event_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
+                  AND f.state IN ('uploaded', 'pending')
+                ORDER BY f.path""", (event_id, start, end)).fetchall()
+    else:
+        rows = conn.execute(
+            """SELECT f.path, f.state, o.content FROM raw_files f
+                 LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
+                WHERE f.state IN ('uploaded', 'pending')
+                  AND f.event_date BETWEEN (%s AT TIME ZONE 'UTC')::date AND (%s AT TIME ZONE 'UTC')::date
+                  AND f.occurred_max >= %s AND f.occurred_min < %s
+                ORDER BY f.event_date, f.occurred_min, f.path""", (start, end, start, end)).fetchall()
+    return [(str(r[0]), str(r[1]), bytes(r[2]) if r[2] is not None else None) for r in rows]
+
+
+def _filter(table: pa.Table, start: datetime, end: datetime, filters: dict[str, Any]) -> pa.Table:
+    mask = pc.and_(pc.greater_equal(table["occurred_at"], pa.scalar(start, RAW_EVENT_SCHEMA.field("occurred_at").type)),
+                   pc.less(table["occurred_at"], pa.scalar(end, RAW_EVENT_SCHEMA.field("occurred_at").type)))
+    for column, value in filters.items():
+        if value is not None:
+            mask = pc.and_(mask, pc.equal(table[column], pa.scalar(value)))
+    return table.filter(mask)
+
+
+def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime, end: datetime,
+                 result: QueryResult | None = None, **filters: Any) -> Iterator[pa.Table]:
+    """Yield one filtered table per file read, in time order of the files. `result` collects
+    which files were planned, opened, and skipped as archived."""
+    unknown = set(filters) - set(FILTER_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown filter {sorted(unknown)[0]!r}; use {', '.join(FILTER_COLUMNS)}")
+    result = result if result is not None else QueryResult()
+    for path, state, pending_bytes in plan_files(conn, start, end, filters.get("event_id")):
+        result.files_planned.append(path)
+        if state == "pending" and pending_bytes is not None:
+            data = pending_bytes                       # committed, upload not yet confirmed: read the outbox
+        else:
+            try:
+                data = archive.download(path)
+            except HttpResponseError as exc:
+                if getattr(exc, "error_code", None) == "BlobArchived":
+                    result.archived.append(path)
+                    continue
+                raise
+        result.files_opened.append(path)
+        table = pq.read_table(io.BytesIO(data), schema=RAW_EVENT_SCHEMA,
+                              filters=[("occurred_at", ">=", start), ("occurred_at", "<", end)])
+        table = _filter(table, start, end, filters)
+        result.rows += table.num_rows
+        if table.num_rows:
+            yield table
+
+
+def rehydrate(archive: BlobArchive, paths: list[str], priority: str = "Standard") -> str:
+    """Ask Azure to move archived blobs back to the hot tier; returns when to retry."""
+    if priority not in REHYDRATION_HOURS:
+        raise ValueError("priority must be Standard or High")
+    for path in paths:
+        archive.container.get_blob_client(path).set_standard_blob_tier(
+            "Hot", rehydrate_priority=RehydratePriority(priority))
+    return (f"rehydration of {len(paths)} file(s) requested at {priority} priority; retry the query in up to "
+            f"{REHYDRATION_HOURS[priority]} hour(s)")

@@ -1,0 +1,113 @@
+"""Failed items: list, show, fix, replay through the normal ingest path, mark resolved.
+
+A replayed event is processed by the same pipeline as live traffic (partition "replay",
+sequence number = the failed item's id), so deduplication still holds: replaying an item
+twice, or an item whose event meanwhile arrived fixed from the producer, changes nothing.
+An item whose (fixed) payload is still invalid is not replayed; the reason is noted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from .core.events import InboundEvent, Rejection, parse_event
+
+REPLAY_PARTITION = "replay"
+
+
+@dataclass
+class ReplayOutcome:
+    item_id: int
+    replayed: bool
+    note: str
+
+
+def list_items(conn: psycopg.Connection, *, error_code: str | None = None, include_done: bool = False,
+               limit: int = 50) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        """SELECT id, error_code, event_id, partition_id, sequence_number, received_at, replayed, resolved,
+                  left(detail, 120)
+             FROM failed_items
+            WHERE (%(code)s::text IS NULL OR error_code = %(code)s)
+              AND (%(all)s OR (NOT replayed AND NOT resolved))
+            ORDER BY id LIMIT %(limit)s""", {"code": error_code, "all": include_done, "limit": limit}).fetchall()
+    keys = ("id", "error_code", "event_id", "partition_id", "sequence_number", "received_at", "replayed", "resolved",
+            "detail")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def show(conn: psycopg.Connection, item_id: int) -> dict[str, Any]:
+    cur = conn.execute("SELECT * FROM failed_items WHERE id = %s", (item_id,))
+    row = cur.fetchone()
+    if row is None:
+        raise KeyError(f"no failed item {item_id}")
+    return dict(zip([d.name for d in cur.description or []], row, strict=True))
+
+
+def fix(conn: psycopg.Connection, item_id: int, payload: str) -> None:
+    """Store a corrected payload (the original stays for the record)."""
+    with conn.transaction():
+        if conn.execute("UPDATE failed_items SET fixed_payload = %s WHERE id = %s", (payload, item_id)).rowcount != 1:
+            raise KeyError(f"no failed item {item_id}")
+
+
+def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any) -> str:
+    """Edit one (dotted) field of the item's JSON payload; returns the new payload."""
+    item = show(conn, item_id)
+    try:
+        doc = json.loads(item["fixed_payload"] or item["payload"])
+    except ValueError:
+        raise ValueError(f"failed item {item_id} is not JSON; use `fix` with a whole corrected payload") from None
+    node = doc
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    if value is None:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+    payload = json.dumps(doc)
+    fix(conn, item_id, payload)
+    return payload
+
+
+def resolve(conn: psycopg.Connection, item_ids: list[int], note: str = "resolved without replay") -> int:
+    with conn.transaction():
+        return conn.execute("UPDATE failed_items SET resolved = true, resolved_at = now(), replay_note = %s "
+                            "WHERE id = ANY(%s) AND NOT resolved", (note, item_ids)).rowcount
+
+
+def replay(conn: psycopg.Connection, pipeline: Any, *, item_ids: list[int] | None = None,
+           error_code: str | None = None, force: bool = False) -> list[ReplayOutcome]:
+    """Replay items by id or by error code through `pipeline.process`."""
+    if not item_ids and not error_code:
+        raise ValueError("name the items to replay: ids or an error code")
+    rows = conn.execute(
+        """SELECT id, coalesce(fixed_payload, payload), replayed FROM failed_items
+            WHERE (id = ANY(%(ids)s) OR error_code = %(code)s) AND NOT resolved ORDER BY id""",
+        {"ids": item_ids or [], "code": error_code}).fetchall()
+    outcomes = []
+    for item_id, payload, replayed in rows:
+        if replayed and not force:
+            outcomes.append(ReplayOutcome(item_id, False, "already replayed"))
+            continue
+        inbound = InboundEvent(body=payload.encode("utf-8"), partition_id=REPLAY_PARTITION,
+                               sequence_number=int(item_id))
+        parsed = parse_event(inbound)
+        if isinstance(parsed, Rejection):
+            note = f"still invalid: {parsed.error_code}: {parsed.detail}"
+            with conn.transaction():
+                conn.execute("UPDATE failed_items SET replay_note = %s WHERE id = %s", (note, item_id))
+            outcomes.append(ReplayOutcome(item_id, False, note))
+            continue
+        report = pipeline.process(REPLAY_PARTITION, [inbound])
+        note = "replayed" if report.new_events else "replayed (event already ingested: nothing added)"
+        with conn.transaction():
+            conn.execute("UPDATE failed_items SET replayed = true, replayed_at = coalesce(replayed_at, now()), "
+                         "replay_note = %s WHERE id = %s", (note, item_id))
+        outcomes.append(ReplayOutcome(item_id, True, note))
+    return outcomes
