@@ -82,15 +82,6 @@ def compact_day(conn: psycopg.Connection, archive: BlobArchive, day: date, *,
         report.skipped_reason = f"{len(small)} small file(s): nothing to compact"
         return report
     input_ids = [int(r[0]) for r in small]
-    total_bytes = sum(int(r[2]) for r in small)
-    n_out = max(1, round(total_bytes / target_bytes))
-    generation = hashlib.sha256(",".join(map(str, input_ids)).encode()).hexdigest()[:16]
-    outputs = [compacted_file_path(day, generation, i) for i in range(n_out)]
-    conn.execute("INSERT INTO raw_compactions (generation, event_date, input_ids, output_paths, state) "
-                 "VALUES (%s, %s, %s, %s, 'started') ON CONFLICT (generation) DO UPDATE SET state = 'started', "
-                 "output_paths = excluded.output_paths", (generation, day, input_ids, outputs))
-    crash_point("after_intent")
-
     tables = [parquet.decode(archive.download(str(path))) for _, path, _ in small]
     merged = pa.concat_tables(tables)
     # each (partition, sequence number) once, even if an input was somehow duplicated
@@ -100,7 +91,18 @@ def compact_day(conn: psycopg.Connection, archive: BlobArchive, day: date, *,
     merged = merged.sort_by([("occurred_at", "ascending"), ("partition_id", "ascending"),
                              ("sequence_number", "ascending")])
     report.rows = merged.num_rows
-    per_file = -(-merged.num_rows // n_out)
+    # rows per output from the compressed size of a sample (small inputs carry much overhead)
+    sample = merged.slice(0, min(merged.num_rows, 20_000))
+    bytes_per_row = len(parquet.encode(sample)) / max(sample.num_rows, 1)
+    per_file = max(1, int(target_bytes / bytes_per_row))
+    n_out = -(-merged.num_rows // per_file)
+    generation = hashlib.sha256(",".join(map(str, input_ids)).encode()).hexdigest()[:16]
+    outputs = [compacted_file_path(day, generation, i) for i in range(n_out)]
+    conn.execute("INSERT INTO raw_compactions (generation, event_date, input_ids, output_paths, state) "
+                 "VALUES (%s, %s, %s, %s, 'started') ON CONFLICT (generation) DO UPDATE SET state = 'started', "
+                 "output_paths = excluded.output_paths", (generation, day, input_ids, outputs))
+    crash_point("after_intent")
+
     written: list[tuple[str, pa.Table, bytes]] = []
     for i, path in enumerate(outputs):
         part = merged.slice(i * per_file, per_file)
