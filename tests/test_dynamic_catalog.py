@@ -64,4 +64,4 @@ def test_the_bundled_catalog_loads_at_start_up() -> None:
     result = subprocess.run([sys.executable, "-c", "import function_app; print(len(function_app.app.get_functions()))"],
                             cwd=ROOT / "functions", env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "2"   # ingest and the daily retention timer
+    assert result.stdout.strip() == "3"   # ingest, and the daily retention and maintenance timers
