@@ -44,7 +44,7 @@ bench: setup
 	$(PY) -m localdev.bench $(BENCH_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check functions localdev txmetrics_cli infra tests
+	$(VENV)/bin/ruff check functions localdev txmetrics_cli infra lifecycle tests
 	$(VENV)/bin/mypy
 
 up: setup
