@@ -255,8 +255,9 @@ def query_events(start: Annotated[str, typer.Option(help="UTC start, inclusive (
         raise typer.BadParameter("parquet output needs --out FILE", param_hint="--out")
     archive = _archive(container)
     result = QueryResult()
-    sink = open(out, "w" if fmt != "parquet" else "wb") if out else sys.stdout  # noqa: SIM115
-    writer = None
+    sink = open(out, "w", encoding="utf-8") if out and fmt != "parquet" else sys.stdout  # noqa: SIM115
+    writer: pq.ParquetWriter | None = None
+    header_written = False
     try:
         with psycopg.connect(_database_url()) as conn:
             tables = run_query(conn, archive, _when(start), _when(end), result,  # type: ignore[arg-type]
@@ -269,8 +270,8 @@ def query_events(start: Annotated[str, typer.Option(help="UTC start, inclusive (
                         sink.write(json.dumps(row, default=str) + "\n")
                 elif fmt == "csv":
                     buf = pa.BufferOutputStream()
-                    pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=writer is None))
-                    writer = True
+                    pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=not header_written))
+                    header_written = True
                     sink.write(buf.getvalue().to_pybytes().decode())
                 elif fmt == "parquet":
                     writer = writer or pq.ParquetWriter(out, table.schema, compression="zstd")
@@ -280,9 +281,9 @@ def query_events(start: Annotated[str, typer.Option(help="UTC start, inclusive (
                                              "payment_method"]).to_pylist():
                         console.print(" ".join(str(v) for v in row.values()))
     finally:
-        if fmt == "parquet" and writer is not None:
+        if writer is not None:
             writer.close()
-        if out and fmt != "parquet":
+        if sink is not sys.stdout:
             sink.close()
     err = Console(stderr=True)
     err.print(f"{result.rows:,} event(s) from {len(result.files_opened)} of {len(result.files_planned)} planned file(s)")
