@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -90,6 +91,22 @@ def deliver(ingest_fn: Callable[[list[Any]], None]) -> Callable[..., None]:
         ingest_fn(make_batch(bodies, **kwargs))
 
     return _deliver
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def empty_db(services: LocalServices) -> Iterator[str]:
+    """URL of a new, empty database on the test server (dropped afterwards)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield with_database(services.database_url, name)
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def table_snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:

@@ -21,18 +21,7 @@ import pytest
 from infra import bundle
 from infra.providers import CodeDeploymentProvider, SchemaMigrationProvider
 from localdev.services import LocalServices
-from tests.test_migrations import with_database
 from txmetrics import schema
-
-
-@pytest.fixture
-def fresh_db(services: LocalServices) -> Iterator[str]:
-    name = f"prov_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(services.database_url, name)
-    with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def props(url: str, migrations: Path, **extra: Any) -> dict[str, Any]:
@@ -40,45 +29,45 @@ def props(url: str, migrations: Path, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
-def test_migration_provider_create_update_and_diff(fresh_db: str, tmp_path: Path) -> None:
+def test_migration_provider_create_update_and_diff(empty_db: str, tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(schema.MIGRATIONS_DIR, migrations)
     provider = SchemaMigrationProvider()
-    first = props(fresh_db, migrations)
+    first = props(empty_db, migrations)
     created = provider.create(first)
     assert created.outs["applied"] == sorted(p.stem for p in migrations.glob("*.sql") if ".rollback" not in p.name)
 
-    unchanged = props(fresh_db, migrations)
+    unchanged = props(empty_db, migrations)
     assert provider.diff(created.id, created.outs, unchanged).changes is False
 
     (migrations / "0099.add-note.sql").write_text(
         "-- depends: 0003.app-role-support\nALTER TABLE failed_items ADD COLUMN IF NOT EXISTS note text;\n")
     (migrations / "0099.add-note.rollback.sql").write_text("ALTER TABLE failed_items DROP COLUMN IF EXISTS note;\n")
-    changed = props(fresh_db, migrations)
+    changed = props(empty_db, migrations)
     assert provider.diff(created.id, created.outs, changed).changes is True
     updated = provider.update(created.id, created.outs, changed)
     assert updated.outs["applied"] == ["0099.add-note"]
-    with psycopg.connect(fresh_db) as conn:
+    with psycopg.connect(empty_db) as conn:
         assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'failed_items' "
                             "AND column_name = 'note'").fetchone() == (1,)
 
 
-def test_migration_provider_refuses_migrations_changed_since_the_preview(fresh_db: str, tmp_path: Path) -> None:
+def test_migration_provider_refuses_migrations_changed_since_the_preview(empty_db: str, tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(schema.MIGRATIONS_DIR, migrations)
-    planned = props(fresh_db, migrations)
+    planned = props(empty_db, migrations)
     (migrations / "0099.late.sql").write_text("SELECT 1;\n")
     with pytest.raises(RuntimeError, match="changed since the preview"):
         SchemaMigrationProvider().create(planned)
 
 
-def test_migration_provider_grants_the_app_role_data_privileges_only(fresh_db: str, services: LocalServices) -> None:
+def test_migration_provider_grants_the_app_role_data_privileges_only(empty_db: str, services: LocalServices) -> None:
     role = f"app_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(services.database_url, autocommit=True) as conn:
         conn.execute(f'CREATE ROLE "{role}" LOGIN')   # on Azure: an Entra principal, created by the provider
     try:
-        SchemaMigrationProvider().create(props(fresh_db, schema.MIGRATIONS_DIR, app_role=role))
-        with psycopg.connect(fresh_db) as conn:
+        SchemaMigrationProvider().create(props(empty_db, schema.MIGRATIONS_DIR, app_role=role))
+        with psycopg.connect(empty_db) as conn:
             q = lambda sql: conn.execute(sql, (role,)).fetchone()[0]  # noqa: E731
             assert q("SELECT has_table_privilege(%s, 'dynamic_metrics', 'INSERT')") is True
             assert q("SELECT has_table_privilege(%s, 'aggregate_histograms', 'UPDATE')") is True
@@ -92,7 +81,7 @@ def test_migration_provider_grants_the_app_role_data_privileges_only(fresh_db: s
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("DROP TABLE failed_items")
     finally:
-        with psycopg.connect(fresh_db, autocommit=True) as conn:
+        with psycopg.connect(empty_db, autocommit=True) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')
         with psycopg.connect(services.database_url, autocommit=True) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')

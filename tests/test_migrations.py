@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import uuid
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-import pytest
 
-from localdev.services import LocalServices
 from txmetrics import schema
 
 ALL_MIGRATIONS = sorted(p.name[: -len(".sql")] for p in schema.MIGRATIONS_DIR.glob("*.sql")
                         if not p.name.endswith(".rollback.sql"))
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-@pytest.fixture
-def empty_db(services: LocalServices) -> Iterator[str]:
-    name = f"mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(services.database_url, name)
-    with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def schema_dump(url: str) -> dict[str, list[tuple[object, ...]]]:
