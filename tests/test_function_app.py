@@ -47,3 +47,21 @@ def test_one_structured_log_line_per_batch(ingest_fn: Callable[..., None], db: p
     assert (fields["received"], fields["processed"], fields["failed"]) == (2, 1, 1)
     assert fields["failed_by_code"] == {"body_not_json": 1}
     assert {"decode_validate", "commit", "upload"} <= set(fields["ms"])
+
+
+def test_hand_made_events_without_trigger_metadata_are_processed(ingest_fn: Callable[..., None],
+                                                                 db: psycopg.Connection) -> None:
+    """Events built directly (no PartitionContext, no sequence numbers) still work, and two such
+    batches whose made-up sequence numbers collide lose nothing."""
+    import azure.functions as func
+
+    def event(i: int) -> func.EventHubEvent:
+        return func.EventHubEvent(body=json.dumps({
+            "event_id": f"h{i}", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m",
+            "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved"}).encode())
+
+    ingest_fn([event(1), event(2)])
+    ingest_fn([event(3), event(4)])          # same made-up sequence numbers 0 and 1
+    ingest_fn([event(1)])                    # a redelivery
+    assert db.execute("SELECT count(*), min(partition_id) FROM ingested_events").fetchone() == (4, "unknown")
+    assert db.execute("SELECT count(*) FROM raw_files").fetchone() == (2,)
