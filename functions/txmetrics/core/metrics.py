@@ -136,14 +136,24 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
             continue
         ev_sel = event_index[sel]
         for w in catalog.window_seconds:
-            starts = occurred[sel] - occurred[sel] % (w * 1_000_000)
+            window_values, window_codes = np.unique(occurred[sel] - occurred[sel] % (w * 1_000_000),
+                                                    return_inverse=True)
             for dims in catalog.sets_for(metric):
-                stacked = np.stack([starts, *(codes[d][ev_sel] for d in dims)], axis=1)
-                uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
-                for u in uniq.tolist():
-                    dims_json = json.dumps({d: labels[d][u[j + 1]] for j, d in enumerate(dims)}, sort_keys=True,
-                                           separators=(",", ":"))
-                    keys.append((metric.name, w, u[0], dims_json))
+                # one int64 key per row: mixed-radix number of (window code, dimension codes)
+                combined = window_codes.astype(np.int64)
+                radices = [len(labels[d]) for d in dims]
+                for d, radix in zip(dims, radices, strict=True):
+                    combined = combined * radix + codes[d][ev_sel]
+                uniq, inverse = np.unique(combined, return_inverse=True)
+                for key in uniq.tolist():
+                    parts = []
+                    for radix in reversed(radices):
+                        key, code = divmod(key, radix)
+                        parts.append(code)
+                    parts.reverse()
+                    dims_json = json.dumps({d: labels[d][c] for d, c in zip(dims, parts, strict=True)},
+                                           sort_keys=True, separators=(",", ":"))
+                    keys.append((metric.name, w, int(window_values[key]), dims_json))
                 group_parts.append(inverse.reshape(-1) + (len(keys) - len(uniq)))
                 value_parts.append(values[sel])
     return _fold(keys, np.concatenate(group_parts), np.concatenate(value_parts))
