@@ -242,9 +242,25 @@ class BatchTransaction:
                               (f.id, f.content))
 
     def insert_metrics(self, rows: MetricRows) -> int:
-        """Metric rows of the newly claimed events; ON CONFLICT DO NOTHING as a second guard."""
+        """Metric rows of the newly claimed events.
+
+        Fast path: COPY straight into dynamic_metrics inside a savepoint (the ledger already
+        made these events unique). Should a row exist anyway (the table and the ledger
+        disagree, e.g. after a manual repair), the savepoint is rolled back and the rows go
+        through a staging table with ON CONFLICT DO NOTHING instead, so a batch never fails
+        on a duplicate."""
         if not len(rows):
             return 0
+        try:
+            with self.conn.transaction():
+                self._copy("dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method, "
+                           "status, currency, country, event_type, dimensions)",
+                           zip(rows.event_id, rows.metric_name, rows.value, map(_us_to_dt, rows.occurred_us),
+                               rows.merchant_id, rows.payment_method, rows.status, rows.currency, rows.country,
+                               rows.event_type, rows.dimensions, strict=True))
+            return len(rows)
+        except psycopg.errors.UniqueViolation:
+            pass
         self._copy("txm_stage_metrics", zip(rows.event_id, rows.metric_name, rows.value, rows.occurred_us,
                                             rows.merchant_id, rows.payment_method, rows.status, rows.currency,
                                             rows.country, rows.event_type, rows.dimensions, strict=True))
