@@ -3,6 +3,8 @@
 `ingest`: one Event Hub-triggered function, cardinality many. Thin by design: decode the
 batch, hand it to the pipeline, log one structured line. Any exception propagates so the
 host retries the batch (retry policy below); the pipeline makes retries harmless.
+`retention` (02:30 UTC) and `maintenance` (03:00 UTC): daily timers for PostgreSQL
+retention, and for outbox uploads, daily rollups and compaction.
 """
 
 from __future__ import annotations

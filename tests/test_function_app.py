@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
 
 import psycopg
@@ -65,3 +66,27 @@ def test_hand_made_events_without_trigger_metadata_are_processed(ingest_fn: Call
     ingest_fn([event(1)])                    # a redelivery
     assert db.execute("SELECT count(*), min(partition_id) FROM ingested_events").fetchone() == (4, "unknown")
     assert db.execute("SELECT count(*) FROM raw_files").fetchone() == (2,)
+
+
+def test_daily_timer_functions(ingest_fn: Callable[..., None], db: psycopg.Connection,
+                               monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """retention and maintenance, called as the host calls them."""
+    from azure.functions.timer import TimerRequest
+
+    from localdev.run import load_function
+
+    caplog.set_level(logging.INFO, logger="txmetrics.ingest")
+    old = datetime.combine(datetime.now(UTC).date() - timedelta(days=2), datetime.min.time(), tzinfo=UTC)
+    bodies = [json.dumps({"event_id": f"t{i}", "transaction_id": "t", "merchant_id": "m", "amount": 1,
+                          "occurred_at": (old + timedelta(hours=i)).isoformat(), "currency": "USD",
+                          "payment_method": "card", "status": "approved"}) for i in range(3)]
+    for i, body in enumerate(bodies):           # one small file per batch, all on an old day
+        ingest_fn(make_batch([body], partition_id="0", first_sequence=i))
+    monkeypatch.setenv("TXMETRICS_RETENTION", json.dumps({"dynamic_metrics": 1, "ingested_events": 1}))
+    load_function("maintenance")(TimerRequest())
+    assert db.execute("SELECT count(*) FROM raw_files WHERE state = 'uploaded'").fetchone() == (1,)   # compacted
+    assert db.execute("SELECT count(*) FROM aggregate_rollups WHERE NOT stale").fetchone() == (1,)
+    load_function("retention")(TimerRequest())
+    assert db.execute("SELECT count(*) FROM dynamic_metrics").fetchone() == (0,)      # older than 1 day
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("maintenance ") for m in messages) and any(m.startswith("retention ") for m in messages)
