@@ -75,3 +75,38 @@ def test_parallel_partitions_with_overlapping_keys(env: dict[str, str], db: psyc
     assert checked > 100
     shared_keys = db.execute("SELECT count(*) FROM aggregate_histograms WHERE dimensions = '{}'").fetchone()[0]
     assert shared_keys > 0
+
+
+def test_concurrent_invocations_in_one_worker_process(ingest_fn: Any, db: psycopg.Connection,
+                                                      archive: BlobArchive) -> None:
+    """The Python worker runs invocations for several partitions at once in its thread pool."""
+    import threading
+
+    from localdev.eventhub import make_batch
+
+    gen = Generator(seed=5, partitions=4, merchants=6, bad_rate=0.0,
+                    start=datetime(2026, 3, 1, 12, 0, tzinfo=UTC), days=1 / 96)
+    events = list(gen.events(2000))
+    per: dict[str, list[Any]] = {}
+    for e in events:
+        per.setdefault(e.partition_id, []).append(e)
+    errors: list[BaseException] = []
+
+    def run(partition: str, evs: list[Any]) -> None:
+        try:
+            for i in range(0, len(evs), 100):
+                chunk = evs[i:i + 100]
+                ingest_fn(make_batch([e.body for e in chunk], partition_id=partition,
+                                     sequence_numbers=[e.sequence_number for e in chunk]))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=item) for item in per.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (len(events),)
+    assert len(archive_rows(archive)) == len(events)
+    recompute_and_compare(db, load_catalog(BUNDLED_CATALOG))

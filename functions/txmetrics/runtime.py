@@ -1,8 +1,10 @@
-"""Process-wide pipeline, built once from the settings and reused across invocations
-(connections to PostgreSQL and Blob Storage stay open between batches).
+"""Pipelines built from the settings and reused across invocations (connections to
+PostgreSQL and Blob Storage stay open between batches).
 
-The cache is keyed on the settings: when the environment changes (tests, local runs
-pointing at other services), the next call builds a fresh pipeline.
+One pipeline per thread: the Python worker may run invocations for several partitions at
+once in its thread pool, and a batch owns its connection's transaction, so threads must
+not share a connection. The cache is keyed on the settings: when the environment changes
+(tests, local runs pointing at other services), the next call builds a fresh pipeline.
 """
 
 from __future__ import annotations
@@ -12,24 +14,36 @@ import threading
 from .pipeline import Pipeline
 from .settings import Settings
 
+_local = threading.local()
 _lock = threading.Lock()
-_current: tuple[Settings, Pipeline] | None = None
+_all: list[Pipeline] = []
 
 
 def get_pipeline() -> Pipeline:
-    global _current
     settings = Settings.from_env()
+    current: tuple[Settings, Pipeline] | None = getattr(_local, "current", None)
+    if current is None or current[0] != settings:
+        if current is not None:
+            _forget(current[1])
+        pipeline = Pipeline.from_settings(settings)
+        with _lock:
+            _all.append(pipeline)
+        _local.current = current = (settings, pipeline)
+    return current[1]
+
+
+def _forget(pipeline: Pipeline) -> None:
+    pipeline.store.close()
     with _lock:
-        if _current is None or _current[0] != settings:
-            if _current is not None:
-                _current[1].store.close()
-            _current = (settings, Pipeline.from_settings(settings))
-        return _current[1]
+        if pipeline in _all:
+            _all.remove(pipeline)
 
 
 def reset() -> None:
-    global _current
+    """Close every pipeline's connections (all threads); the next call builds new ones."""
     with _lock:
-        if _current is not None:
-            _current[1].store.close()
-        _current = None
+        pipelines = list(_all)
+        _all.clear()
+    for pipeline in pipelines:
+        pipeline.store.close()     # a closed store reconnects on its next use
+    _local.current = None
