@@ -69,6 +69,14 @@ def wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[b
     raise ServiceError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def docker_available() -> bool:
     """True when a Docker engine answers (not merely when the client is installed)."""
     if shutil.which("docker") is None:
@@ -249,8 +257,13 @@ class NpmAzurite:
     def connection_string(self) -> str:
         return azurite_connection_string(self.port)
 
+    def _running(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and _pid_alive(self.pid)   # recorded by `make up`, if any
+
     def start(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self._running():           # started here, or by `make up` (pid from .local/services.json)
             return
         args = [str(azurite_binary()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
                 "--skipApiVersionCheck", "--loose", "--silent"]
@@ -270,15 +283,16 @@ class NpmAzurite:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
+        # Azurite's graceful shutdown waits for clients' keep-alive connections to close;
+        # give it a moment, then stop it hard (also when it was started by `make up`).
+        deadline = time.monotonic() + 3
+        while self._running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         if self.proc is not None:
-            # Azurite's graceful shutdown waits for clients' keep-alive connections to close;
-            # give it a moment, then stop it hard.
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+            self.proc.wait(timeout=10)
         self.proc = None
         self.pid = None
 
@@ -432,11 +446,7 @@ def write_state(services: LocalServices) -> None:
 def services_up() -> bool:
     """True when `make up` left services running that `make run` can reuse."""
     state = read_state()
-    if "azurite_pid" not in state or "pg_port" not in state:
-        return False
-    try:
-        os.kill(state["azurite_pid"], 0)
-    except ProcessLookupError:
+    if "azurite_pid" not in state or "pg_port" not in state or not _pid_alive(state["azurite_pid"]):
         return False
     return EmbeddedPostgres(LOCAL_DIR / "pg", port=state["pg_port"]).is_running()
 
