@@ -19,15 +19,15 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import AggregateRow, MetricRows
+from ..core.naming import datetime_to_us, us_to_datetime
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 # Per-connection staging tables: rows arrive by COPY (an order of magnitude cheaper than
@@ -59,15 +59,6 @@ class RawFile:
     content: bytes
 
 
-def _us_to_dt(us: int) -> datetime:
-    return datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
-
-
-def _dt_to_us(dt: datetime) -> int:
-    delta = dt - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def _pg_array(values: Sequence[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
@@ -86,17 +77,19 @@ class PostgresStore:
     def connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            # deployed apps: a managed-identity token is the password
-            conninfo = make_conninfo(self.url, password=_entra_token()) if self.entra else self.url
-            self._conn = psycopg.connect(conninfo, connect_timeout=self.connect_timeout, application_name="txmetrics")
+            self._conn = psycopg.connect(self._conninfo(), connect_timeout=self.connect_timeout,
+                                         application_name="txmetrics")
             self._known_days.clear()
             self._staging_ready = False
         return self._conn
 
+    def _conninfo(self) -> str:
+        # deployed apps: a managed-identity token is the password
+        return make_conninfo(self.url, password=_entra_token()) if self.entra else self.url
+
     def autocommit_connection(self) -> psycopg.Connection:
         """A separate autocommit connection with the same credentials (maintenance jobs)."""
-        conninfo = make_conninfo(self.url, password=_entra_token()) if self.entra else self.url
-        return psycopg.connect(conninfo, connect_timeout=self.connect_timeout, autocommit=True,
+        return psycopg.connect(self._conninfo(), connect_timeout=self.connect_timeout, autocommit=True,
                                application_name="txmetrics-maintenance")
 
     def forget_partitions(self) -> None:
@@ -222,7 +215,7 @@ class BatchTransaction:
                  FROM txm_stage_events ORDER BY e, us
                ON CONFLICT DO NOTHING
                RETURNING event_id, occurred_at""")
-        return {(str(r[0]), _dt_to_us(r[1])) for r in cur.fetchall()}
+        return {(str(r[0]), datetime_to_us(r[1])) for r in cur.fetchall()}
 
     def taken_paths(self, paths: Sequence[str]) -> set[str]:
         if not paths:
@@ -237,7 +230,7 @@ class BatchTransaction:
                                           occurred_min, occurred_max, row_count, byte_size, state)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')""",
                 (f.id, f.path, container, f.partition_id, f.event_date, f.seq_min, f.seq_max,
-                 _us_to_dt(f.occurred_min_us), _us_to_dt(f.occurred_max_us), f.row_count, len(f.content)))
+                 us_to_datetime(f.occurred_min_us), us_to_datetime(f.occurred_max_us), f.row_count, len(f.content)))
             self.conn.execute("INSERT INTO raw_file_outbox (raw_file_id, content) VALUES (%s, %s)",
                               (f.id, f.content))
 
@@ -255,7 +248,7 @@ class BatchTransaction:
             with self.conn.transaction():
                 self._copy("dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method, "
                            "status, currency, country, event_type, dimensions)",
-                           zip(rows.event_id, rows.metric_name, rows.value, map(_us_to_dt, rows.occurred_us),
+                           zip(rows.event_id, rows.metric_name, rows.value, map(us_to_datetime, rows.occurred_us),
                                rows.merchant_id, rows.payment_method, rows.status, rows.currency, rows.country,
                                rows.event_type, rows.dimensions, strict=True))
             return len(rows)
@@ -301,7 +294,7 @@ class BatchTransaction:
                    updated_at = now()
                 WHERE h.scale = excluded.scale""", (scale,))
         # late events for a day already rolled up: its daily rollup no longer agrees, mark it
-        days = sorted({_us_to_dt(r.window_start_us).date() for r in a})
+        days = sorted({us_to_datetime(r.window_start_us).date() for r in a})
         self.conn.execute("UPDATE aggregate_rollups SET stale = true, version = version + 1 WHERE day = ANY(%s)",
                           (days,))
         if cur.rowcount != len(a):

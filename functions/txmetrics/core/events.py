@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
 
 from .masking import mask_text, mask_value, might_contain_pan
+from .naming import datetime_to_us, us_to_datetime
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_EVENT_ID = 128
@@ -39,7 +40,6 @@ _RFC3339 = re.compile(
 _DECIMAL_STRING = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +76,7 @@ class PaymentEvent:
 
     @property
     def occurred_at(self) -> datetime:
-        return datetime.fromtimestamp(self.occurred_us // 1_000_000, tz=UTC).replace(
-            microsecond=self.occurred_us % 1_000_000)
+        return us_to_datetime(self.occurred_us)
 
 
 @dataclass(slots=True)
@@ -213,8 +212,7 @@ def parse_occurred_at(value: Any) -> int:
         moment = datetime.fromisoformat(f"{day}T{clock}{frac}{offset}")
     except ValueError as exc:
         raise _Invalid("invalid_occurred_at", f"'occurred_at' {value[:40]!r} is not a valid time: {exc}") from None
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return datetime_to_us(moment)
 
 
 def parse_amount(value: Any) -> Decimal:

@@ -38,8 +38,17 @@ def window_start_us(occurred_us: int, window_seconds: int) -> int:
     return occurred_us - occurred_us % width
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def us_to_datetime(us: int) -> datetime:
     return datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
+
+
+def datetime_to_us(moment: datetime) -> int:
+    """Epoch microseconds of an aware datetime, exactly (no float rounding)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def utc_day(us: int) -> date:
