@@ -147,12 +147,15 @@ class Pipeline:
             uploads.clear()
             days = sorted(by_day)
             ids = dict(zip(days, tx.allocate_file_ids(len(days)), strict=True))
-            claimed = tx.claim_events(valid, [ids[utc_day(ev.occurred_us)] for ev in valid])
+            claimed = tx.claim_events([ev for d in days for ev in by_day[d]],
+                                      [ids[d] for d in days for _ in by_day[d]])
+            new_by_day = {d: kept for d in days
+                          if (kept := [ev for ev in by_day[d] if (ev.event_id, ev.occurred_us) in claimed])}
             new = [ev for ev in valid if (ev.event_id, ev.occurred_us) in claimed]
             report.new_events = len(new)
             report.duplicates = report.valid - len(new)
             timer.lap("claim")
-            files = self._build_files(tx, new, ids)
+            files = self._build_files(tx, new_by_day, ids)
             report.files = [(f.path, len(f.content)) for f in files]
             timer.lap("parquet_encode")
             tx.record_files(files, self.archive.container_name)
@@ -190,13 +193,12 @@ class Pipeline:
         timer.lap("mark_uploaded")
         return report
 
-    def _build_files(self, tx: BatchTransaction, new: list[PaymentEvent], ids: dict[date, int]) -> list[RawFile]:
-        groups: dict[date, list[PaymentEvent]] = {}
-        for ev in new:
-            groups.setdefault(utc_day(ev.occurred_us), []).append(ev)
+    def _build_files(self, tx: BatchTransaction, new_by_day: dict[date, list[PaymentEvent]],
+                     ids: dict[date, int]) -> list[RawFile]:
+        """One Parquet file per UTC date of the batch's new events."""
         files = []
-        for day in sorted(groups):
-            events = groups[day]
+        for day in sorted(new_by_day):
+            events = new_by_day[day]
             first = min(ev.sequence_number for ev in events)
             partition_id = events[0].partition_id
             path = raw_file_path(partition_id, first, day)
