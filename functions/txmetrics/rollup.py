@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import psycopg
 
-from .core.histogram import SCALE, Histogram, merge_counts
+from .core.histogram import SCALE, Histogram
 
 DAY = 86400
 
@@ -49,14 +49,10 @@ def roll_day(conn: psycopg.Connection, day: date) -> bool:
                  FROM aggregate_histograms
                 WHERE window_seconds = 300 AND window_start >= %s AND window_start < %s AND scale = %s""",
             (start, start + timedelta(days=1), SCALE)):
-        h = merged[(metric, dims)]
-        h.count += int(count)
+        merged[(metric, dims)] = merged[(metric, dims)].merge(Histogram(
+            count=int(count), min=float(lo), max=float(hi), zero_count=int(zero),
+            pos_offset=po, pos_counts=list(pc or []), neg_offset=no, neg_counts=list(nc or [])))
         sums[(metric, dims)] += Decimal(total)
-        h.min = min(h.min, float(lo))
-        h.max = max(h.max, float(hi))
-        h.zero_count += int(zero)
-        h.pos_offset, h.pos_counts = merge_counts(h.pos_offset, h.pos_counts, po, pc or [])
-        h.neg_offset, h.neg_counts = merge_counts(h.neg_offset, h.neg_counts, no, nc or [])
     with conn.transaction():
         conn.execute("DELETE FROM aggregate_histograms WHERE window_seconds = %s AND window_start = %s", (DAY, start))
         with conn.cursor().copy(
