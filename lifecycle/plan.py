@@ -93,12 +93,7 @@ def plan_tables(policy: Policy, conn: Any, at: date) -> tuple[dict[str, list[str
     dropped: dict[str, list[str]] = {}
     for table in ("dynamic_metrics", "ingested_events"):
         cutoff = at - timedelta(days=retention[table])
-        rows = conn.execute(
-            """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                WHERE i.inhparent = %s::regclass
-                  AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz
-                      <= (%s::timestamp AT TIME ZONE 'UTC')
-                ORDER BY 1""", (table, cutoff)).fetchall()
+        rows = conn.execute("SELECT txm_expired_partitions(%s::regclass, %s)", (table, cutoff)).fetchall()
         dropped[table] = [r[0] for r in rows]
     deleted: dict[str, int] = {}
     for table, column in (("failed_items", "received_at"), ("aggregate_histograms", "window_start"),
