@@ -17,10 +17,15 @@ from typing import Any
 
 import azure.functions as func
 
+from txmetrics import trigger_decode
 from txmetrics.core.catalog import load_catalog
 from txmetrics.core.events import InboundEvent
 from txmetrics.runtime import get_pipeline
 from txmetrics.settings import BUNDLED_CATALOG
+
+# The worker decodes our batches with azure-functions' converter; its timestamp parsing
+# costs more than our validation (see txmetrics/trigger_decode.py). Same results, faster.
+trigger_decode.install()
 
 # Refuse a bad metric catalog at start-up (file, key and fix in the message), not mid-stream.
 load_catalog(os.environ.get("METRIC_CATALOG", "").strip() or BUNDLED_CATALOG)

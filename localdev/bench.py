@@ -49,6 +49,21 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
+def machine_cpu_seconds() -> float | None:
+    """CPU time used by everything on the machine so far (user + system, all cores), Linux only:
+    the services run on the same cores, so this is what a phase really costs."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_us_per_event(before: float | None, after: float | None, events: int) -> float | None:
+    return None if before is None or after is None else round(1e6 * (after - before) / events, 1)
+
+
 # ----------------------------------------------------------------------------- workers
 
 def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[bytes, int, datetime]]]
@@ -56,7 +71,7 @@ def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[b
     import logging
 
     os.environ.update(env)
-    from localdev.eventhub import make_batch
+    from localdev.eventhub import decode, host_payload
     from localdev.run import load_function
 
     timings: list[dict[str, float]] = []
@@ -72,15 +87,21 @@ def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[b
     log.addHandler(Capture())
     log.propagate = False
     fn = load_function()
-    latencies = []
+    # What the host serialises (in its own process) is prepared outside the timed loop; the
+    # worker's part, azure-functions' converter decoding the batch, is timed with the call.
+    payloads = [host_payload([b for b, _, _ in batch], partition_id=partition, sequence_numbers=[s for _, s, _ in batch],
+                             enqueued_times=[t for _, _, t in batch]) for batch in batches]
+    latencies, decode_ms = [], []
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    for batch in batches:
+    for payload in payloads:
         t = time.perf_counter()
-        # decoded by azure-functions' converter batch by batch, as the host hands them over
-        fn(make_batch([b for b, _, _ in batch], partition_id=partition, sequence_numbers=[s for _, s, _ in batch],
-                      enqueued_times=[t for _, _, t in batch]))
+        events = decode(*payload)
+        decode_ms.append(1000 * (time.perf_counter() - t))
+        fn(events)
         latencies.append(time.perf_counter() - t)
-    return {"seconds": time.perf_counter() - t0, "latencies": latencies, "timings": timings,
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0, "latencies": latencies,
+            "timings": [{"converter_decode": d, **t} for d, t in zip(decode_ms, timings, strict=True)],
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -102,7 +123,9 @@ def _floor_worker(env: dict[str, str], partition: str, batches: list[list[bytes]
     from txmetrics.adapters import parquet
     from txmetrics.adapters.blob import BlobArchive, service_client
 
+    prep0 = time.process_time()
     prepared = [_prepare(b, partition) for b in batches]
+    prep_cpu = time.process_time() - prep0
     archive = BlobArchive(service_client(env["AZURE_STORAGE_CONNECTION_STRING"]), "bench-floor")
     archive.ensure_container()
     with psycopg.connect(env["DATABASE_URL"]) as conn:
@@ -117,7 +140,7 @@ def _floor_worker(env: dict[str, str], partition: str, batches: list[list[bytes]
                                rows.dimensions, strict=True):
                     copy.write_row(row)
             archive.upload(f"floor/{partition}/{i}.parquet", parquet.encode(parquet.events_table(events)))
-        return {"seconds": time.perf_counter() - t0}
+        return {"seconds": time.perf_counter() - t0, "preparation_cpu_seconds": prep_cpu}
 
 
 def _naive_worker(env: dict[str, str], partition: str, bodies: list[bytes]) -> dict[str, Any]:
@@ -187,14 +210,18 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int) -> dic
                          "count bigint, sum float8, PRIMARY KEY (metric_name, window_us, dimensions))")
 
         console.print("real: the function entry ...")
-        t0 = time.perf_counter()
+        cpu0, t0 = machine_cpu_seconds(), time.perf_counter()
         real = _parallel(_real_worker, [(env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b] for b in bl])
                                         for p, bl in per.items()])
         real_seconds = time.perf_counter() - t0
+        real_cpu = _cpu_us_per_event(cpu0, machine_cpu_seconds(), events)
         console.print("floor: COPY + Parquet encode/upload of the same data ...")
-        t0 = time.perf_counter()
-        _parallel(_floor_worker, [(env, p, [[e.body for e in b] for b in bl]) for p, bl in per.items()])
+        cpu0, t0 = machine_cpu_seconds(), time.perf_counter()
+        floor = _parallel(_floor_worker, [(env, p, [[e.body for e in b] for b in bl]) for p, bl in per.items()])
         floor_seconds = time.perf_counter() - t0
+        after = machine_cpu_seconds()   # minus the untimed preparation in the floor workers
+        floor_cpu = _cpu_us_per_event(cpu0, None if after is None else
+                                      after - sum(f["preparation_cpu_seconds"] for f in floor), events)
         console.print(f"naive: row at a time on {naive_events:,} events ...")
         sample = data[:naive_events]
         naive_per: dict[str, list[bytes]] = {}
@@ -235,6 +262,9 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int) -> dic
         "naive_events_per_second": round(naive_events / naive_seconds),
         "ratio_to_floor": round(real_seconds / floor_seconds, 2),
         "speedup_over_naive": round((events / real_seconds) / (naive_events / naive_seconds), 1),
+        # CPU of all cores per event, services included (what 2 cores can sustain follows from it)
+        "cpu_us_per_event": {"real": real_cpu, "real_function_workers": round(
+            1e6 * sum(r["cpu_seconds"] for r in real) / events, 1), "floor": floor_cpu},
         "batch_latency_ms": {"p50": round(1000 * statistics.median(latencies), 1),
                              "p99": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1)},
         "peak_memory_mb_per_worker": round(max(r["max_rss_mb"] for r in real), 1),

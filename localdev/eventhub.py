@@ -27,6 +27,17 @@ def make_batch(bodies: Sequence[dict[str, Any] | bytes | str], *, partition_id: 
                enqueued_at: datetime | None = None, hub: str = "transactions",
                sequence_numbers: Sequence[int] | None = None,
                enqueued_times: Sequence[datetime] | None = None) -> list[func.EventHubEvent]:
+    return decode(*host_payload(bodies, partition_id=partition_id, first_sequence=first_sequence,
+                                enqueued_at=enqueued_at, hub=hub, sequence_numbers=sequence_numbers,
+                                enqueued_times=enqueued_times))
+
+
+def host_payload(bodies: Sequence[dict[str, Any] | bytes | str], *, partition_id: str = "0", first_sequence: int = 0,
+                 enqueued_at: datetime | None = None, hub: str = "transactions",
+                 sequence_numbers: Sequence[int] | None = None,
+                 enqueued_times: Sequence[datetime] | None = None) -> tuple[Datum, dict[str, Datum]]:
+    """What the host sends the worker for one batch: the bodies and the trigger metadata
+    (serialised by the host, in its own process)."""
     start = enqueued_at or datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     raw = [encode_body(b) for b in bodies]
     seqs = list(sequence_numbers) if sequence_numbers is not None else [first_sequence + i for i in range(len(raw))]
@@ -44,6 +55,11 @@ def make_batch(bodies: Sequence[dict[str, Any] | bytes | str], *, partition_id: 
             "ConsumerGroup": "$Default", "EventHubName": hub,
             "FullyQualifiedNamespace": "local.servicebus.windows.net", "PartitionId": partition_id})),
     }
+    return datum, metadata
+
+
+def decode(datum: Datum, metadata: dict[str, Datum]) -> list[func.EventHubEvent]:
+    """What the Python worker does with it before calling the function."""
     events = EventHubTriggerConverter.decode(datum, trigger_metadata=metadata)
     assert isinstance(events, list)
     return events

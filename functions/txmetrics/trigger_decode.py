@@ -1,0 +1,52 @@
+"""A fast path for the Event Hubs trigger's timestamp parsing in azure-functions.
+
+The Python worker decodes every batch with azure-functions' `EventHubTriggerConverter`,
+which parses each event's `EnqueuedTimeUtc` by trying up to twelve `strptime` formats in
+turn; the host's form (`2026-03-01T12:00:00.123Z`) is the sixth, so five `ValueError`s are
+raised and caught per event. Measured on the benchmark machine: 96 ms for one 1,000-event
+batch, more than our whole validation step, before any of our code runs.
+
+`install()` gives the converter a parser that recognises exactly the ISO 8601 UTC forms
+(`...Z`, `...+00:00`, `...-00:00`, with or without a fraction) with one anchored regular
+expression and builds the datetime directly; anything else (another format, an
+impossible date) goes to the library's own parser, so results and errors are the
+library's in every case (tests/test_trigger_decode.py compares the two on generated
+input). It only replaces the method on `EventHubTriggerConverter`; other bindings keep
+theirs. Installing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.functions.eventhub import EventHubTriggerConverter
+from azure.functions.meta import _BaseConverter
+
+# The forms the library's UTC format list accepts with two-digit fields; a fraction of more
+# than six digits is cut to six, as the library does (it strips digits beyond the sixth).
+_ISO_UTC = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:Z|[+-]00:00)")
+
+
+
+def _parse_datetime(cls: type, datetime_str: str | None) -> datetime | None:
+    if datetime_str:
+        m = _ISO_UTC.fullmatch(datetime_str)
+        if m is not None:
+            year, month, day, hour, minute, second, fraction = m.groups()
+            try:
+                return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                                int((fraction or "0")[:6].ljust(6, "0")), tzinfo=UTC)
+            except ValueError:
+                pass  # e.g. month 13: the library's parser raises its own error below
+    return library_parse_datetime(datetime_str)  # type: ignore[no-any-return]
+
+
+def library_parse_datetime(datetime_str: str | None) -> Any:
+    """The library's own parser (defined on the base converter, which install() leaves alone)."""
+    return _BaseConverter._parse_datetime(datetime_str)
+
+
+def install() -> None:
+    EventHubTriggerConverter._parse_datetime = classmethod(_parse_datetime)  # type: ignore[method-assign,assignment]

@@ -1,0 +1,77 @@
+"""The converter's timestamp fast path gives the library's own answer for any input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from azure.functions.eventhub import EventHubTriggerConverter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from localdev.eventhub import make_batch
+from txmetrics import trigger_decode
+
+
+def _library(value: str) -> object:
+    try:
+        return trigger_decode.library_parse_datetime(value)
+    except ValueError as exc:
+        return ("error", type(exc))
+
+
+def _fast(value: str) -> object:
+    trigger_decode.install()
+    try:
+        return EventHubTriggerConverter._parse_datetime(value)
+    except ValueError as exc:
+        return ("error", type(exc))
+
+
+def _same(value: str) -> None:
+    fast, library = _fast(value), _library(value)
+    assert fast == library, value
+    if isinstance(library, datetime):   # equal datetimes may still differ in tzinfo
+        assert isinstance(fast, datetime) and fast.tzinfo == library.tzinfo, value
+
+
+@pytest.mark.parametrize("value", [
+    "2026-03-01T12:00:00Z", "2026-03-01T12:00:00.123Z", "2026-03-01T12:00:00.1234567Z",
+    "2026-03-01T12:00:00.123456789012Z", "2026-03-01T12:00:00.5+00:00", "2026-03-01T12:00:00-00:00",
+    "2026-12-31T23:59:59.999999Z", "2024-02-29T00:00:00Z",
+    "2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "2026-03-01T24:00:00Z",    # impossible: library's error
+    "03/01/2026 12:00:00Z", "2026-03-01T12:00:00", "2026-03-01 12:00:00Z",     # other forms: library's path
+    "2026-3-1T12:00:00Z", "2026-03-01T12:00:00.Z", "2026-03-01T12:00:00+01:00", "",
+])
+def test_fast_path_agrees_with_the_library(value: str) -> None:
+    _same(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
+       st.sampled_from(["Z", "+00:00", "-00:00", "+01:00", ""]), st.integers(0, 9),
+       st.sampled_from(["T", " "]))
+def test_fast_path_agrees_on_generated_timestamps(moment: datetime, zone: str, digits: int, sep: str) -> None:
+    text = moment.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    if digits:
+        text += "." + f"{moment.microsecond:06d}{moment.microsecond % 997:03d}"[:digits]
+    _same(text + zone)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="0123456789-T:.Z+ /", max_size=32))
+def test_fast_path_agrees_on_arbitrary_text(value: str) -> None:
+    _same(value)
+
+
+def test_a_decoded_batch_carries_the_exact_enqueued_times() -> None:
+    times = [datetime(2026, 3, 1, 23, 59, 59, 999_999, tzinfo=UTC), datetime(2026, 3, 2, 0, 0, 0, 1000, tzinfo=UTC)]
+    events = make_batch([b"{}", b"{}"], enqueued_times=times)
+    assert [e.enqueued_time for e in events] == times
+    assert all(e.enqueued_time is not None and e.enqueued_time.tzinfo == UTC for e in events)
+
+
+def test_the_fast_path_is_what_the_function_app_uses() -> None:
+    import function_app  # noqa: F401  (installs the fast path at import, as in the worker)
+
+    assert EventHubTriggerConverter._parse_datetime.__func__ is trigger_decode._parse_datetime
