@@ -122,6 +122,7 @@ def _floor_worker(env: dict[str, str], partition: str, batches: list[list[bytes]
 
     from txmetrics.adapters import parquet
     from txmetrics.adapters.blob import BlobArchive, service_client
+    from txmetrics.core.metrics import TABLE_COLUMNS
 
     prep0 = time.process_time()
     prepared = [_prepare(b, partition) for b in batches]
@@ -132,12 +133,8 @@ def _floor_worker(env: dict[str, str], partition: str, batches: list[list[bytes]
         t0 = time.perf_counter()
         for i, (events, rows) in enumerate(prepared):
             with conn.transaction(), conn.cursor().copy(
-                    "COPY bench_floor_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method, "
-                    "status, currency, country, event_type, dimensions) FROM STDIN") as copy:
-                for row in zip(rows.event_id, rows.metric_name, rows.value,
-                               [datetime.fromtimestamp(us / 1e6, UTC) for us in rows.occurred_us], rows.merchant_id,
-                               rows.payment_method, rows.status, rows.currency, rows.country, rows.event_type,
-                               rows.dimensions, strict=True):
+                    f"COPY bench_floor_metrics ({', '.join(TABLE_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows.records():
                     copy.write_row(row)
             archive.upload(f"floor/{partition}/{i}.parquet", parquet.encode(parquet.events_table(events)))
         return {"seconds": time.perf_counter() - t0, "preparation_cpu_seconds": prep_cpu}
@@ -159,7 +156,7 @@ def _naive_worker(env: dict[str, str], partition: str, bodies: list[bytes]) -> d
             conn.execute(
                 "INSERT INTO bench_naive_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method,"
                 " status, currency) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (rows.event_id[r], rows.metric_name[r], rows.value[r], ev.occurred_at, ev.merchant_id,
+                (ev.event_id, catalog.metrics[rows.metric_index[r]].name, rows.value[r], ev.occurred_at, ev.merchant_id,
                  ev.payment_method, ev.status, ev.currency))
             metric = catalog.metrics[rows.metric_index[r]]
             window = ev.occurred_us - ev.occurred_us % 300_000_000

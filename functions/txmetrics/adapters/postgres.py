@@ -25,7 +25,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
-from ..core.metrics import AggregateRow, MetricRows
+from ..core.metrics import TABLE_COLUMNS, AggregateRow, MetricRows
 from ..core.naming import datetime_to_us, us_to_datetime
 
 PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
@@ -37,7 +37,7 @@ _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS txm_stage_events (
     e text, us bigint, p text, s bigint, f bigint) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS txm_stage_metrics (
-    e text, m text, v float8, us bigint, mi text, pm text, st text, cu text, co text, et text, d text
+    e text, m text, v float8, t timestamptz, mi text, pm text, st text, cu text, co text, et text, d text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS txm_stage_aggregates (
     m text, w int, us bigint, d text, c bigint, s float8, lo float8, hi float8, z bigint,
@@ -244,24 +244,17 @@ class BatchTransaction:
         on a duplicate."""
         if not len(rows):
             return 0
+        records = rows.records()
         try:
             with self.conn.transaction():
-                self._copy("dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method, "
-                           "status, currency, country, event_type, dimensions)",
-                           zip(rows.event_id, rows.metric_name, rows.value, map(us_to_datetime, rows.occurred_us),
-                               rows.merchant_id, rows.payment_method, rows.status, rows.currency, rows.country,
-                               rows.event_type, rows.dimensions, strict=True))
+                self._copy(f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", records)
             return len(rows)
         except psycopg.errors.UniqueViolation:
             pass
-        self._copy("txm_stage_metrics", zip(rows.event_id, rows.metric_name, rows.value, rows.occurred_us,
-                                            rows.merchant_id, rows.payment_method, rows.status, rows.currency,
-                                            rows.country, rows.event_type, rows.dimensions, strict=True))
+        self._copy("txm_stage_metrics", records)
         cur = self.conn.execute(
-            """INSERT INTO dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method,
-                                            status, currency, country, event_type, dimensions)
-               SELECT e, m, v, timestamptz 'epoch' + us * interval '1 microsecond', mi, pm, st, cu, co, et, d::jsonb
-                 FROM txm_stage_metrics ORDER BY e, m, us
+            f"""INSERT INTO dynamic_metrics ({', '.join(TABLE_COLUMNS)})
+               SELECT e, m, v, t, mi, pm, st, cu, co, et, d::jsonb FROM txm_stage_metrics ORDER BY e, m, t
                ON CONFLICT DO NOTHING""")
         return cur.rowcount
 

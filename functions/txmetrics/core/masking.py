@@ -20,6 +20,10 @@ from typing import Any
 _CANDIDATE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,}(?![0-9])")
 _GROUP = re.compile(r"[0-9]+")
 _QUICK = re.compile(r"[0-9](?:[ -]?[0-9]){12}")
+# A looser pre-filter run first: any _QUICK match is such a run of digits, spaces and
+# dashes, and scanning a character class is about twice as fast as _QUICK's alternation
+# on a typical event (timestamps and amounts have digits but short runs).
+_PRE = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -78,14 +82,14 @@ def _mask_run(run: str) -> str:
 
 def mask_text(text: str) -> str:
     """Return `text` with every card number masked (unchanged text is returned as is)."""
-    if len(text) < 13 or _QUICK.search(text) is None:
+    if len(text) < 13 or not might_contain_pan(text):
         return text
     return _CANDIDATE.sub(lambda m: _mask_run(m.group(0)), text)
 
 
 def might_contain_pan(text: str) -> bool:
     """Cheap pre-check on a whole event body: False means no string in it can hold a PAN."""
-    return _QUICK.search(text) is not None
+    return _PRE.search(text) is not None and _QUICK.search(text) is not None
 
 
 def mask_value(value: Any) -> Any:

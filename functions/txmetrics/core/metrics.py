@@ -18,29 +18,60 @@ import numpy as np
 from . import histogram
 from .catalog import COLUMN_DIMENSIONS, Catalog, lookup
 from .events import PaymentEvent
+from .naming import us_to_datetime
 
 
 @dataclass
 class MetricRows:
-    """Columns of dynamic_metrics rows (one entry per (event, metric))."""
+    """The dynamic_metrics rows of a batch, one per (event, metric).
 
-    event_id: list[str] = field(default_factory=list)
-    metric_name: list[str] = field(default_factory=list)
+    Stored column-wise per row (value, metric, event) with the event's own fields kept
+    once per event rather than copied onto each of its rows."""
+
+    events: Sequence[PaymentEvent]
+    metric_names: Sequence[str]                  # the catalog's, by metric index
     value: list[float] = field(default_factory=list)
-    occurred_us: list[int] = field(default_factory=list)
-    merchant_id: list[str] = field(default_factory=list)
-    payment_method: list[str] = field(default_factory=list)
-    status: list[str] = field(default_factory=list)
-    currency: list[str] = field(default_factory=list)
-    country: list[str | None] = field(default_factory=list)
-    event_type: list[str | None] = field(default_factory=list)
-    dimensions: list[str | None] = field(default_factory=list)   # extra catalog dimensions, JSON
-    # index of the metric in the catalog and of the event in the batch, for aggregation
     metric_index: list[int] = field(default_factory=list)
     event_index: list[int] = field(default_factory=list)
+    # extra catalog dimensions of each event, as a JSON object (None when the catalog has none)
+    event_dimensions: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.event_id)
+        return len(self.value)
+
+    @property
+    def event_id(self) -> list[str]:
+        return [self.events[i].event_id for i in self.event_index]
+
+    @property
+    def metric_name(self) -> list[str]:
+        return [self.metric_names[i] for i in self.metric_index]
+
+    @property
+    def occurred_us(self) -> list[int]:
+        return [self.events[i].occurred_us for i in self.event_index]
+
+    def records(self) -> list[tuple[Any, ...]]:
+        """The rows in dynamic_metrics' column order (TABLE_COLUMNS), occurred_at as a
+        datetime made once per event."""
+        out: list[tuple[Any, ...]] = []
+        last = -1
+        head: tuple[Any, ...] = ()
+        tail: tuple[Any, ...] = ()
+        for ei, mi, value in zip(self.event_index, self.metric_index, self.value, strict=True):
+            if ei != last:
+                ev = self.events[ei]
+                head = (ev.event_id,)
+                tail = (us_to_datetime(ev.occurred_us), ev.merchant_id, ev.payment_method, ev.status, ev.currency,
+                        ev.country, ev.event_type, self.event_dimensions[ei])
+                last = ei
+            out.append((*head, self.metric_names[mi], value, *tail))
+        return out
+
+
+# dynamic_metrics' columns in the order of MetricRows.records()
+TABLE_COLUMNS = ("event_id", "metric_name", "value", "occurred_at", "merchant_id", "payment_method", "status",
+                 "currency", "country", "event_type", "dimensions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,29 +109,22 @@ def dimension_value(event: PaymentEvent, name: str) -> Any:
 
 
 def extract_metrics(events: Sequence[PaymentEvent], catalog: Catalog) -> MetricRows:
-    rows = MetricRows()
+    rows = MetricRows(events=events, metric_names=[m.name for m in catalog.metrics])
     extra = catalog.extra_dimension_fields
+    metrics = list(enumerate(catalog.metrics))
+    values, metric_index, event_index = rows.value, rows.metric_index, rows.event_index
     for ei, ev in enumerate(events):
-        extra_json = None
-        if extra:
-            extra_json = json.dumps({d: dimension_value(ev, d) for d in extra}, sort_keys=True, separators=(",", ":"))
-        for mi, metric in enumerate(catalog.metrics):
-            value = metric.extract(ev.document)
+        rows.event_dimensions.append(
+            json.dumps({d: dimension_value(ev, d) for d in extra}, sort_keys=True, separators=(",", ":"))
+            if extra else None)
+        document = ev.document
+        for mi, metric in metrics:
+            value = metric.extract(document)
             if value is None:
                 continue
-            rows.event_id.append(ev.event_id)
-            rows.metric_name.append(metric.name)
-            rows.value.append(value)
-            rows.occurred_us.append(ev.occurred_us)
-            rows.merchant_id.append(ev.merchant_id)
-            rows.payment_method.append(ev.payment_method)
-            rows.status.append(ev.status)
-            rows.currency.append(ev.currency)
-            rows.country.append(ev.country)
-            rows.event_type.append(ev.event_type)
-            rows.dimensions.append(extra_json)
-            rows.metric_index.append(mi)
-            rows.event_index.append(ei)
+            values.append(value)
+            metric_index.append(mi)
+            event_index.append(ei)
     return rows
 
 
@@ -124,9 +148,9 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
         codes[f] = column
         labels[f] = [v for _, v in table]
     values = np.asarray(rows.value, dtype=np.float64)
-    occurred = np.asarray(rows.occurred_us, dtype=np.int64)
     metric_index = np.asarray(rows.metric_index, dtype=np.int64)
     event_index = np.asarray(rows.event_index, dtype=np.int64)
+    occurred = np.fromiter((ev.occurred_us for ev in events), dtype=np.int64, count=len(events))[event_index]
     keys: list[tuple[str, int, int, str]] = []
     group_parts: list[np.ndarray] = []
     value_parts: list[np.ndarray] = []
