@@ -204,18 +204,26 @@ class BatchTransaction:
         """Insert ledger rows; return the (event_id, occurred_us) keys really inserted.
 
         Rows go in sorted by key, so two writers claiming overlapping events lock them in
-        the same order and wait for each other instead of deadlocking."""
+        the same order and wait for each other instead of deadlocking. Only the keys that
+        were already there come back (usually none): sending back every inserted key
+        cost more than the insert itself. `events` must not repeat a key."""
         if not events:
             return set()
         self._copy("txm_stage_events", ((ev.event_id, ev.occurred_us, ev.partition_id, ev.sequence_number, f)
                                         for ev, f in zip(events, file_ids, strict=True)))
-        cur = self.conn.execute(
-            """INSERT INTO ingested_events (event_id, occurred_at, partition_id, sequence_number, raw_file_id)
-               SELECT e, timestamptz 'epoch' + us * interval '1 microsecond', p, s, f
-                 FROM txm_stage_events ORDER BY e, us
-               ON CONFLICT DO NOTHING
-               RETURNING event_id, occurred_at""")
-        return {(str(r[0]), datetime_to_us(r[1])) for r in cur.fetchall()}
+        taken = self.conn.execute(
+            """WITH inserted AS (
+                   INSERT INTO ingested_events (event_id, occurred_at, partition_id, sequence_number, raw_file_id)
+                   SELECT e, timestamptz 'epoch' + us * interval '1 microsecond', p, s, f
+                     FROM txm_stage_events ORDER BY e, us
+                   ON CONFLICT DO NOTHING
+                   RETURNING event_id, occurred_at)
+               SELECT s.e, s.us FROM txm_stage_events s
+                WHERE NOT EXISTS (SELECT 1 FROM inserted i WHERE i.event_id = s.e
+                                     AND i.occurred_at = timestamptz 'epoch' + s.us * interval '1 microsecond')"""
+        ).fetchall()
+        keys = {(ev.event_id, ev.occurred_us) for ev in events}
+        return keys - {(str(e), int(us)) for e, us in taken}
 
     def taken_paths(self, paths: Sequence[str]) -> set[str]:
         if not paths:
