@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import TABLE_COLUMNS, AggregateRow, MetricRows
-from ..core.naming import datetime_to_us, us_to_datetime
+from ..core.naming import us_to_datetime
 
 PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure

@@ -169,18 +169,38 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
                 for d, radix in zip(dims, radices, strict=True):
                     combined = combined * radix + codes[d][ev_sel]
                 uniq, inverse = np.unique(combined, return_inverse=True)
-                for key in uniq.tolist():
-                    parts = []
-                    for radix in reversed(radices):
-                        key, code = divmod(key, radix)
-                        parts.append(code)
-                    parts.reverse()
-                    dims_json = json.dumps({d: labels[d][c] for d, c in zip(dims, parts, strict=True)},
-                                           sort_keys=True, separators=(",", ":"))
-                    keys.append((metric.name, w, int(window_values[key]), dims_json))
+                # decode the keys column-wise (last dimension first), then name each slice
+                rest = uniq
+                part_codes: list[list[int]] = []
+                for radix in reversed(radices):
+                    rest, code = np.divmod(rest, radix)
+                    part_codes.append(code.tolist())
+                part_codes.reverse()
+                label_sets = [labels[d] for d in dims]
+                for window_code, *parts in zip(rest.tolist(), *part_codes, strict=True):
+                    dims_json = _dimensions_json(dims, tuple(
+                        (type(v).__name__, v) for v in (ls[c] for ls, c in zip(label_sets, parts, strict=True))))
+                    keys.append((metric.name, w, int(window_values[window_code]), dims_json))
                 group_parts.append(inverse.reshape(-1) + (len(keys) - len(uniq)))
                 value_parts.append(values[sel])
     return _fold(keys, np.concatenate(group_parts), np.concatenate(value_parts))
+
+
+_DIMENSIONS_JSON: dict[tuple[tuple[str, ...], tuple[tuple[str, Any], ...]], str] = {}
+
+
+def _dimensions_json(dims: tuple[str, ...], typed_values: tuple[tuple[str, Any], ...]) -> str:
+    """Canonical JSON of one slice's dimensions, memoised: the same (merchant, method)
+    slices recur batch after batch. Keyed with the values' types (True and 1 differ)."""
+    key = (dims, typed_values)
+    text = _DIMENSIONS_JSON.get(key)
+    if text is None:
+        if len(_DIMENSIONS_JSON) >= 100_000:   # bounded: a long tail of merchants must not grow it forever
+            _DIMENSIONS_JSON.clear()
+        text = json.dumps({d: v for d, (_, v) in zip(dims, typed_values, strict=True)},
+                          sort_keys=True, separators=(",", ":"))
+        _DIMENSIONS_JSON[key] = text
+    return text
 
 
 def _fold(keys: list[tuple[str, int, int, str]], groups: np.ndarray, values: np.ndarray) -> list[AggregateRow]:
@@ -223,14 +243,18 @@ def _dense_per_group(groups: np.ndarray, mags: np.ndarray, n: int) -> list[tuple
     uniq, cnt = np.unique(combined, return_counts=True)
     ug = uniq // span
     uk = uniq % span + histogram.KEY_MIN
-    bounds = np.searchsorted(ug, np.arange(n + 1))
+    bounds = np.searchsorted(ug, np.arange(n + 1)).tolist()
+    key_list, count_list = uk.tolist(), cnt.tolist()
     for g in range(n):
         lo, hi = bounds[g], bounds[g + 1]
         if lo == hi:
             continue
-        k = uk[lo:hi]
-        first = int(k[0])
-        dense = np.zeros(int(k[-1]) - first + 1, dtype=np.int64)
-        dense[k - first] = cnt[lo:hi]
-        result[g] = (first, tuple(dense.tolist()))
+        first = key_list[lo]
+        if hi - lo == 1:
+            result[g] = (first, (count_list[lo],))
+            continue
+        dense = [0] * (key_list[hi - 1] - first + 1)    # plain lists: most groups hold a few keys
+        for j in range(lo, hi):
+            dense[key_list[j] - first] = count_list[j]
+        result[g] = (first, tuple(dense))
     return result
