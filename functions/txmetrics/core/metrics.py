@@ -89,6 +89,9 @@ class AggregateRow:
     pos_counts: tuple[int, ...]
     neg_offset: int | None
     neg_counts: tuple[int, ...]
+    # position of the row's dimension set in the metric's sets (catalog order: coarse first);
+    # the coarse rows are the ones every batch of every partition updates
+    set_rank: int = 0
 
     @property
     def key(self) -> tuple[str, int, int, str]:
@@ -151,7 +154,7 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
     metric_index = np.asarray(rows.metric_index, dtype=np.int64)
     event_index = np.asarray(rows.event_index, dtype=np.int64)
     occurred = np.fromiter((ev.occurred_us for ev in events), dtype=np.int64, count=len(events))[event_index]
-    keys: list[tuple[str, int, int, str]] = []
+    keys: list[tuple[str, int, int, str, int]] = []
     group_parts: list[np.ndarray] = []
     value_parts: list[np.ndarray] = []
     for mi, metric in enumerate(catalog.metrics):
@@ -162,7 +165,7 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
         for w in catalog.window_seconds:
             window_values, window_codes = np.unique(occurred[sel] - occurred[sel] % (w * 1_000_000),
                                                     return_inverse=True)
-            for dims in catalog.sets_for(metric):
+            for set_rank, dims in enumerate(catalog.sets_for(metric)):
                 # one int64 key per row: mixed-radix number of (window code, dimension codes)
                 combined = window_codes.astype(np.int64)
                 radices = [len(labels[d]) for d in dims]
@@ -180,7 +183,7 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
                 for window_code, *parts in zip(rest.tolist(), *part_codes, strict=True):
                     dims_json = _dimensions_json(dims, tuple(
                         (type(v).__name__, v) for v in (ls[c] for ls, c in zip(label_sets, parts, strict=True))))
-                    keys.append((metric.name, w, int(window_values[window_code]), dims_json))
+                    keys.append((metric.name, w, int(window_values[window_code]), dims_json, set_rank))
                 group_parts.append(inverse.reshape(-1) + (len(keys) - len(uniq)))
                 value_parts.append(values[sel])
     return _fold(keys, np.concatenate(group_parts), np.concatenate(value_parts))
@@ -203,7 +206,7 @@ def _dimensions_json(dims: tuple[str, ...], typed_values: tuple[tuple[str, Any],
     return text
 
 
-def _fold(keys: list[tuple[str, int, int, str]], groups: np.ndarray, values: np.ndarray) -> list[AggregateRow]:
+def _fold(keys: list[tuple[str, int, int, str, int]], groups: np.ndarray, values: np.ndarray) -> list[AggregateRow]:
     n = len(keys)
     counts = np.bincount(groups, minlength=n)
     mins = np.full(n, np.inf)
@@ -228,6 +231,7 @@ def _fold(keys: list[tuple[str, int, int, str]], groups: np.ndarray, values: np.
             count=int(counts[g]), sum=math.fsum(seg.tolist()), min=float(mins[g]), max=float(maxs[g]),
             zero_count=int(zero_counts[g]),
             pos_offset=pos[g][0], pos_counts=pos[g][1], neg_offset=neg[g][0], neg_counts=neg[g][1],
+            set_rank=key[4],
         ))
     out.sort(key=lambda a: a.key)
     return out
