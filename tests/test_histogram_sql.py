@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
+import pytest
 
 from localdev.eventhub import make_batch
 from txmetrics import kpi
@@ -69,3 +70,15 @@ def test_sql_quantile_function_matches_python(db: psycopg.Connection) -> None:
     merged = db.execute("SELECT txm_hist_merge_offset(%s, %s), txm_hist_merge_counts(%s, %s, %s, %s)",
                         (3, 1, 3, [1, 2], 1, [5, 0, 7, 1])).fetchone()
     assert merged == (1, [5, 0, 8, 3])
+
+
+def test_sparse_buckets_become_the_stored_dense_form(db: psycopg.Connection) -> None:
+    """txm_hist_dense (writers send sparse buckets) agrees with the Python dense form."""
+    from txmetrics.core.metrics import _dense
+
+    for keys, counts in (((5,), (3,)), ((-2, 0, 7), (1, 4, 2)), ((100, 101), (9, 1))):
+        stored = db.execute("SELECT txm_hist_dense(%s::int[], %s::bigint[])", (list(keys), list(counts))).fetchone()
+        assert stored is not None and tuple(stored[0]) == _dense(keys, counts)
+    assert db.execute("SELECT txm_hist_dense('{}'::int[], '{}'::bigint[])").fetchone() == (None,)
+    with pytest.raises(psycopg.errors.RaiseException, match="2 keys but 1 counts"):
+        db.execute("SELECT txm_hist_dense('{1,2}'::int[], '{1}'::bigint[])")

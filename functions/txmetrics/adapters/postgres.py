@@ -41,7 +41,7 @@ CREATE TEMP TABLE IF NOT EXISTS txm_stage_metrics (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS txm_stage_aggregates (
     o int, m text, w int, us bigint, d text, c bigint, s float8, lo float8, hi float8, z bigint,
-    po int, pc text, no int, nc text) ON COMMIT DELETE ROWS;
+    pk text, pc text, nk text, nc text) ON COMMIT DELETE ROWS;
 """
 
 
@@ -279,16 +279,18 @@ class BatchTransaction:
         if not aggregates:
             return 0
         a = sorted(aggregates, key=lambda r: (-r.set_rank, r.key))
+        # histograms go in sparse (keys and counts of the non-empty buckets), made dense in SQL
         self._copy("txm_stage_aggregates", (
             (i, r.metric_name, r.window_seconds, r.window_start_us, r.dimensions, r.count, r.sum, r.min, r.max,
-             r.zero_count, r.pos_offset, _pg_array(r.pos_counts) if r.pos_offset is not None else None,
-             r.neg_offset, _pg_array(r.neg_counts) if r.neg_offset is not None else None) for i, r in enumerate(a)))
+             r.zero_count, _pg_array(r.pos_keys), _pg_array(r.pos_key_counts), _pg_array(r.neg_keys),
+             _pg_array(r.neg_key_counts)) for i, r in enumerate(a)))
         cur = self.conn.execute(
             """INSERT INTO aggregate_histograms AS h (metric_name, window_seconds, window_start, dimensions, count, sum,
                                                      min, max, zero_count, scale, pos_offset, pos_counts,
                                                      neg_offset, neg_counts)
                SELECT m, w, timestamptz 'epoch' + us * interval '1 microsecond', d::jsonb, c, s::numeric, lo, hi, z,
-                      %s, po, pc::bigint[], no, nc::bigint[]
+                      %s, (pk::int[])[1], txm_hist_dense(pk::int[], pc::bigint[]),
+                      (nk::int[])[1], txm_hist_dense(nk::int[], nc::bigint[])
                  FROM txm_stage_aggregates
                 ORDER BY o
                ON CONFLICT (metric_name, window_seconds, window_start, dimensions) DO UPDATE SET

@@ -85,10 +85,12 @@ class AggregateRow:
     min: float
     max: float
     zero_count: int
-    pos_offset: int | None
-    pos_counts: tuple[int, ...]
-    neg_offset: int | None
-    neg_counts: tuple[int, ...]
+    # histogram buckets, sparse: the non-empty bucket keys (ascending) and their counts; the
+    # dense form stored in aggregate_histograms (offset + counts) is derived from them
+    pos_keys: tuple[int, ...]
+    pos_key_counts: tuple[int, ...]
+    neg_keys: tuple[int, ...]
+    neg_key_counts: tuple[int, ...]
     # position of the row's dimension set in the metric's sets (catalog order: coarse first);
     # the coarse rows are the ones every batch of every partition updates
     set_rank: int = 0
@@ -96,6 +98,31 @@ class AggregateRow:
     @property
     def key(self) -> tuple[str, int, int, str]:
         return (self.metric_name, self.window_seconds, self.window_start_us, self.dimensions)
+
+    @property
+    def pos_offset(self) -> int | None:
+        return self.pos_keys[0] if self.pos_keys else None
+
+    @property
+    def pos_counts(self) -> tuple[int, ...]:
+        return _dense(self.pos_keys, self.pos_key_counts)
+
+    @property
+    def neg_offset(self) -> int | None:
+        return self.neg_keys[0] if self.neg_keys else None
+
+    @property
+    def neg_counts(self) -> tuple[int, ...]:
+        return _dense(self.neg_keys, self.neg_key_counts)
+
+
+def _dense(keys: tuple[int, ...], counts: tuple[int, ...]) -> tuple[int, ...]:
+    if not keys:
+        return ()
+    dense = [0] * (keys[-1] - keys[0] + 1)
+    for k, c in zip(keys, counts, strict=True):
+        dense[k - keys[0]] = c
+    return tuple(dense)
 
 
 def dimension_value(event: PaymentEvent, name: str) -> Any:
@@ -221,8 +248,8 @@ def _fold(keys: list[tuple[str, int, int, str, int]], groups: np.ndarray, values
     mags = np.abs(values)
     zero = mags < histogram.ZERO_THRESHOLD
     zero_counts = np.bincount(groups[zero], minlength=n)
-    pos = _dense_per_group(groups[(~zero) & (values > 0)], mags[(~zero) & (values > 0)], n)
-    neg = _dense_per_group(groups[(~zero) & (values < 0)], mags[(~zero) & (values < 0)], n)
+    pos = _buckets_per_group(groups[(~zero) & (values > 0)], mags[(~zero) & (values > 0)], n)
+    neg = _buckets_per_group(groups[(~zero) & (values < 0)], mags[(~zero) & (values < 0)], n)
     out = []
     for g, key in enumerate(keys):
         seg = sorted_values[bounds[g]:bounds[g + 1]]
@@ -230,15 +257,16 @@ def _fold(keys: list[tuple[str, int, int, str, int]], groups: np.ndarray, values
             metric_name=key[0], window_seconds=key[1], window_start_us=key[2], dimensions=key[3],
             count=int(counts[g]), sum=math.fsum(seg.tolist()), min=float(mins[g]), max=float(maxs[g]),
             zero_count=int(zero_counts[g]),
-            pos_offset=pos[g][0], pos_counts=pos[g][1], neg_offset=neg[g][0], neg_counts=neg[g][1],
+            pos_keys=pos[g][0], pos_key_counts=pos[g][1], neg_keys=neg[g][0], neg_key_counts=neg[g][1],
             set_rank=key[4],
         ))
     out.sort(key=lambda a: a.key)
     return out
 
 
-def _dense_per_group(groups: np.ndarray, mags: np.ndarray, n: int) -> list[tuple[int | None, tuple[int, ...]]]:
-    result: list[tuple[int | None, tuple[int, ...]]] = [(None, ())] * n
+def _buckets_per_group(groups: np.ndarray, mags: np.ndarray, n: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Per group: its non-empty bucket keys (ascending) and their counts."""
+    result: list[tuple[tuple[int, ...], tuple[int, ...]]] = [((), ())] * n
     if groups.size == 0:
         return result
     keys = histogram.bucket_keys(mags)
@@ -251,14 +279,6 @@ def _dense_per_group(groups: np.ndarray, mags: np.ndarray, n: int) -> list[tuple
     key_list, count_list = uk.tolist(), cnt.tolist()
     for g in range(n):
         lo, hi = bounds[g], bounds[g + 1]
-        if lo == hi:
-            continue
-        first = key_list[lo]
-        if hi - lo == 1:
-            result[g] = (first, (count_list[lo],))
-            continue
-        dense = [0] * (key_list[hi - 1] - first + 1)    # plain lists: most groups hold a few keys
-        for j in range(lo, hi):
-            dense[key_list[j] - first] = count_list[j]
-        result[g] = (first, tuple(dense))
+        if lo != hi:
+            result[g] = (tuple(key_list[lo:hi]), tuple(count_list[lo:hi]))
     return result

@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS txm_hist_dense(integer[], bigint[]);
