@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
-from txmetrics.core.masking import luhn_ok, mask_text, mask_value
+from txmetrics.core.masking import digit_run_possible, luhn_ok, mask_text, mask_value, might_contain_pan
 
 VISA = "4111111111111111"
 AMEX = "378282246310005"      # 15 digits
@@ -74,3 +76,16 @@ def test_a_bad_event_with_a_card_number_is_masked_in_payload_and_detail() -> Non
     result = parse_event(InboundEvent(body=bad_currency, partition_id="0", sequence_number=2))
     assert isinstance(result, Rejection) and result.error_code == "invalid_currency"
     assert VISA not in result.payload and VISA not in result.detail
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789 -4x\u00e9\u20ac\"{}:,"), max_size=60))
+def test_the_byte_prefilter_never_hides_a_candidate(text: str) -> None:
+    """Whatever the text, a possible PAN passes the cheap byte pre-filter (which events use
+    before the regex), so the pre-filter can only save work, never skip masking."""
+    if might_contain_pan(text):
+        assert digit_run_possible(text.encode())
+    assert digit_run_possible(b"card 4111 1111 1111 1111 ok") and not digit_run_possible(b'{"at":"2026-03-01T12:00"}')
+    shortest = "a4222222222222b"            # 13 digits: the shortest candidate
+    assert might_contain_pan(shortest) and digit_run_possible(shortest.encode())
+    assert not digit_run_possible(b"a422222222222b")

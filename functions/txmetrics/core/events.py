@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from .masking import mask_text, mask_value, might_contain_pan
+from .masking import digit_run_possible, mask_text, mask_value, might_contain_pan
 from .naming import datetime_to_us, us_to_datetime
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -126,7 +126,7 @@ def parse_event(inbound: InboundEvent) -> PaymentEvent | Rejection:
             raise _Invalid("body_not_json", f"body is not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise _Invalid("body_not_object", f"body is a JSON {type(doc).__name__}, not an object")
-        if might_contain_pan(text):
+        if digit_run_possible(body) and might_contain_pan(text):
             doc = mask_value(doc)
             payload = _ENCODER.encode(doc).decode()
         else:

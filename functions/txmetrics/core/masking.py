@@ -87,6 +87,19 @@ def mask_text(text: str) -> str:
     return _CANDIDATE.sub(lambda m: _mask_run(m.group(0)), text)
 
 
+# bytes.translate + a substring search run in C at memory speed: digits, spaces and dashes
+# become "0", everything else "x"; a PAN candidate needs a run of at least 13 of them.
+_RUN_TABLE = bytes(0x30 if (0x30 <= b <= 0x39 or b in (0x20, 0x2D)) else 0x78 for b in range(256))
+_RUN_13 = b"0" * 13
+
+
+def digit_run_possible(body: bytes) -> bool:
+    """Pre-filter on UTF-8 bytes, a few times cheaper than `might_contain_pan` on the usual
+    event: False means no PAN (digits, space and dash are single bytes in UTF-8, so any
+    candidate is a run of 13 or more of them)."""
+    return _RUN_13 in body.translate(_RUN_TABLE)
+
+
 def might_contain_pan(text: str) -> bool:
     """Cheap pre-check on a whole event body: False means no string in it can hold a PAN."""
     return _PRE.search(text) is not None and _QUICK.search(text) is not None
