@@ -121,6 +121,8 @@ class Catalog:
 
 
 def lookup(document: dict[str, Any], path: str) -> Any:
+    if "." not in path:          # the usual top-level field: no split, no loop
+        return document.get(path)
     node: Any = document
     for part in path.split("."):
         if not isinstance(node, dict):

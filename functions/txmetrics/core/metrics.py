@@ -250,16 +250,14 @@ def _fold(keys: list[tuple[str, int, int, str, int]], groups: np.ndarray, values
     zero_counts = np.bincount(groups[zero], minlength=n)
     pos = _buckets_per_group(groups[(~zero) & (values > 0)], mags[(~zero) & (values > 0)], n)
     neg = _buckets_per_group(groups[(~zero) & (values < 0)], mags[(~zero) & (values < 0)], n)
+    # plain lists once, rather than a numpy scalar conversion per group and field
+    count_l, min_l, max_l, zero_l = counts.tolist(), mins.tolist(), maxs.tolist(), zero_counts.tolist()
+    bound_l, value_l = bounds.tolist(), sorted_values.tolist()
     out = []
     for g, key in enumerate(keys):
-        seg = sorted_values[bounds[g]:bounds[g + 1]]
         out.append(AggregateRow(
-            metric_name=key[0], window_seconds=key[1], window_start_us=key[2], dimensions=key[3],
-            count=int(counts[g]), sum=math.fsum(seg.tolist()), min=float(mins[g]), max=float(maxs[g]),
-            zero_count=int(zero_counts[g]),
-            pos_keys=pos[g][0], pos_key_counts=pos[g][1], neg_keys=neg[g][0], neg_key_counts=neg[g][1],
-            set_rank=key[4],
-        ))
+            key[0], key[1], key[2], key[3], count_l[g], math.fsum(value_l[bound_l[g]:bound_l[g + 1]]),
+            min_l[g], max_l[g], zero_l[g], pos[g][0], pos[g][1], neg[g][0], neg[g][1], key[4]))
     out.sort(key=lambda a: a.key)
     return out
 

@@ -51,5 +51,8 @@ def datetime_to_us(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def utc_day(us: int) -> date:
-    return us_to_datetime(us).date()
+    return date.fromordinal(_EPOCH_ORDINAL + us // 86_400_000_000)   # floor division: right before 1970 too
