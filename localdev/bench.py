@@ -60,11 +60,38 @@ def machine_cpu_seconds() -> float | None:
     return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_us_per_event(before: float | None, after: float | None, events: int) -> float | None:
-    return None if before is None or after is None else round(1e6 * (after - before) / events, 1)
-
-
 # ----------------------------------------------------------------------------- workers
+# Every worker of a phase prepares (imports, connections, its share of the data), then waits
+# at a barrier; a phase is timed from the barrier to the last worker's end, so process start,
+# imports and untimed preparation never count, for the function or for the floor.
+
+_BARRIER: Any = None
+
+
+def _init_worker(barrier: Any) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def _start_together() -> tuple[float, float | None]:
+    if _BARRIER is not None:
+        _BARRIER.wait()
+    return time.time(), machine_cpu_seconds()
+
+
+def _finished(result: dict[str, Any], started: tuple[float, float | None]) -> dict[str, Any]:
+    return {**result, "start": started[0], "start_cpu": started[1], "end": time.time(),
+            "end_cpu": machine_cpu_seconds()}
+
+
+def _phase(results: list[dict[str, Any]], events: int) -> tuple[float, float | None]:
+    """Wall seconds from the common start to the last end, and machine CPU us per event."""
+    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    starts = [r["start_cpu"] for r in results if r["start_cpu"] is not None]
+    ends = [r["end_cpu"] for r in results if r["end_cpu"] is not None]
+    cpu = round(1e6 * (max(ends) - min(starts)) / events, 1) if starts and ends else None
+    return seconds, cpu
+
 
 def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[bytes, int, datetime]]]
                  ) -> dict[str, Any]:
@@ -92,17 +119,17 @@ def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[b
     payloads = [host_payload([b for b, _, _ in batch], partition_id=partition, sequence_numbers=[s for _, s, _ in batch],
                              enqueued_times=[t for _, _, t in batch]) for batch in batches]
     latencies, decode_ms = [], []
+    started = _start_together()
     cpu0 = time.process_time()
-    t0 = time.perf_counter()
     for payload in payloads:
         t = time.perf_counter()
         events = decode(*payload)
         decode_ms.append(1000 * (time.perf_counter() - t))
         fn(events)
         latencies.append(time.perf_counter() - t)
-    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0, "latencies": latencies,
-            "timings": [{"converter_decode": d, **t} for d, t in zip(decode_ms, timings, strict=True)],
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return _finished({"cpu_seconds": time.process_time() - cpu0, "latencies": latencies,
+                      "timings": [{"converter_decode": d, **t} for d, t in zip(decode_ms, timings, strict=True)],
+                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, started)
 
 
 def _prepare(bodies: list[bytes], partition: str) -> tuple[list[Any], Any]:
@@ -124,20 +151,18 @@ def _floor_worker(env: dict[str, str], partition: str, batches: list[list[bytes]
     from txmetrics.adapters.blob import BlobArchive, service_client
     from txmetrics.core.metrics import TABLE_COLUMNS
 
-    prep0 = time.process_time()
     prepared = [_prepare(b, partition) for b in batches]
-    prep_cpu = time.process_time() - prep0
     archive = BlobArchive(service_client(env["AZURE_STORAGE_CONNECTION_STRING"]), "bench-floor")
     archive.ensure_container()
     with psycopg.connect(env["DATABASE_URL"]) as conn:
-        t0 = time.perf_counter()
+        started = _start_together()
         for i, (events, rows) in enumerate(prepared):
             with conn.transaction(), conn.cursor().copy(
                     f"COPY bench_floor_metrics ({', '.join(TABLE_COLUMNS)}) FROM STDIN") as copy:
                 for row in rows.records():
                     copy.write_row(row)
             archive.upload(f"floor/{partition}/{i}.parquet", parquet.encode(parquet.events_table(events)))
-        return {"seconds": time.perf_counter() - t0, "preparation_cpu_seconds": prep_cpu}
+        return _finished({}, started)
 
 
 def _naive_worker(env: dict[str, str], partition: str, bodies: list[bytes]) -> dict[str, Any]:
@@ -150,7 +175,7 @@ def _naive_worker(env: dict[str, str], partition: str, bodies: list[bytes]) -> d
     catalog = load_catalog(BUNDLED_CATALOG)
     events, rows = _prepare(bodies, partition)
     with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
-        t0 = time.perf_counter()
+        started = _start_together()
         for r in range(len(rows)):
             ev = events[rows.event_index[r]]
             conn.execute(
@@ -167,18 +192,29 @@ def _naive_worker(env: dict[str, str], partition: str, bodies: list[bytes]) -> d
                     "sum = a.sum + excluded.sum",
                     (metric.name, window, json.dumps({d: dimension_value(ev, d) for d in dims}, sort_keys=True),
                      rows.value[r]))
-        return {"seconds": time.perf_counter() - t0, "events": len(bodies)}
+        return _finished({"events": len(bodies)}, started)
 
 
 # ----------------------------------------------------------------------------- run
 
 def _parallel(target: Any, args_list: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
-    with ctx.Pool(len(args_list)) as pool:
+    barrier = ctx.Barrier(len(args_list))
+    with ctx.Pool(len(args_list), initializer=_init_worker, initargs=(barrier,)) as pool:
         return pool.starmap(target, args_list)
 
 
-def run(events: int, partitions: int, batch_size: int, naive_events: int) -> dict[str, Any]:
+def _empty_tables(database_url: str) -> None:
+    """Back to an empty pipeline between rounds (the ledger would otherwise skip every event)."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE dynamic_metrics, ingested_events, aggregate_histograms, failed_items, raw_file_outbox, "
+                     "raw_files, aggregate_rollups, bench_floor_metrics")
+        conn.execute("VACUUM ANALYZE")
+
+
+def run(events: int, partitions: int, batch_size: int, naive_events: int, repeats: int = 3) -> dict[str, Any]:
     import psycopg
     from rich.console import Console
 
@@ -206,27 +242,36 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int) -> dic
             conn.execute("CREATE TABLE bench_naive_aggregates (metric_name text, window_us bigint, dimensions jsonb, "
                          "count bigint, sum float8, PRIMARY KEY (metric_name, window_us, dimensions))")
 
-        console.print("real: the function entry ...")
-        cpu0, t0 = machine_cpu_seconds(), time.perf_counter()
-        real = _parallel(_real_worker, [(env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b] for b in bl])
-                                        for p, bl in per.items()])
-        real_seconds = time.perf_counter() - t0
-        real_cpu = _cpu_us_per_event(cpu0, machine_cpu_seconds(), events)
-        console.print("floor: COPY + Parquet encode/upload of the same data ...")
-        cpu0, t0 = machine_cpu_seconds(), time.perf_counter()
-        floor = _parallel(_floor_worker, [(env, p, [[e.body for e in b] for b in bl]) for p, bl in per.items()])
-        floor_seconds = time.perf_counter() - t0
-        after = machine_cpu_seconds()   # minus the untimed preparation in the floor workers
-        floor_cpu = _cpu_us_per_event(cpu0, None if after is None else
-                                      after - sum(f["preparation_cpu_seconds"] for f in floor), events)
+        # Repeated pairs of (real, floor) on emptied tables, median reported: on a shared
+        # machine one phase can be slowed by a neighbour while the other is not.
+        real_args = [(env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b] for b in bl])
+                     for p, bl in per.items()]
+        floor_args = [(env, p, [[e.body for e in b] for b in bl]) for p, bl in per.items()]
+        rounds: list[dict[str, Any]] = []
+        real: list[dict[str, Any]] = []
+        for n in range(1, repeats + 1):
+            _empty_tables(services.database_url)
+            console.print(f"round {n}/{repeats} real: the function entry ...")
+            real = _parallel(_real_worker, real_args)
+            real_seconds, real_cpu = _phase(real, events)
+            console.print(f"round {n}/{repeats} floor: COPY + Parquet encode/upload of the same data ...")
+            floor_seconds, floor_cpu = _phase(_parallel(_floor_worker, floor_args), events)
+            rounds.append({"seconds": round(real_seconds, 3), "floor_seconds": round(floor_seconds, 3),
+                           "ratio_to_floor": round(real_seconds / floor_seconds, 3),
+                           "cpu_us_per_event": real_cpu, "floor_cpu_us_per_event": floor_cpu,
+                           "function_workers_cpu_us_per_event": round(
+                               1e6 * sum(r["cpu_seconds"] for r in real) / events, 1)})
+            console.print(f"  {events / real_seconds:,.0f} events/s, floor {events / floor_seconds:,.0f}, "
+                          f"ratio {real_seconds / floor_seconds:.2f}")
+        real_seconds = statistics.median(r["seconds"] for r in rounds)
+        floor_seconds = statistics.median(r["floor_seconds"] for r in rounds)
+        ratio = statistics.median(r["ratio_to_floor"] for r in rounds)
         console.print(f"naive: row at a time on {naive_events:,} events ...")
         sample = data[:naive_events]
         naive_per: dict[str, list[bytes]] = {}
         for e in sample:
             naive_per.setdefault(e.partition_id, []).append(e.body)
-        t0 = time.perf_counter()
-        _parallel(_naive_worker, [(env, p, b) for p, b in naive_per.items()])
-        naive_seconds = time.perf_counter() - t0
+        naive_seconds, _ = _phase(_parallel(_naive_worker, [(env, p, b) for p, b in naive_per.items()]), naive_events)
 
         with psycopg.connect(services.database_url) as conn:
             def q(sql: str) -> Any:
@@ -253,15 +298,19 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int) -> dic
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {**machine(), "postgresql": pg_version, "services": "embedded PostgreSQL + Azurite on the same cores"},
-        "config": {"events": events, "partitions": partitions, "batch_size": batch_size, "naive_events": naive_events},
+        "config": {"events": events, "partitions": partitions, "batch_size": batch_size, "naive_events": naive_events,
+                   "repeats": repeats},
         "events_per_second": round(events / real_seconds),
         "floor_events_per_second": round(events / floor_seconds),
         "naive_events_per_second": round(naive_events / naive_seconds),
-        "ratio_to_floor": round(real_seconds / floor_seconds, 2),
+        "ratio_to_floor": round(ratio, 2),
         "speedup_over_naive": round((events / real_seconds) / (naive_events / naive_seconds), 1),
         # CPU of all cores per event, services included (what 2 cores can sustain follows from it)
-        "cpu_us_per_event": {"real": real_cpu, "real_function_workers": round(
-            1e6 * sum(r["cpu_seconds"] for r in real) / events, 1), "floor": floor_cpu},
+        "cpu_us_per_event": {
+            "real": statistics.median(r["cpu_us_per_event"] or 0 for r in rounds) or None,
+            "real_function_workers": statistics.median(r["function_workers_cpu_us_per_event"] for r in rounds),
+            "floor": statistics.median(r["floor_cpu_us_per_event"] or 0 for r in rounds) or None},
+        "rounds": rounds,
         "batch_latency_ms": {"p50": round(1000 * statistics.median(latencies), 1),
                              "p99": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1)},
         "peak_memory_mb_per_worker": round(max(r["max_rss_mb"] for r in real), 1),
@@ -270,7 +319,7 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int) -> dic
         "metric_rows": metric_rows, "aggregate_rows": aggregate_rows, "processed": processed,
         "time_breakdown_percent": breakdown,
         "targets": {"events_per_second >= 40000": events / real_seconds >= 40_000,
-                    "ratio_to_floor <= 2": real_seconds / floor_seconds <= 2,
+                    "ratio_to_floor <= 2": ratio <= 2,
                     "speedup_over_naive >= 10": (events / real_seconds) / (naive_events / naive_seconds) >= 10,
                     "peak_memory_mb < 256": max(r["max_rss_mb"] for r in real) < 256},
     }
@@ -302,9 +351,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--naive-events", type=int, default=5_000)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (real, floor); medians are reported")
     parser.add_argument("--no-record", action="store_true", help="print only; write no result file")
     args = parser.parse_args()
-    result = run(args.events, args.partitions, args.batch_size, args.naive_events)
+    result = run(args.events, args.partitions, args.batch_size, args.naive_events, args.repeats)
     print(json.dumps(result, indent=2))
     if not args.no_record:
         print(f"recorded in {record(result)}")
