@@ -84,6 +84,18 @@ def _finished(result: dict[str, Any], started: tuple[float, float | None]) -> di
             "end_cpu": machine_cpu_seconds()}
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    fork and exec, so a spawned worker would report its parent's peak (the whole data set)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _phase(results: list[dict[str, Any]], events: int) -> tuple[float, float | None]:
     """Wall seconds from the common start to the last end, and machine CPU us per event."""
     seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
@@ -129,7 +141,7 @@ def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[b
         latencies.append(time.perf_counter() - t)
     return _finished({"cpu_seconds": time.process_time() - cpu0, "latencies": latencies,
                       "timings": [{"converter_decode": d, **t} for d, t in zip(decode_ms, timings, strict=True)],
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, started)
+                      "max_rss_mb": _peak_rss_mb()}, started)
 
 
 def _prepare(bodies: list[bytes], partition: str) -> tuple[list[Any], Any]:
