@@ -10,6 +10,10 @@ baseline measured in the same run, on the same services and the same data.
   row and one aggregate upsert per (event, metric, dimension set), on a sample of the
   events (it is slow), reported as events/s.
 
+Each phase is timed from a barrier (all its workers imported, connected and prepared) to
+the last worker's end; real and floor run as pairs, `--repeats` times (3) on emptied
+tables, and the medians are reported with every round in the JSON. See docs/benchmarks.md.
+
 Results go to benchmarks/results/<utc time>.json with a description of the machine, and a
 row is added to docs/benchmarks.md.
 """
