@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
-from txmetrics.core.masking import digit_run_possible, luhn_ok, mask_text, mask_value, might_contain_pan
+from txmetrics.core.masking import (
+    digit_run_possible,
+    luhn_ok,
+    mask_text,
+    mask_value,
+    might_contain_pan,
+    unescape_card_characters,
+)
 
 VISA = "4111111111111111"
 AMEX = "378282246310005"      # 15 digits
@@ -89,3 +96,45 @@ def test_the_byte_prefilter_never_hides_a_candidate(text: str) -> None:
     shortest = "a4222222222222b"            # 13 digits: the shortest candidate
     assert might_contain_pan(shortest) and digit_run_possible(shortest.encode())
     assert not digit_run_possible(b"a422222222222b")
+
+
+def _escaped(text: str) -> str:
+    """`text` as JSON \\u escapes, character by character (valid JSON, same string)."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def _no_card(text: str) -> bool:
+    """Neither the digits nor their JSON escapes of the test card number remain."""
+    return VISA not in text and _escaped(VISA) not in text and _escaped(VISA[:12]) not in text
+
+
+def test_a_card_number_written_as_json_escapes_is_masked_too() -> None:
+    body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z", "merchant_id": "m", '
+            '"amount": 1, "currency": "USD", "payment_method": "card", "status": "approved", '
+            f'"attributes": {{"note": "card {_escaped(VISA)}"}}}}').encode()
+    result = parse_event(InboundEvent(body=body, partition_id="0", sequence_number=1))
+    assert isinstance(result, PaymentEvent)
+    assert _no_card(result.payload) and json.loads(result.payload)["attributes"]["note"] == "card ************1111"
+    assert result.document["attributes"]["note"] == "card ************1111"
+
+
+def test_a_bad_event_with_an_escaped_card_number_is_masked_in_failed_items() -> None:
+    bad_status = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z", "merchant_id": "m", '
+                  f'"amount": 1, "currency": "USD", "payment_method": "card", "status": "{_escaped(VISA)}"}}').encode()
+    result = parse_event(InboundEvent(body=bad_status, partition_id="0", sequence_number=1))
+    assert isinstance(result, Rejection) and result.error_code == "invalid_status"
+    assert _no_card(result.payload) and _no_card(result.detail)
+    not_json = f'{{"event_id": "e", "note": "{_escaped(VISA)}", broken'.encode()
+    result = parse_event(InboundEvent(body=not_json, partition_id="0", sequence_number=2))
+    assert isinstance(result, Rejection) and result.error_code == "body_not_json"
+    assert _no_card(result.payload) and "1111" in result.payload
+
+
+def test_unescaping_keeps_escaped_backslashes_and_valid_json() -> None:
+    assert unescape_card_characters(r"a \u0034\u0031\u002D\u0020 b") == "a 41-  b"
+    assert unescape_card_characters(r"x \\u0034 y") == r"x \\u0034 y"        # a backslash, then text "u0034"
+    assert unescape_card_characters(r"x \\\u0034 y") == r"x \\4 y"
+    assert unescape_card_characters(r"\u0041 stays") == r"\u0041 stays"
+    doc = {"note": "\\u0034 literally", "n": "4"}
+    text = json.dumps(doc)
+    assert json.loads(unescape_card_characters(text)) == doc

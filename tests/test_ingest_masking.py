@@ -19,6 +19,15 @@ WRITTEN = [PANS[0], "5500 0055 5555 5559", "3782-822463-10005", PANS[3], "3530 1
 ORDER_NUMBER = "4111111111111112"   # Luhn-invalid: must survive untouched
 
 
+def escaped(text: str) -> str:
+    """JSON \\u escapes for every character: the same string to any JSON reader."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+BASE_JSON = ('"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": "5.00", '
+             '"payment_method": "card", "status": "approved"')
+
+
 def events() -> list[Any]:
     base = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": "5.00",
             "currency": "USD", "payment_method": "card", "status": "approved"}
@@ -30,6 +39,10 @@ def events() -> list[Any]:
         {**base, "event_id": "p5", "card": {"number": int(PANS[3])}},
         {**base, "event_id": "p6", "currency": PANS[2]},                        # bad event carrying a PAN
         f'{{"event_id": "p7", "broken": "{WRITTEN[1]}"'.encode(),              # unparseable, carrying a PAN
+        # the same, spelt with JSON escapes, which no scan of the raw text sees
+        f'{{"event_id": "p8", "currency": "USD", {BASE_JSON}, "note": "card {escaped(PANS[4])}"}}'.encode(),
+        f'{{"event_id": "p9", "currency": "{escaped(PANS[0])}", {BASE_JSON}}}'.encode(),
+        f'{{"event_id": "p10", "broken": "{escaped(PANS[1])}"'.encode(),
     ]
 
 
@@ -44,8 +57,8 @@ def test_no_card_number_in_blobs_tables_or_logs(deliver: Callable[..., None], db
                                                 archive: BlobArchive, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     deliver(events(), partition_id="0")
-    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (5,)
-    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (2,)
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (6,)
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (4,)
 
     blobs = list(archive.list())
     assert blobs
@@ -57,14 +70,17 @@ def test_no_card_number_in_blobs_tables_or_logs(deliver: Callable[..., None], db
             if pa.types.is_string(column.type):
                 texts += [v for v in column.to_pylist() if v]
         for pan in PANS:
-            assert pan.encode() not in raw
+            assert pan.encode() not in raw and escaped(pan).encode() not in raw
     stored = "\n".join(texts) + "\n" + all_text(db) + "\n" + caplog.text
     for pan in PANS:
         assert pan not in stored
     for written in WRITTEN:
         assert written not in stored
+    for pan in PANS:
+        assert escaped(pan[:13]) not in stored
     assert ORDER_NUMBER in "\n".join(texts)        # order numbers are left alone
     payloads = {json.loads(t)["event_id"]: json.loads(t) for t in texts if t.startswith("{")}
     assert payloads["p1"]["card"]["number"] == "************1111"
     assert payloads["p1"]["card"]["last4"] == "1111"
     assert payloads["p5"]["card"]["number"] == "************9424"
+    assert payloads["p8"]["note"] == "card ************0000"

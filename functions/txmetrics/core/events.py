@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from .masking import digit_run_possible, mask_text, mask_value, might_contain_pan
+from .masking import digit_run_possible, mask_text, mask_value, might_contain_pan, unescape_card_characters
 from .naming import datetime_to_us, us_to_datetime
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -126,7 +126,9 @@ def parse_event(inbound: InboundEvent) -> PaymentEvent | Rejection:
             raise _Invalid("body_not_json", f"body is not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise _Invalid("body_not_object", f"body is a JSON {type(doc).__name__}, not an object")
-        if digit_run_possible(body) and might_contain_pan(text):
+        # escaped characters (\uXXXX) can spell a card number no text scan sees: mask the
+        # decoded document then too
+        if b"\\u" in body or (digit_run_possible(body) and might_contain_pan(text)):
             doc = mask_value(doc)
             payload = _ENCODER.encode(doc).decode()
         else:
@@ -138,7 +140,8 @@ def parse_event(inbound: InboundEvent) -> PaymentEvent | Rejection:
 
 def _reject(inbound: InboundEvent, code: str, detail: str) -> Rejection:
     raw = inbound.body[: MAX_FAILED_PAYLOAD * 4]
-    text = mask_text(raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00"))
+    text = mask_text(unescape_card_characters(
+        raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")))
     truncated = len(text) > MAX_FAILED_PAYLOAD or len(raw) < len(inbound.body)
     event_id = _peek_event_id(inbound.body) if code != "body_too_large" else None
     return Rejection(

@@ -26,6 +26,19 @@ _QUICK = re.compile(r"[0-9](?:[ -]?[0-9]){12}")
 _PRE = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
 
 
+# JSON may write any character as \uXXXX: "\u0034\u0031..." is a card number to every JSON
+# reader. Text that is masked without being decoded (a failed event's payload) has its
+# escaped digits, spaces and dashes written back as themselves first; an escaped backslash
+# before "u" (an even run of backslashes) is left alone.
+_ESCAPED_CARD_CHAR = re.compile(r"(?<!\\)((?:\\\\)*)\\u00(3[0-9]|20|2[dD])")
+
+
+def unescape_card_characters(text: str) -> str:
+    if "\\u" not in text:
+        return text
+    return _ESCAPED_CARD_CHAR.sub(lambda m: m.group(1) + chr(int(m.group(2), 16)), text)
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     parity = len(digits) % 2
