@@ -42,6 +42,7 @@ def _same(value: str) -> None:
     "2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "2026-03-01T24:00:00Z",    # impossible: library's error
     "03/01/2026 12:00:00Z", "2026-03-01T12:00:00", "2026-03-01 12:00:00Z",     # other forms: library's path
     "2026-3-1T12:00:00Z", "2026-03-01T12:00:00.Z", "2026-03-01T12:00:00+01:00", "",
+    "2026-03-01t12:00:00z", "\u0662\u0660\u0662\u0666-03-01T12:00:00Z",               # lower case; non-ASCII digits
 ])
 def test_fast_path_agrees_with_the_library(value: str) -> None:
     _same(value)

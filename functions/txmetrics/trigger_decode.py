@@ -26,7 +26,7 @@ from azure.functions.meta import _BaseConverter
 
 # The forms the library's UTC format list accepts with two-digit fields; a fraction of more
 # than six digits is cut to six, as the library does (it strips digits beyond the sixth).
-_ISO_UTC = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:Z|[+-]00:00)")
+_ISO_UTC = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?(?:Z|[+-]00:00)")
 
 
 
