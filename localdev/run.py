@@ -62,9 +62,23 @@ def load_function(name: str = "ingest") -> Any:
 def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[bytes, int, datetime]]],
             progress: Any) -> dict[str, Any]:
     os.environ.update(env)
+    import json
     import logging
 
-    logging.getLogger("txmetrics.ingest").setLevel(logging.WARNING)
+    counts = {"new": 0, "duplicates": 0}
+
+    class Counts(logging.Handler):   # the function's own batch line says what was new
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith("batch "):
+                fields = json.loads(message[6:])
+                counts["new"] += fields["new"]
+                counts["duplicates"] += fields["duplicates"]
+
+    log = logging.getLogger("txmetrics.ingest")
+    log.setLevel(logging.INFO)
+    log.addHandler(Counts())
+    log.propagate = False
     from localdev.eventhub import make_batch
 
     fn = load_function()
@@ -76,8 +90,8 @@ def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[byt
         fn(events)
         latencies.append(time.perf_counter() - t0)
         progress.put(len(batch))
-    # Counts are read back from the database at the end; the worker reports only timings.
-    return {"partition": partition_id, "latencies": latencies}
+    # Totals are read back from the database at the end; the worker reports this run's counts.
+    return {"partition": partition_id, "latencies": latencies, **counts}
 
 
 def run(config: RunConfig, env: dict[str, str], *, console: Any = None) -> dict[str, Any]:
@@ -123,7 +137,8 @@ def run(config: RunConfig, env: dict[str, str], *, console: Any = None) -> dict[
     return {"events": len(events), "seconds": seconds, "events_per_second": len(events) / seconds,
             "batches": len(latencies), "batch_p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0,
             "batch_p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else 0,
-            "expected_bad": dict(expected_bad)}
+            "expected_bad": dict(expected_bad), "new": sum(r["new"] for r in worker_results),
+            "duplicates": sum(r["duplicates"] for r in worker_results)}
 
 
 def summary(database_url: str, container: str, connection_string: str, result: dict[str, Any],
@@ -155,8 +170,12 @@ def summary(database_url: str, container: str, connection_string: str, result: d
     console.print(f"[bold]Ingested {result['events']:,} events in {result['seconds']:.1f} s = "
                   f"{result['events_per_second']:,.0f} events/s[/bold] "
                   f"(batch latency p50 {result['batch_p50_ms']:.0f} ms, p99 {result['batch_p99_ms']:.0f} ms)")
-    console.print(f"  received {result['events']:,}; processed (valid, unique) {events_ok:,}; "
-                  f"failed {sum(failed.values()):,}: " + ", ".join(f"{k} {v}" for k, v in failed.items()))
+    console.print(f"  this run: {result['new']:,} new events, {result['duplicates']:,} already ingested")
+    if result["duplicates"] and not result["new"]:
+        console.print("  [yellow]every event was already ingested by an earlier `make run` (the local services keep "
+                      "their data; `make down && rm -rf .local` starts afresh): the rate above is a redelivery's[/yellow]")
+    console.print(f"  in store: {events_ok:,} valid unique events; failed {sum(failed.values()):,}: "
+                  + ", ".join(f"{k} {v}" for k, v in failed.items()))
     console.print(f"  raw archive: {files:,} Parquet files, {file_bytes / 1e6:.2f} MB in container '{container}' "
                   f"({len(blobs):,} blobs under raw_events/); {file_bytes / max(events_ok, 1):.0f} bytes/event")
     console.print(f"  PostgreSQL: {metric_rows:,} dynamic_metrics rows, {agg_rows:,} aggregate_histograms rows, "
