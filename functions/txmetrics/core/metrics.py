@@ -225,7 +225,7 @@ def _dimensions_json(dims: tuple[str, ...], typed_values: tuple[tuple[str, Any],
     key = (dims, typed_values)
     text = _DIMENSIONS_JSON.get(key)
     if text is None:
-        if len(_DIMENSIONS_JSON) >= 100_000:   # bounded: a long tail of merchants must not grow it forever
+        if len(_DIMENSIONS_JSON) >= 20_000:   # bounded (a few MB): a long tail of merchants must not grow it
             _DIMENSIONS_JSON.clear()
         text = json.dumps({d: v for d, (_, v) in zip(dims, typed_values, strict=True)},
                           sort_keys=True, separators=(",", ":"))
