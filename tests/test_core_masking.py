@@ -138,3 +138,15 @@ def test_unescaping_keeps_escaped_backslashes_and_valid_json() -> None:
     doc = {"note": "\\u0034 literally", "n": "4"}
     text = json.dumps(doc)
     assert json.loads(unescape_card_characters(text)) == doc
+
+
+def test_payload_text_is_kept_as_sent_when_nothing_is_masked() -> None:
+    """json.dumps escapes every non-ASCII character by default; such events carry no card
+    number and their archived payload stays the exact text that was sent."""
+    event = {"event_id": "é1", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z", "merchant_id": "Café Zoë",
+             "amount": "1.50", "currency": "EUR", "payment_method": "card", "status": "approved",
+             "attributes": {"order": "4111111111111112", "city": "Köln"}}   # a Luhn-invalid number, left alone
+    text = json.dumps(event)
+    assert "\\u00e9" in text
+    result = parse_event(InboundEvent(body=text.encode(), partition_id="0", sequence_number=1))
+    assert isinstance(result, PaymentEvent) and result.payload == text and result.merchant_id == "Café Zoë"

@@ -21,7 +21,14 @@ from typing import Any
 
 import msgspec
 
-from .masking import digit_run_possible, mask_text, mask_value, might_contain_pan, unescape_card_characters
+from .masking import (
+    digit_run_possible,
+    has_escaped_card_characters,
+    mask_text,
+    mask_value,
+    might_contain_pan,
+    unescape_card_characters,
+)
 from .naming import datetime_to_us, us_to_datetime
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -126,13 +133,15 @@ def parse_event(inbound: InboundEvent) -> PaymentEvent | Rejection:
             raise _Invalid("body_not_json", f"body is not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise _Invalid("body_not_object", f"body is a JSON {type(doc).__name__}, not an object")
-        # escaped characters (\uXXXX) can spell a card number no text scan sees: mask the
-        # decoded document then too
-        if b"\\u" in body or (digit_run_possible(body) and might_contain_pan(text)):
-            doc = mask_value(doc)
-            payload = _ENCODER.encode(doc).decode()
-        else:
-            payload = text
+        payload = text
+        # A possible card number: in the text, or spelt with \uXXXX escapes no text scan
+        # sees. The decoded document is masked; the payload is re-encoded only when that
+        # changed something, so other events are archived exactly as sent.
+        if (digit_run_possible(body) and might_contain_pan(text)) or has_escaped_card_characters(body):
+            masked = mask_value(doc)
+            if masked != doc:
+                doc = masked
+                payload = _ENCODER.encode(doc).decode()
         return _validate(doc, payload, inbound)
     except _Invalid as bad:
         return _reject(inbound, bad.code, bad.detail)

@@ -33,6 +33,16 @@ _PRE = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
 _ESCAPED_CARD_CHAR = re.compile(r"(?<!\\)((?:\\\\)*)\\u00(3[0-9]|20|2[dD])")
 
 
+_ESCAPED_CARD_BYTE = re.compile(rb"\\u00(?:3[0-9]|20|2[dD])")
+
+
+def has_escaped_card_characters(body: bytes) -> bool:
+    """True when the raw JSON writes a digit, space or dash as a \\u escape (so a card
+    number may hide from text scans). Other escapes, such as json.dumps' for non-ASCII
+    letters, cannot form one."""
+    return b"\\u" in body and _ESCAPED_CARD_BYTE.search(body) is not None
+
+
 def unescape_card_characters(text: str) -> str:
     if "\\u" not in text:
         return text
