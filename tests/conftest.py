@@ -28,8 +28,9 @@ from localdev.services import LocalServices, ephemeral_services  # noqa: E402
 from txmetrics import runtime, schema  # noqa: E402
 from txmetrics.adapters.blob import BlobArchive, service_client  # noqa: E402
 
+# every table a test can fill: each test starts from an empty pipeline, whatever ran before it
 DATA_TABLES = ("dynamic_metrics", "ingested_events", "aggregate_histograms", "failed_items", "raw_file_outbox",
-               "raw_files")
+               "raw_files", "raw_compactions", "aggregate_rollups")
 
 
 @pytest.fixture(scope="session")
