@@ -76,3 +76,16 @@ def test_the_fast_path_is_what_the_function_app_uses() -> None:
     import function_app  # noqa: F401  (installs the fast path at import, as in the worker)
 
     assert EventHubTriggerConverter._parse_datetime.__func__ is trigger_decode._parse_datetime
+
+
+def test_an_unexpected_azure_functions_release_is_left_alone(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Without the library internals it was written for, install() patches nothing and says so."""
+    assert trigger_decode.install() is True                          # installed (idempotent)
+    monkeypatch.delattr(EventHubTriggerConverter, "_parse_datetime")  # as the library ships it
+    monkeypatch.setattr(trigger_decode, "_LIBRARY_PARSE", None)       # a release without the private base
+    assert trigger_decode.install() is False
+    assert "_parse_datetime" not in EventHubTriggerConverter.__dict__
+    assert "its own timestamp parsing stays in use" in caplog.text
+    monkeypatch.undo()
+    assert EventHubTriggerConverter._parse_datetime.__func__ is trigger_decode._parse_datetime

@@ -17,17 +17,22 @@ theirs. Installing twice is harmless.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
 
+from azure.functions import meta as _meta
 from azure.functions.eventhub import EventHubTriggerConverter
-from azure.functions.meta import _BaseConverter
+
+log = logging.getLogger(__name__)
+# The library's parser, defined on its private base converter (which install() leaves alone);
+# None if a release renames it, and install() then does nothing.
+_LIBRARY_PARSE: Any = getattr(getattr(_meta, "_BaseConverter", None), "_parse_datetime", None)
 
 # The forms the library's UTC format list accepts with two-digit fields; a fraction of more
 # than six digits is cut to six, as the library does (it strips digits beyond the sixth).
 _ISO_UTC = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?(?:Z|[+-]00:00)")
-
 
 
 def _parse_datetime(cls: type, datetime_str: str | None) -> datetime | None:
@@ -44,9 +49,18 @@ def _parse_datetime(cls: type, datetime_str: str | None) -> datetime | None:
 
 
 def library_parse_datetime(datetime_str: str | None) -> Any:
-    """The library's own parser (defined on the base converter, which install() leaves alone)."""
-    return _BaseConverter._parse_datetime(datetime_str)
+    """The library's own parser."""
+    return _LIBRARY_PARSE(datetime_str)
 
 
-def install() -> None:
+def install() -> bool:
+    """Install the fast path; False (and a warning) when this azure-functions lacks the hook."""
+    current = EventHubTriggerConverter.__dict__.get("_parse_datetime")
+    if isinstance(current, classmethod) and current.__func__ is _parse_datetime:
+        return True
+    if not callable(_LIBRARY_PARSE) or "_parse_datetime" in EventHubTriggerConverter.__dict__:
+        log.warning("azure-functions' EventHubTriggerConverter is not the one trigger_decode was written for; "
+                    "its own timestamp parsing stays in use")
+        return False
     EventHubTriggerConverter._parse_datetime = classmethod(_parse_datetime)  # type: ignore[method-assign,assignment]
+    return True
