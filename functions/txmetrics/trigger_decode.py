@@ -12,7 +12,9 @@ expression and builds the datetime directly; anything else (another format, an
 impossible date) goes to the library's own parser, so results and errors are the
 library's in every case (tests/test_trigger_decode.py compares the two on generated
 input). It only replaces the method on `EventHubTriggerConverter`; other bindings keep
-theirs. Installing twice is harmless.
+theirs. Installing twice is harmless. Should the worker load an azure-functions release
+without the internals this relies on, nothing is patched and a warning is logged: slower,
+never wrong.
 """
 
 from __future__ import annotations
