@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localdev.eventhub import make_batch
+from tests.conftest import DATA_TABLES
 
 
 def valid_event(tag: str) -> dict[str, Any]:
@@ -58,6 +59,10 @@ def build(spec: tuple[str, Any], i: int) -> bytes:
 @given(specs=bad_specs, n_valid=st.integers(min_value=0, max_value=5), data=st.data())
 def test_bad_events_never_stop_a_batch(ingest_fn: Callable[[list[Any]], None], db: psycopg.Connection,
                                        specs: list[tuple[str, Any]], n_valid: int, data: st.DataObject) -> None:
+    # hypothesis reuses the function's fixtures across examples, and replays an example (same
+    # generated event_id) while shrinking: start each example from an empty ledger, or a
+    # replayed valid event is rightly a duplicate and neither processed nor failed
+    db.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
     partition = f"hyp-{uuid.uuid4().hex[:12]}"
     bodies = [build(s, i) for i, s in enumerate(specs)] + [json.dumps(valid_event(str(i))).encode()
                                                           for i in range(n_valid)]
