@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import TABLE_COLUMNS, AggregateRow, MetricRows
-from ..core.naming import us_to_datetime
+from ..core.naming import us_to_datetime, utc_day
 
 PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
@@ -306,7 +306,7 @@ class BatchTransaction:
                    updated_at = now()
                 WHERE h.scale = excluded.scale""", (scale,))
         # late events for a day already rolled up: its daily rollup no longer agrees, mark it
-        days = sorted({us_to_datetime(r.window_start_us).date() for r in a})
+        days = sorted({utc_day(r.window_start_us) for r in a})
         self.conn.execute("UPDATE aggregate_rollups SET stale = true, version = version + 1 WHERE day = ANY(%s)",
                           (days,))
         if cur.rowcount != len(a):
