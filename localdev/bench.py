@@ -111,24 +111,11 @@ def _phase(results: list[dict[str, Any]], events: int) -> tuple[float, float | N
 
 def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[bytes, int, datetime]]]
                  ) -> dict[str, Any]:
-    import logging
-
     os.environ.update(env)
     from localdev.eventhub import decode, host_payload
-    from localdev.run import load_function
+    from localdev.run import capture_batch_reports, load_function
 
-    timings: list[dict[str, float]] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            message = record.getMessage()
-            if message.startswith("batch "):
-                timings.append(json.loads(message[6:])["ms"])
-
-    log = logging.getLogger("txmetrics.ingest")
-    log.setLevel(logging.INFO)
-    log.addHandler(Capture())
-    log.propagate = False
+    reports = capture_batch_reports()
     fn = load_function()
     # What the host serialises (in its own process) is prepared outside the timed loop; the
     # worker's part, azure-functions' converter decoding the batch, is timed with the call.
@@ -144,7 +131,7 @@ def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[b
         fn(events)
         latencies.append(time.perf_counter() - t)
     return _finished({"cpu_seconds": time.process_time() - cpu0, "latencies": latencies,
-                      "timings": [{"converter_decode": d, **t} for d, t in zip(decode_ms, timings, strict=True)],
+                      "timings": [{"converter_decode": d, **r["ms"]} for d, r in zip(decode_ms, reports, strict=True)],
                       "max_rss_mb": _peak_rss_mb()}, started)
 
 

@@ -59,26 +59,31 @@ def load_function(name: str = "ingest") -> Any:
     return functions[name].get_user_function()
 
 
-def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[bytes, int, datetime]]],
-            progress: Any) -> dict[str, Any]:
-    os.environ.update(env)
+def capture_batch_reports() -> list[dict[str, Any]]:
+    """The fields of every "batch ..." line the ingest function logs from now on in this
+    process (its report: new, duplicates, timings in ms, ...), appended as they come."""
     import json
     import logging
 
-    counts = {"new": 0, "duplicates": 0}
+    reports: list[dict[str, Any]] = []
 
-    class Counts(logging.Handler):   # the function's own batch line says what was new
+    class Capture(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             message = record.getMessage()
             if message.startswith("batch "):
-                fields = json.loads(message[6:])
-                counts["new"] += fields["new"]
-                counts["duplicates"] += fields["duplicates"]
+                reports.append(json.loads(message[6:]))
 
     log = logging.getLogger("txmetrics.ingest")
     log.setLevel(logging.INFO)
-    log.addHandler(Counts())
+    log.addHandler(Capture())
     log.propagate = False
+    return reports
+
+
+def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[bytes, int, datetime]]],
+            progress: Any) -> dict[str, Any]:
+    os.environ.update(env)
+    reports = capture_batch_reports()   # the function's own batch line says what was new
     from localdev.eventhub import make_batch
 
     fn = load_function()
@@ -91,7 +96,8 @@ def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[byt
         latencies.append(time.perf_counter() - t0)
         progress.put(len(batch))
     # Totals are read back from the database at the end; the worker reports this run's counts.
-    return {"partition": partition_id, "latencies": latencies, **counts}
+    return {"partition": partition_id, "latencies": latencies, "new": sum(r["new"] for r in reports),
+            "duplicates": sum(r["duplicates"] for r in reports)}
 
 
 def run(config: RunConfig, env: dict[str, str], *, console: Any = None) -> dict[str, Any]:
