@@ -104,8 +104,10 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ partitions
     def ensure_day_partitions(self, days: set[date]) -> None:
-        """Create the day partitions a batch needs, in their own short transaction, so that
-        the batch transaction never holds the parent's exclusive lock."""
+        """Create the day partitions a batch needs, in their own short transaction. The SQL
+        function attaches new partitions under SHARE UPDATE EXCLUSIVE (no conflict with
+        writers); tables are always taken in PARTITIONED_TABLES order, so two creators
+        cannot deadlock either (migration 0007)."""
         missing = sorted(days - self._known_days)
         if not missing:
             return
