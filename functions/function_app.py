@@ -3,8 +3,10 @@
 `ingest`: one Event Hub-triggered function, cardinality many. Thin by design: decode the
 batch, hand it to the pipeline, log one structured line. Any exception propagates so the
 host retries the batch (retry policy below); the pipeline makes retries harmless.
-`retention` (02:30 UTC) and `maintenance` (03:00 UTC): daily timers for PostgreSQL
-retention, and for outbox uploads, daily rollups and compaction.
+`fold_aggregates` (every minute): merges the writers' histogram deltas into
+aggregate_histograms (readers include pending deltas, so this bounds their read cost, not
+what they see). `retention` (02:30 UTC) and `maintenance` (03:00 UTC): daily timers for
+PostgreSQL retention, and for outbox uploads, daily rollups and compaction.
 """
 
 from __future__ import annotations
@@ -81,6 +83,16 @@ def ingest(events: list[func.EventHubEvent]) -> None:
     log.info("batch %s", json.dumps(report.log_fields(), sort_keys=True))
 
 
+@app.timer_trigger(arg_name="timer", schedule="0 * * * * *", run_on_startup=False, use_monitor=False)
+def fold_aggregates(timer: func.TimerRequest) -> None:
+    """Every minute: merge the histogram deltas committed so far into aggregate_histograms."""
+    import time
+
+    started = time.perf_counter()
+    folded = get_pipeline().store.fold_aggregates()
+    log.info("fold %s", json.dumps({"deltas": folded, "ms": round(1000 * (time.perf_counter() - started), 1)}))
+
+
 @app.timer_trigger(arg_name="timer", schedule="0 30 2 * * *", run_on_startup=False, use_monitor=True)
 def retention(timer: func.TimerRequest) -> None:
     """Daily PostgreSQL retention (TXMETRICS_RETENTION, rendered from lifecycle/ by Pulumi)."""
@@ -108,6 +120,7 @@ def maintenance(timer: func.TimerRequest) -> None:
 
     pipeline = get_pipeline()
     flushed = pipeline.flush_outbox(None)
+    pipeline.store.fold_aggregates()     # rollups are built from folded rows
     today = datetime.now(UTC).date()
     with pipeline.store.autocommit_connection() as conn:
         rolled = [str(d) for d in days_to_roll(conn, today) if roll_day(conn, d)]

@@ -29,8 +29,8 @@ from txmetrics import runtime, schema  # noqa: E402
 from txmetrics.adapters.blob import BlobArchive, service_client  # noqa: E402
 
 # every table a test can fill: each test starts from an empty pipeline, whatever ran before it
-DATA_TABLES = ("dynamic_metrics", "ingested_events", "aggregate_histograms", "failed_items", "raw_file_outbox",
-               "raw_files", "raw_compactions", "aggregate_rollups")
+DATA_TABLES = ("dynamic_metrics", "ingested_events", "event_dimensions", "aggregate_histograms", "aggregate_deltas",
+               "failed_items", "raw_file_outbox", "raw_files", "raw_compactions", "aggregate_rollups")
 
 
 @pytest.fixture(scope="session")
@@ -115,15 +115,17 @@ def table_snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]
     return {
         "dynamic_metrics": conn.execute(
             "SELECT event_id, metric_name, value, occurred_at, merchant_id, payment_method, status, currency, country, "
-            "event_type, dimensions FROM dynamic_metrics ORDER BY 1, 2, 4").fetchall(),
+            "event_type, dimensions FROM dynamic_metrics_wide ORDER BY 1, 2, 4").fetchall(),
+        # as readers see them: folded rows + pending deltas (however the batches were cut)
         "aggregate_histograms": conn.execute(
             "SELECT metric_name, window_seconds, window_start, dimensions, count, sum, min, max, zero_count, "
-            "pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms ORDER BY 1, 2, 3, 4").fetchall(),
+            "pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms_current "
+            "ORDER BY 1, 2, 3, 4").fetchall(),
         "failed_items": conn.execute(
             "SELECT item_key, partition_id, sequence_number, error_code, detail, payload FROM failed_items "
             "ORDER BY 1").fetchall(),
         "ingested_events": conn.execute(
-            "SELECT event_id, occurred_at, partition_id, sequence_number FROM ingested_events ORDER BY 1, 2").fetchall(),
+            "SELECT event_id, occurred_at, dimension_key FROM ingested_events ORDER BY 1, 2").fetchall(),
     }
 
 

@@ -44,7 +44,7 @@ def test_it_reports_the_figures_the_issue_asks_for(result: dict[str, object]) ->
     breakdown = result["time_breakdown_percent"]
     assert isinstance(breakdown, dict)
     assert {"converter_decode", "decode_validate", "parquet_encode", "upload", "metrics_write",
-            "aggregate_merge"} <= set(breakdown)
+            "aggregate_append"} <= set(breakdown)
     assert abs(sum(breakdown.values()) - 100) < 1
     latency = result["batch_latency_ms"]
     assert isinstance(latency, dict) and 0 < latency["p50"] <= latency["p99"]

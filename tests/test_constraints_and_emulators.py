@@ -38,29 +38,44 @@ def test_parquet_uploaded_with_the_sdk_reads_back_through_pyarrow_azure_filesyst
 
 
 def _metric(conn: psycopg.Connection, **overrides: object) -> None:
-    row = {"event_id": "e1", "metric_name": "amount", "value": 1.0, "occurred_at": "2026-03-01T00:00:00Z",
-           "merchant_id": "m", "payment_method": "card", "status": "approved", "currency": "USD"}
+    row = {"event_id": "e1", "metric_name": "amount", "value": 1.0, "occurred_at": "2026-03-01T00:00:00Z"}
     row.update(overrides)
     conn.execute("SELECT txm_ensure_day_partitions('dynamic_metrics', '2026-03-01', '2026-03-01')")
     cols = ", ".join(row)
     conn.execute(f"INSERT INTO dynamic_metrics ({cols}) VALUES ({', '.join(['%s'] * len(row))})", list(row.values()))
 
 
-def test_duplicate_metric_row_is_refused_by_the_database(db: psycopg.Connection) -> None:
-    _metric(db)
+def test_a_second_ledger_row_for_an_event_is_refused_by_the_database(db: psycopg.Connection) -> None:
+    """The ledger's key is what makes every effect of an event happen once."""
+    db.execute("SELECT txm_ensure_day_partitions('ingested_events', '2026-03-01', '2026-03-01')")
+    insert = ("INSERT INTO ingested_events (event_id, occurred_at, raw_file_id, dimension_key) "
+              "VALUES ('e1', '2026-03-01T00:00:00Z', 1, 1)")
+    db.execute(insert)
     with pytest.raises(psycopg.errors.UniqueViolation):
-        _metric(db, value=2.0)
-    assert db.execute("SELECT count(*), min(value) FROM dynamic_metrics").fetchone() == (1, 1.0)
+        db.execute(insert)
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (1,)
 
 
 @pytest.mark.parametrize("overrides", [
-    {"status": "maybe"}, {"currency": "usd"}, {"value": float("nan")}, {"value": float("inf")},
-    {"event_id": ""}, {"event_id": "x" * 129}, {"metric_name": "Bad-Name"}, {"merchant_id": ""},
+    {"value": float("nan")}, {"value": float("inf")}, {"event_id": ""}, {"event_id": "x" * 129},
+    {"metric_name": "Bad-Name"},
 ])
 def test_values_that_can_never_be_valid_are_refused_in_dynamic_metrics(db: psycopg.Connection,
                                                                        overrides: dict[str, object]) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
         _metric(db, **overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"status": "maybe"}, {"currency": "usd"}, {"merchant_id": ""}, {"payment_method": ""}, {"country": "usa"},
+])
+def test_impossible_dimensions_are_refused(db: psycopg.Connection, overrides: dict[str, object]) -> None:
+    row: dict[str, object] = {"dimension_key": 1, "merchant_id": "m", "payment_method": "card", "status": "approved",
+                              "currency": "USD", "country": "US"}
+    row.update(overrides)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(f"INSERT INTO event_dimensions ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})",
+                   list(row.values()))
 
 
 @pytest.mark.parametrize("column, value", [("count", -1), ("zero_count", -2), ("window_start", "2026-03-01T00:01:00Z"),

@@ -40,11 +40,11 @@ def test_a_new_metric_from_the_catalog_file(tmp_path: Path, monkeypatch: pytest.
                       "ORDER BY 1").fetchall() == [("r1", 0.25), ("r2", 0.75)]
     assert db.execute("SELECT event_id, value FROM dynamic_metrics WHERE metric_name = 'high_risk' "
                       "ORDER BY 1").fetchall() == [("r1", 1.0), ("r2", 0.0), ("r3", 0.0)]
-    assert db.execute("SELECT dimensions FROM dynamic_metrics WHERE event_id = 'r1' AND metric_name = 'risk_score'"
+    assert db.execute("SELECT dimensions FROM dynamic_metrics_wide WHERE event_id = 'r1' AND metric_name = 'risk_score'"
                       ).fetchone() == ({"attributes.channel": "web"},)
-    assert db.execute("SELECT count, sum, min, max FROM aggregate_histograms WHERE metric_name = 'risk_score' "
+    assert db.execute("SELECT count, sum, min, max FROM aggregate_histograms_current WHERE metric_name = 'risk_score' "
                       "AND dimensions = '{}'").fetchone() == (2, 1, 0.25, 0.75)
-    by_channel = db.execute("SELECT dimensions, count FROM aggregate_histograms WHERE metric_name = 'risk_score' "
+    by_channel = db.execute("SELECT dimensions, count FROM aggregate_histograms_current WHERE metric_name = 'risk_score' "
                             "AND dimensions ? 'attributes.channel' ORDER BY 1").fetchall()
     assert by_channel == [({"attributes.channel": "app"}, 1), ({"attributes.channel": "web"}, 1)]
 
@@ -64,4 +64,5 @@ def test_the_bundled_catalog_loads_at_start_up() -> None:
     result = subprocess.run([sys.executable, "-c", "import function_app; print(len(function_app.app.get_functions()))"],
                             cwd=ROOT / "functions", env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "3"   # ingest, and the daily retention and maintenance timers
+    # ingest, the minute fold of aggregate deltas, and the daily retention and maintenance timers
+    assert result.stdout.strip() == "4"

@@ -32,7 +32,7 @@ def test_merged_quantiles_within_one_percent(ingest_fn: Callable[..., None], db:
             "processing_ms": int(processing[i])}).encode())
     for i in range(0, n, 1000):
         ingest_fn(make_batch(bodies[i:i + 1000], partition_id="0", first_sequence=i))
-    windows = db.execute("SELECT count(DISTINCT window_start) FROM aggregate_histograms").fetchone()[0]
+    windows = db.execute("SELECT count(DISTINCT window_start) FROM aggregate_histograms_current").fetchone()[0]
     assert windows > 500
 
     end = start + timedelta(days=3)

@@ -73,7 +73,7 @@ def test_parallel_partitions_with_overlapping_keys(env: dict[str, str], db: psyc
     assert len(rows) == len(valid) and len({r[2] for r in rows}) == len(valid)
     checked = recompute_and_compare(db, load_catalog(BUNDLED_CATALOG))
     assert checked > 100
-    shared_keys = db.execute("SELECT count(*) FROM aggregate_histograms WHERE dimensions = '{}'").fetchone()[0]
+    shared_keys = db.execute("SELECT count(*) FROM aggregate_histograms_current WHERE dimensions = '{}'").fetchone()[0]
     assert shared_keys > 0
 
 

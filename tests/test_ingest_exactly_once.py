@@ -208,17 +208,17 @@ def test_crash_inside_the_commit_rolls_back_everything(ingest_fn: Callable[..., 
     assert_same_as_reference(db, archive, reference)
 
 
-def test_a_metric_row_that_exists_without_its_ledger_row_does_not_fail_the_batch(
-        deliver: Callable[..., None], db: psycopg.Connection) -> None:
-    """The ledger and dynamic_metrics disagree (a manual repair): the fast COPY path hits the
-    duplicate, the batch falls back to ON CONFLICT DO NOTHING and completes."""
-    db.execute("SELECT txm_ensure_day_partitions('dynamic_metrics', '2026-03-01', '2026-03-01')")
-    db.execute("INSERT INTO dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, payment_method, "
-               "status, currency) VALUES ('orphan', 'approved', 1, '2026-03-01T10:00:00Z', 'm', 'card', 'approved', "
-               "'USD')")
-    event = {"event_id": "orphan", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m",
-             "amount": 2, "currency": "USD", "payment_method": "card", "status": "approved"}
-    deliver([event, {**event, "event_id": "other"}], partition_id="0")
+def test_a_batch_that_overlaps_an_earlier_one_claims_only_its_new_events(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """The ledger's fast path (one COPY) meets keys that are already there: it falls back to
+    ON CONFLICT DO NOTHING in the same transaction, and only the new events go further."""
+    base = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": 2,
+            "currency": "USD", "payment_method": "card", "status": "approved"}
+    deliver([{**base, "event_id": "x"}, {**base, "event_id": "y"}], partition_id="0", first_sequence=0)
+    deliver([{**base, "event_id": "y"}, {**base, "event_id": "z"}], partition_id="1", first_sequence=0)
     assert db.execute("SELECT event_id, metric_name FROM dynamic_metrics ORDER BY 1, 2").fetchall() == [
-        ("orphan", "amount"), ("orphan", "approved"), ("other", "amount"), ("other", "approved")]
-    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (2,)
+        ("x", "amount"), ("x", "approved"), ("y", "amount"), ("y", "approved"), ("z", "amount"), ("z", "approved")]
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (3,)
+    assert sorted(r[2] for r in archive_rows(archive)) == ["x", "y", "z"]
+    assert db.execute("SELECT count FROM aggregate_histograms_current WHERE metric_name = 'approved' "
+                      "AND dimensions = '{}'").fetchone() == (3,)

@@ -43,7 +43,7 @@ def test_golden_batch_rows_aggregates_and_files(deliver: Callable[..., None], db
     deliver(GOLDEN, partition_id="7", first_sequence=1000)
 
     rows = db.execute("SELECT event_id, metric_name, value, occurred_at, merchant_id, payment_method, status, currency "
-                      "FROM dynamic_metrics ORDER BY 1, 2").fetchall()
+                      "FROM dynamic_metrics_wide ORDER BY 1, 2").fetchall()
     t = lambda s: datetime.fromisoformat(s).astimezone(UTC)  # noqa: E731
     assert [(r[0], r[1], r[2], r[3].astimezone(UTC), r[5], r[6], r[7]) for r in rows] == [
         ("a", "amount", 12.3, t("2026-03-01T23:58:00+00:00"), "card", "approved", "EUR"),
@@ -59,20 +59,29 @@ def test_golden_batch_rows_aggregates_and_files(deliver: Callable[..., None], db
         ("d", "processing_ms", 0.0, t("2026-03-02T00:02:00+00:00"), "card", "pending", "EUR"),
     ]
 
-    def agg(metric: str, window: str, dims: str) -> tuple[Any, ...]:
-        return db.execute("SELECT count, sum, min, max, zero_count FROM aggregate_histograms WHERE metric_name = %s "
-                          "AND window_seconds = 300 AND window_start = %s AND dimensions = %s::jsonb",
-                          (metric, window, dims)).fetchone()
+    # Aggregates as every reader sees them (folded rows + pending deltas: right after the
+    # batch, all pending), then in aggregate_histograms itself after a fold: the same.
+    for source in ("aggregate_histograms_current", "aggregate_histograms"):
+        if source == "aggregate_histograms":
+            assert db.execute("SELECT count(*) FROM aggregate_histograms").fetchone() == (0,)
+            assert db.execute("SELECT txm_fold_aggregates()").fetchone()[0] > 0
+            assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (0,)
 
-    assert agg("approved", "2026-03-01T23:55:00Z", "{}") == (2, Decimal("1"), 0.0, 1.0, 1)
-    assert agg("amount", "2026-03-01T23:55:00Z", '{"currency": "EUR"}') == (2, Decimal("20.0"), 7.7, 12.3, 0)
-    assert agg("amount", "2026-03-02T00:00:00Z", '{"currency": "EUR"}') == (1, Decimal("0"), 0.0, 0.0, 1)
-    assert agg("amount", "2026-03-02T00:00:00Z", '{"currency": "INR"}') == (1, Decimal("100"), 100.0, 100.0, 0)
-    assert agg("processing_ms", "2026-03-01T23:55:00Z", '{"payment_method": "wallet"}') == (1, Decimal("80"), 80, 80, 0)
-    assert agg("approved", "2026-03-02T00:00:00Z", '{"merchant_id": "m-1", "payment_method": "card"}') == (
-        2, Decimal("1"), 0.0, 1.0, 1)
-    assert db.execute("SELECT count(*) FROM aggregate_histograms WHERE dimensions ? 'currency' "
-                      "AND metric_name <> 'amount'").fetchone() == (0,)
+        def agg(metric: str, window: str, dims: str, source: str = source) -> tuple[Any, ...]:
+            return db.execute(f"SELECT count, sum, min, max, zero_count FROM {source} WHERE metric_name = %s "
+                              "AND window_seconds = 300 AND window_start = %s AND dimensions = %s::jsonb",
+                              (metric, window, dims)).fetchone()
+
+        assert agg("approved", "2026-03-01T23:55:00Z", "{}") == (2, Decimal("1"), 0.0, 1.0, 1)
+        assert agg("amount", "2026-03-01T23:55:00Z", '{"currency": "EUR"}') == (2, Decimal("20.0"), 7.7, 12.3, 0)
+        assert agg("amount", "2026-03-02T00:00:00Z", '{"currency": "EUR"}') == (1, Decimal("0"), 0.0, 0.0, 1)
+        assert agg("amount", "2026-03-02T00:00:00Z", '{"currency": "INR"}') == (1, Decimal("100"), 100.0, 100.0, 0)
+        assert agg("processing_ms", "2026-03-01T23:55:00Z", '{"payment_method": "wallet"}') == (
+            1, Decimal("80"), 80, 80, 0)
+        assert agg("approved", "2026-03-02T00:00:00Z", '{"merchant_id": "m-1", "payment_method": "card"}') == (
+            2, Decimal("1"), 0.0, 1.0, 1)
+        assert db.execute(f"SELECT count(*) FROM {source} WHERE dimensions ? 'currency' "
+                          "AND metric_name <> 'amount'").fetchone() == (0,)
 
     failed = db.execute("SELECT partition_id, sequence_number, error_code, event_id, replayed FROM failed_items "
                         "ORDER BY sequence_number").fetchall()

@@ -48,7 +48,8 @@ def events() -> list[Any]:
 
 def all_text(conn: psycopg.Connection) -> str:
     parts = []
-    for table in ("dynamic_metrics", "aggregate_histograms", "failed_items", "ingested_events", "raw_files"):
+    for table in ("dynamic_metrics", "aggregate_histograms", "aggregate_deltas", "event_dimensions", "failed_items",
+                  "ingested_events", "raw_files"):
         parts += [r[0] for r in conn.execute(f"SELECT t::text FROM {table} t").fetchall()]
     return "\n".join(parts)
 

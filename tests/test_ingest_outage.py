@@ -79,7 +79,7 @@ def test_outage_of_postgres_then_of_azurite(own_services: LocalServices) -> None
         assert conn.execute("SELECT count(*) FROM raw_files WHERE state <> 'uploaded'").fetchone() == (0,)
         assert conn.execute("SELECT count(DISTINCT event_id) = count(*) FROM dynamic_metrics "
                             "WHERE metric_name = 'approved'").fetchone() == (True,)
-        assert conn.execute("SELECT sum(count) FROM aggregate_histograms WHERE metric_name = 'approved' "
+        assert conn.execute("SELECT sum(count) FROM aggregate_histograms_current WHERE metric_name = 'approved' "
                             "AND dimensions = '{}'").fetchone()[0] == len(valid)
     archive = BlobArchive(service_client(own_services.storage_connection_string), "raw-events")
     rows = archive_rows(archive)

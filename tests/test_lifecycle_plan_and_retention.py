@@ -89,8 +89,8 @@ def test_retention_drops_exactly_the_expired_partitions(db: psycopg.Connection) 
     today = date(2026, 6, 30)
     db.execute("SELECT txm_ensure_day_partitions('dynamic_metrics', '2026-06-10', '2026-06-20')")
     for day in ("2026-06-15", "2026-06-16"):   # the last expired day and the first kept day hold data
-        db.execute("INSERT INTO dynamic_metrics (event_id, metric_name, value, occurred_at, merchant_id, "
-                   "payment_method, status, currency) VALUES (%s, 'amount', 1, %s, 'm', 'card', 'approved', 'USD')",
+        db.execute("INSERT INTO dynamic_metrics (event_id, metric_name, value, occurred_at) "
+                   "VALUES (%s, 'amount', 1, %s)",
                    (f"e-{day}", f"{day}T23:59:59.999999Z"))
     db.execute("INSERT INTO failed_items (item_key, partition_id, error_code, detail, payload, received_at) VALUES "
                "('old', '0', 'body_not_json', 'd', 'p', '2026-05-01T00:00:00Z'), "

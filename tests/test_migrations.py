@@ -28,6 +28,10 @@ def schema_dump(url: str) -> dict[str, list[tuple[object, ...]]]:
             "views": q("""SELECT viewname, pg_get_viewdef(viewname::regclass) FROM pg_views
                            WHERE schemaname = 'public' ORDER BY 1""").fetchall(),
             "functions": q("""SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p
+                               WHERE p.pronamespace = 'public'::regnamespace AND p.prokind <> 'a'
+                               ORDER BY 1""").fetchall(),
+            "aggregates": q("""SELECT p.oid::regprocedure::text, a.aggtransfn::text, a.aggtranstype::regtype::text
+                                FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid
                                WHERE p.pronamespace = 'public'::regnamespace ORDER BY 1""").fetchall(),
             "partitioned": q("""SELECT relname, relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace
                                  AND relkind IN ('p', 'S') ORDER BY 1""").fetchall(),
@@ -51,7 +55,7 @@ def test_rollback_then_apply_gives_an_identical_schema_and_reapply_is_a_noop(emp
     assert schema.rollback_all(empty_db) == list(reversed(ALL_MIGRATIONS))
     emptied = schema_dump(empty_db)
     assert not [c for c in emptied["columns"]], "rollback left tables behind"
-    assert not emptied["functions"]
+    assert not emptied["functions"] and not emptied["aggregates"]
     assert schema.apply_all(empty_db) == ALL_MIGRATIONS
     assert schema_dump(empty_db) == first
     assert schema.apply_all(empty_db) == []
@@ -96,3 +100,45 @@ def test_partitions_are_created_ahead_by_the_migration_function(empty_db: str) -
     assert [b[0] for b in bounds] == ["dynamic_metrics_p20260301", "dynamic_metrics_p20260302",
                                       "dynamic_metrics_p20260303"]
     assert "2026-03-01 00:00:00+00" in bounds[0][1] and "2026-03-02 00:00:00+00" in bounds[0][1]
+
+
+def test_the_wide_view_returns_the_rows_the_wide_table_held(empty_db: str) -> None:
+    """Write path v2 (0008) keeps the dimensions once per event: data written before it is
+    moved, and dynamic_metrics_wide returns exactly the rows the old wide table held."""
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(schema.yoyo_url(empty_db))
+    try:
+        migrations = read_migrations(str(schema.MIGRATIONS_DIR))
+        with backend.lock():
+            backend.apply_migrations(backend.to_apply(migrations.filter(lambda m: m.id < "0008")))
+    finally:
+        backend.connection.close()
+    wide = ("event_id, metric_name, value, occurred_at, merchant_id, payment_method, status, currency, country, "
+            "event_type, dimensions")
+    rows = [
+        ("e1", "amount", 12.5, "2026-03-01T10:00:00Z", "m-1", "card", "approved", "EUR", "DE", "capture", None),
+        ("e1", "approved", 1.0, "2026-03-01T10:00:00Z", "m-1", "card", "approved", "EUR", "DE", "capture", None),
+        ("e2", "amount", 3.0, "2026-03-02T23:59:59Z", "m-2", "wallet", "declined", "USD", None, None,
+         '{"attributes.channel": "web"}'),
+        ("e3", "approved", 0.0, "2026-03-02T00:00:00Z", "m-1", "card", "approved", "EUR", "DE", "capture", None),
+    ]
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        for table in ("dynamic_metrics", "ingested_events"):
+            conn.execute("SELECT txm_ensure_day_partitions(%s, '2026-03-01', '2026-03-02')", (table,))
+        for r in rows:
+            conn.execute(f"INSERT INTO dynamic_metrics ({wide}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", r)
+        for event_id, occurred in {(r[0], r[3]) for r in rows} | {("no-metrics", "2026-03-01T11:00:00Z")}:
+            conn.execute("INSERT INTO ingested_events VALUES (%s, %s, '0', 1, 1)", (event_id, occurred))
+        before = conn.execute(f"SELECT {wide} FROM dynamic_metrics ORDER BY 1, 2").fetchall()
+    assert len(before) == 4
+    assert schema.apply_all(empty_db)[0] == "0008.write-path-v2"
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute(f"SELECT {wide} FROM dynamic_metrics_wide ORDER BY 1, 2").fetchall() == before
+        # one stored tuple per distinct set of dimensions; the event without metric rows keeps no key
+        assert conn.execute("SELECT count(*) FROM event_dimensions").fetchone() == (2,)
+        assert conn.execute("SELECT event_id FROM ingested_events WHERE dimension_key IS NULL").fetchall() == [
+            ("no-metrics",)]
+        columns = {c[0] for c in conn.execute("SELECT column_name FROM information_schema.columns "
+                                              "WHERE table_name = 'dynamic_metrics'").fetchall()}
+        assert columns == {"event_id", "metric_name", "value", "occurred_at"}

@@ -91,6 +91,8 @@ def test_kpis_over_a_month_with_and_without_rollups(ingest_fn: Callable[..., Non
                                                 "WHERE metric_name = 'processing_ms'").fetchall()])
     end = MONTH_START + timedelta(days=31)
     plain = kpi.query(db, metric="processing_ms", start=MONTH_START, end=end)
+    db.execute("SELECT txm_fold_aggregates()")     # as the maintenance job does before it rolls up
+    assert kpi.query(db, metric="processing_ms", start=MONTH_START, end=end)[0].quantiles == plain[0].quantiles
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
         for d in range(31):
             assert roll_day(conn, (MONTH_START + timedelta(days=d)).date())
@@ -113,13 +115,18 @@ def test_kpis_over_a_month_with_and_without_rollups(ingest_fn: Callable[..., Non
     if one:
         assert one[0].quantiles[0.5] == pytest.approx(p50)
 
-    # a late event for a rolled-up day: the day goes stale and the KPIs stay exact
+    # a late event for a rolled-up day: counted at once (its delta is pending, read beside the
+    # rollup); the fold that merges it marks the day stale; the KPIs stay exact throughout
     late = {"event_id": "late-1", "transaction_id": "t", "occurred_at": "2026-03-10T12:00:00Z", "merchant_id": "m",
             "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved", "processing_ms": 123456}
     ingest_fn(make_batch([late], partition_id="late"))
-    assert db.execute("SELECT stale FROM aggregate_rollups WHERE day = '2026-03-10'").fetchone() == (True,)
     after = kpi.query(db, metric="processing_ms", start=MONTH_START, end=end)
     assert after[0].count == len(values) + 1 and after[0].max == 123456
+    db.execute("SELECT txm_fold_aggregates()")
+    assert db.execute("SELECT stale FROM aggregate_rollups WHERE day = '2026-03-10'").fetchone() == (True,)
+    assert db.execute("SELECT count(*) FROM aggregate_rollups WHERE stale").fetchone() == (1,)
+    folded = kpi.query(db, metric="processing_ms", start=MONTH_START, end=end)
+    assert (folded[0].count, folded[0].max, folded[0].quantiles) == (after[0].count, after[0].max, after[0].quantiles)
 
 
 def live_rows(db: psycopg.Connection, archive: BlobArchive, day: str) -> list[tuple[Any, ...]]:
@@ -226,7 +233,7 @@ def test_fixed_failed_item_is_replayed_once(deliver: Callable[..., None], db: ps
     outcome = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id])
     assert outcome[0].replayed and outcome[0].note == "replayed"
     snapshot = (db.execute("SELECT count(*) FROM dynamic_metrics WHERE event_id = 'fix-me'").fetchone(),
-                db.execute("SELECT sum(count) FROM aggregate_histograms WHERE metric_name = 'approved' "
+                db.execute("SELECT sum(count) FROM aggregate_histograms_current WHERE metric_name = 'approved' "
                            "AND dimensions = '{}'").fetchone(), archive_rows(archive))
     assert snapshot[0] == (2,) and [r[2] for r in snapshot[2]] == ["fix-me"]
     assert snapshot[2][0][:2] == ("replay", item_id)
@@ -234,7 +241,7 @@ def test_fixed_failed_item_is_replayed_once(deliver: Callable[..., None], db: ps
     forced = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id], force=True)
     assert forced[0].note.startswith("replayed (event already ingested")
     assert (db.execute("SELECT count(*) FROM dynamic_metrics WHERE event_id = 'fix-me'").fetchone(),
-            db.execute("SELECT sum(count) FROM aggregate_histograms WHERE metric_name = 'approved' "
+            db.execute("SELECT sum(count) FROM aggregate_histograms_current WHERE metric_name = 'approved' "
                        "AND dimensions = '{}'").fetchone(), archive_rows(archive)) == snapshot
     assert db.execute("SELECT replayed, replayed_at IS NOT NULL, fixed_payload IS NOT NULL FROM failed_items "
                       "WHERE id = %s", (item_id,)).fetchone() == (True, True, True)

@@ -10,7 +10,9 @@ metric's own `by` dimensions. That set must be in the catalog; otherwise KpiErro
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -55,7 +57,29 @@ def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: dateti
           group_by: list[str] | None = None, filters: dict[str, Any] | None = None,
           window: str | None = None, stored_dimensions: list[str] | None = None,
           quantiles: tuple[float, ...] = QUANTILES, use_rollups: bool = True) -> list[KpiRow]:
-    """KPIs of `metric` over [start, end), one row per group (and per window when given)."""
+    """KPIs of `metric` over [start, end), one row per group (and per window when given).
+
+    Reads in one snapshot (a REPEATABLE READ transaction unless the caller's transaction is
+    already open), so a fold running meanwhile cannot make an event count twice or not at
+    all between the rollup check and the rows."""
+    with _one_snapshot(conn):
+        return _query(conn, metric=metric, start=start, end=end, group_by=group_by, filters=filters, window=window,
+                      stored_dimensions=stored_dimensions, quantiles=quantiles, use_rollups=use_rollups)
+
+
+@contextlib.contextmanager
+def _one_snapshot(conn: psycopg.Connection) -> Iterator[None]:
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        yield
+        return
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def _query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime,
+           group_by: list[str] | None, filters: dict[str, Any] | None, window: str | None,
+           stored_dimensions: list[str] | None, quantiles: tuple[float, ...], use_rollups: bool) -> list[KpiRow]:
     group_by = list(group_by or [])
     filters = dict(filters or {})
     if window is not None and window not in WINDOWS:
@@ -68,20 +92,31 @@ def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: dateti
     # Full days with a fresh daily rollup are read from it (1 row instead of 288); the rest of
     # the range from the 5-minute rows. Rollups cannot serve sub-day windows.
     rolled = sorted(_rolled_days(conn, start, end)) if use_rollups and window in (None, "1d") else []
-    select = f"""SELECT {bucket_expr} AS bucket, dimensions, count, sum, min, max, zero_count,
-                        pos_offset, pos_counts, neg_offset, neg_counts
-                   FROM aggregate_histograms
-                  WHERE metric_name = %(metric)s
+    where = """metric_name = %(metric)s
                     AND dimensions ?& %(keys)s::text[]
                     AND (SELECT count(*) FROM jsonb_object_keys(dimensions)) = cardinality(%(keys)s::text[])
                     AND dimensions @> %(filters)s::jsonb"""
+    columns = f"{bucket_expr} AS bucket, dimensions, count, sum, min, max, zero_count"
+    # The row sources, the one place that knows where aggregates live: 5-minute rows as
+    # readers must see them (folded + pending deltas); for days with a fresh daily rollup,
+    # the rollup plus that day's pending deltas (a rollup holds folded rows only).
+    current = f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms_current"
+    rollup = f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms"
+    pending = (f"SELECT {columns}, pos_keys[1], txm_hist_dense(pos_keys, pos_counts), neg_keys[1], "
+               "txm_hist_dense(neg_keys, neg_counts) FROM aggregate_deltas")
     parts = []
     if rolled:
         params["rolled"] = [datetime.combine(d, datetime.min.time(), tzinfo=UTC) for d in rolled]
-        parts.append(select + " AND window_seconds = 86400 AND window_start = ANY(%(rolled)s::timestamptz[])")
+        params["rolled_end"] = [t + timedelta(days=1) for t in params["rolled"]]
+        parts.append(f"{rollup} WHERE {where} AND window_seconds = 86400 "
+                     "AND window_start = ANY(%(rolled)s::timestamptz[])")
+        parts.append(f"{pending} WHERE {where} AND window_seconds = 300 AND EXISTS (SELECT 1 FROM "
+                     "unnest(%(rolled)s::timestamptz[], %(rolled_end)s::timestamptz[]) AS d(a, b) "
+                     "WHERE window_start >= d.a AND window_start < d.b)")
     for i, (a, b) in enumerate(_subtract(start, end, rolled)):
         params[f"a{i}"], params[f"b{i}"] = a, b
-        parts.append(select + f" AND window_seconds = 300 AND window_start >= %(a{i})s AND window_start < %(b{i})s")
+        parts.append(f"{current} WHERE {where} AND window_seconds = 300 "
+                     f"AND window_start >= %(a{i})s AND window_start < %(b{i})s")
     if not parts:
         return []
     base = " UNION ALL ".join(parts)

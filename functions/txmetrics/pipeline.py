@@ -1,14 +1,15 @@
 """The ingest path: one trigger batch in, durable effects out (contract sections 2-4).
 
 `Pipeline.process` returns normally only when the batch's valid events are in the raw
-archive, dynamic_metrics and aggregate_histograms, and its bad events in failed_items.
+archive, dynamic_metrics and the aggregates (as deltas, which every reader includes and the
+fold merges into aggregate_histograms), and its bad events in failed_items.
 It raises when PostgreSQL or Blob Storage fails, so that the host retries the batch;
 a retry (or any redelivery, however the batch is re-cut) has the effect of one delivery.
 
 Order of effects (the transactional-outbox pattern):
   1. finish uploads a crashed earlier attempt on this partition left behind;
   2. one PostgreSQL transaction: claim events in the ledger, manifest + Parquet bytes in
-     the outbox, metric rows, histogram merges, failed items; commit;
+     the outbox, metric rows, histogram deltas, failed items; commit;
   3. upload the Parquet files (overwrite), then mark them uploaded and empty the outbox.
 A crash before 2 commits leaves nothing; after 2, the next attempt finishes step 3 from
 the outbox. Blobs are written only for committed files, so no orphan or duplicate file
@@ -31,7 +32,7 @@ from .adapters.postgres import BatchTransaction, PostgresStore, RawFile
 from .core import histogram
 from .core.catalog import Catalog, load_catalog
 from .core.events import InboundEvent, PaymentEvent, Rejection, parse_event
-from .core.metrics import aggregate, extract_metrics
+from .core.metrics import DimensionTuple, aggregate, dimension_key, dimension_tuple, extract_metrics
 from .core.naming import raw_file_path, utc_day
 from .settings import Settings
 
@@ -139,6 +140,14 @@ class Pipeline:
         for ev in valid:
             by_day.setdefault(utc_day(ev.occurred_us), []).append(ev)
         self.store.ensure_day_partitions(set(by_day))
+        extra_fields = self.catalog.extra_dimension_fields
+        dimensions: dict[int, DimensionTuple] = {}
+        keys: dict[int, int] = {}            # id(event) -> its dimension key
+        for ev in valid:
+            dims = dimension_tuple(ev, extra_fields)
+            keys[id(ev)] = dim_key = dimension_key(dims)
+            dimensions[dim_key] = dims
+        self.store.ensure_dimensions(dimensions)
         timer.lap("partitions")
 
         uploads: list[RawFile] = []
@@ -147,8 +156,9 @@ class Pipeline:
             uploads.clear()
             days = sorted(by_day)
             ids = dict(zip(days, tx.allocate_file_ids(len(days)), strict=True))
-            claimed = tx.claim_events([ev for d in days for ev in by_day[d]],
-                                      [ids[d] for d in days for _ in by_day[d]])
+            batch = [ev for d in days for ev in by_day[d]]
+            claimed = tx.claim_events(batch, [ids[d] for d in days for _ in by_day[d]],
+                                      [keys[id(ev)] for ev in batch])
             new_by_day = {d: kept for d in days
                           if (kept := [ev for ev in by_day[d] if (ev.event_id, ev.occurred_us) in claimed])}
             new = [ev for ev in valid if (ev.event_id, ev.occurred_us) in claimed]
@@ -165,10 +175,8 @@ class Pipeline:
             report.failed_new = tx.record_failures(rejections)
             aggs = aggregate(new, rows, self.catalog)
             timer.lap("aggregate_build")
-            # Last before the commit: the aggregate rows (the all-up totals above all) are the
-            # ones every partition updates, so their row locks are held for the shortest time.
-            report.aggregate_rows = tx.merge_aggregates(aggs, histogram.SCALE)
-            timer.lap("aggregate_merge")
+            report.aggregate_rows = tx.append_deltas(aggs, histogram.SCALE)
+            timer.lap("aggregate_append")
             self._crash_point("before_commit")
             uploads.extend(files)
 

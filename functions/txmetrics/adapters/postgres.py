@@ -1,16 +1,18 @@
 """PostgreSQL adapter: one transaction per batch, exactly-once by construction.
 
 Within one transaction a batch
-1. claims its events in the `ingested_events` ledger (INSERT .. ON CONFLICT DO NOTHING
-   RETURNING): only events whose ledger row is really inserted go further, so a
-   redelivered event, in this batch or another, adds nothing anywhere;
+1. claims its events in the `ingested_events` ledger (COPY, sorted by key; on a key that is
+   already there, INSERT .. ON CONFLICT DO NOTHING instead): only events whose ledger row
+   is really inserted go further, so a redelivered event, in this batch or another, adds
+   nothing anywhere. The ledger row carries the event's dimension key;
 2. records the batch's raw files in the manifest, their bytes in the outbox;
-3. inserts the new events' metric rows into dynamic_metrics;
-4. merges their histograms into aggregate_histograms, rows locked in one global order
-   (finest dimension sets first, so the rows every partition updates are held for the
-   shortest time; the same order in every writer, so no deadlock), the merge itself in SQL;
+3. COPYs the new events' metric rows into dynamic_metrics (narrow, append-only);
+4. COPYs their histograms into aggregate_deltas (append-only: no writer updates a shared
+   row, so partitions never wait for each other; `fold_aggregates` merges them later);
 5. records bad events in failed_items (ON CONFLICT DO NOTHING on their item key).
 After the commit the caller uploads the files and marks them uploaded (outbox pattern).
+Day partitions and dimension tuples are created before the batch, each in a short
+transaction of its own, so the batch transaction takes no lock beyond its own rows.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
-from ..core.metrics import TABLE_COLUMNS, AggregateRow, MetricRows
-from ..core.naming import us_to_datetime, utc_day
+from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, AggregateRow, DimensionTuple, MetricRows
+from ..core.naming import datetime_to_us, us_to_datetime
 
 PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
@@ -35,13 +37,7 @@ RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization fai
 # the server. Created once per connection, emptied at every commit: no catalog churn.
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS txm_stage_events (
-    e text, us bigint, p text, s bigint, f bigint) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS txm_stage_metrics (
-    e text, m text, v float8, t timestamptz, mi text, pm text, st text, cu text, co text, et text, d text
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS txm_stage_aggregates (
-    o int, m text, w int, us bigint, d text, c bigint, s float8, lo float8, hi float8, z bigint,
-    pk text, pc text, nk text, nc text) ON COMMIT DELETE ROWS;
+    event_id text, occurred_at timestamptz, raw_file_id bigint, dimension_key bigint) ON COMMIT DELETE ROWS;
 """
 
 
@@ -72,6 +68,7 @@ class PostgresStore:
         self.entra = entra
         self._conn: psycopg.Connection | None = None
         self._known_days: set[date] = set()
+        self._known_dimensions: set[int] = set()
         self._staging_ready = False
 
     def connection(self) -> psycopg.Connection:
@@ -118,6 +115,25 @@ class PostgresStore:
                     conn.execute("SELECT txm_ensure_day_partitions(%s::regclass, %s, %s)", (table, first, last))
         self._known_days.update(missing)
 
+    def ensure_dimensions(self, dimensions: dict[int, DimensionTuple]) -> None:
+        """Store the dimension tuples this process has not stored yet, in a short transaction
+        of their own (a batch that fails later leaves a harmless unused row). Keys are
+        hashes of the tuples, so every writer computes the same key for the same tuple."""
+        missing = sorted(k for k in dimensions if k not in self._known_dimensions)
+        if not missing:
+            return
+        conn = self.connection()
+        with conn.transaction():
+            conn.execute(
+                f"""INSERT INTO event_dimensions (dimension_key, {', '.join(DIMENSION_COLUMNS)})
+                    SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                                         %s::text[], %s::jsonb[])
+                    ON CONFLICT (dimension_key) DO NOTHING""",
+                (missing, *([dimensions[k][i] for k in missing] for i in range(len(DIMENSION_COLUMNS)))))
+        if len(self._known_dimensions) > 100_000:   # bounded: a long tail of merchants must not grow it
+            self._known_dimensions.clear()
+        self._known_dimensions.update(missing)
+
     # ------------------------------------------------------------------ batch
     @contextlib.contextmanager
     def batch(self) -> Iterator[BatchTransaction]:
@@ -145,6 +161,15 @@ class PostgresStore:
                     continue
                 raise
         raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ aggregates
+    def fold_aggregates(self) -> int:
+        """Merge every committed delta into aggregate_histograms (txm_fold_aggregates: one
+        statement, so all or nothing; concurrent folds take turns). Returns deltas folded."""
+        conn = self.connection()
+        with conn.transaction():
+            row = conn.execute("SELECT txm_fold_aggregates()").fetchone()
+        return int(row[0]) if row else 0
 
     # ------------------------------------------------------------------ outbox
     def pending_files(self, partition_id: str | None) -> list[tuple[int, str, bytes]]:
@@ -206,30 +231,42 @@ class BatchTransaction:
             for row in rows:
                 copy.write_row(row)
 
-    def claim_events(self, events: Sequence[PaymentEvent], file_ids: Sequence[int]) -> set[tuple[str, int]]:
+    def claim_events(self, events: Sequence[PaymentEvent], file_ids: Sequence[int],
+                     dimension_keys: Sequence[int]) -> set[tuple[str, int]]:
         """Insert ledger rows; return the (event_id, occurred_us) keys really inserted.
 
-        Rows go in sorted by key, so two writers claiming overlapping events lock them in
-        the same order and wait for each other instead of deadlocking. Only the keys that
-        were already there come back (usually none): sending back every inserted key
-        cost more than the insert itself. `events` must not repeat a key."""
+        Fast path: COPY straight into ingested_events in a savepoint: a batch of new events
+        (the usual case) costs one COPY. When a key is already there (a redelivery), the
+        savepoint is rolled back and the rows go through a staging table with ON CONFLICT
+        DO NOTHING, and only the keys that were already there come back. Rows go in sorted
+        by key in both paths, so two writers claiming overlapping events lock them in the
+        same order and wait for each other instead of deadlocking. `events` must not repeat
+        a key."""
         if not events:
             return set()
-        self._copy("txm_stage_events", ((ev.event_id, ev.occurred_us, ev.partition_id, ev.sequence_number, f)
-                                        for ev, f in zip(events, file_ids, strict=True)))
+        order = sorted(range(len(events)), key=lambda i: (events[i].event_id, events[i].occurred_us))
+        rows = [(events[i].event_id, us_to_datetime(events[i].occurred_us), file_ids[i], dimension_keys[i])
+                for i in order]
+        keys = {(ev.event_id, ev.occurred_us) for ev in events}
+        try:
+            with self.conn.transaction():
+                self._copy("ingested_events (event_id, occurred_at, raw_file_id, dimension_key)", rows)
+            return keys
+        except psycopg.errors.UniqueViolation:
+            pass
+        self._copy("txm_stage_events", rows)
         taken = self.conn.execute(
             """WITH inserted AS (
-                   INSERT INTO ingested_events (event_id, occurred_at, partition_id, sequence_number, raw_file_id)
-                   SELECT e, timestamptz 'epoch' + us * interval '1 microsecond', p, s, f
-                     FROM txm_stage_events ORDER BY e, us
+                   INSERT INTO ingested_events (event_id, occurred_at, raw_file_id, dimension_key)
+                   SELECT event_id, occurred_at, raw_file_id, dimension_key FROM txm_stage_events
+                    ORDER BY event_id, occurred_at
                    ON CONFLICT DO NOTHING
                    RETURNING event_id, occurred_at)
-               SELECT s.e, s.us FROM txm_stage_events s
-                WHERE NOT EXISTS (SELECT 1 FROM inserted i WHERE i.event_id = s.e
-                                     AND i.occurred_at = timestamptz 'epoch' + s.us * interval '1 microsecond')"""
+               SELECT s.event_id, s.occurred_at FROM txm_stage_events s
+                WHERE NOT EXISTS (SELECT 1 FROM inserted i WHERE i.event_id = s.event_id
+                                     AND i.occurred_at = s.occurred_at)"""
         ).fetchall()
-        keys = {(ev.event_id, ev.occurred_us) for ev in events}
-        return keys - {(str(e), int(us)) for e, us in taken}
+        return keys - {(str(e), datetime_to_us(t)) for e, t in taken}
 
     def taken_paths(self, paths: Sequence[str]) -> set[str]:
         if not paths:
@@ -249,72 +286,24 @@ class BatchTransaction:
                               (f.id, f.content))
 
     def insert_metrics(self, rows: MetricRows) -> int:
-        """Metric rows of the newly claimed events.
-
-        Fast path: COPY straight into dynamic_metrics inside a savepoint (the ledger already
-        made these events unique). Should a row exist anyway (the table and the ledger
-        disagree, e.g. after a manual repair), the savepoint is rolled back and the rows go
-        through a staging table with ON CONFLICT DO NOTHING instead, so a batch never fails
-        on a duplicate."""
+        """Metric rows of the newly claimed events, by COPY. dynamic_metrics has no unique
+        index to check: the ledger claim in this same transaction made these events new."""
         if not len(rows):
             return 0
-        records = rows.records()
-        try:
-            with self.conn.transaction():
-                self._copy(f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", records)
-            return len(rows)
-        except psycopg.errors.UniqueViolation:
-            pass
-        self._copy("txm_stage_metrics", records)
-        cur = self.conn.execute(
-            f"""INSERT INTO dynamic_metrics ({', '.join(TABLE_COLUMNS)})
-               SELECT e, m, v, t, mi, pm, st, cu, co, et, d::jsonb FROM txm_stage_metrics ORDER BY e, m, t
-               ON CONFLICT DO NOTHING""")
-        return cur.rowcount
+        self._copy(f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", rows.records())
+        return len(rows)
 
-    def merge_aggregates(self, aggregates: Sequence[AggregateRow], scale: int) -> int:
-        """Merge the batch's histograms, locking rows in one global order: finest dimension
-        sets first, the coarse rows (all-up totals, per payment method) last. Every writer
-        uses the same order, so concurrent partitions cannot deadlock, and the rows that
-        every partition updates are held only from the end of the statement to the commit
-        (measured: first in key order, they serialised the partitions for the whole merge)."""
+    def append_deltas(self, aggregates: Sequence[AggregateRow], scale: int) -> int:
+        """The batch's histograms, one row per (metric, window, dimension values), appended
+        to aggregate_deltas by COPY (sparse: non-empty bucket keys and their counts)."""
         if not aggregates:
             return 0
-        a = sorted(aggregates, key=lambda r: (-r.set_rank, r.key))
-        # histograms go in sparse (keys and counts of the non-empty buckets), made dense in SQL
-        self._copy("txm_stage_aggregates", (
-            (i, r.metric_name, r.window_seconds, r.window_start_us, r.dimensions, r.count, r.sum, r.min, r.max,
-             r.zero_count, _pg_array(r.pos_keys), _pg_array(r.pos_key_counts), _pg_array(r.neg_keys),
-             _pg_array(r.neg_key_counts)) for i, r in enumerate(a)))
-        cur = self.conn.execute(
-            """INSERT INTO aggregate_histograms AS h (metric_name, window_seconds, window_start, dimensions, count, sum,
-                                                     min, max, zero_count, scale, pos_offset, pos_counts,
-                                                     neg_offset, neg_counts)
-               SELECT m, w, timestamptz 'epoch' + us * interval '1 microsecond', d::jsonb, c, s::numeric, lo, hi, z,
-                      %s, (pk::int[])[1], txm_hist_dense(pk::int[], pc::bigint[]),
-                      (nk::int[])[1], txm_hist_dense(nk::int[], nc::bigint[])
-                 FROM txm_stage_aggregates
-                ORDER BY o
-               ON CONFLICT (metric_name, window_seconds, window_start, dimensions) DO UPDATE SET
-                   count = h.count + excluded.count,
-                   sum = h.sum + excluded.sum,
-                   min = least(h.min, excluded.min),
-                   max = greatest(h.max, excluded.max),
-                   zero_count = h.zero_count + excluded.zero_count,
-                   pos_counts = txm_hist_merge_counts(h.pos_offset, h.pos_counts, excluded.pos_offset, excluded.pos_counts),
-                   pos_offset = txm_hist_merge_offset(h.pos_offset, excluded.pos_offset),
-                   neg_counts = txm_hist_merge_counts(h.neg_offset, h.neg_counts, excluded.neg_offset, excluded.neg_counts),
-                   neg_offset = txm_hist_merge_offset(h.neg_offset, excluded.neg_offset),
-                   updated_at = now()
-                WHERE h.scale = excluded.scale""", (scale,))
-        # late events for a day already rolled up: its daily rollup no longer agrees, mark it
-        days = sorted({utc_day(r.window_start_us) for r in a})
-        self.conn.execute("UPDATE aggregate_rollups SET stale = true, version = version + 1 WHERE day = ANY(%s)",
-                          (days,))
-        if cur.rowcount != len(a):
-            raise RuntimeError(f"aggregate merge touched {cur.rowcount} of {len(a)} rows: a histogram with another "
-                               "scale is stored under the same key; migrate the stored rows before changing SCALE")
-        return cur.rowcount
+        self._copy("aggregate_deltas (metric_name, window_seconds, window_start, dimensions, count, sum, min, max, "
+                   "zero_count, scale, pos_keys, pos_counts, neg_keys, neg_counts)", (
+            (r.metric_name, r.window_seconds, us_to_datetime(r.window_start_us), r.dimensions, r.count, r.sum, r.min,
+             r.max, r.zero_count, scale, _pg_array(r.pos_keys), _pg_array(r.pos_key_counts), _pg_array(r.neg_keys),
+             _pg_array(r.neg_key_counts)) for r in aggregates))
+        return len(aggregates)
 
     def record_failures(self, rejections: Sequence[Rejection]) -> int:
         if not rejections:

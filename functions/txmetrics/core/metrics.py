@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -23,18 +24,14 @@ from .naming import us_to_datetime
 
 @dataclass
 class MetricRows:
-    """The dynamic_metrics rows of a batch, one per (event, metric).
-
-    Stored column-wise per row (value, metric, event) with the event's own fields kept
-    once per event rather than copied onto each of its rows."""
+    """The dynamic_metrics rows of a batch, one per (event, metric), stored column-wise
+    (value, metric, event), the event's own fields kept once per event."""
 
     events: Sequence[PaymentEvent]
     metric_names: Sequence[str]                  # the catalog's, by metric index
     value: list[float] = field(default_factory=list)
     metric_index: list[int] = field(default_factory=list)
     event_index: list[int] = field(default_factory=list)
-    # extra catalog dimensions of each event, as a JSON object (None when the catalog has none)
-    event_dimensions: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.value)
@@ -47,31 +44,57 @@ class MetricRows:
     def metric_name(self) -> list[str]:
         return [self.metric_names[i] for i in self.metric_index]
 
-    @property
-    def occurred_us(self) -> list[int]:
-        return [self.events[i].occurred_us for i in self.event_index]
-
     def records(self) -> list[tuple[Any, ...]]:
         """The rows in dynamic_metrics' column order (TABLE_COLUMNS), occurred_at as a
         datetime made once per event."""
         out: list[tuple[Any, ...]] = []
         last = -1
-        head: tuple[Any, ...] = ()
-        tail: tuple[Any, ...] = ()
+        event_id: str = ""
+        occurred: Any = None
+        names = self.metric_names
         for ei, mi, value in zip(self.event_index, self.metric_index, self.value, strict=True):
             if ei != last:
                 ev = self.events[ei]
-                head = (ev.event_id,)
-                tail = (us_to_datetime(ev.occurred_us), ev.merchant_id, ev.payment_method, ev.status, ev.currency,
-                        ev.country, ev.event_type, self.event_dimensions[ei])
+                event_id, occurred = ev.event_id, us_to_datetime(ev.occurred_us)
                 last = ei
-            out.append((*head, self.metric_names[mi], value, *tail))
+            out.append((event_id, names[mi], value, occurred))
         return out
 
 
-# dynamic_metrics' columns in the order of MetricRows.records()
-TABLE_COLUMNS = ("event_id", "metric_name", "value", "occurred_at", "merchant_id", "payment_method", "status",
-                 "currency", "country", "event_type", "dimensions")
+# dynamic_metrics' columns in the order of MetricRows.records(); the event's dimensions are
+# stored once per event (ingested_events.dimension_key -> event_dimensions)
+TABLE_COLUMNS = ("event_id", "metric_name", "value", "occurred_at")
+
+# event_dimensions' columns after dimension_key, in the order of dimension_tuple()
+DIMENSION_COLUMNS = (*COLUMN_DIMENSIONS, "dimensions")
+DimensionTuple = tuple[Any, ...]
+
+
+def dimension_tuple(event: PaymentEvent, extra_fields: Sequence[str]) -> DimensionTuple:
+    """The event's dimensions as stored once per distinct tuple in event_dimensions: the
+    typed columns, then the catalog's other dimensions as canonical JSON (None when the
+    catalog has none)."""
+    extra = (json.dumps({d: dimension_value(event, d) for d in extra_fields}, sort_keys=True, separators=(",", ":"))
+             if extra_fields else None)
+    return (event.merchant_id, event.payment_method, event.status, event.currency, event.country, event.event_type,
+            extra)
+
+
+_DIMENSION_KEYS: dict[DimensionTuple, int] = {}
+
+
+def dimension_key(dims: DimensionTuple) -> int:
+    """A stable signed 64-bit key of a dimension tuple: the first 8 bytes of the SHA-256 of
+    its canonical JSON. Cryptographic, so no producer can make two tuples share a key;
+    memoised (bounded), since the same tuples recur batch after batch."""
+    key = _DIMENSION_KEYS.get(dims)
+    if key is None:
+        if len(_DIMENSION_KEYS) >= 50_000:
+            _DIMENSION_KEYS.clear()
+        digest = hashlib.sha256(json.dumps(dims, separators=(",", ":")).encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        _DIMENSION_KEYS[dims] = key
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +163,9 @@ def dimension_value(event: PaymentEvent, name: str) -> Any:
 
 def extract_metrics(events: Sequence[PaymentEvent], catalog: Catalog) -> MetricRows:
     rows = MetricRows(events=events, metric_names=[m.name for m in catalog.metrics])
-    extra = catalog.extra_dimension_fields
     metrics = list(enumerate(catalog.metrics))
     values, metric_index, event_index = rows.value, rows.metric_index, rows.event_index
     for ei, ev in enumerate(events):
-        rows.event_dimensions.append(
-            json.dumps({d: dimension_value(ev, d) for d in extra}, sort_keys=True, separators=(",", ":"))
-            if extra else None)
         document = ev.document
         for mi, metric in metrics:
             value = metric.extract(document)

@@ -1,0 +1,206 @@
+"""Aggregates off the lock path: writers append histogram deltas; the fold merges them into
+aggregate_histograms. Folds concurrent with writers and with each other, and folds killed
+half-way, leave every aggregate equal to a recomputation from dynamic_metrics; readers
+see the same KPIs before and after a fold."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from localdev.eventhub import make_batch
+from localdev.synth import Generator
+from tests.aggregate_check import recompute_and_compare
+from txmetrics import kpi
+from txmetrics.core.catalog import load_catalog
+from txmetrics.settings import BUNDLED_CATALOG
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+WRITERS = 3
+
+
+def _bodies(seed: int, n: int) -> list[tuple[str, list[tuple[bytes, int]]]]:
+    gen = Generator(seed=seed, partitions=WRITERS, merchants=12, bad_rate=0.0, start=START, days=1 / 96)
+    per: dict[str, list[tuple[bytes, int]]] = {}
+    for e in gen.events(n):
+        per.setdefault(e.partition_id, []).append((e.body, e.sequence_number))
+    return sorted(per.items())
+
+
+def _writer(env: dict[str, str], partition: str, items: list[tuple[bytes, int]], out: Any) -> None:
+    os.environ.update(env)
+    try:
+        from localdev.run import load_function
+
+        fn = load_function()
+        for i in range(0, len(items), 100):
+            chunk = items[i:i + 100]
+            fn(make_batch([b for b, _ in chunk], partition_id=partition, sequence_numbers=[s for _, s in chunk]))
+        out.put((partition, "ok"))
+    except BaseException as exc:  # reported to the parent, which fails the test
+        out.put((partition, repr(exc)))
+
+
+def _folder(url: str, stop: Any, out: Any) -> None:
+    try:
+        folds = 0
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("SELECT txm_fold_aggregates()")
+                folds += 1
+        out.put(("folder", folds))
+    except BaseException as exc:  # reported to the parent, which fails the test
+        out.put(("folder", repr(exc)))
+
+
+def test_folds_concurrent_with_writers_and_with_each_other(env: dict[str, str], db: psycopg.Connection) -> None:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    stop = ctx.Event()
+    folders = [ctx.Process(target=_folder, args=(env["DATABASE_URL"], stop, out)) for _ in range(2)]
+    writers = [ctx.Process(target=_writer, args=(env, p, items, out)) for p, items in _bodies(3, 3000)]
+    for p in folders + writers:
+        p.start()
+    results = [out.get(timeout=300) for _ in writers]
+    stop.set()
+    folds = [out.get(timeout=60) for _ in folders]
+    for p in folders + writers:
+        p.join(timeout=60)
+    assert all(r == "ok" for _, r in results), results
+    assert all(isinstance(n, int) and n > 0 for _, n in folds), folds     # both folders really ran
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (3000,)
+    checked = recompute_and_compare(db, load_catalog(BUNDLED_CATALOG))
+    assert checked > 100
+
+
+def _ingest(ingest_fn: Callable[[list[Any]], None], seed: int, n: int) -> None:
+    for partition, items in _bodies(seed, n):
+        for i in range(0, len(items), 200):
+            chunk = items[i:i + 200]
+            ingest_fn(make_batch([b for b, _ in chunk], partition_id=partition,
+                                 sequence_numbers=[s for _, s in chunk]))
+
+
+def _state(db: psycopg.Connection) -> tuple[Any, ...]:
+    return (db.execute("SELECT count(*) FROM aggregate_deltas").fetchone(),
+            db.execute("SELECT metric_name, window_start, dimensions::text, count, sum, pos_counts "
+                       "FROM aggregate_histograms ORDER BY 1, 2, 3").fetchall())
+
+
+def _wait_until_blocked(db: psycopg.Connection, pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        if row and row[0] == "Lock":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the fold never reached the locked row")
+
+
+def _hold_a_late_row(url: str) -> psycopg.Connection:
+    """A transaction holding the lock of a row the fold must update last but one: the fold
+    blocks there with all of its deltas deleted and most rows already upserted."""
+    holder = psycopg.connect(url)
+    holder.execute("SELECT 1 FROM aggregate_histograms WHERE (metric_name, window_seconds, window_start, dimensions) = "
+                   "(SELECT metric_name, window_seconds, window_start, dimensions FROM aggregate_histograms "
+                   " ORDER BY 1 DESC, 2 DESC, 3 DESC, 4 DESC LIMIT 1) FOR UPDATE")
+    return holder
+
+
+def test_a_fold_killed_half_way_changes_nothing(ingest_fn: Callable[[list[Any]], None],
+                                                db: psycopg.Connection, env: dict[str, str]) -> None:
+    _ingest(ingest_fn, 5, 1500)
+    db.execute("SELECT txm_fold_aggregates()")
+    _ingest(ingest_fn, 6, 1500)                    # the same keys again, as pending deltas
+    before = _state(db)
+    assert before[0][0] > 0 and before[1]
+
+    # 1. the backend is terminated while the fold waits half-way
+    holder = _hold_a_late_row(env["DATABASE_URL"])
+    errors: list[BaseException] = []
+    fold_conn = psycopg.connect(env["DATABASE_URL"], autocommit=True)
+    pid = fold_conn.info.backend_pid
+
+    def fold() -> None:
+        try:
+            fold_conn.execute("SELECT txm_fold_aggregates()")
+        except psycopg.OperationalError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=fold)
+    thread.start()
+    _wait_until_blocked(db, pid)
+    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    thread.join(timeout=30)
+    holder.close()
+    fold_conn.close()
+    assert errors, "the fold was expected to be cut off"
+    assert _state(db) == before
+
+    # 2. the client process is killed (SIGKILL) while its fold waits half-way
+    holder = _hold_a_late_row(env["DATABASE_URL"])
+    script = ("import psycopg, sys\n"
+              "with psycopg.connect(sys.argv[1]) as c:\n"
+              "    print(c.info.backend_pid, flush=True)\n"
+              "    with c.transaction():\n"
+              "        c.execute('SELECT txm_fold_aggregates()')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, env["DATABASE_URL"]], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent)
+    assert proc.stdout is not None
+    client_pid = int(proc.stdout.readline())
+    _wait_until_blocked(db, client_pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    holder.close()             # the orphaned statement may now finish; its transaction never commits
+    deadline = time.monotonic() + 30
+    while db.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (client_pid,)).fetchone() != (0,):
+        assert time.monotonic() < deadline, "the killed client's backend never went away"
+        time.sleep(0.05)
+    assert _state(db) == before
+
+    # readers never lost anything meanwhile; the next fold completes the job
+    recompute_and_compare(db, load_catalog(BUNDLED_CATALOG))
+
+
+@pytest.mark.parametrize("group_by, filters", [
+    ([], {}), (["payment_method"], {}), (["payment_method", "status"], {}),
+    (["merchant_id", "payment_method"], {}), (["payment_method"], {"merchant_id": "m-0001"}),
+])
+def test_readers_see_the_same_kpis_before_and_after_a_fold(ingest_fn: Callable[[list[Any]], None],
+                                                           db: psycopg.Connection, group_by: list[str],
+                                                           filters: dict[str, str]) -> None:
+    _ingest(ingest_fn, 8, 1200)
+    db.execute("SELECT txm_fold_aggregates()")
+    _ingest(ingest_fn, 9, 1200)          # half folded, half pending: both sources at once
+
+    def read() -> Any:
+        out = []
+        for metric in ("approved", "processing_ms", "amount"):
+            stored = ["currency"] if metric == "amount" else []
+            for window in (None, "5m"):
+                rows = kpi.query(db, metric=metric, start=START - timedelta(hours=1), end=START + timedelta(hours=2),
+                                 group_by=group_by + stored, filters=filters, window=window,
+                                 stored_dimensions=list(filters) + stored + group_by)
+                out.append([(r.window_start, sorted(r.dimensions.items()), r.count, round(r.sum, 6), r.min, r.max,
+                             r.quantiles) for r in rows])
+        view = db.execute("SELECT * FROM payment_metrics_5m ORDER BY window_start, merchant_id, payment_method")
+        return out, view.fetchall()
+
+    before = read()
+    assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone()[0] > 0
+    assert any(rows for rows in before[0]) and before[1]
+    db.execute("SELECT txm_fold_aggregates()")
+    assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (0,)
+    assert read() == before
