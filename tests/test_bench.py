@@ -4,6 +4,7 @@ function, the same rows in the floor), and records its results where the docs ex
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,21 @@ def test_every_valid_event_goes_through_the_function(result: dict[str, object]) 
 def test_it_reports_the_figures_the_issue_asks_for(result: dict[str, object]) -> None:
     rounds = result["rounds"]
     assert isinstance(rounds, list) and len(rounds) == 1
-    assert rounds[0]["seconds"] > 0 and rounds[0]["floor_seconds"] > 0
-    assert result["ratio_to_floor"] == round(rounds[0]["ratio_to_floor"], 2)
+    real, floor = rounds[0]["real"], rounds[0]["floor"]
+    assert real["seconds"] > 0 and floor["seconds"] > 0
+    assert result["ratio_to_floor"] == round(real["seconds"] / floor["seconds"], 2)
+    # the floor really stored its rows: three per parsed event
+    assert result["floor_rows"] == 3 * result["floor_events"]  # type: ignore[operator]
+    cpu = result["cpu_us_per_event"]
+    assert isinstance(cpu, dict)
+    assert cpu["function_workers"] > 0
+    # the services' own CPU, read from /proc when this run started them (not for services given by URL)
+    assert (cpu["postgres"] is None) == ("DATABASE_URL" in os.environ)
+    assert (cpu["azurite"] is None) == ("AZURE_STORAGE_CONNECTION_STRING" in os.environ)
+    assert cpu["postgres"] is None or cpu["postgres"] > 0
+    assert cpu["azurite"] is None or cpu["azurite"] > 0
+    wal = result["wal_bytes_per_event"]
+    assert isinstance(wal, dict) and wal["real"] > 0 and wal["floor"] > 0
     breakdown = result["time_breakdown_percent"]
     assert isinstance(breakdown, dict)
     assert {"converter_decode", "decode_validate", "parquet_encode", "upload", "metrics_write",
@@ -50,15 +64,20 @@ def test_it_reports_the_figures_the_issue_asks_for(result: dict[str, object]) ->
     assert isinstance(latency, dict) and 0 < latency["p50"] <= latency["p99"]
     assert 0 < result["peak_memory_mb_per_worker"] < 1024  # type: ignore[operator]
     assert result["parquet_bytes_per_event"] > 0 and result["postgres_bytes_per_event"] > 0  # type: ignore[operator]
+    fold = result["fold"]
+    assert isinstance(fold, dict) and fold["folded"] == fold["pending_deltas"] > 0
+    by_table = result["postgres_bytes_per_event_by_table"]
+    assert isinstance(by_table, dict)
+    assert abs(sum(by_table.values()) - result["postgres_bytes_per_event"]) < 1  # type: ignore[operator]
+    assert by_table["aggregate_histograms"] > 0 and by_table["dynamic_metrics"] > 0
 
 
-def test_results_are_recorded_as_json_and_a_table_row(result: dict[str, object], tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = tmp_path / "benchmarks.md"
-    doc.write_text("# B\n\n| when | a |\n|---|---|\n| old | row |\n")
+def test_results_are_recorded_as_json_and_no_doc_is_rewritten(result: dict[str, object], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(bench, "DOC", doc)
+    docs = {p: p.read_text() for p in (bench.ROOT / "docs").glob("*.md")}
     path = bench.record(result)  # type: ignore[arg-type]
+    assert path.parent == tmp_path / "results"
     assert json.loads(path.read_text())["events_per_second"] == result["events_per_second"]
-    lines = doc.read_text().splitlines()
-    assert lines[3] == "|---|---|" and lines[4].startswith(f"| {str(result['when'])[:16]} |") and lines[5] == "| old | row |"
+    assert {p: p.read_text() for p in (bench.ROOT / "docs").glob("*.md")} == docs
+    assert "time vs floor" in bench.summary(result)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ transaction of its own, so the batch transaction takes no lock beyond its own ro
 from __future__ import annotations
 
 import contextlib
+import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from psycopg.conninfo import make_conninfo
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, AggregateRow, DimensionTuple, MetricRows
 from ..core.naming import datetime_to_us, us_to_datetime
+from . import pgcopy
 
 PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
@@ -53,10 +55,6 @@ class RawFile:
     occurred_max_us: int
     row_count: int
     content: bytes
-
-
-def _pg_array(values: Sequence[int]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
 
 
 class PostgresStore:
@@ -195,6 +193,20 @@ class PostgresStore:
             conn.execute("DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%s)", (list(file_ids),))
 
 
+def _metric_rows(rows: MetricRows) -> Iterator[bytes]:
+    """dynamic_metrics rows in binary COPY format, each event's id and time encoded once."""
+    names = [pgcopy.text(n) for n in rows.metric_names]
+    float8 = pgcopy.float8
+    four = pgcopy.field_count(4)
+    last = -1
+    head = tail = b""
+    for ei, mi, value in zip(rows.event_index, rows.metric_index, rows.value, strict=True):
+        if ei != last:
+            ev = rows.events[ei]
+            head, tail, last = four + pgcopy.text(ev.event_id), pgcopy.timestamptz(ev.occurred_us), ei
+        yield head + names[mi] + float8(value) + tail
+
+
 def _entra_token() -> str:
     """Microsoft Entra token of the app's managed identity, used as the PostgreSQL password.
     Checked at connect time only, so an open connection outlives the token."""
@@ -231,6 +243,11 @@ class BatchTransaction:
             for row in rows:
                 copy.write_row(row)
 
+    def _copy_binary(self, table: str, rows: Iterable[bytes]) -> None:
+        """COPY rows already in PostgreSQL's binary format (pgcopy): the hot path's tables."""
+        with self.conn.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
+            copy.write(pgcopy.payload(rows))
+
     def claim_events(self, events: Sequence[PaymentEvent], file_ids: Sequence[int],
                      dimension_keys: Sequence[int]) -> set[tuple[str, int]]:
         """Insert ledger rows; return the (event_id, occurred_us) keys really inserted.
@@ -245,16 +262,17 @@ class BatchTransaction:
         if not events:
             return set()
         order = sorted(range(len(events)), key=lambda i: (events[i].event_id, events[i].occurred_us))
-        rows = [(events[i].event_id, us_to_datetime(events[i].occurred_us), file_ids[i], dimension_keys[i])
-                for i in order]
+        four = pgcopy.field_count(4)
+        rows = [four + pgcopy.text(events[i].event_id) + pgcopy.timestamptz(events[i].occurred_us)
+                + pgcopy.int8(file_ids[i]) + pgcopy.int8(dimension_keys[i]) for i in order]
         keys = {(ev.event_id, ev.occurred_us) for ev in events}
         try:
             with self.conn.transaction():
-                self._copy("ingested_events (event_id, occurred_at, raw_file_id, dimension_key)", rows)
+                self._copy_binary("ingested_events (event_id, occurred_at, raw_file_id, dimension_key)", rows)
             return keys
         except psycopg.errors.UniqueViolation:
             pass
-        self._copy("txm_stage_events", rows)
+        self._copy_binary("txm_stage_events", rows)
         taken = self.conn.execute(
             """WITH inserted AS (
                    INSERT INTO ingested_events (event_id, occurred_at, raw_file_id, dimension_key)
@@ -290,7 +308,7 @@ class BatchTransaction:
         index to check: the ledger claim in this same transaction made these events new."""
         if not len(rows):
             return 0
-        self._copy(f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", rows.records())
+        self._copy_binary(f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", _metric_rows(rows))
         return len(rows)
 
     def append_deltas(self, aggregates: Sequence[AggregateRow], scale: int) -> int:
@@ -298,11 +316,16 @@ class BatchTransaction:
         to aggregate_deltas by COPY (sparse: non-empty bucket keys and their counts)."""
         if not aggregates:
             return 0
-        self._copy("aggregate_deltas (metric_name, window_seconds, window_start, dimensions, count, sum, min, max, "
-                   "zero_count, scale, pos_keys, pos_counts, neg_keys, neg_counts)", (
-            (r.metric_name, r.window_seconds, us_to_datetime(r.window_start_us), r.dimensions, r.count, r.sum, r.min,
-             r.max, r.zero_count, scale, _pg_array(r.pos_keys), _pg_array(r.pos_key_counts), _pg_array(r.neg_keys),
-             _pg_array(r.neg_key_counts)) for r in aggregates))
+        fourteen, scale_field = pgcopy.field_count(14), struct.pack(">ih", 2, scale)
+        self._copy_binary("aggregate_deltas (metric_name, window_seconds, window_start, dimensions, count, sum, min, "
+                          "max, zero_count, scale, pos_keys, pos_counts, neg_keys, neg_counts)", (
+            b"".join((fourteen, pgcopy.text(r.metric_name), pgcopy.int4(r.window_seconds),
+                      pgcopy.timestamptz(r.window_start_us), pgcopy.jsonb(r.dimensions), pgcopy.int8(r.count),
+                      pgcopy.float8(r.sum), pgcopy.float8(r.min), pgcopy.float8(r.max), pgcopy.int8(r.zero_count),
+                      scale_field, pgcopy.int_array(r.pos_keys, wide=False),
+                      pgcopy.int_array(r.pos_key_counts, wide=True), pgcopy.int_array(r.neg_keys, wide=False),
+                      pgcopy.int_array(r.neg_key_counts, wide=True)))
+            for r in aggregates))
         return len(aggregates)
 
     def record_failures(self, rejections: Sequence[Rejection]) -> int:
