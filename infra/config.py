@@ -25,6 +25,14 @@ Keys (namespace `txmetrics:`), defaults in brackets:
   postgresEntraAdminType [the deployer]       Type (User, Group, ServicePrincipal) are required too
   functionInstanceMemoryMb [2048]     2048 or 4096
   functionMaximumInstances [40]       40-1000
+  alertEmail [required]               on-call address(es) for the alerts' action group, comma-separated
+  alertFunctionFailures [5]           failed ingest invocations (each one is retried) in 15 minutes
+  alertThrottledRequests [0]          Event Hubs throttled requests in 5 minutes
+  alertConsumerLagSeconds [300]       a partition's consumer lag that, growing for 15 minutes, alerts
+  alertPostgresCpuPercent [80]        PostgreSQL CPU, average over 15 minutes
+  alertPostgresStoragePercent [80]    PostgreSQL storage used
+  alertNoEventsMinutes [0 = off]      no event processed for this long alerts (30 in prod); one of
+                                      5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880
   storageAccountName, hostStorageAccountName, functionAppName, postgresServerName,
   eventHubsNamespaceName [derived]    override a globally unique name (default: from a stable suffix of
                                       subscription, project and stack; see infra/naming.py)
@@ -54,6 +62,9 @@ NAME_OVERRIDES = {   # config key -> (naming validator, what the name is)
     "postgresServerName": (naming.check_postgres_server, "PostgreSQL server"),
     "eventHubsNamespaceName": (naming.check_eventhubs_namespace, "Event Hubs namespace"),
 }
+# the window sizes a log alert accepts (Learn, "Create or edit a log search alert rule": 5 minutes to 2 days)
+ALERT_WINDOW_MINUTES = (5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880)
+EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -67,6 +78,17 @@ class EntraAdmin:
     object_id: str
     name: str
     principal_type: str
+
+
+@dataclass(frozen=True)
+class Alerts:
+    emails: tuple[str, ...]
+    function_failures: int
+    throttled_requests: int
+    consumer_lag_seconds: int
+    postgres_cpu_percent: int
+    postgres_storage_percent: int
+    no_events_minutes: int            # 0: no such alert
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ class StackConfig:
     postgres_entra_admin_name: str | None      # the deployer's name when its token has none (service principals)
     function_instance_memory_mb: int
     function_maximum_instances: int
+    alerts: Alerts
     name_overrides: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -180,6 +203,31 @@ def _entra_admin(cfg: pulumi.Config) -> EntraAdmin | None:
     return EntraAdmin(object_id=object_id, name=name, principal_type=kind)
 
 
+def _alerts(cfg: pulumi.Config) -> Alerts:
+    raw = cfg.get("alertEmail") or ""
+    emails = tuple(e.strip() for e in raw.split(",") if e.strip())
+    if not emails:
+        raise ConfigError("txmetrics:alertEmail is not set: the alerts' action group mails the on-call address; set "
+                          "it with `pulumi config set alertEmail oncall@example.com` (several: comma-separated)")
+    bad = [e for e in emails if not EMAIL.match(e)]
+    if bad:
+        raise ConfigError(f"txmetrics:alertEmail: {bad[0]!r} is not an email address; set e.g. "
+                          "`pulumi config set alertEmail oncall@example.com`")
+    no_events = _int(cfg, "alertNoEventsMinutes", 0, 0, 2880)
+    if no_events and no_events not in ALERT_WINDOW_MINUTES:
+        raise ConfigError(f"txmetrics:alertNoEventsMinutes = {no_events} is not a window a log alert accepts; set 0 "
+                          f"(off) or one of {', '.join(map(str, ALERT_WINDOW_MINUTES))}")
+    return Alerts(
+        emails=emails,
+        function_failures=_int(cfg, "alertFunctionFailures", 5, 0, 100000),
+        throttled_requests=_int(cfg, "alertThrottledRequests", 0, 0, 100000),
+        consumer_lag_seconds=_int(cfg, "alertConsumerLagSeconds", 300, 1, 7 * 86400),
+        postgres_cpu_percent=_int(cfg, "alertPostgresCpuPercent", 80, 1, 100),
+        postgres_storage_percent=_int(cfg, "alertPostgresStoragePercent", 80, 1, 100),
+        no_events_minutes=no_events,
+    )
+
+
 def _name_overrides(cfg: pulumi.Config) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, (check, what) in NAME_OVERRIDES.items():
@@ -245,5 +293,6 @@ def load() -> StackConfig:
         postgres_entra_admin_name=cfg.get("postgresEntraAdminName"),
         function_instance_memory_mb=memory,
         function_maximum_instances=_int(cfg, "functionMaximumInstances", 40, 40, 1000),
+        alerts=_alerts(cfg),
         name_overrides=_name_overrides(cfg),
     )

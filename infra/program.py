@@ -12,7 +12,7 @@ parallel; the arrows are real dependencies):
    (non-default parameters) -> [private stacks] its private endpoint: one write at a time
 5. [private stacks] private endpoints for blob (both accounts), table (host account), Event Hubs
 6. identity, plan -> Function App (after the endpoints in private stacks) -> role assignments
-7. diagnostic settings
+7. diagnostic settings; the on-call action group, the alerts, the operations workbook
 8. schema: migrations as the Entra administrator, then the function's role (after the whole
    PostgreSQL chain; in private stacks through a firewall window for the deployer, closed after)
 9. code: OneDeploy publish, followed to the end (after the app, its roles and the schema)
@@ -38,6 +38,7 @@ from .eventhubs import EventHubs
 from .functionapp import FunctionApp
 from .monitoring import Monitoring
 from .network import BLOB, EVENT_HUBS, POSTGRES, TABLE, PrivateNetwork
+from .operations import Operations
 from .providers import CodeDeployment, SchemaMigration
 from .storage import RAW_EVENTS_CONTAINER, Storage
 
@@ -79,6 +80,9 @@ def build(cfg: StackConfig, bundle: Bundle) -> dict[str, Any]:
         monitoring.send_diagnostics(label, resource.id)
     monitoring.send_diagnostics("blob", store.account.id.apply(lambda i: f"{i}/blobServices/default"))
     monitoring.send_diagnostics("storage", store.account.id, logs=False)
+    operations = Operations("operations", cfg, rg.name, workspace_id=monitoring.workspace.id,
+                            function_app=app.app.name, hub=hubs.hub.name, eventhubs_namespace_id=hubs.namespace.id,
+                            postgres_server_id=db.server.id)
 
     def admin_url(database: str) -> pulumi.Output[str]:
         """The Entra administrator's connection URL, without password: the step adds the deployer's token."""
@@ -118,10 +122,12 @@ def build(cfg: StackConfig, bundle: Bundle) -> dict[str, Any]:
         "privateNetworking": cfg.private_networking,
         "appInsights": monitoring.app_insights.name,
         "logAnalyticsWorkspace": monitoring.workspace.name,
+        "operationsWorkbook": operations.workbook.display_name,
+        "alertActionGroup": operations.action_group.name,
         "codeSha256": bundle.sha256,
         "schemaMigrations": migration.applied,
     }
     for key, value in outputs.items():
         pulumi.export(key, value)
     return {"outputs": outputs, "rg": rg, "hubs": hubs, "store": store, "db": db, "app": app, "net": net,
-            "monitoring": monitoring, "migration": migration, "policy": policy, "names": names}
+            "monitoring": monitoring, "operations": operations, "migration": migration, "policy": policy, "names": names}

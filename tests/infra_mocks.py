@@ -69,7 +69,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         inputs = dict(args.inputs)
         outputs = dict(inputs)
         typ, name = args.typ, args.name
-        short = (inputs.get("accountName") or inputs.get("name") or inputs.get("serverName")
+        short = (inputs.get("accountName") or inputs.get("name") or inputs.get("serverName") or inputs.get("actionGroupName")
                  or inputs.get("namespaceName") or inputs.get("privateZoneName") or name)
         if typ == "azure-native:storage:StorageAccount":
             outputs["primaryEndpoints"] = {"blob": f"https://{short}.blob.core.windows.net/",
@@ -124,9 +124,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return found[0]
 
 
-# what each deployer sets for themselves (`pulumi config set deployerIp ...`): a public address (the
-# documentation ranges 192.0.2.0/24 etc. are refused like private ones); this one is IANA's example.com
-DEPLOYER_CONFIG = {"txmetrics:deployerIp": "93.184.216.34"}
+# what each deployer and team sets for themselves (`pulumi config set deployerIp ...`, `alertEmail ...`): a
+# public address (the documentation ranges 192.0.2.0/24 etc. are refused like private ones; this one is IANA's
+# example.com) and an on-call mailbox
+DEPLOYER_CONFIG = {"txmetrics:deployerIp": "93.184.216.34", "txmetrics:alertEmail": "oncall@contoso.example"}
 
 
 def stack_config(stack: str, overrides: dict[str, str | None] | None = None) -> dict[str, str]:
