@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
@@ -78,9 +79,23 @@ def to_inbound(events: list[func.EventHubEvent], partition_id: str) -> list[Inbo
                                connection="EventHubConnection", consumer_group="%EVENTHUB_CONSUMER_GROUP%",
                                cardinality=func.Cardinality.MANY, data_type="binary")
 def ingest(events: list[func.EventHubEvent]) -> None:
+    started = time.perf_counter()
     partition_id = partition_id_of(events)
     report = get_pipeline().process(partition_id, to_inbound(events, partition_id))
-    log.info("batch %s", json.dumps(report.log_fields(), sort_keys=True))
+    # duration_ms and lag_s feed the operations workbook and the consumer-lag alert (infra/operations.py)
+    fields = {**report.log_fields(), "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+              "lag_s": consumer_lag_seconds(events)}
+    log.info("batch %s", json.dumps(fields, sort_keys=True))
+
+
+def consumer_lag_seconds(events: list[func.EventHubEvent]) -> float | None:
+    """How far this partition's consumer is behind: seconds from the oldest event's enqueued time to now.
+    (Event Hubs Standard has no consumer-lag metric; growing values mean the function falls behind.)"""
+    enqueued = [e.enqueued_time for e in events if e.enqueued_time is not None]
+    if not enqueued:
+        return None
+    oldest = min(t if t.tzinfo else t.replace(tzinfo=UTC) for t in enqueued)
+    return round(max(0.0, (datetime.now(UTC) - oldest).total_seconds()), 1)
 
 
 @app.timer_trigger(arg_name="timer", schedule="0 * * * * *", run_on_startup=False, use_monitor=False)

@@ -1,33 +1,49 @@
 """PostgreSQL Flexible Server: version, SKU, storage auto-grow, backups and HA per stack,
-TLS enforced, Entra authentication (the deployer is the Entra admin; the function's
-identity gets its own role from the migration resource), a generated admin password
-kept as a Pulumi secret, firewall rules for Azure services and the deployer's address."""
+Entra logins only (no password, no admin secret), the deployer (or a pinned principal) as
+Entra administrator; the function's identity gets its own role from the migration resource.
+
+First deploy: right after a Flexible Server is created, concurrent writes to its children
+(server parameters, firewall rules, the Entra administrator, databases) are commonly refused
+with `ServerIsBusy` (Azure/azure-postgresql#134, Azure/ResourceModules#3324); the Terraform
+azurerm provider serialises them behind one lock for that reason
+(hashicorp/terraform-provider-azurerm#19953). So every child here depends on the previous one
+(`self.chain`, in creation order), the private endpoint of private stacks included, and only
+server parameters that differ from Azure's defaults are written at all.
+
+Network: public stacks keep the `AllowAzureServices` rule (Flex Consumption has no fixed
+outbound addresses) but never with password login: that rule admits clients from every Azure
+tenant (PSRule for Azure, Azure.PostgreSQL.AllowAzureAccess). Private stacks disable public
+network access and reach the server through a private endpoint; the migration step opens a
+firewall rule for the deployer's address for the duration of its run only (infra/providers.py)."""
 
 from __future__ import annotations
 
 import pulumi
-import pulumi_random as random
 from pulumi_azure_native import dbforpostgresql as pg
 
 from .config import StackConfig
 
 DATABASE_NAME = "txmetrics"
 
+# Server parameters we want, and Azure's defaults for them (Learn, "Encrypted connectivity using TLS in Azure
+# Database for PostgreSQL": TLS enforced by default, TLS 1.0/1.1 refused, i.e. require_secure_transport=on and
+# ssl_min_protocol_version=TLSv1.2 out of the box). Only the differences become Configuration resources: each
+# one is a write to a fresh server that can meet ServerIsBusy, and a default needs no write.
+WANTED_PARAMETERS = {"require_secure_transport": "on", "ssl_min_protocol_version": "TLSv1.2"}
+AZURE_DEFAULT_PARAMETERS = {"require_secure_transport": "on", "ssl_min_protocol_version": "TLSv1.2"}
+
+
+def parameters_to_write(wanted: dict[str, str], defaults: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in wanted.items() if defaults.get(k, "").lower() != v.lower()}
+
 
 class Database(pulumi.ComponentResource):
     def __init__(self, name: str, cfg: StackConfig, resource_group: pulumi.Input[str], tenant_id: pulumi.Input[str],
-                 deployer_object_id: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None) -> None:
+                 server_name: pulumi.Input[str], admin_object_id: pulumi.Input[str], admin_name: pulumi.Input[str],
+                 admin_type: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("txmetrics:infra:Database", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        if cfg.postgres_admin_password is not None:
-            password: pulumi.Output[str] = cfg.postgres_admin_password
-        else:
-            password = random.RandomPassword(f"{name}-admin-password", length=32, special=True,
-                                             override_special="-_.~", opts=child).result
-        self.admin_password = pulumi.Output.secret(password)
-        self.admin_login = cfg.postgres_admin_login
         self.server = pg.Server(
-            f"{name}-server", server_name=f"{cfg.prefix}-pg", resource_group_name=resource_group,
+            f"{name}-server", server_name=server_name, resource_group_name=resource_group,
             location=cfg.location, version=cfg.postgres_version,
             sku=pg.SkuArgs(name=cfg.postgres_sku, tier=cfg.postgres_tier),
             storage=pg.StorageArgs(storage_size_gb=cfg.postgres_storage_gb, auto_grow="Enabled"),
@@ -35,35 +51,44 @@ class Database(pulumi.ComponentResource):
                                  geo_redundant_backup="Enabled" if cfg.postgres_geo_redundant_backup else "Disabled"),
             high_availability=pg.HighAvailabilityArgs(
                 mode="ZoneRedundant" if cfg.postgres_high_availability else "Disabled"),
-            auth_config=pg.AuthConfigArgs(active_directory_auth="Enabled", password_auth="Enabled",
+            auth_config=pg.AuthConfigArgs(active_directory_auth="Enabled", password_auth="Disabled",
                                           tenant_id=tenant_id),
-            administrator_login=cfg.postgres_admin_login, administrator_login_password=self.admin_password,
-            tags={"stack": cfg.stack}, opts=child)
-        server_name = self.server.name
-        self.database = pg.Database(f"{name}-db", database_name=DATABASE_NAME, server_name=server_name,
-                                    resource_group_name=resource_group, charset="UTF8", collation="en_US.utf8",
-                                    opts=child)
+            network=pg.NetworkArgs(public_network_access="Disabled" if cfg.private_networking else "Enabled"),
+            tags={"stack": cfg.stack}, opts=pulumi.ResourceOptions(parent=self))
+        self.chain: list[pulumi.Resource] = []        # the server's children, each after the previous one
+        server_name_out = self.server.name
+        self.entra_admin = self._child(pg.Administrator, f"{name}-entra-admin", object_id=admin_object_id,
+                                       principal_name=admin_name, principal_type=admin_type, tenant_id=tenant_id,
+                                       server_name=server_name_out, resource_group_name=resource_group)
+        self.admin_name = admin_name
+        self.admin_object_id = admin_object_id
+        self.firewall_rules: list[pg.FirewallRule] = []
+        if not cfg.private_networking:
+            self.firewall_rules.append(self._child(
+                pg.FirewallRule, f"{name}-azure-services", firewall_rule_name="AllowAzureServices",
+                start_ip_address="0.0.0.0", end_ip_address="0.0.0.0", server_name=server_name_out,
+                resource_group_name=resource_group))
+            self.firewall_rules.append(self._child(
+                pg.FirewallRule, f"{name}-deployer", firewall_rule_name="Deployer", start_ip_address=cfg.deployer_ip,
+                end_ip_address=cfg.deployer_ip, server_name=server_name_out, resource_group_name=resource_group))
+        self.database = self._child(pg.Database, f"{name}-db", database_name=DATABASE_NAME, server_name=server_name_out,
+                                    resource_group_name=resource_group, charset="UTF8", collation="en_US.utf8")
         self.settings = [
-            pg.Configuration(f"{name}-{key.replace('_', '-')}", configuration_name=key, value=value, source="user-override",
-                             server_name=server_name, resource_group_name=resource_group, opts=child)
-            for key, value in (("require_secure_transport", "on"), ("ssl_min_protocol_version", "TLSv1.2"))
+            self._child(pg.Configuration, f"{name}-{key.replace('_', '-')}", configuration_name=key, value=value,
+                        source="user-override", server_name=server_name_out, resource_group_name=resource_group)
+            for key, value in parameters_to_write(WANTED_PARAMETERS, AZURE_DEFAULT_PARAMETERS).items()
         ]
-        self.entra_admin = pg.Administrator(
-            f"{name}-entra-admin", object_id=deployer_object_id, principal_type="User", tenant_id=tenant_id,
-            principal_name="txmetrics-deployer", server_name=server_name, resource_group_name=resource_group,
-            opts=child)
-        self.firewall_rules = [pg.FirewallRule(
-            f"{name}-azure-services", firewall_rule_name="AllowAzureServices", start_ip_address="0.0.0.0",
-            end_ip_address="0.0.0.0", server_name=server_name, resource_group_name=resource_group, opts=child)]
-        if cfg.deployer_ip:
-            self.firewall_rules.append(pg.FirewallRule(
-                f"{name}-deployer", firewall_rule_name="Deployer", start_ip_address=cfg.deployer_ip,
-                end_ip_address=cfg.deployer_ip, server_name=server_name, resource_group_name=resource_group,
-                opts=child))
         self.host = self.server.fully_qualified_domain_name
-        self.register_outputs({"server": server_name, "host": self.host})
+        self.register_outputs({"server": server_name_out, "host": self.host})
 
-    def admin_url(self) -> pulumi.Output[str]:
-        """Admin connection URL (secret) for the migration resource on the deploying machine."""
-        return pulumi.Output.secret(pulumi.Output.all(self.host, self.admin_password).apply(
-            lambda a: f"postgresql://{self.admin_login}:{a[1]}@{a[0]}:5432/{DATABASE_NAME}?sslmode=require"))
+    def _child(self, cls: type, resource_name: str, **kwargs: object) -> pulumi.Resource:
+        """A child of the server, created only after the previous child (never two writes at once)."""
+        depends_on = [self.chain[-1]] if self.chain else [self.server]
+        resource: pulumi.Resource = cls(resource_name, **kwargs,
+                                        opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on))
+        self.chain.append(resource)
+        return resource
+
+    @property
+    def last_child(self) -> pulumi.Resource:
+        return self.chain[-1]

@@ -1,4 +1,5 @@
-"""Event Hubs: namespace (Standard, auto-inflate), the transactions hub, the function's consumer group."""
+"""Event Hubs: namespace (Standard, auto-inflate; private in private stacks), the transactions hub,
+the function's consumer group."""
 
 from __future__ import annotations
 
@@ -13,17 +14,19 @@ CONSUMER_GROUP = "txmetrics"
 
 class EventHubs(pulumi.ComponentResource):
     def __init__(self, name: str, cfg: StackConfig, resource_group: pulumi.Input[str],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+                 namespace_name: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("txmetrics:infra:EventHubs", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         inflate = cfg.eventhub_max_throughput_units > 0
         self.namespace = eventhub.Namespace(
-            f"{name}-ns", resource_group_name=resource_group, location=cfg.location,
+            f"{name}-ns", namespace_name=namespace_name, resource_group_name=resource_group, location=cfg.location,
             sku=eventhub.SkuArgs(name="Standard", tier="Standard", capacity=cfg.eventhub_throughput_units),
             is_auto_inflate_enabled=inflate,
             maximum_throughput_units=cfg.eventhub_max_throughput_units if inflate else None,
             disable_local_auth=True,            # Entra ID only: no SAS keys to leak
             minimum_tls_version="1.2",
+            # private stacks: producers and the function reach it through the VNet (private endpoint) only
+            public_network_access="Disabled" if cfg.private_networking else "Enabled",
             tags={"stack": cfg.stack}, opts=child)
         self.hub = eventhub.EventHub(
             f"{name}-hub", event_hub_name=HUB_NAME, resource_group_name=resource_group,

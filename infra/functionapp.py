@@ -1,8 +1,12 @@
 """The Function App on Flex Consumption (Python 3.11) with a user-assigned identity,
 identity-based connections only, the contract's settings, and least-privilege roles:
-read its hub, write raw events, read its deployment container, own its host storage."""
+read its hub, write raw events, own its host storage (blobs, and tables for the host's
+diagnostic events), publish telemetry. Private stacks join the VNet (Flex VNet integration)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import pulumi
 from pulumi_azure_native import authorization, managedidentity, web
@@ -12,12 +16,29 @@ from .config import StackConfig
 from .database import DATABASE_NAME, Database
 from .eventhubs import EventHubs
 from .monitoring import Monitoring
+from .providers import app_role_name
 from .storage import DEPLOYMENT_CONTAINER, RAW_EVENTS_CONTAINER, Storage
 
 
+def scm_host(host_name_ssl_states: Sequence[Any] | None) -> str:
+    """The app's SCM (Kudu) host, as Azure reports it: the hostNameSslStates entry of type Repository.
+    Apps with unique default host names (`<app>-<hash>.<region>-01.azurewebsites.net`) have a regional
+    SCM host (`<app>-<hash>.scm.<region>-01.azurewebsites.net`) that no string replacement on the default
+    host name produces (Endjin's Publish-FlexConsumptionFunctionApp reads it the same way)."""
+    for state in host_name_ssl_states or []:
+        kind = getattr(state, "host_type", None) or (state.get("hostType") if isinstance(state, dict) else None)
+        name = getattr(state, "name", None) or (state.get("name") if isinstance(state, dict) else None)
+        if str(kind).lower() == "repository" and name:
+            return str(name)
+    raise RuntimeError("the Function App reports no SCM host (no hostNameSslStates entry of type Repository); "
+                       "check the app in the portal (Deployment Center) and run pulumi up again")
+
+
 class FunctionApp(pulumi.ComponentResource):
-    def __init__(self, name: str, cfg: StackConfig, resource_group: pulumi.Input[str], subscription_id: pulumi.Input[str],
-                 hubs: EventHubs, store: Storage, db: Database, monitoring: Monitoring, retention_setting: str,
+    def __init__(self, name: str, cfg: StackConfig, resource_group: pulumi.Input[str],
+                 subscription_id: pulumi.Input[str], app_name: pulumi.Input[str], hubs: EventHubs, store: Storage,
+                 db: Database, monitoring: Monitoring, retention_setting: str,
+                 subnet_id: pulumi.Input[str] | None = None, app_depends_on: list[pulumi.Resource] | None = None,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("txmetrics:infra:FunctionApp", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -28,9 +49,11 @@ class FunctionApp(pulumi.ComponentResource):
             f"{name}-plan", resource_group_name=resource_group, location=cfg.location, kind="functionapp",
             reserved=True, sku=web.SkuDescriptionArgs(name="FC1", tier="FlexConsumption"), opts=child)
         client_id = self.identity.client_id
-        deployment_url = store.blob_endpoint.apply(lambda e: f"{e}{DEPLOYMENT_CONTAINER}")
+        self.db_role = pulumi.Output.all(self.identity.name, self.identity.principal_id).apply(
+            lambda a: app_role_name(a[0], a[1]))
+        deployment_url = store.runtime_blob_endpoint.apply(lambda e: f"{e}{DEPLOYMENT_CONTAINER}")
         settings: dict[str, pulumi.Input[str]] = {
-            # Functions host state: identity-based, in the runtime account
+            # Functions host state: identity-based, in the host account
             "AzureWebJobsStorage__accountName": store.runtime_account.name,
             "AzureWebJobsStorage__credential": "managedidentity",
             "AzureWebJobsStorage__clientId": client_id,
@@ -40,8 +63,8 @@ class FunctionApp(pulumi.ComponentResource):
             "EventHubConnection__clientId": client_id,
             "EVENTHUB_NAME": hubs.hub.name,
             "EVENTHUB_CONSUMER_GROUP": hubs.consumer_group.name,
-            # Contract section 2, deployed form: no passwords, no keys
-            "DATABASE_URL": pulumi.Output.all(self.identity.name, db.host).apply(
+            # Contract section 2, deployed form: no passwords, no keys; the role is the identity's Entra principal
+            "DATABASE_URL": pulumi.Output.all(self.db_role, db.host).apply(
                 lambda a: f"postgresql://{a[0]}@{a[1]}:5432/{DATABASE_NAME}?sslmode=require"),
             "DATABASE_AUTH": "entra",
             "AZURE_CLIENT_ID": client_id,
@@ -54,7 +77,7 @@ class FunctionApp(pulumi.ComponentResource):
         }
         self.app_settings = settings
         self.app = web.WebApp(
-            f"{name}-app", name=f"{cfg.prefix}-func", resource_group_name=resource_group, location=cfg.location,
+            f"{name}-app", name=app_name, resource_group_name=resource_group, location=cfg.location,
             kind="functionapp,linux", server_farm_id=self.plan.id, https_only=True,
             identity=web.ManagedServiceIdentityArgs(type="UserAssigned", user_assigned_identities=[self.identity.id]),
             function_app_config=web.FunctionAppConfigArgs(
@@ -66,10 +89,14 @@ class FunctionApp(pulumi.ComponentResource):
                 scale_and_concurrency=web.FunctionsScaleAndConcurrencyArgs(
                     instance_memory_mb=cfg.function_instance_memory_mb,
                     maximum_instance_count=cfg.function_maximum_instances)),
+            # Flex VNet integration: outbound traffic to storage, Event Hubs and PostgreSQL through the VNet
+            virtual_network_subnet_id=subnet_id,
             site_config=web.SiteConfigArgs(
                 app_settings=[web.NameValuePairArgs(name=k, value=v) for k, v in settings.items()],
                 min_tls_version="1.2", ftps_state="Disabled", http20_enabled=True),
-            tags={"stack": cfg.stack}, opts=child)
+            tags={"stack": cfg.stack},
+            # private stacks: the host reaches its storage only through the endpoints and their DNS records
+            opts=pulumi.ResourceOptions(parent=self, depends_on=app_depends_on or []))
 
         def grant(label: str, role: str, scope: pulumi.Input[str]) -> authorization.RoleAssignment:
             return authorization.RoleAssignment(
@@ -78,13 +105,16 @@ class FunctionApp(pulumi.ComponentResource):
                     lambda s: roles.role_definition_id(s, role)),
                 scope=scope, opts=child)
 
+        # Host storage for an identity-based AzureWebJobsStorage: Blob Data Owner (host state, timer and Event
+        # Hubs checkpoints and leases, and the deployment package), Table Data Contributor (the host's
+        # diagnostic events); no queue role: no queue or blob trigger here (Learn include
+        # functions-azurewebjobsstorage-permissions).
         self.role_assignments = [
             grant("read-hub", roles.EVENT_HUBS_DATA_RECEIVER, hubs.hub.id),
             grant("write-raw-events", roles.STORAGE_BLOB_DATA_CONTRIBUTOR, store.raw_events.id),
-            grant("read-deployments", roles.STORAGE_BLOB_DATA_CONTRIBUTOR, store.deployments.id),
             grant("host-storage", roles.STORAGE_BLOB_DATA_OWNER, store.runtime_account.id),
+            grant("host-tables", roles.STORAGE_TABLE_DATA_CONTRIBUTOR, store.runtime_account.id),
             grant("publish-telemetry", roles.MONITORING_METRICS_PUBLISHER, monitoring.app_insights.id),
         ]
-        self.scm_url = self.app.default_host_name.apply(
-            lambda h: "https://" + h.replace(".azurewebsites.net", ".scm.azurewebsites.net", 1))
+        self.scm_host = self.app.host_name_ssl_states.apply(scm_host)
         self.register_outputs({"app": self.app.name, "identity": self.identity.name})

@@ -31,6 +31,16 @@ STORAGE_KEYS = {"redundancy", "containers"}
 RULE_KEYS = {"name", "container", "prefix", "cool_after_days", "cold_after_days", "archive_after_days",
              "delete_after_days", "allow_early_deletion", "enabled"}
 MINIMUM_KEYS = {"raw_events", *TABLES}
+# Containers no lifecycle rule may reach. On Flex Consumption the Function App runs from the one package in
+# its deployment container: every new instance (scale-out, scale from zero) reads it, so deleting or tiering
+# it breaks the app at its next cold start (Learn, "Deployment technologies in Azure Functions", Flex column:
+# runs from the deployed package; "Flex Consumption plan hosting": deployment.storage). The Pulumi program
+# keeps that container out of the data account altogether (infra/storage.py); this guard keeps a policy file
+# from ever naming it.
+PROTECTED_CONTAINERS = {
+    "deployments": "it holds the package the Function App runs from (Flex Consumption reads it on every cold "
+                   "start and scale-out); deleting or tiering it takes the app down",
+}
 
 
 class LifecycleError(ValueError):
@@ -113,6 +123,11 @@ def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: 
     containers = tuple(storage.get("containers") or ())
     if not containers:
         raise fail("storage", "storage.containers", "no containers listed", "list the containers the rules act on")
+    for container in containers:
+        if container in PROTECTED_CONTAINERS:
+            raise fail("storage", "storage.containers", f"container {container!r} is not governed by lifecycle "
+                       f"rules: {PROTECTED_CONTAINERS[container]}", f"remove {container!r} from storage.containers "
+                       "(the Pulumi program creates it outside the data account)")
 
     rules_raw = raw.get("blob_rules") or []
     if not isinstance(rules_raw, list):
@@ -140,6 +155,10 @@ def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: 
             raise fail("blob_rules", where, "the name is used twice", "give each rule a unique name")
         names.add(name)
         container = r.get("container")
+        if container in PROTECTED_CONTAINERS:
+            raise fail("blob_rules", where, f"container {container!r} may not have a lifecycle rule: "
+                       f"{PROTECTED_CONTAINERS[container]}", f"remove rule '{name}'; old packages need no rule "
+                       "(each publish replaces the package)")
         if container not in containers:
             raise fail("blob_rules", where, f"container {container!r} is not one of the account's containers "
                        f"({', '.join(containers)})", "name an existing container, or add it to storage.containers")
@@ -216,6 +235,10 @@ def render_management_policy(policy: Policy) -> dict[str, Any]:
     `properties.policy` document, in ARM's camelCase shape."""
     rules = []
     for rule in policy.blob_rules:
+        if rule.container in PROTECTED_CONTAINERS or not rule.container:
+            # a Policy built by hand skips validate(); the rendered policy must still never reach it
+            raise LifecycleError(f"{policy.files[-1] if policy.files else 'policy'}: rule '{rule.name}': container "
+                                 f"{rule.container!r} may not have a lifecycle rule; fix: remove the rule")
         base_blob = {_ARM_ACTION[t]: {"daysAfterModificationGreaterThan": d} for t, d in rule.days.items()}
         rules.append({
             "enabled": rule.enabled,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,30 +36,60 @@ class RecordingMonitor(MockMonitor):
         for prop in request.propertyDependencies.values():
             deps |= {u.rsplit("::", 1)[-1] for u in prop.urns}
         self.recording.dependencies[request.name] = deps
+        self.recording.explicit_dependencies[request.name] = {u.rsplit("::", 1)[-1] for u in request.dependencies}
+        self.recording.replace_with[request.name] = {u.rsplit("::", 1)[-1] for u in request.replace_with}
         return super().RegisterResource(request)
 
 
+def jwt(claims: dict[str, Any]) -> str:
+    """An unsigned token with these claims, shaped like the ARM token getClientToken returns."""
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.signature"
+
+
+# the claims of a user's az-login ARM token (delegated: scp, upn) and of a service principal's (app-only)
+USER_CLAIMS = {"aud": "https://management.azure.com/", "oid": "deployer-object-id", "scp": "user_impersonation",
+               "idtyp": "user", "upn": "dana@contoso.example", "tid": "tenant-123"}
+SERVICE_PRINCIPAL_CLAIMS = {"aud": "https://management.azure.com/", "oid": "sp-object-id", "idtyp": "app",
+                            "appid": "00000000-1111-2222-3333-444444444444", "app_displayname": "txmetrics-ci",
+                            "tid": "tenant-123"}
+
+
 class RecordingMocks(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
+    def __init__(self, subscription_id: str = "sub-123", token_claims: dict[str, Any] | None = None) -> None:
         self.resources: list[Registered] = []
         self.dependencies: dict[str, set[str]] = {}
+        self.explicit_dependencies: dict[str, set[str]] = {}
+        self.replace_with: dict[str, set[str]] = {}
+        self.subscription_id = subscription_id
+        self.token_claims = token_claims or USER_CLAIMS
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         inputs = dict(args.inputs)
         outputs = dict(inputs)
         typ, name = args.typ, args.name
-        short = inputs.get("accountName") or inputs.get("name") or inputs.get("serverName") or name
+        short = (inputs.get("accountName") or inputs.get("name") or inputs.get("serverName") or inputs.get("actionGroupName")
+                 or inputs.get("namespaceName") or inputs.get("privateZoneName") or name)
         if typ == "azure-native:storage:StorageAccount":
-            outputs["primaryEndpoints"] = {"blob": f"https://{short}.blob.core.windows.net/"}
+            outputs["primaryEndpoints"] = {"blob": f"https://{short}.blob.core.windows.net/",
+                                           "table": f"https://{short}.table.core.windows.net/"}
         elif typ == "azure-native:dbforpostgresql:Server":
             outputs["fullyQualifiedDomainName"] = f"{short}.postgres.database.azure.com"
         elif typ == "azure-native:web:WebApp":
-            outputs["defaultHostName"] = f"{short}.azurewebsites.net"
+            # apps with unique default host names: `<app>-<hash>.<region>-01.azurewebsites.net`, with a regional
+            # SCM host that Azure lists in hostNameSslStates as type Repository (what Endjin's tests stand in)
+            host = f"{short}-a1b2c3d4e5f6g7h8.westeurope-01.azurewebsites.net"
+            outputs["defaultHostName"] = host
+            outputs["hostNameSslStates"] = [
+                {"name": host, "hostType": "Standard", "sslState": "Disabled"},
+                {"name": host.replace(".westeurope-01.", ".scm.westeurope-01."), "hostType": "Repository",
+                 "sslState": "Disabled"}]
             identity = dict(inputs.get("identity") or {})
             identity["userAssignedIdentities"] = {i: {} for i in identity.get("userAssignedIdentities", [])}
             outputs["identity"] = identity
         elif typ == "azure-native:managedidentity:UserAssignedIdentity":
-            outputs.update(clientId="client-id-of-" + name, principalId="principal-of-" + name,
+            outputs.update(clientId="client-id-of-" + name, principalId="9f3c2a10-7d4e-4b1a-8c2d-0e5f6a7b8c9d",
                            name=inputs.get("resourceName", name))
         elif typ == "azure-native:applicationinsights:Component":
             outputs["connectionString"] = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=x"
@@ -70,15 +101,18 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs["name"] = inputs.get("consumerGroupName", name)
         elif typ == "pulumi-python:dynamic:Resource" and "digest" in inputs:
             outputs["applied"] = ["0001.core-tables"]
+            outputs["app_role"] = "txm-dev-func-id-9f3c2a10"
         outputs.setdefault("name", short)
-        rid = f"/subscriptions/sub-123/resourceGroups/rg/providers/{typ}/{name}"
+        rid = f"/subscriptions/{self.subscription_id}/resourceGroups/rg/providers/{typ}/{name}"
         self.resources.append(Registered(typ=typ, name=name, inputs=inputs, id=rid))
         return rid, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         if args.token == "azure-native:authorization:getClientConfig":
-            return {"clientId": "deployer-client", "objectId": "deployer-object-id", "subscriptionId": "sub-123",
-                    "tenantId": "tenant-123"}
+            return {"clientId": "deployer-client", "objectId": self.token_claims["oid"],
+                    "subscriptionId": self.subscription_id, "tenantId": "tenant-123"}
+        if args.token == "azure-native:authorization:getClientToken":
+            return {"token": jwt(self.token_claims)}
         return {}
 
     def of_type(self, typ: str) -> list[Registered]:
@@ -90,16 +124,25 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return found[0]
 
 
-def stack_config(stack: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+# what each deployer and team sets for themselves (`pulumi config set deployerIp ...`, `alertEmail ...`): a
+# public address (the documentation ranges 192.0.2.0/24 etc. are refused like private ones; this one is IANA's
+# example.com) and an on-call mailbox
+DEPLOYER_CONFIG = {"txmetrics:deployerIp": "93.184.216.34", "txmetrics:alertEmail": "oncall@contoso.example"}
+
+
+def stack_config(stack: str, overrides: dict[str, str | None] | None = None) -> dict[str, str]:
     raw = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
-    return {**{k: str(v) for k, v in raw.items()}, **(overrides or {})}
+    merged: dict[str, str | None] = {**{k: str(v) for k, v in raw.items()}, **DEPLOYER_CONFIG, **(overrides or {})}
+    return {k: v for k, v in merged.items() if v is not None}       # None in overrides: the key is unset
 
 
-def run_program(stack: str, bundle: Any, overrides: dict[str, str] | None = None) -> tuple[RecordingMocks, dict[str, Any]]:
+def run_program(stack: str, bundle: Any, overrides: dict[str, str | None] | None = None, *,
+                subscription_id: str = "sub-123",
+                token_claims: dict[str, Any] | None = None) -> tuple[RecordingMocks, dict[str, Any]]:
     """Build the whole program for `stack` under mocks; return the recorded resources and outputs."""
-    mocks = RecordingMocks()
+    mocks = RecordingMocks(subscription_id=subscription_id, token_claims=token_claims)
     pulumi.runtime.set_mocks(mocks, project="txmetrics", stack=stack, preview=False, monitor=RecordingMonitor(mocks))
-    pulumi.runtime.set_all_config(stack_config(stack, overrides), secret_keys=["txmetrics:postgresAdminPassword"])
+    pulumi.runtime.set_all_config(stack_config(stack, overrides))
     from infra import config
     from infra.program import build
 

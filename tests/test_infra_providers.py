@@ -1,115 +1,406 @@
-"""The custom deployment steps, tested directly against real local services:
-the migration provider against PostgreSQL, the code deployer against a local HTTP endpoint,
-and the bundle's contents and reproducibility."""
+"""The custom deployment steps, tested directly against real local services: the migration
+provider against PostgreSQL (with the Entra administrator's token as password, and stand-ins of
+Azure's documented pgaadauth functions), the code deployer against a local HTTP server that
+behaves like Flex Consumption's SCM site, the private server's temporary access window against a
+local stand-in of Azure Resource Manager (tests/azure_standins.py, sources there), and the
+bundle's contents and reproducibility."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import shutil
-import threading
 import uuid
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from infra import bundle
-from infra.providers import CodeDeploymentProvider, SchemaMigrationProvider
+from infra.providers import (
+    Arm,
+    CodeDeploymentProvider,
+    SchemaMigrationProvider,
+    app_role_name,
+    deployer_rule_name,
+    temporary_deployer_access,
+)
 from localdev.services import LocalServices
+from tests.azure_standins import SERVER_ID, ArmStandIn, FlexScm, serve
 from txmetrics import schema
 
+# ------------------------------------------------------------------ PostgreSQL as Azure presents it
 
-def props(url: str, migrations: Path, **extra: Any) -> dict[str, Any]:
-    return {"database_url": url, "migrations_dir": str(migrations), "digest": schema.migrations_digest(migrations),
-            **extra}
+# Stand-ins of the functions Azure Database for PostgreSQL provides for Entra principals, with the documented
+# signatures (Learn, "Manage Microsoft Entra roles in Azure Database for PostgreSQL": pgaadauth_list_principals
+# returns TABLE(rolename name, principalType text, objectId text, tenantId text, isMfa integer, isAdmin integer);
+# pgaadauth_create_principal_with_oid(roleName, objectId, objectType, isAdmin, isMfa) creates a login role).
+PGAADAUTH_STAND_IN = """
+CREATE SCHEMA IF NOT EXISTS stand_in;
+CREATE TABLE IF NOT EXISTS stand_in.principals (rolename name PRIMARY KEY, objectid text NOT NULL,
+                                                principaltype text NOT NULL);
+CREATE OR REPLACE FUNCTION public.pgaadauth_list_principals(isadminvalue boolean)
+RETURNS TABLE(rolename name, principaltype text, objectid text, tenantid text, ismfa integer, isadmin integer)
+LANGUAGE sql AS $$
+  SELECT p.rolename, p.principaltype, p.objectid, 'tenant-123'::text, 0, 0
+  FROM stand_in.principals p JOIN pg_roles r ON r.rolname = p.rolename WHERE NOT isadminvalue $$;
+CREATE OR REPLACE FUNCTION public.pgaadauth_create_principal_with_oid(rolename text, objectid text, objecttype text,
+                                                                      isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
+  INSERT INTO stand_in.principals AS p VALUES ($1, $2, $3)
+    ON CONFLICT ON CONSTRAINT principals_pkey DO UPDATE SET objectid = excluded.objectid;
+  RETURN 'Created role for ' || rolename;
+END $$;
+"""
 
 
-def test_migration_provider_create_update_and_diff(empty_db: str, tmp_path: Path) -> None:
+@pytest.fixture
+def entra_db(empty_db: str, services: LocalServices, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """An empty database whose owner is a non-superuser 'Entra administrator' (CREATEROLE, like a member of
+    azure_pg_admin) that logs in with a token as password; URLs without password, as the program builds them."""
+    admin, token = f"admin_{uuid.uuid4().hex[:8]}", f"eyJ0eXAi.token-{uuid.uuid4().hex}.sig"
+    dbname = urlsplit(empty_db).path.lstrip("/")
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{token}'")
+        conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO {admin}')
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(PGAADAUTH_STAND_IN)
+        conn.execute(f"GRANT USAGE ON SCHEMA stand_in TO {admin}; GRANT ALL ON stand_in.principals TO {admin}")
+    parts = urlsplit(empty_db)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    url = urlunsplit(parts._replace(netloc=f"{admin}@{host}"))
+    monkeypatch.setenv("TXMETRICS_DEPLOY_TOKEN_POSTGRES", token)
+    monkeypatch.delenv("TXMETRICS_DEPLOY_TOKEN", raising=False)
+    yield {"url": url, "admin": admin, "superuser_url": empty_db, "token": token}
+    with psycopg.connect(empty_db, autocommit=True) as conn:     # roles are cluster-wide: leave none behind
+        roles = [r[0] for r in conn.execute("SELECT p.rolename FROM stand_in.principals p JOIN pg_roles r "
+                                            "ON r.rolname = p.rolename")]
+        conn.execute(f"REASSIGN OWNED BY {admin} TO CURRENT_USER")
+        for role in [*roles, admin]:
+            conn.execute(f'DROP OWNED BY "{role}"')
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        for role in [*roles, admin]:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def props(db: dict[str, str], migrations: Path, **extra: Any) -> dict[str, Any]:
+    return {"database_url": db["url"], "entra_admin_url": db["url"], "migrations_dir": str(migrations),
+            "digest": schema.migrations_digest(migrations), "server_id": SERVER_ID, "admin_object_id": "admin-oid",
+            "private": False, "deployer_ip": "93.184.216.34", "connect_timeout": 5, **extra}
+
+
+def test_migrations_run_as_the_entra_admin_with_its_token_and_diff_on_content(entra_db: dict[str, str],
+                                                                               tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(schema.MIGRATIONS_DIR, migrations)
     provider = SchemaMigrationProvider()
-    first = props(empty_db, migrations)
+    first = props(entra_db, migrations)
     created = provider.create(first)
     assert created.outs["applied"] == sorted(p.stem for p in migrations.glob("*.sql") if ".rollback" not in p.name)
+    assert "token" not in str(created.outs)                      # the token never lands in the state
+    with psycopg.connect(entra_db["superuser_url"]) as conn:     # the admin owns what it created
+        assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'failed_items'").fetchone() == \
+            (entra_db["admin"],)
 
-    unchanged = props(empty_db, migrations)
+    unchanged = props(entra_db, migrations)
     assert provider.diff(created.id, created.outs, unchanged).changes is False
-
     (migrations / "0099.add-note.sql").write_text(
         "-- depends: 0003.app-role-support\nALTER TABLE failed_items ADD COLUMN IF NOT EXISTS note text;\n")
     (migrations / "0099.add-note.rollback.sql").write_text("ALTER TABLE failed_items DROP COLUMN IF EXISTS note;\n")
-    changed = props(empty_db, migrations)
+    changed = props(entra_db, migrations)
     assert provider.diff(created.id, created.outs, changed).changes is True
-    updated = provider.update(created.id, created.outs, changed)
-    assert updated.outs["applied"] == ["0099.add-note"]
-    with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'failed_items' "
-                            "AND column_name = 'note'").fetchone() == (1,)
+    assert provider.update(created.id, created.outs, changed).outs["applied"] == ["0099.add-note"]
 
 
-def test_migration_provider_refuses_migrations_changed_since_the_preview(empty_db: str, tmp_path: Path) -> None:
+def test_the_token_becomes_the_password_of_the_admin_url() -> None:
+    # (the local test server trusts local connections, so the login above cannot check the password itself)
+    from infra.providers import with_password
+
+    url = "postgresql://dana%40contoso.example@pg.postgres.database.azure.com:5432/txmetrics?sslmode=require"
+    with_token = with_password(url, "eyJ.a-b_c.d")
+    parts = urlsplit(with_token)
+    assert (parts.username, parts.password, parts.hostname, parts.port) == (
+        "dana%40contoso.example", "eyJ.a-b_c.d", "pg.postgres.database.azure.com", 5432)
+    assert parts.query == "sslmode=require"
+    assert with_password("postgresql://u:local@h/db", "token") == "postgresql://u:local@h/db"
+
+
+def test_an_unreachable_server_fails_with_a_clear_message(entra_db: dict[str, str]) -> None:
+    parts = urlsplit(entra_db["url"])
+    closed = urlunsplit(parts._replace(netloc=f"{entra_db['admin']}@127.0.0.1:9"))      # nothing listens on 9
+    with pytest.raises(RuntimeError, match="did not accept the deployer's connection within 0 s"):
+        SchemaMigrationProvider().create({**props(entra_db, schema.MIGRATIONS_DIR), "database_url": closed,
+                                          "entra_admin_url": closed, "connect_timeout": 0})
+
+
+# Issue 12, item 6: the steps re-run when what they act on is replaced: their diff includes it
+@pytest.mark.parametrize("key, value", [("server_id", SERVER_ID + "-new"), ("app_object_id", "new-object-id"),
+                                        ("identity_name", "other-identity"), ("admin_object_id", "other-admin"),
+                                        ("private", True)])
+def test_the_migration_step_diffs_on_what_it_acts_on(key: str, value: Any) -> None:
+    old = {"digest": "d", "database_url": "u", "server_id": SERVER_ID, "app_object_id": "oid", "identity_name": "id",
+           "admin_object_id": "admin", "private": False}
+    assert SchemaMigrationProvider().diff("x", old, dict(old)).changes is False
+    assert SchemaMigrationProvider().diff("x", old, {**old, key: value}).changes is True
+
+
+def test_migration_provider_refuses_migrations_changed_since_the_preview(entra_db: dict[str, str],
+                                                                         tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(schema.MIGRATIONS_DIR, migrations)
-    planned = props(empty_db, migrations)
+    planned = props(entra_db, migrations)
     (migrations / "0099.late.sql").write_text("SELECT 1;\n")
     with pytest.raises(RuntimeError, match="changed since the preview"):
         SchemaMigrationProvider().create(planned)
 
 
-def test_migration_provider_grants_the_app_role_data_privileges_only(empty_db: str, services: LocalServices) -> None:
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN')   # on Azure: an Entra principal, created by the provider
-    try:
-        SchemaMigrationProvider().create(props(empty_db, schema.MIGRATIONS_DIR, app_role=role))
-        with psycopg.connect(empty_db) as conn:
-            q = lambda sql: conn.execute(sql, (role,)).fetchone()[0]  # noqa: E731
-            assert q("SELECT has_table_privilege(%s, 'dynamic_metrics', 'INSERT')") is True
-            assert q("SELECT has_table_privilege(%s, 'aggregate_histograms', 'UPDATE')") is True
-            assert q("SELECT has_sequence_privilege(%s, 'raw_files_id_seq', 'USAGE')") is True
-            assert q("SELECT has_database_privilege(%s, current_database(), 'CREATE')") is False
-            assert q("SELECT pg_has_role(%s, 'pg_database_owner', 'MEMBER')") is False
-            conn.execute(f'SET ROLE "{role}"')
-            # the app can create day partitions (SECURITY DEFINER) and write, but not change the schema
-            assert conn.execute("SELECT txm_ensure_day_partitions('dynamic_metrics', '2027-01-01', "
-                                "'2027-01-01')").fetchone() == (1,)
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("DROP TABLE failed_items")
-    finally:
-        with psycopg.connect(empty_db, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY "{role}"')
-        with psycopg.connect(services.database_url, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY "{role}"')
-            conn.execute(f'DROP ROLE "{role}"')
+def test_the_app_role_maps_the_identity_with_data_privileges_only(entra_db: dict[str, str]) -> None:
+    identity, oid = f"txm-t-{uuid.uuid4().hex[:6]}-func-id", str(uuid.uuid4())
+    out = SchemaMigrationProvider().create(props(entra_db, schema.MIGRATIONS_DIR, identity_name=identity,
+                                                 app_object_id=oid)).outs
+    role = app_role_name(identity, oid)
+    assert out["app_role"] == role
+    with psycopg.connect(entra_db["superuser_url"]) as conn:
+        assert conn.execute("SELECT objectid FROM pgaadauth_list_principals(false) WHERE rolename = %s",
+                            (role,)).fetchone() == (oid,)
+        q = lambda sql: conn.execute(sql, (role,)).fetchone()[0]  # noqa: E731
+        assert q("SELECT has_table_privilege(%s, 'dynamic_metrics', 'INSERT')") is True
+        assert q("SELECT has_table_privilege(%s, 'aggregate_histograms', 'UPDATE')") is True
+        assert q("SELECT has_sequence_privilege(%s, 'raw_files_id_seq', 'USAGE')") is True
+        assert q("SELECT has_database_privilege(%s, current_database(), 'CREATE')") is False
+        assert q("SELECT pg_has_role(%s, 'pg_database_owner', 'MEMBER')") is False
+        # item 7: yoyo's bookkeeping is the deployer's alone (an app that could write it could mark a
+        # migration applied, or break the lock)
+        for table in ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock"):
+            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+                assert q(f"SELECT has_table_privilege(%s, '{table}', '{privilege}')") is False, (table, privilege)
+        conn.execute(f'SET ROLE "{role}"')
+        assert conn.execute("SELECT txm_ensure_day_partitions('dynamic_metrics', '2027-01-01', "
+                            "'2027-01-01')").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DROP TABLE failed_items")
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
+def test_a_replaced_identity_gets_a_role_mapped_to_its_new_object_id(entra_db: dict[str, str]) -> None:
+    identity = f"txm-t-{uuid.uuid4().hex[:6]}-func-id"
+    old_oid, new_oid = str(uuid.uuid4()), str(uuid.uuid4())
+    provider = SchemaMigrationProvider()
+    first = provider.create(props(entra_db, schema.MIGRATIONS_DIR, identity_name=identity, app_object_id=old_oid))
+    news = props(entra_db, schema.MIGRATIONS_DIR, identity_name=identity, app_object_id=new_oid)
+    assert provider.diff(first.id, first.outs, news).changes is True
+    updated = provider.update(first.id, first.outs, news).outs
+    assert updated["app_role"] == app_role_name(identity, new_oid) != first.outs["app_role"]
+    with psycopg.connect(entra_db["superuser_url"]) as conn:
+        principals = dict(conn.execute("SELECT rolename, objectid FROM pgaadauth_list_principals(false)").fetchall())
+        assert principals == {app_role_name(identity, new_oid): new_oid}   # the old identity's role is gone
+        assert conn.execute("SELECT has_table_privilege(%s, 'dynamic_metrics', 'INSERT')",
+                            (app_role_name(identity, new_oid),)).fetchone() == (True,)
+    assert updated["stale_roles_kept"] == []
 
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        _Recorder.received.append({"path": self.path, "headers": dict(self.headers), "body": self.rfile.read(length)})
-        self.send_response(202)
-        self.end_headers()
 
-    def log_message(self, *args: Any) -> None:
+# ------------------------------------------------------------------ one credential override per audience (item 7)
+
+def test_each_audience_has_its_own_token_and_the_shared_override_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.providers import ENTRA_POSTGRES_SCOPE, MANAGEMENT_SCOPE, _entra_token
+
+    monkeypatch.setenv("TXMETRICS_DEPLOY_TOKEN_ARM", "arm-token")
+    monkeypatch.setenv("TXMETRICS_DEPLOY_TOKEN_POSTGRES", "postgres-token")
+    assert (_entra_token(MANAGEMENT_SCOPE), _entra_token(ENTRA_POSTGRES_SCOPE)) == ("arm-token", "postgres-token")
+    monkeypatch.setenv("TXMETRICS_DEPLOY_TOKEN", "one-token-for-everything")
+    with pytest.raises(RuntimeError, match="a token is valid for one audience only"):
+        _entra_token(MANAGEMENT_SCOPE)
+
+
+# ------------------------------------------------------------------ the private server's access window (item 5)
+
+@pytest.fixture
+def arm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmStandIn]:
+    stand_in = ArmStandIn()
+    with serve(stand_in) as url:
+        stand_in.base = url
+        monkeypatch.setenv("TXMETRICS_ARM_ENDPOINT", url)
+        monkeypatch.setenv("TXMETRICS_DEPLOY_TOKEN_ARM", "arm-token")
+        monkeypatch.delenv("TXMETRICS_DEPLOY_TOKEN", raising=False)
+        yield stand_in
+
+
+def test_the_window_opens_for_the_deployer_only_and_closes_after(arm: ArmStandIn) -> None:
+    rule = deployer_rule_name("93.184.216.34")
+    with temporary_deployer_access(Arm(), SERVER_ID, "93.184.216.34"):
+        assert arm.public == "Enabled"
+        assert arm.rules == {rule: {"startIpAddress": "93.184.216.34", "endIpAddress": "93.184.216.34"}}
+    assert (arm.public, arm.rules) == ("Disabled", {})
+    assert arm.states == [("Enabled", ()), ("Enabled", (rule,)), ("Enabled", ()), ("Disabled", ())]
+    writes = [(r.method, r.path.split("?")[0].rsplit("/", 1)[-1]) for r in arm.requests
+              if r.method in ("PATCH", "PUT", "DELETE")]
+    assert writes[0] == ("PATCH", "pg1") and writes[1] == ("PATCH", "pg1")   # ServerIsBusy once, then retried
+    assert all(r.headers["Authorization"] == "Bearer arm-token" for r in arm.requests)
+
+
+def test_the_window_closes_when_the_migrations_fail(arm: ArmStandIn) -> None:
+    with pytest.raises(ValueError, match="migration broke"), \
+            temporary_deployer_access(Arm(), SERVER_ID, "93.184.216.34"):
+        raise ValueError("migration broke")
+    assert (arm.public, arm.rules) == ("Disabled", {})
+
+
+def test_an_already_public_server_is_left_public_and_only_the_rule_is_removed(arm: ArmStandIn) -> None:
+    arm.public = "Enabled"
+    with temporary_deployer_access(Arm(), SERVER_ID, "93.184.216.34"):
         pass
+    assert (arm.public, arm.rules) == ("Enabled", {})
+    assert not [r for r in arm.requests if r.method == "PATCH"]
+
+
+def test_a_failed_azure_operation_fails_the_step_with_azures_message(arm: ArmStandIn) -> None:
+    arm.fail_operation = "PUT"
+    with pytest.raises(RuntimeError, match="ended Failed: InternalServerError: the operation failed"), \
+            temporary_deployer_access(Arm(), SERVER_ID, "93.184.216.34"):
+        pass
+    assert arm.public == "Disabled"                       # closed again although the rule never came
+
+
+def test_a_private_migration_runs_inside_the_window(arm: ArmStandIn, entra_db: dict[str, str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, int]] = []
+    original = schema.apply_all
+
+    def apply_all(url: str, directory: Path) -> list[str]:
+        seen.append((arm.public, len(arm.rules)))
+        return original(url, directory)
+
+    monkeypatch.setattr(schema, "apply_all", apply_all)
+    out = SchemaMigrationProvider().create(props(entra_db, schema.MIGRATIONS_DIR, private=True)).outs
+    assert seen == [("Enabled", 1)] and out["applied"]
+    assert (arm.public, arm.rules) == ("Disabled", {})
+
+
+# ------------------------------------------------------------------ Flex code deployment (item 3)
+
+@pytest.fixture
+def package(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "function.zip"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("function_app.py", "import azure.functions as func\napp = func.FunctionApp()\n")
+        zf.writestr("host.json", '{"version": "2.0"}')
+    path.write_bytes(buffer.getvalue())
+    return path, hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+FAST = {"propagation_timeout": 5, "deployment_timeout": 5, "poll_interval": 0.01, "retry_interval": 0.01}
 
 
 @pytest.fixture
-def scm_endpoint() -> Iterator[str]:
-    _Recorder.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+def tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXMETRICS_DEPLOY_TOKEN_ARM", "arm-token")
+    monkeypatch.delenv("TXMETRICS_DEPLOY_TOKEN", raising=False)
 
+
+def deploy(scm: FlexScm, package: tuple[Path, str], **timings: float) -> dict[str, Any]:
+    with serve(scm) as url:
+        scm.base = url
+        inputs = {"scm_url": url, "app_id": "/subscriptions/s/sites/app", "zip_path": str(package[0]),
+                  "sha256": package[1], **{**FAST, **timings}}
+        return dict(CodeDeploymentProvider().create(inputs).outs)
+
+
+def test_accepted_then_succeeded(package: tuple[Path, str], tokens: None) -> None:
+    scm = FlexScm(publish=[(202, '"dep-1"')], statuses=[0, 1, 2, 4])
+    outs = deploy(scm, package)
+    assert outs["deployment_id"] == "dep-1"
+    (post,) = scm.posts
+    assert post.path == "/api/publish?RemoteBuild=false"
+    assert post.headers["Authorization"] == "Bearer arm-token" and post.headers["Content-Type"] == "application/zip"
+    assert hashlib.sha256(post.body).hexdigest() == package[1]
+    assert len(scm.polls) == 1 + 4          # one look before the publish, then until Success
+
+
+@pytest.mark.parametrize("accepted", [202, 200])
+def test_accepted_then_failed_fails_with_kudus_message(package: tuple[Path, str], tokens: None, accepted: int) -> None:
+    scm = FlexScm(publish=[(accepted, '"dep-1"')], statuses=[1, 2, 3],
+                  status_text="Failed to deploy: package contains no function_app.py",
+                  log=["Starting deployment", "Error: Failed to sync triggers: Host is not running (HTTP 503)"])
+    with pytest.raises(RuntimeError) as err:
+        deploy(scm, package)
+    msg = str(err.value)
+    assert "ended Failed: Failed to deploy: package contains no function_app.py" in msg
+    assert "Error: Failed to sync triggers: Host is not running (HTTP 503)" in msg
+    assert "/api/deployments/dep-1/log" in msg
+
+
+def test_403_twice_then_success_is_retried(package: tuple[Path, str], tokens: None) -> None:
+    scm = FlexScm(publish=[(403, "Ip Forbidden"), (403, "Ip Forbidden"), (202, '"dep-1"')], statuses=[2, 4])
+    assert deploy(scm, package)["deployment_id"] == "dep-1"
+    assert len(scm.posts) == 3
+
+
+def test_a_fresh_role_assignment_400_is_retried(package: tuple[Path, str], tokens: None) -> None:
+    refused = ("BlobUploadFailedException: Failed to upload blob to storage account: Response status code does not "
+               "indicate success: 403 (This request is not authorized to perform this operation.)")
+    scm = FlexScm(publish=[(400, refused), (202, '"dep-1"')], statuses=[4])
+    assert deploy(scm, package)["deployment_id"] == "dep-1"
+    assert len(scm.posts) == 2
+
+
+def test_a_real_400_is_not_retried(package: tuple[Path, str], tokens: None) -> None:
+    scm = FlexScm(publish=[(400, "The zip file is invalid: End of Central Directory record could not be found")])
+    with pytest.raises(RuntimeError, match=r"refused the package: HTTP 400 The zip file is invalid"):
+        deploy(scm, package)
+    assert len(scm.posts) == 1
+
+
+def test_propagation_retries_are_bounded(package: tuple[Path, str], tokens: None) -> None:
+    scm = FlexScm(publish=[(403, "Forbidden")])
+    with pytest.raises(RuntimeError) as err:
+        deploy(scm, package, propagation_timeout=0.2, retry_interval=0.02)
+    assert "refused the package after" in str(err.value) and "HTTP 403 Forbidden" in str(err.value)
+    assert 2 <= len(scm.posts) < 100
+
+
+def test_a_slow_deployment_is_polled_and_bounded_by_a_timeout(package: tuple[Path, str], tokens: None) -> None:
+    scm = FlexScm(publish=[(202, '"dep-1"')], statuses=[1])        # Building, forever
+    with pytest.raises(RuntimeError) as err:
+        deploy(scm, package, deployment_timeout=0.3, poll_interval=0.02)
+    msg = str(err.value)
+    assert "did not finish within" in msg
+    assert "last status: Building" in msg and "/api/deployments/latest" in msg
+    assert len(scm.polls) >= 5
+
+
+def test_a_previous_successful_deployment_is_not_mistaken_for_this_one(package: tuple[Path, str], tokens: None) -> None:
+    # Flex may answer 200 with no id; /latest still shows the last deployment (Success) for a while
+    scm = FlexScm(publish=[(200, "")], statuses=[3], status_text="Deployment failed",
+                  previous={"id": "dep-0", "status": 4, "complete": True}, new_id="dep-1")
+    with pytest.raises(RuntimeError, match=r"dep-1 .* ended Failed: Deployment failed"):
+        deploy(scm, package)
+
+
+def test_code_deployer_refuses_a_zip_changed_since_the_preview(tmp_path: Path, tokens: None) -> None:
+    path = tmp_path / "f.zip"
+    path.write_bytes(b"new bytes")
+    scm = FlexScm()
+    with pytest.raises(RuntimeError, match="changed since the preview"):
+        deploy(scm, (path, "0" * 64))
+    assert scm.requests == []
+
+
+def test_the_code_step_diffs_on_the_package_the_host_and_the_app() -> None:
+    old = {"sha256": "a" * 64, "scm_url": "https://h", "app_id": "/sites/app"}
+    provider = CodeDeploymentProvider()
+    assert provider.diff("x", old, dict(old)).changes is False
+    for key, value in (("sha256", "b" * 64), ("scm_url", "https://other"), ("app_id", "/sites/app2")):
+        assert provider.diff("x", old, {**old, key: value}).changes is True
+
+
+# ------------------------------------------------------------------ the bundle
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[bundle.Bundle, bundle.Bundle]:
@@ -135,29 +426,10 @@ def test_the_bundle_is_reproducible_and_complete(built: tuple[bundle.Bundle, bun
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
 
-def test_code_deployer_publishes_the_whole_zip(built: tuple[bundle.Bundle, bundle.Bundle], scm_endpoint: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_whole_bundle_is_published(built: tuple[bundle.Bundle, bundle.Bundle], tokens: None) -> None:
     first, _ = built
-    monkeypatch.setenv("TXMETRICS_DEPLOY_TOKEN", "test-token")
-    provider = CodeDeploymentProvider()
-    inputs = {"scm_url": scm_endpoint, "zip_path": str(first.path), "sha256": first.sha256}
-    created = provider.create(inputs)
-    assert len(_Recorder.received) == 1
-    request = _Recorder.received[0]
-    assert request["path"] == "/api/publish?RemoteBuild=false"
-    assert request["headers"]["Authorization"] == "Bearer test-token"
-    assert request["headers"]["Content-Type"] == "application/zip"
-    assert hashlib.sha256(request["body"]).hexdigest() == first.sha256
-    assert "function_app.py" in zipfile.ZipFile(io.BytesIO(request["body"])).namelist()
-    assert provider.diff(created.id, created.outs, dict(inputs)).changes is False
-    assert provider.diff(created.id, created.outs, {**inputs, "sha256": "f" * 64}).changes is True
-
-
-def test_code_deployer_refuses_a_zip_changed_since_the_preview(tmp_path: Path, scm_endpoint: str,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TXMETRICS_DEPLOY_TOKEN", "test-token")
-    path = tmp_path / "f.zip"
-    path.write_bytes(b"new bytes")
-    with pytest.raises(RuntimeError, match="changed since the preview"):
-        CodeDeploymentProvider().create({"scm_url": scm_endpoint, "zip_path": str(path), "sha256": "0" * 64})
-    assert _Recorder.received == []
+    scm = FlexScm(publish=[(202, '"dep-9"')], statuses=[4], new_id="dep-9")
+    deploy(scm, (first.path, first.sha256))
+    (post,) = scm.posts
+    assert hashlib.sha256(post.body).hexdigest() == first.sha256
+    assert "function_app.py" in zipfile.ZipFile(io.BytesIO(post.body)).namelist()

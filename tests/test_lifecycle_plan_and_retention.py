@@ -47,13 +47,13 @@ def upload(service: BlobServiceClient) -> dict[str, int]:
 
 def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient, db: psycopg.Connection) -> None:
     sizes = upload(service)
-    policy = load_policy("dev")     # cool 30, archive 90, delete 270 for raw events; packages deleted at 14
+    policy = load_policy("dev")     # cool 30, archive 90, delete 270 for raw events; the package: never
     now = datetime.now(UTC)
     soon = make_plan(policy, now + timedelta(days=10), service=service)
-    assert soon.blob_actions == [] and soon.unchanged_blobs == 6
+    assert soon.blob_actions == [] and soon.unchanged_blobs == 5
     cool = make_plan(policy, now + timedelta(days=40), service=service)
     assert [(a.rule, a.action, a.count, a.bytes) for a in cool.blob_actions] == [
-        ("old-function-packages", "delete", 1, 500), ("raw-events-tiering", "tierToCool", 5, sum(sizes.values()))]
+        ("raw-events-tiering", "tierToCool", 5, sum(sizes.values()))]
     later = make_plan(policy, now + timedelta(days=100), service=service)
     archive = later.action("raw-events-tiering", "tierToArchive")
     assert archive is not None and archive.count == 5 and archive.bytes == sum(sizes.values())
@@ -66,11 +66,13 @@ def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient, 
     sizes = upload(service)
     policy = load_policy("dev")
     plan = make_plan(policy, datetime.now(UTC) + timedelta(days=100), service=service)
-    assert simulate(plan, policy, service) == {"tierToArchive": 5, "delete": 1}
+    assert simulate(plan, policy, service) == {"tierToArchive": 5}
     tiers = {b.name: b.blob_tier for b in service.get_container_client("raw-events").list_blobs()}
     assert all(tiers[name] == "Archive" for name in sizes)
     assert tiers["elsewhere/not-matched.txt"] in ("Hot", None)
-    assert list(service.get_container_client("deployments").list_blobs()) == []
+    # the Function App's package is never touched (Flex Consumption runs from it; issue 12, item 2)
+    packages = list(service.get_container_client("deployments").list_blobs())
+    assert [(b.name, b.size, b.blob_tier) for b in packages] == [("released-package.zip", 500, "Hot")]
     with pytest.raises(ResourceExistsError) as err:          # an archived blob refuses reads, as in Azure
         service.get_blob_client("raw-events", next(iter(sizes))).download_blob().readall()
     assert err.value.error_code == "BlobArchived"
@@ -150,6 +152,6 @@ def test_cli_plan_and_simulate(service: BlobServiceClient, services: LocalServic
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "tierToArchive" in result.output and "5,010" in result.output
-    assert "simulated: {'delete': 1, 'tierToArchive': 5}" in result.output
+    assert "simulated: {'tierToArchive': 5}" in result.output
     bad = CliRunner().invoke(app, ["lifecycle", "validate", "--stack", "nonexistent-stack"])
     assert bad.exit_code == 0   # no override file: the base policy applies

@@ -70,14 +70,14 @@ def test_delete_inside_the_early_deletion_window_is_flagged(tmp_path: Path) -> N
 
 def test_a_prefix_must_start_with_a_real_container(tmp_path: Path) -> None:
     msg = refused(tmp_path, rule_changes={"container": "raw-event"})
-    assert "container 'raw-event' is not one of the account's containers (raw-events, deployments)" in msg
+    assert "container 'raw-event' is not one of the account's containers (raw-events)" in msg
     assert "fix: name an existing container" in msg
     msg = refused(tmp_path, rule_changes={"prefix": "/raw_events/"})
     assert "fix: write e.g. prefix: raw_events/" in msg
 
 
 def test_at_most_100_rules(tmp_path: Path) -> None:
-    rules = [{"name": f"r{i}", "container": "deployments", "prefix": f"p{i}/", "delete_after_days": 30}
+    rules = [{"name": f"r{i}", "container": "raw-events", "prefix": f"p{i}/", "delete_after_days": 30}
              for i in range(101)]
     msg = refused(tmp_path, base_changes={"blob_rules": rules})
     assert "101 rules; Azure allows at most 100" in msg and "fix: merge rules" in msg
@@ -112,9 +112,6 @@ EXPECTED = {
                                      "tierToArchive": {"daysAfterModificationGreaterThan": 90},
                                      "delete": {"daysAfterModificationGreaterThan": 270}}},
             "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["raw-events/raw_events/"]}}},
-        {"enabled": True, "name": "old-function-packages", "type": "Lifecycle", "definition": {
-            "actions": {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": 14}}},
-            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["deployments/"]}}},
     ]},
     "prod": {"rules": [
         {"enabled": True, "name": "raw-events-tiering", "type": "Lifecycle", "definition": {
@@ -122,9 +119,6 @@ EXPECTED = {
                                      "tierToArchive": {"daysAfterModificationGreaterThan": 90},
                                      "delete": {"daysAfterModificationGreaterThan": 2555}}},
             "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["raw-events/raw_events/"]}}},
-        {"enabled": True, "name": "old-function-packages", "type": "Lifecycle", "definition": {
-            "actions": {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": 90}}},
-            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["deployments/"]}}},
     ]},
 }
 
@@ -132,6 +126,54 @@ EXPECTED = {
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_rendered_management_policy(stack: str) -> None:
     assert render_management_policy(load_policy(stack)) == EXPECTED[stack]
+
+
+# Issue 12, item 2. On Flex Consumption the app runs from the package in its deployment container: every new
+# instance reads it (Learn, "Deployment technologies in Azure Functions", Flex: runs from the deployed package),
+# so a rule that deletes or tiers it takes the app down at its next cold start.
+@pytest.mark.parametrize("rule", [
+    {"name": "old-function-packages", "container": "deployments", "prefix": "", "delete_after_days": 90},
+    {"name": "cheap-packages", "container": "deployments", "prefix": "released/", "cool_after_days": 30},
+])
+def test_a_rule_on_the_deployment_container_is_refused_naming_rule_and_container(
+        tmp_path: Path, rule: dict[str, Any]) -> None:
+    base = yaml.safe_load((LIFECYCLE_DIR / "base.yaml").read_text())
+    base["storage"]["containers"] = ["raw-events"]
+    base["blob_rules"].append(rule)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    with pytest.raises(LifecycleError) as err:
+        load_policy("test", tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'base.yaml'}: rule '{rule['name']}': container 'deployments' ")
+    assert "package the Function App runs from" in msg and f"fix: remove rule '{rule['name']}'" in msg
+
+
+def test_the_deployment_container_cannot_be_listed_as_a_governed_container(tmp_path: Path) -> None:
+    msg = refused(tmp_path, stack={"storage": {"containers": ["raw-events", "deployments"]}})
+    assert "storage.containers: container 'deployments' is not governed by lifecycle rules" in msg
+    assert "fix: remove 'deployments' from storage.containers" in msg
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_shipped_policies_never_reach_the_deployment_container(stack: str) -> None:
+    rules = render_management_policy(load_policy(stack))["rules"]
+    assert rules, "a policy with no rules would hide this check"
+    for rule in rules:
+        prefixes = rule["definition"]["filters"].get("prefixMatch")
+        assert prefixes, f"{rule['name']}: a rule without prefixMatch applies to every container"
+        assert not any(p.startswith("deployments/") or "deployments/".startswith(p) for p in prefixes), rule
+
+
+def test_rendering_refuses_a_hand_built_rule_on_the_deployment_container() -> None:
+    from dataclasses import replace
+
+    from lifecycle.policy import BlobRule
+
+    policy = load_policy("dev")
+    sneaky = replace(policy, blob_rules=(*policy.blob_rules,
+                                         BlobRule(name="sneaky", container="deployments", prefix="", days={"delete": 1})))
+    with pytest.raises(LifecycleError, match="rule 'sneaky': container 'deployments' may not have a lifecycle rule"):
+        render_management_policy(sneaky)
 
 
 def test_table_retention_per_stack() -> None:
