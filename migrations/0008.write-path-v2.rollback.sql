@@ -78,6 +78,8 @@ ALTER TABLE dynamic_metrics ADD CONSTRAINT dynamic_metrics_currency_check CHECK 
 ALTER TABLE dynamic_metrics ADD CONSTRAINT dynamic_metrics_country_check CHECK (country ~ '^[A-Z]{2}$');
 ALTER TABLE dynamic_metrics ADD CONSTRAINT dynamic_metrics_dimensions_check
     CHECK (dimensions IS NULL OR jsonb_typeof(dimensions) = 'object');
+ALTER TABLE dynamic_metrics ADD CONSTRAINT dynamic_metrics_metric_name_check
+    CHECK (metric_name ~ '^[a-z][a-z0-9_]{0,62}$');
 ALTER TABLE dynamic_metrics ADD PRIMARY KEY (event_id, metric_name, occurred_at);
 
 -- partition and sequence number come back from the manifest (the file's partition and its

@@ -62,6 +62,9 @@ ALTER TABLE ingested_events DROP COLUMN IF EXISTS partition_id;
 ALTER TABLE ingested_events DROP COLUMN IF EXISTS sequence_number;
 
 ALTER TABLE dynamic_metrics DROP CONSTRAINT IF EXISTS dynamic_metrics_pkey;
+-- The name pattern is the catalog's to enforce (CatalogError at start-up); as a row CHECK its
+-- regular expression cost 2 us of server CPU per metric row, 6 per event (measured).
+ALTER TABLE dynamic_metrics DROP CONSTRAINT IF EXISTS dynamic_metrics_metric_name_check;
 ALTER TABLE dynamic_metrics DROP COLUMN IF EXISTS merchant_id;
 ALTER TABLE dynamic_metrics DROP COLUMN IF EXISTS payment_method;
 ALTER TABLE dynamic_metrics DROP COLUMN IF EXISTS status;

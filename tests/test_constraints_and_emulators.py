@@ -58,7 +58,6 @@ def test_a_second_ledger_row_for_an_event_is_refused_by_the_database(db: psycopg
 
 @pytest.mark.parametrize("overrides", [
     {"value": float("nan")}, {"value": float("inf")}, {"event_id": ""}, {"event_id": "x" * 129},
-    {"metric_name": "Bad-Name"},
 ])
 def test_values_that_can_never_be_valid_are_refused_in_dynamic_metrics(db: psycopg.Connection,
                                                                        overrides: dict[str, object]) -> None:
