@@ -147,6 +147,15 @@ def test_an_unreachable_database_names_its_host_but_never_its_password(env: dict
         assert "s3cret" not in line
 
 
+def test_unreachable_storage_names_its_endpoint_but_never_its_key(env: dict[str, str]) -> None:
+    port = free_port()
+    key = env["AZURE_STORAGE_CONNECTION_STRING"].split("AccountKey=")[1].split(";")[0]
+    dead = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};" \
+           f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    line = refused("lifecycle", "plan", "--stack", "dev", "--no-tables", env={"AZURE_STORAGE_CONNECTION_STRING": dead})
+    assert f"Blob Storage at http://127.0.0.1:{port}/devstoreaccount1" in line and key not in line
+
+
 def test_debug_shows_the_traceback(env: dict[str, str], db: psycopg.Connection) -> None:
     result = invoke("--debug", "failed", "show", "999")
     assert result.exit_code == 2
