@@ -168,24 +168,30 @@ def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: dateti
     filtered = f"SELECT * FROM ({source}) AS candidates" + (f" WHERE {' AND '.join(where)}" if where else "")
     group_cols = "bucket, " + (", ".join(f"dimensions -> '{k}'" for k in chosen.group_by) or "NULL::jsonb")
     group_json = "jsonb_build_object(" + ", ".join(f"'{k}', dimensions -> '{k}'" for k in chosen.group_by) + ")"
+    # Bucket counts are added per group in two set-based passes (positive and negative
+    # values), then joined to the totals: each pass reads the candidate rows once, whatever
+    # the number of groups (a correlated subquery per group re-read them once per group).
+    # Stored counts are dense: the zeros between sparse buckets are skipped before adding.
+    buckets = """
+            SELECT bucket, g, jsonb_object_agg(k, c) AS counts FROM (
+                SELECT bucket, {g} AS g, {side}_offset + o::int - 1 AS k, sum(c)::bigint AS c
+                  FROM r, unnest({side}_counts) WITH ORDINALITY AS u(c, o)
+                 WHERE {side}_counts IS NOT NULL AND c > 0 GROUP BY {cols}, 3) AS keyed
+             GROUP BY bucket, g"""
+    same_group = "coalesce({a}.bucket, '-infinity') = coalesce(t.bucket, '-infinity') AND {a}.g = t.g"
     sql = f"""
-        WITH r AS ({filtered}),
+        WITH r AS MATERIALIZED ({filtered}),
         totals AS (
             SELECT bucket, {group_json} AS g, sum(count)::bigint AS n, sum(sum) AS s, min(min) AS lo,
                    max(max) AS hi, sum(zero_count)::bigint AS z
               FROM r GROUP BY {group_cols}),
-        pos AS (
-            SELECT bucket, {group_json} AS g, pos_offset + o::int - 1 AS k, sum(c)::bigint AS c
-              FROM r, unnest(pos_counts) WITH ORDINALITY AS u(c, o)
-             WHERE pos_counts IS NOT NULL GROUP BY {group_cols}, 3),
-        neg AS (
-            SELECT bucket, {group_json} AS g, neg_offset + o::int - 1 AS k, sum(c)::bigint AS c
-              FROM r, unnest(neg_counts) WITH ORDINALITY AS u(c, o)
-             WHERE neg_counts IS NOT NULL GROUP BY {group_cols}, 3)
-        SELECT t.bucket, t.g, t.n, t.s, t.lo, t.hi, t.z,
-               (SELECT jsonb_object_agg(k, c) FROM pos WHERE pos.bucket IS NOT DISTINCT FROM t.bucket AND pos.g = t.g),
-               (SELECT jsonb_object_agg(k, c) FROM neg WHERE neg.bucket IS NOT DISTINCT FROM t.bucket AND neg.g = t.g)
-          FROM totals t ORDER BY t.bucket NULLS FIRST, t.g"""
+        pos AS ({buckets.format(g=group_json, side="pos", cols=group_cols)}),
+        neg AS ({buckets.format(g=group_json, side="neg", cols=group_cols)})
+        SELECT t.bucket, t.g, t.n, t.s, t.lo, t.hi, t.z, p.counts, q.counts
+          FROM totals t
+          LEFT JOIN pos p ON {same_group.format(a="p")}
+          LEFT JOIN neg q ON {same_group.format(a="q")}
+         ORDER BY t.bucket NULLS FIRST, t.g"""
     out = []
     for bucket, g, n, s, lo, hi, z, pos, neg in conn.execute(sql, params).fetchall():
         group = dict(g or {})
