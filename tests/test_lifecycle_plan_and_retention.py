@@ -148,10 +148,14 @@ def test_cli_plan_and_simulate(service: BlobServiceClient, services: LocalServic
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", services.storage_connection_string)
     monkeypatch.setenv("DATABASE_URL", services.database_url)
     at = (datetime.now(UTC) + timedelta(days=100)).date().isoformat()
-    result = CliRunner().invoke(app, ["lifecycle", "plan", "--stack", "dev", "--at", at, "--simulate"],
-                                env={"COLUMNS": "200"})
+    as_json = CliRunner().invoke(app, ["lifecycle", "plan", "--stack", "dev", "--at", at, "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    rows = json.loads(as_json.stdout)
+    archive = next(r for r in rows if r["action"] == "tierToArchive")
+    assert (archive["store"], archive["rule"], archive["count"], archive["bytes"]) == ("blob", "raw-events-tiering", 5,
+                                                                                     5010)
+    assert {r["target"] for r in rows if r["store"] == "postgresql"} >= {"dynamic_metrics", "failed_items"}
+    result = CliRunner().invoke(app, ["lifecycle", "plan", "--stack", "dev", "--at", at, "--simulate"])
     assert result.exit_code == 0, result.output
-    assert "tierToArchive" in result.output and "5,010" in result.output
-    assert "simulated: {'tierToArchive': 5}" in result.output
-    bad = CliRunner().invoke(app, ["lifecycle", "validate", "--stack", "nonexistent-stack"])
-    assert bad.exit_code == 0   # no override file: the base policy applies
+    assert "tierToArchive" in result.stdout and "5,010" in result.stdout
+    assert "simulated: {'tierToArchive': 5}" in result.stderr

@@ -28,6 +28,7 @@ def write_policy(tmp_path: Path, base_changes: dict[str, Any] | None = None, sta
             if v is None:
                 del base["blob_rules"][0][k]
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    (tmp_path / "Pulumi.test.yaml").write_text("config: {}\n")     # makes "test" a stack of this project
     if stack is not None:
         (tmp_path / "test.yaml").write_text(yaml.safe_dump(stack, sort_keys=False))
     return tmp_path
@@ -36,7 +37,7 @@ def write_policy(tmp_path: Path, base_changes: dict[str, Any] | None = None, sta
 def refused(tmp_path: Path, **kwargs: Any) -> str:
     directory = write_policy(tmp_path, **kwargs)
     with pytest.raises(LifecycleError) as err:
-        load_policy("test", directory)
+        load_policy("test", directory, project_dir=directory)
     return str(err.value)
 
 
@@ -65,7 +66,7 @@ def test_delete_inside_the_early_deletion_window_is_flagged(tmp_path: Path) -> N
     assert "fix: set delete_after_days >= 270, or allow_early_deletion: true" in msg
     directory = write_policy(tmp_path, rule_changes={"delete_after_days": 200, "allow_early_deletion": True},
                              base_changes={"minimum_retention_days": {"raw_events": 100}})
-    assert load_policy("test", directory).rule("raw-events-tiering").days["delete"] == 200
+    assert load_policy("test", directory, project_dir=directory).rule("raw-events-tiering").days["delete"] == 200
 
 
 def test_a_prefix_must_start_with_a_real_container(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from azure.storage.blob import RehydratePriority
 
 from .adapters.blob import BlobArchive
 from .adapters.parquet import RAW_EVENT_SCHEMA
+from .errors import InvalidRequestError
 
 FILTER_COLUMNS = ("merchant_id", "status", "event_id", "transaction_id", "payment_method", "currency")
 REHYDRATION_HOURS = {"Standard": 15, "High": 1}    # Azure's upper bounds for blobs under 10 GB
@@ -33,11 +34,13 @@ class QueryResult:
     files_opened: list[str] = field(default_factory=list)
     archived: list[str] = field(default_factory=list)
     rows: int = 0
+    limited: bool = False          # the limit stopped the query before every planned file was read
 
 
-def plan_files(conn: psycopg.Connection, start: datetime, end: datetime,
+def plan_files(conn: psycopg.Connection, start: datetime | None, end: datetime | None,
                event_id: str | None = None) -> list[tuple[str, str, bytes | None]]:
-    """(path, state, outbox bytes) of the live files that can hold events in [start, end)."""
+    """(path, state, outbox bytes) of the live files that can hold events in [start, end).
+    With `event_id` the range is optional: the ledger knows the event's file."""
     if event_id is not None:
         # the ledger knows the file; after compaction, the files of the generation that replaced it
         rows = conn.execute(
@@ -47,9 +50,13 @@ def plan_files(conn: psycopg.Connection, start: datetime, end: datetime,
                  JOIN raw_files f ON (f.id = orig.id AND orig.superseded_by IS NULL)
                                   OR (f.generation = orig.superseded_by)
                  LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
-                WHERE e.event_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
+                WHERE e.event_id = %(id)s
+                  AND (%(start)s::timestamptz IS NULL OR e.occurred_at >= %(start)s)
+                  AND (%(end)s::timestamptz IS NULL OR e.occurred_at < %(end)s)
                   AND f.state IN ('uploaded', 'pending')
-                ORDER BY f.path""", (event_id, start, end)).fetchall()
+                ORDER BY f.path""", {"id": event_id, "start": start, "end": end}).fetchall()
+    elif start is None or end is None:
+        raise InvalidRequestError("a query needs a time range (start and end), or an event id")
     else:
         rows = conn.execute(
             """SELECT f.path, f.state, o.content FROM raw_files f
@@ -61,25 +68,44 @@ def plan_files(conn: psycopg.Connection, start: datetime, end: datetime,
     return [(str(r[0]), str(r[1]), bytes(r[2]) if r[2] is not None else None) for r in rows]
 
 
-def _filter(table: pa.Table, start: datetime, end: datetime, filters: dict[str, Any]) -> pa.Table:
-    mask = pc.and_(pc.greater_equal(table["occurred_at"], pa.scalar(start, RAW_EVENT_SCHEMA.field("occurred_at").type)),
-                   pc.less(table["occurred_at"], pa.scalar(end, RAW_EVENT_SCHEMA.field("occurred_at").type)))
+def _filter(table: pa.Table, start: datetime | None, end: datetime | None, filters: dict[str, Any]) -> pa.Table:
+    time_type = RAW_EVENT_SCHEMA.field("occurred_at").type
+    mask = pa.array([True] * table.num_rows, pa.bool_())
+    if start is not None:
+        mask = pc.and_(mask, pc.greater_equal(table["occurred_at"], pa.scalar(start, time_type)))
+    if end is not None:
+        mask = pc.and_(mask, pc.less(table["occurred_at"], pa.scalar(end, time_type)))
     for column, value in filters.items():
         if value is not None:
             mask = pc.and_(mask, pc.equal(table[column], pa.scalar(value)))
     return table.filter(mask)
 
 
-def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime, end: datetime,
-                 result: QueryResult | None = None, **filters: Any) -> Iterator[pa.Table]:
-    """Yield one filtered table per file read, in time order of the files. `result` collects
-    which files were planned, opened, and skipped as archived."""
+def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime | None, end: datetime | None,
+                 result: QueryResult | None = None, *, limit: int | None = None, **filters: Any) -> Iterator[pa.Table]:
+    """Yield one filtered table per file read, in time order of the files, until `limit`
+    rows (when given) have been yielded. The range may be open (None) only with an
+    `event_id` filter. `result` collects which files were planned, opened, and skipped as
+    archived, and whether the limit cut the answer short."""
     unknown = set(filters) - set(FILTER_COLUMNS)
     if unknown:
-        raise ValueError(f"unknown filter {sorted(unknown)[0]!r}; use {', '.join(FILTER_COLUMNS)}")
+        raise InvalidRequestError(f"unknown filter {sorted(unknown)[0]!r}; use {', '.join(FILTER_COLUMNS)}")
+    if limit is not None and limit < 1:
+        raise InvalidRequestError(f"limit must be at least 1, got {limit}")
+    if start is not None and end is not None and start >= end:
+        raise InvalidRequestError(f"the range is empty: start {start.isoformat()} is not before end {end.isoformat()}")
     result = result if result is not None else QueryResult()
-    for path, state, pending_bytes in plan_files(conn, start, end, filters.get("event_id")):
-        result.files_planned.append(path)
+    row_filter: list[Any] = []
+    if start is not None:
+        row_filter.append(("occurred_at", ">=", start))
+    if end is not None:
+        row_filter.append(("occurred_at", "<", end))
+    planned = plan_files(conn, start, end, filters.get("event_id"))
+    result.files_planned.extend(path for path, _, _ in planned)
+    for path, state, pending_bytes in planned:
+        if limit is not None and result.rows >= limit:
+            result.limited = True
+            break
         if state == "pending" and pending_bytes is not None:
             data = pending_bytes                       # committed, upload not yet confirmed: read the outbox
         else:
@@ -91,9 +117,11 @@ def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime
                     continue
                 raise
         result.files_opened.append(path)
-        table = pq.read_table(io.BytesIO(data), schema=RAW_EVENT_SCHEMA,
-                              filters=[("occurred_at", ">=", start), ("occurred_at", "<", end)])
+        table = pq.read_table(io.BytesIO(data), schema=RAW_EVENT_SCHEMA, filters=row_filter or None)
         table = _filter(table, start, end, filters)
+        if limit is not None and result.rows + table.num_rows > limit:
+            table = table.slice(0, limit - result.rows)
+            result.limited = True
         result.rows += table.num_rows
         if table.num_rows:
             yield table
@@ -102,7 +130,7 @@ def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime
 def rehydrate(archive: BlobArchive, paths: list[str], priority: str = "Standard") -> str:
     """Ask Azure to move archived blobs back to the hot tier; returns when to retry."""
     if priority not in REHYDRATION_HOURS:
-        raise ValueError("priority must be Standard or High")
+        raise InvalidRequestError(f"rehydration priority must be {' or '.join(REHYDRATION_HOURS)}, got {priority!r}")
     for path in paths:
         archive.container.get_blob_client(path).set_standard_blob_tier(
             "Hot", rehydrate_priority=RehydratePriority(priority))

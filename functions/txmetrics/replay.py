@@ -15,6 +15,8 @@ from typing import Any
 import psycopg
 
 from .core.events import InboundEvent, Rejection, parse_event
+from .core.masking import mask_text
+from .errors import InvalidRequestError, NotFoundError
 
 REPLAY_PARTITION = "replay"
 
@@ -44,38 +46,64 @@ def show(conn: psycopg.Connection, item_id: int) -> dict[str, Any]:
     cur = conn.execute("SELECT * FROM failed_items WHERE id = %s", (item_id,))
     row = cur.fetchone()
     if row is None:
-        raise KeyError(f"no failed item {item_id}")
+        raise NotFoundError(f"no failed item {item_id}: `txmetrics failed list --all` lists them")
     return dict(zip([d.name for d in cur.description or []], row, strict=True))
 
 
-def fix(conn: psycopg.Connection, item_id: int, payload: str) -> None:
-    """Store a corrected payload (the original stays for the record)."""
+def fix(conn: psycopg.Connection, item_id: int, payload: str, *, source: str = "the payload") -> None:
+    """Store a corrected payload (the original stays for the record). It must be a JSON
+    object, as every event is: anything else is refused before the item is touched. Card
+    numbers in it are masked like any payload before it is stored (PCI DSS)."""
+    try:
+        document = json.loads(payload)
+    except ValueError as exc:
+        raise InvalidRequestError(f"{source} is not valid JSON ({exc}); nothing was stored") from None
+    if not isinstance(document, dict):
+        raise InvalidRequestError(f"{source} is JSON but not an object (an event is a JSON object); nothing was stored")
     with conn.transaction():
-        if conn.execute("UPDATE failed_items SET fixed_payload = %s WHERE id = %s", (payload, item_id)).rowcount != 1:
-            raise KeyError(f"no failed item {item_id}")
+        if conn.execute("UPDATE failed_items SET fixed_payload = %s WHERE id = %s",
+                        (mask_text(payload), item_id)).rowcount != 1:
+            raise NotFoundError(f"no failed item {item_id}: `txmetrics failed list --all` lists them")
 
 
 def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any) -> str:
-    """Edit one (dotted) field of the item's JSON payload; returns the new payload."""
+    """Edit one (dotted) field of the item's JSON payload; returns the new payload as stored."""
     item = show(conn, item_id)
     try:
         doc = json.loads(item["fixed_payload"] or item["payload"])
     except ValueError:
-        raise ValueError(f"failed item {item_id} is not JSON; use `fix` with a whole corrected payload") from None
+        raise InvalidRequestError(f"failed item {item_id} is not JSON; use `txmetrics failed fix` with a whole "
+                                  "corrected payload") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequestError(f"failed item {item_id} is not a JSON object; use `txmetrics failed fix` with a "
+                                  "whole corrected payload")
     node = doc
     parts = path.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InvalidRequestError(f"{part!r} in {path!r} is not an object in failed item {item_id}")
     if value is None:
         node.pop(parts[-1], None)
     else:
         node[parts[-1]] = value
     payload = json.dumps(doc)
     fix(conn, item_id, payload)
-    return payload
+    return mask_text(payload)           # as stored
+
+
+def _require(conn: psycopg.Connection, item_ids: list[int]) -> None:
+    """NotFoundError naming the ids that are not failed items."""
+    if not item_ids:
+        return
+    found = {r[0] for r in conn.execute("SELECT id FROM failed_items WHERE id = ANY(%s)", (item_ids,)).fetchall()}
+    missing = sorted(set(item_ids) - found)
+    if missing:
+        raise NotFoundError(f"no failed item {', '.join(map(str, missing))}: `txmetrics failed list --all` lists them")
 
 
 def resolve(conn: psycopg.Connection, item_ids: list[int], note: str = "resolved without replay") -> int:
+    _require(conn, item_ids)
     with conn.transaction():
         return conn.execute("UPDATE failed_items SET resolved = true, resolved_at = now(), replay_note = %s "
                             "WHERE id = ANY(%s) AND NOT resolved", (note, item_ids)).rowcount
@@ -85,7 +113,8 @@ def replay(conn: psycopg.Connection, pipeline: Any, *, item_ids: list[int] | Non
            error_code: str | None = None, force: bool = False) -> list[ReplayOutcome]:
     """Replay items by id or by error code through `pipeline.process`."""
     if not item_ids and not error_code:
-        raise ValueError("name the items to replay: ids or an error code")
+        raise InvalidRequestError("name the items to replay: ids or --code ERROR_CODE")
+    _require(conn, list(item_ids or []))
     rows = conn.execute(
         """SELECT id, coalesce(fixed_payload, payload), replayed FROM failed_items
             WHERE (id = ANY(%(ids)s) OR error_code = %(code)s) AND NOT resolved ORDER BY id""",

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import TxmetricsError
 
 BUNDLED_CATALOG = Path(__file__).with_name("catalog.yaml")
 
 
-class SettingsError(ValueError):
+class SettingsError(TxmetricsError, ValueError):
     """A setting is missing or wrong; the message names it and what to set."""
+
+
+def metric_catalog_path(env: Mapping[str, str] | None = None) -> Path:
+    """The catalog in effect: METRIC_CATALOG, else the catalog bundled with the function."""
+    e = os.environ if env is None else env
+    return Path(e.get("METRIC_CATALOG", "").strip() or BUNDLED_CATALOG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +32,7 @@ class Settings:
     database_auth: str = "password"   # "entra": a managed-identity token is the password (deployed apps)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = dict(os.environ) if env is None else env
         database_url = e.get("DATABASE_URL", "").strip()
         if not database_url:
@@ -35,7 +44,7 @@ class Settings:
             raise SettingsError("neither AZURE_STORAGE_CONNECTION_STRING nor AZURE_STORAGE_ACCOUNT_URL is set: set the "
                                 "connection string (local, Azurite) or the account URL (Azure, managed identity)")
         container = e.get("RAW_EVENTS_CONTAINER", "").strip() or "raw-events"
-        catalog = Path(e.get("METRIC_CATALOG", "").strip() or BUNDLED_CATALOG)
+        catalog = metric_catalog_path(e)
         auth = e.get("DATABASE_AUTH", "").strip().lower() or "password"
         if auth not in ("password", "entra"):
             raise SettingsError(f"DATABASE_AUTH={auth!r}: set 'entra' (managed identity) or leave it unset (password)")

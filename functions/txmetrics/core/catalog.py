@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import TxmetricsError
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _KINDS = ("value", "flag")
@@ -37,7 +39,7 @@ _METRIC_KEYS = {"name", "kind", "source", "when", "by", "description"}
 COLUMN_DIMENSIONS = ("merchant_id", "payment_method", "status", "currency", "country", "event_type")
 
 
-class CatalogError(ValueError):
+class CatalogError(TxmetricsError, ValueError):
     """The catalog file is invalid; the message names the file, the key and the fix."""
 
 

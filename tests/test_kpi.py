@@ -1,0 +1,173 @@
+"""KPIs that never mislead: the stored dimension set that can answer by itself is chosen
+(or the query is refused, naming the sets that exist), amounts are never added across
+currencies, flag metrics show a rate, not quantiles; the Python API and `txmetrics kpi`
+agree. Checked against events whose true KPIs are known."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from txmetrics import kpi
+from txmetrics.core.catalog import load_catalog, parse_catalog
+from txmetrics.settings import BUNDLED_CATALOG
+from txmetrics_cli.main import app
+
+START, END = "2026-03-01", "2026-03-02"
+# merchant, method, currency, amount, status, processing_ms, hour
+EVENTS = [("m-1", "card", "USD", "10.00", "approved", 100, 10), ("m-1", "card", "EUR", "20.00", "approved", 200, 10),
+          ("m-1", "wallet", "USD", "5.00", "declined", 300, 10), ("m-2", "card", "JPY", "1000", "approved", 400, 11),
+          ("m-2", "bank_transfer", "USD", "7.50", "failed", 500, 11), ("m-2", "card", "USD", "2.50", "declined", 600, 11),
+          ("m-3", "wallet", "EUR", "3.00", "approved", 700, 11)]
+
+
+@pytest.fixture
+def known_events(env: dict[str, str], deliver: Callable[..., None]) -> None:
+    deliver([{"event_id": f"k{i}", "transaction_id": f"t{i}", "occurred_at": f"2026-03-01T{hour}:0{i}:00Z",
+              "merchant_id": m, "payment_method": pm, "currency": cur, "amount": amount, "status": st,
+              "processing_ms": ms} for i, (m, pm, cur, amount, st, ms, hour) in enumerate(EVENTS)], partition_id="0")
+
+
+def cli(*args: str, env: dict[str, str | None] | None = None) -> Result:
+    return CliRunner().invoke(app, ["kpi", *args], env={"COLUMNS": None, **(env or {})})
+
+
+def rows(*args: str) -> list[dict[str, Any]]:
+    result = cli(*args, "--format", "json")
+    assert result.exit_code == 0, result.output
+    data: list[dict[str, Any]] = json.loads(result.stdout)
+    return data
+
+
+def refusal(*args: str, env: dict[str, str | None] | None = None) -> str:
+    result = cli(*args, env=env)
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+    return result.stderr
+
+
+# ------------------------------------------------------------------------------ which set answers (no I/O)
+
+BUNDLED = load_catalog(BUNDLED_CATALOG)
+
+
+@pytest.mark.parametrize(("metric", "group_by", "filters", "stored", "grouping"), [
+    ("approved", [], {}, (), ()),
+    ("approved", ["payment_method"], {}, ("payment_method",), ("payment_method",)),
+    ("approved", ["merchant_id"], {}, ("merchant_id", "payment_method"), ("merchant_id",)),
+    ("approved", [], {"merchant_id": "m-1"}, ("merchant_id", "payment_method"), ()),
+    ("approved", [], {"status": "approved"}, ("payment_method", "status"), ()),
+    ("amount", [], {}, ("currency",), ("currency",)),
+    ("amount", ["payment_method"], {}, ("currency", "payment_method"), ("payment_method", "currency")),
+    ("amount", ["currency", "merchant_id"], {}, ("currency", "merchant_id", "payment_method"),
+     ("currency", "merchant_id")),
+])
+def test_the_smallest_stored_set_that_holds_the_query_is_read(metric: str, group_by: list[str], filters: dict[str, str],
+                                                              stored: tuple[str, ...], grouping: tuple[str, ...]) -> None:
+    chosen = kpi.plan(BUNDLED, metric, group_by, filters)
+    assert chosen.dimension_set == stored and chosen.group_by == grouping
+
+
+def test_of_several_covering_sets_the_smallest_answers() -> None:
+    catalog = parse_catalog({"metrics": [{"name": "approved", "kind": "flag", "when": {"field": "status",
+                                                                                     "equals": "approved"}}],
+                             "dimension_sets": [["merchant_id", "payment_method"], ["merchant_id"]]})
+    assert kpi.plan(catalog, "approved", ["merchant_id"]).dimension_set == ("merchant_id",)
+
+
+def test_what_no_set_holds_is_refused_naming_the_sets() -> None:
+    with pytest.raises(kpi.UncoveredDimensionsError) as err:
+        kpi.plan(BUNDLED, "approved", ["merchant_id", "status"])
+    message = str(err.value)
+    assert "holds merchant_id, status" in message
+    assert "[], [payment_method], [payment_method, status], [merchant_id, payment_method]" in message
+    with pytest.raises(kpi.UnknownMetricError, match="defines amount, approved, processing_ms"):
+        kpi.plan(BUNDLED, "foo")
+
+
+# ------------------------------------------------------------------------------ against the database
+
+
+def test_per_merchant_kpis_merge_the_merchant_and_method_rows(known_events: None) -> None:
+    by_merchant = rows("--metric", "approved", "--start", START, "--end", END, "--by", "merchant_id")
+    assert by_merchant == [
+        {"merchant_id": "m-1", "count": 3, "true_count": 2, "rate": pytest.approx(2 / 3)},
+        {"merchant_id": "m-2", "count": 3, "true_count": 1, "rate": pytest.approx(1 / 3)},
+        {"merchant_id": "m-3", "count": 1, "true_count": 1, "rate": 1.0}]
+    one = rows("--metric", "processing_ms", "--start", START, "--end", END, "--where", "merchant_id=m-1")
+    assert len(one) == 1 and (one[0]["count"], one[0]["min"], one[0]["max"], one[0]["sum"]) == (3, 100, 300, 600)
+    none = cli("--metric", "approved", "--start", START, "--end", END, "--where", "merchant_id=m-9", "--format", "json")
+    assert none.exit_code == 0 and json.loads(none.stdout) == [] and "no approved data" in none.stderr
+
+
+def test_amounts_are_never_added_across_currencies(known_events: None, db: psycopg.Connection) -> None:
+    by_method = rows("--metric", "amount", "--start", START, "--end", END, "--by", "payment_method")
+    assert {(r["payment_method"], r["currency"]): r["sum"] for r in by_method} == {
+        ("bank_transfer", "USD"): 7.5, ("card", "EUR"): 20, ("card", "JPY"): 1000, ("card", "USD"): 12.5,
+        ("wallet", "EUR"): 3, ("wallet", "USD"): 5}
+    total = rows("--metric", "amount", "--start", START, "--end", END)
+    assert {r["currency"]: (r["count"], r["sum"]) for r in total} == {"EUR": (2, 23), "JPY": (1, 1000),
+                                                                      "USD": (4, 25)}
+    api = kpi.query(db, metric="amount", start=kpi_time(START), end=kpi_time(END), group_by=["payment_method"])
+    assert all("currency" in r.dimensions for r in api)
+    assert {r.dimensions["currency"]: r.sum for r in api if r.dimensions["payment_method"] == "card"} == {
+        "USD": Decimal("12.5"), "EUR": Decimal("20"), "JPY": Decimal("1000")}
+    stored = CliRunner().invoke(app, ["kpi", "--metric", "amount", "--start", START, "--end", END, "--by",
+                                      "payment_method", "--stored", "currency"])
+    assert stored.exit_code == 2 and "No such option" in stored.stderr
+
+
+def test_a_flag_metric_shows_its_rate_and_groups_print_as_labels(known_events: None) -> None:
+    table = cli("--metric", "approved", "--start", START, "--end", END, "--by", "payment_method")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["group", "count", "true_count", "rate"]
+    card = next(line for line in lines if "payment_method=card" in line)
+    assert card.split() == ["payment_method=card", "4", "3", "75.00%"]
+    assert "{" not in table.stdout and "p50" not in table.stdout
+    values = cli("--metric", "processing_ms", "--start", START, "--end", END)
+    assert values.stdout.splitlines()[0].split() == ["group", "count", "sum", "mean", "min", "max", "p50", "p90",
+                                                     "p95", "p99"]
+    assert values.stdout.splitlines()[2].split()[:2] == ["(all)", "7"]
+
+
+def test_windows_and_csv(known_events: None) -> None:
+    hourly = rows("--metric", "approved", "--start", START, "--end", END, "--window", "1h")
+    assert [(r["window_start"], r["count"]) for r in hourly] == [("2026-03-01T10:00:00+00:00", 3),
+                                                                 ("2026-03-01T11:00:00+00:00", 4)]
+    result = cli("--metric", "processing_ms", "--start", START, "--end", END, "--by", "payment_method",
+                 "--format", "csv")
+    parsed = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["payment_method"] for r in parsed] == ["bank_transfer", "card", "wallet"]
+    assert list(parsed[0]) == ["payment_method", "count", "sum", "mean", "min", "max", "p50", "p90", "p95", "p99"]
+    assert float(parsed[1]["p50"]) == pytest.approx(200, rel=0.0054)   # card: 100, 200, 400, 600
+
+
+def test_the_cli_refuses_what_no_stored_set_answers(known_events: None, tmp_path: Path) -> None:
+    message = refusal("--metric", "approved", "--start", START, "--end", END, "--by", "merchant_id", "--by", "status")
+    assert "no stored dimension set of 'approved' holds merchant_id, status" in message
+    assert "unknown metric 'foo'" in refusal("--metric", "foo", "--start", START, "--end", END)
+    # the sets that exist are the catalog's in effect (METRIC_CATALOG), the one the function writes with
+    custom = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    custom["dimension_sets"] = [[]]
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(custom))
+    message = refusal("--metric", "approved", "--start", START, "--end", END, "--by", "payment_method",
+                      env={"METRIC_CATALOG": str(path)})
+    assert "its stored sets are []" in message and str(path) in message
+
+
+def kpi_time(value: str) -> Any:
+    from txmetrics_cli.parsing import parse_time
+
+    return parse_time(value)

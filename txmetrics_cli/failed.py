@@ -1,0 +1,136 @@
+"""Failed items: list, show, fix, set, replay, resolve (txmetrics.replay does the work)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import context
+from .output import FormatOption, TableView, cell, emit, note
+
+app = typer.Typer(no_args_is_help=True, help="Failed items: list, show, fix, replay.\n\nBad events with their error code and masked payload: "
+                       "list, show, fix, set, replay, resolve.")
+
+LIST_COLUMNS = ("id", "error_code", "event_id", "partition_id", "sequence_number", "received_at", "replayed",
+                "resolved", "detail")
+ItemId = Annotated[int, typer.Argument(metavar="ID", help="the failed item's id (see `txmetrics failed list`)")]
+
+
+def _state(row: dict[str, Any]) -> str:
+    return "resolved" if row.get("resolved") else "replayed" if row.get("replayed") else "open"
+
+
+@app.command("list")
+def failed_list(code: Annotated[str | None, typer.Option(metavar="CODE", help="only this error code")] = None,
+                all_items: Annotated[bool, typer.Option("--all", help="include replayed and resolved items")] = False,
+                limit: Annotated[int, typer.Option(min=1, metavar="N", help="at most N items")] = 50,
+                fmt: FormatOption = "table") -> None:
+    """List failed items, oldest first.
+
+    Open ones (neither replayed nor resolved) unless --all."""
+    from txmetrics import replay
+
+    with context.connect() as conn:
+        items = replay.list_items(conn, error_code=code, include_done=all_items, limit=limit)
+    columns = ("id", "error_code", "event_id", "received_at", "state", "detail")
+    emit(items, fmt, columns=LIST_COLUMNS,
+         table=TableView(columns, lambda r: [cell(r["id"]), r["error_code"], cell(r["event_id"]),
+                                             cell(r["received_at"]), _state(dict(r)), cell(r["detail"])],
+                         right=frozenset({"id"})))
+    if len(items) == limit:
+        note(f"showing the first {limit} item(s): --limit N for more")
+
+
+@app.command("show")
+def failed_show(item_id: ItemId, fmt: FormatOption = "table") -> None:
+    """Show one failed item.
+
+    Everything stored about it: origin, error, masked payload, replay state."""
+    from txmetrics import replay
+
+    with context.connect() as conn:
+        item = replay.show(conn, item_id)
+    if fmt == "table":
+        emit(({"field": k, "value": v} for k, v in item.items()), fmt,
+             table=TableView(("field", "value"), lambda r: [r["field"], cell(r["value"])]))
+    else:
+        emit([item], fmt)
+
+
+@app.command("fix")
+def failed_fix(item_id: ItemId,
+               payload_file: Annotated[Path, typer.Option(
+                   exists=True, dir_okay=False, readable=True, metavar="FILE",
+                   help="file with the corrected event (a JSON object)")]) -> None:
+    """Store a corrected payload for an item.
+
+    The original stays; replay the item afterwards. A file that is not a JSON object is
+    refused and nothing is stored."""
+    from txmetrics import replay
+
+    text = payload_file.read_text(encoding="utf-8")
+    with context.connect() as conn:
+        replay.fix(conn, item_id, text, source=str(payload_file))
+    note(f"item {item_id}: corrected payload stored; replay it with `txmetrics failed replay {item_id}`")
+
+
+@app.command("set")
+def failed_set(item_id: ItemId,
+               field: Annotated[str, typer.Argument(metavar="FIELD", help="dotted field path, e.g. card.network")],
+               value: Annotated[str, typer.Argument(
+                   metavar="VALUE", help="JSON if it parses (12.5, true, {...}), else a string; null removes it")]
+               ) -> None:
+    """Set one field of an item's payload.
+
+    Prints the payload as stored."""
+    import json
+
+    from txmetrics import replay
+
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    with context.connect() as conn:
+        typer.echo(replay.set_field(conn, item_id, field, parsed))
+
+
+@app.command("replay")
+def failed_replay(ids: Annotated[list[int] | None, typer.Argument(
+                      metavar="[ID]...", help="items to replay (or --code)")] = None,
+                  code: Annotated[str | None, typer.Option(
+                      metavar="CODE", help="replay every open item with this error code")] = None,
+                  force: Annotated[bool, typer.Option("--force", help="replay items already replayed")] = False,
+                  fmt: FormatOption = "table") -> None:
+    """Replay items through the ingest path.
+
+    Deduplication still holds: replaying twice, or an event the producer re-sent
+    meanwhile, adds nothing."""
+    from txmetrics import replay
+    from txmetrics.pipeline import Pipeline
+
+    pipeline = Pipeline.from_settings(context.settings())
+    try:
+        with context.connect() as conn:
+            outcomes = replay.replay(conn, pipeline, item_ids=list(ids or []), error_code=code, force=force)
+    finally:
+        pipeline.store.close()
+    emit(({"id": o.item_id, "replayed": o.replayed, "note": o.note} for o in outcomes), fmt,
+         columns=("id", "replayed", "note"))
+    if not outcomes:
+        note("nothing to replay: no open item matches")
+
+
+@app.command("resolve")
+def failed_resolve(ids: Annotated[list[int], typer.Argument(metavar="ID...", help="items to close")],
+                   note_text: Annotated[str, typer.Option(
+                       "--note", metavar="TEXT", help="why (kept in replay_note)")] = "resolved without replay") -> None:
+    """Close items without replaying them.
+
+    For items that should never be ingested (e.g. test traffic)."""
+    from txmetrics import replay
+
+    with context.connect() as conn:
+        note(f"{replay.resolve(conn, ids, note_text)} item(s) resolved")
