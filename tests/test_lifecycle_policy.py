@@ -142,8 +142,9 @@ def test_a_rule_on_the_deployment_container_is_refused_naming_rule_and_container
     base["storage"]["containers"] = ["raw-events"]
     base["blob_rules"].append(rule)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    (tmp_path / "Pulumi.test.yaml").write_text("config: {}\n")
     with pytest.raises(LifecycleError) as err:
-        load_policy("test", tmp_path)
+        load_policy("test", tmp_path, project_dir=tmp_path)
     msg = str(err.value)
     assert msg.startswith(f"{tmp_path / 'base.yaml'}: rule '{rule['name']}': container 'deployments' ")
     assert "package the Function App runs from" in msg and f"fix: remove rule '{rule['name']}'" in msg
