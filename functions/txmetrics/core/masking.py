@@ -174,8 +174,18 @@ def _run_card_spans(text: str, start: int, end: int, budget: list[int]) -> list[
 # --- IBANs (ISO 13616): a spaced IBAN holds digit groups that may pass Luhn ----------------------
 
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}")
-
-
+# IBAN length by country (SWIFT IBAN registry). A country missing here only means its spaced
+# IBANs get no exemption: their Luhn-valid windows are masked, never the other way round.
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "BY": 28,
+    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
+    "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20,
+    "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
+    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SD": 18,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22,
+    "VG": 24, "XK": 20,
+}
 _IBAN_LETTERS = {ord(ch): str(10 + i) for i, ch in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
 
 
@@ -186,17 +196,24 @@ def _iban_ok(compact: str) -> bool:
 
 
 def _iban_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of `text` that are IBANs, spaced or not, passing the mod-97 check. The greedy
-    pattern may run into the next word, so every group end is tried, longest first."""
+    """Spans of `text` that are IBANs, spaced or not: their country's length, a token of
+    their own, passing the mod-97 check. (The pattern may run on into the next word; the
+    country's length says where the IBAN ends, so a card number after it is never taken in.)"""
     spans = []
     for m in _IBAN.finditer(text):
         chunk = m.group(0)
-        ends = [i for i in range(15, len(chunk) + 1) if i == len(chunk) or chunk[i] == " "]
-        for cut in reversed(ends):
-            compact = chunk[:cut].replace(" ", "")
-            if 15 <= len(compact) <= 34 and _iban_ok(compact):
-                spans.append((m.start(), m.start() + cut))
-                break
+        length = _IBAN_LENGTHS.get(chunk[:2])
+        if length is None:
+            continue
+        characters = [i for i, ch in enumerate(chunk) if ch != " "]
+        if len(characters) < length:
+            continue
+        cut = characters[length - 1] + 1
+        end = m.start() + cut
+        if end < len(text) and text[end].isalnum():
+            continue
+        if _iban_ok(chunk[:cut].replace(" ", "")):
+            spans.append((m.start(), end))
     return spans
 
 
