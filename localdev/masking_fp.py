@@ -22,18 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from localdev.synth import luhn_complete
 from txmetrics.core import masking
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
-    """A Luhn-valid number of `length` digits starting with `prefix`."""
-    body = prefix + "".join(rng.choice("0123456789") for _ in range(length - len(prefix) - 1))
-    for check in "0123456789":
-        if masking.luhn_ok(body + check):
-            return body + check
-    raise AssertionError("unreachable")
 
 
 def uuid4s(rng: random.Random, n: int) -> Iterator[str]:
