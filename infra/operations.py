@@ -90,9 +90,9 @@ CONSUMER_LAG_GROWING = (BATCH_LINES + "| where TimeGenerated > ago(15m)\n"
                         "| where lowest > {{threshold}} and isnotnull(first) and isnotnull(last) and last > first\n")
 
 # one row when nothing was processed in the window (also when no batch line came at all)
-NO_EVENTS = ("let processed = toscalar(" + BATCH_LINES.replace("\n", " ") +
-             "| where TimeGenerated > ago({{minutes}}m) | summarize sum(toint(b.processed)));\n"
-             "print processed = coalesce(processed, 0)\n| where processed == 0\n")
+NO_EVENTS = ("let received = toscalar(" + BATCH_LINES.replace("\n", " ") +
+             "| where TimeGenerated > ago({{minutes}}m) | summarize sum(toint(b.received)));\n"
+             "print received = coalesce(received, 0)\n| where received == 0\n")
 
 
 class Operations(pulumi.ComponentResource):

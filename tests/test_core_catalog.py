@@ -75,3 +75,21 @@ def test_unreadable_or_broken_yaml_is_refused(tmp_path: Path) -> None:
     broken.write_text("metrics: [\n")
     with pytest.raises(CatalogError, match="not valid YAML"):
         load_catalog(broken)
+
+
+@pytest.mark.parametrize("metric", [{"name": "amount\n", "kind": "value", "source": "amount"},
+                                    {"name": "amount", "kind": "value", "source": "amount\n"}])
+def test_names_and_paths_are_matched_whole(metric: dict[str, str]) -> None:
+    """`$` matches before a trailing newline: names and paths are matched with fullmatch."""
+    with pytest.raises(CatalogError):
+        parse_catalog({"metrics": [metric], "dimension_sets": [[]]})
+    with pytest.raises(CatalogError):
+        parse_catalog({"metrics": [{"name": "a", "kind": "value", "source": "a"}], "dimension_sets": [["merchant_id\n"]]})
+
+
+@pytest.mark.parametrize("value, expected", [("12.5", 12.5), (" 3 ", 3.0), ("-1e3", -1000.0), (".5", 0.5), (7, 7.0),
+                                             ("sNaN", None), ("nan", None), ("Infinity", None), ("1e400", None),
+                                             ("0x10", None), (2**1100, None), ("", None)])
+def test_text_and_huge_values_never_raise(value: object, expected: float | None) -> None:
+    risk = parse_catalog({"metrics": [{"name": "risk", "kind": "value", "source": "risk"}]}).metrics[0]
+    assert risk.extract({"risk": value}) == expected

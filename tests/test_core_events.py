@@ -77,6 +77,22 @@ def test_a_valid_event_is_normalised() -> None:
     (valid(card="4111"), "invalid_card"),
     (valid(attributes=[1]), "invalid_attributes"),
     (valid(merchant_id="m\u0000x"), "invalid_merchant_id"),
+    (valid(merchant_id=4111111111111111), "invalid_merchant_id"),   # types before masking (issue 11)
+    (valid(event_id=["e"]), "invalid_event_id"),
+    # a sane time range only (issue 11: these raised in the UTC-day helper or had no partition)
+    (valid(occurred_at="0001-01-01T00:00:00+00:01"), "invalid_occurred_at"),
+    (valid(occurred_at="9999-12-31T23:59:59-00:01"), "invalid_occurred_at"),
+    (valid(occurred_at="9999-12-31T23:59:59.999999Z"), "invalid_occurred_at"),
+    (valid(occurred_at="1969-12-31T23:59:59.999999Z"), "invalid_occurred_at"),
+    (valid(occurred_at="2100-01-01T00:00:00Z"), "invalid_occurred_at"),
+    (valid(occurred_at="2026-03-01T12:00:00+99:00"), "invalid_occurred_at"),
+    (valid(occurred_at="\uff12\uff10\uff12\uff16-03-01T12:00:00Z"), "invalid_occurred_at"),   # full-width digits
+    # `$` matched before a trailing newline (issue 11): fullmatch
+    (valid(occurred_at="2026-03-01T12:00:00Z\n"), "invalid_occurred_at"),
+    (valid(currency="USD\n"), "invalid_currency"),
+    (valid(country="DE\n"), "invalid_country"),
+    (valid(processing_ms=1e300), "invalid_processing_ms"),
+    (valid(amount="1" * 200), "invalid_amount"),
 ])
 def test_bad_events_get_a_machine_readable_code(body: dict[str, Any] | bytes, code: str) -> None:
     result = parse(body)
@@ -102,6 +118,16 @@ def test_rejection_keeps_the_event_id_when_it_can_be_read_and_a_stable_item_key(
 def test_amounts_are_exact_decimals(amount: Any, expected: str) -> None:
     ev = parse(valid(amount=amount))
     assert isinstance(ev, PaymentEvent) and ev.amount == Decimal(expected)
+
+
+@pytest.mark.parametrize("occurred_at, iso", [
+    ("1970-01-01T00:00:00Z", "1970-01-01T00:00:00+00:00"),
+    ("2099-12-31T23:59:59.999999Z", "2099-12-31T23:59:59.999999+00:00"),
+    ("2100-01-01T05:29:59+05:30", "2099-12-31T23:59:59+00:00"),
+])
+def test_the_time_range_ends_are_accepted(occurred_at: str, iso: str) -> None:
+    ev = parse(valid(occurred_at=occurred_at))
+    assert isinstance(ev, PaymentEvent) and ev.occurred_at.isoformat() == iso
 
 
 def test_optional_fields_may_be_null() -> None:

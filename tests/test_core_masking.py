@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
+import uuid
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +15,7 @@ from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_e
 from txmetrics.core.masking import (
     digit_run_possible,
     luhn_ok,
+    mask_json_text,
     mask_text,
     mask_value,
     might_contain_pan,
@@ -29,10 +33,22 @@ NINETEEN = "6304000000000000000"  # 19 digits, Luhn-valid
     ("card 4111 1111 1111 1111.", "card **** **** **** 1111."),
     ("4111-1111-1111-1111", "****-****-****-1111"),
     (AMEX, "***********0005"),
-    (f"x{NINETEEN}y", "x***************0000y"),
+    (f"card {NINETEEN}.", "card ***************0000."),
     ("12 4111111111111111", "12 ************1111"),           # the card hides behind a number
     ("4111 1111 1111 1111 2026", "**** **** **** 1111 2026"),  # ... or before one
     ("4111 1111 1111 1111 2024", "**** **** **** **** 2024"),  # two overlapping Luhn-valid runs: both masked
+    ("x12 4111111111111111", "x12 ************1111"),         # a space separates words
+    ("3782-822463-10005", "****-******-*0005"),               # Amex as printed: one dashed word
+    ("pan:4111111111111111;", "pan:************1111;"),       # punctuation is a boundary
+    ("card+4111111111111111", "card+************1111"),       # a URL-encoded space
+    ("/pay?card=4111111111111111&cvv=1", "/pay?card=************1111&cvv=1"),
+    ("note\n4111111111111111", "note\n************1111"),
+    ("-4111111111111111", "-************1111"),               # a sign is no word
+    ("4111111111111111.00", "************1111.00"),           # an integer part is one
+    ("(4111 1111 1111 1111)", "(**** **** **** 1111)"),
+    ("DE89 3704 0044 0532 0130 00 4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00 **** **** **** 1111"),
+    # ...even when the IBAN with the card's first group passes mod 97 too: a German IBAN has 22 characters
+    ("DE89 3704 0044 0532 0130 00 4819 3036 4262 1297", "DE89 3704 0044 0532 0130 00 **** **** **** 1297"),
 ])
 def test_card_numbers_are_masked_keeping_the_last_four(text: str, expected: str) -> None:
     assert mask_text(text) == expected
@@ -45,9 +61,62 @@ def test_card_numbers_are_masked_keeping_the_last_four(text: str, expected: str)
     "4111  1111 1111 1111",            # double space breaks the run
     "2026-03-01T10:00:00Z",
     "phone +1 415 555 0100",
+    # contract section 1: a digit run that touches a letter or a digit is not a card number
+    f"x{NINETEEN}y",
+    "1d87daa6-40de-80cc-eb20-48041771665b",   # issue 11: 20-48041771665 passes Luhn inside this UUID
+    "4abc-8123-412345678900",          # UUID groups: 8123-412345678900 (16 digits) passes Luhn
+    "ORD-2026-000123456788",           # a hyphenated word: 2026-000123456788 passes Luhn
+    "evt_4111111111111111",            # a snake_case word
+    "4111111111111111-ab",
+    "0.4111111111111111",              # the digits of a fraction
+    "+8613812345678",                  # E.164 phone numbers (13-15 digits)
+    "tel:+4915112345678",
+    "DE89 3704 0044 0532 0130 00",     # IBANs (mod 97), spaced or not, holding Luhn-valid windows:
+    "DE76 0345 2783 2302 9682 02",     # 0345 2783 2302 9682
+    "GB59 OAIP 3257 5748 5660 67",     # 3257 5748 5660 67
+    "FR62 7986 0960 5756 6703 3849 163",
+    "GB79ASKH37984963896412",
 ])
 def test_other_digit_runs_are_left_alone(text: str) -> None:
     assert mask_text(text) == text
+
+
+def test_issue_11_uuid_and_its_masked_look_alike_stay_distinct() -> None:
+    """Masking rewrote 286 of 100,000 uuid4 strings, so two ids differing only in masked
+    digits became one; a seeded sample (localdev/masking_fp.py measures 1,000,000) changes none."""
+    rng = random.Random(11)
+    uuids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(50_000)]
+    assert [u for u in uuids if mask_text(u) != u] == []
+    # the same strings in text and in JSON text that could not be decoded
+    assert mask_json_text(json.dumps({"ids": uuids[:2000]})) == json.dumps({"ids": uuids[:2000]})
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(min_value=13, max_value=19), seed=st.integers(0, 2**32),
+       shape=st.sampled_from(["{}", "card {}", "card {}.", '"{}"', "pan:{}", "12 {}", "{} 2024", "({})", "x {} y",
+                              "a\n{}", "#{}", "pan={}&", "[{}]", "*{}*"]),
+       separator=st.sampled_from(["", " ", "-"]))
+def test_random_card_numbers_are_always_masked(length: int, seed: int, shape: str, separator: str) -> None:
+    """No issuer (IIN) filter: any Luhn-valid 13-19 digit number, in any of these shapes."""
+    rng = random.Random(seed)
+    body = "".join(rng.choice("0123456789") for _ in range(length - 1))
+    pan = next(body + c for c in "0123456789" if luhn_ok(body + c))
+    written = separator.join(pan[i:i + 4] for i in range(0, length, 4))
+    text = shape.format(written)
+    masked = mask_text(text)
+    assert written not in masked and pan not in masked.replace(" ", "").replace("-", "")
+    # only digits turn into stars: separators, words and length are kept
+    assert len(masked) == len(text) and all(m == t or (m == "*" and t.isdigit()) for m, t in zip(masked, text, strict=True))
+
+
+def test_a_huge_grid_of_small_numbers_is_masked_whole_in_bounded_time() -> None:
+    """1 MiB of "1 1 1 ..." would need a window check per word and offset (seconds): past a
+    budget a run is masked whole, so no card number can hide in it and time stays linear."""
+    hidden = "1 " * 100 + "4111 1111 1111 1111" + " 2" * 300_000
+    masked = mask_text(hidden)
+    assert "4111" not in masked and "1111 1111 1111" not in masked
+    assert len(masked) == len(hidden)
+    assert mask_text("card 4111 1111 1111 1111 and 2 3") == "card **** **** **** 1111 and 2 3"   # normal text: exact
 
 
 def test_luhn() -> None:
@@ -62,14 +131,95 @@ def test_mask_value_walks_every_string_key_and_number() -> None:
     assert masked["ok"] == 4111111111111112
 
 
+@pytest.mark.parametrize("number, masked", [
+    (-4111111111111111, "-************1111"),
+    (Decimal("4111111111111111.0"), "************1111"),
+    (Decimal("-4111111111111111.00"), "-************1111"),
+    (Decimal("4.111111111111111E+15"), "************1111"),
+    (Decimal("41111111111111110E-1"), "************1111"),
+    (Decimal("1.8E+13"), "**********0000"),                  # 18000000000000 passes Luhn
+])
+def test_numbers_that_hold_a_card_number_are_masked_in_any_form(number: int | Decimal, masked: str) -> None:
+    assert mask_value({"n": number}) == {"n": masked}
+
+
+@pytest.mark.parametrize("number", [Decimal("0.4111111111111111"), Decimal("12.30"), 1772366400124,
+                                    Decimal("1E+400"), Decimal("4111111111111112.0"), -4111111111111112])
+def test_other_numbers_are_left_alone(number: int | Decimal) -> None:
+    assert mask_value([number]) == [number]
+
+
+@pytest.mark.parametrize("number", ["4111111111111111.0", "-4111111111111111", "4111111111111111.00",
+                                    "4.111111111111111e15", "4111111111111111E0", "4111111111111111e2",
+                                    "41111111111111110e-1", "-4.111111111111111E+15"])
+def test_a_card_number_in_a_json_number_never_reaches_the_archive(number: str) -> None:
+    """Issue 11: {"n": 4111111111111111.0}, {"n": -4111111111111111} and amounts such as
+    4111111111111111.00 were archived verbatim (only positive integers were masked)."""
+    event = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z", "merchant_id": "m", '
+             f'"amount": 1, "currency": "USD", "payment_method": "card", "status": "approved", "n": {number}, '
+             f'"attributes": {{"deep": [{number}]}}}}')
+    result = parse_event(InboundEvent(body=event.encode(), partition_id="0", sequence_number=1))
+    assert isinstance(result, PaymentEvent)
+    assert number not in result.payload and "4111111111111111" not in result.payload
+    assert "111111111111111" not in result.payload          # nor the digits of an exponent form
+    assert json.loads(result.payload)["n"].endswith("1111") and result.document["attributes"]["deep"][0].endswith("1111")
+    for field in ("amount", "processing_ms"):
+        typed = event.replace('"amount": 1,', f'"amount": 1, "{field}": {number},' if field != "amount"
+                              else f'"amount": {number},')
+        refused = parse_event(InboundEvent(body=typed.encode(), partition_id="0", sequence_number=2))
+        assert isinstance(refused, Rejection), (field, number)
+        assert refused.error_code in (f"card_number_in_{field}", f"invalid_{field}"), refused.error_code
+        assert "4111111111111111" not in refused.payload and "111111111111111" not in refused.payload
+
+
 def test_an_event_with_a_card_number_is_processed_and_masked_everywhere() -> None:
-    event = {"event_id": "e", "transaction_id": f"t {VISA}", "occurred_at": "2026-03-01T00:00:00Z",
-             "merchant_id": "m", "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved",
+    event = {"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z",
+             "merchant_id": "m", "amount": 1, "currency": "USD", "payment_method": f"card {VISA}",
+             "status": "approved", "event_type": f"auth {LONG}",
              "attributes": {"note": "card 4111-1111-1111-1111"}, "card": {"number": VISA}}
     result = parse_event(InboundEvent(body=json.dumps(event).encode(), partition_id="0", sequence_number=1))
     assert isinstance(result, PaymentEvent)
     assert VISA not in result.payload and "4111-1111-1111-1111" not in result.payload
-    assert result.transaction_id == "t ************1111"
+    assert result.payment_method == "card ************1111" and result.event_type == "auth ************9424"
+    assert result.document["card"]["number"] == "************1111"
+
+
+@pytest.mark.parametrize("field", ["event_id", "transaction_id", "merchant_id"])
+@pytest.mark.parametrize("value", [VISA, f"id {VISA}", "4111 1111 1111 1111", "5569684415301111"])
+def test_an_identifier_that_holds_a_card_number_refuses_the_event(field: str, value: str) -> None:
+    """Issue 11: identifiers are never rewritten (ids "4111111111111111" and "5569684415301111"
+    were both masked to "************1111" and the second event dropped as a duplicate)."""
+    event = {"event_id": "e-1", "transaction_id": "t-1", "occurred_at": "2026-03-01T00:00:00Z", "merchant_id": "m",
+             "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved", field: value}
+    result = parse_event(InboundEvent(body=json.dumps(event).encode(), partition_id="0", sequence_number=1))
+    assert isinstance(result, Rejection)
+    assert result.error_code == f"card_number_in_{field}"
+    digits = value.replace(" ", "")
+    assert digits not in result.payload.replace(" ", "") and digits not in result.detail.replace(" ", "")
+    assert json.loads(result.payload)[field].endswith(digits[-4:])          # masked payload in failed_items
+    if field == "event_id":
+        assert result.event_id is not None and digits not in result.event_id and result.event_id.endswith("1111")
+
+
+@pytest.mark.parametrize("identifier", ["1d87daa6-40de-80cc-eb20-48041771665b", "ORD-2026-000123456788",
+                                        "4abc-8123-412345678900", "evt_4111111111111111", "+8613812345678"])
+def test_identifiers_that_are_no_card_number_are_kept_exactly(identifier: str) -> None:
+    event = {"event_id": identifier, "transaction_id": identifier, "occurred_at": "2026-03-01T00:00:00Z",
+             "merchant_id": identifier, "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved"}
+    result = parse_event(InboundEvent(body=json.dumps(event).encode(), partition_id="0", sequence_number=1))
+    assert isinstance(result, PaymentEvent)
+    assert (result.event_id, result.transaction_id, result.merchant_id) == (identifier,) * 3
+    assert json.loads(result.payload)["event_id"] == identifier
+
+
+@pytest.mark.parametrize("number", [int(VISA), 7, -1])
+def test_an_identifier_sent_as_a_number_is_invalid_not_masked_into_a_string(number: int) -> None:
+    """Issue 11: "merchant_id": 4111111111111111 was masked into a string, which then passed."""
+    event = {"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z", "merchant_id": number,
+             "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved"}
+    result = parse_event(InboundEvent(body=json.dumps(event).encode(), partition_id="0", sequence_number=1))
+    assert isinstance(result, Rejection) and result.error_code == "invalid_merchant_id"
+    assert VISA not in result.payload
 
 
 def test_a_bad_event_with_a_card_number_is_masked_in_payload_and_detail() -> None:

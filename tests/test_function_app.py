@@ -45,9 +45,14 @@ def test_one_structured_log_line_per_batch(ingest_fn: Callable[..., None], db: p
     assert len(lines) == 1
     fields = json.loads(lines[0].split(" ", 1)[1])
     assert (fields["partition"], fields["seq_min"], fields["seq_max"]) == ("4", 70, 71)
-    assert (fields["received"], fields["processed"], fields["failed"]) == (2, 1, 1)
+    # new, duplicates and failed add up to received; no "processed" that counted duplicates too
+    assert (fields["received"], fields["new"], fields["duplicates"], fields["failed"]) == (2, 1, 0, 1)
+    assert "processed" not in fields
     assert fields["failed_by_code"] == {"body_not_json": 1}
     assert {"decode_validate", "commit", "upload"} <= set(fields["ms"])
+    ingest_fn(make_batch([event, event, b"bad"], partition_id="4", first_sequence=72))   # again, twice
+    fields = json.loads([r.getMessage() for r in caplog.records if r.name == "txmetrics.ingest"][-1].split(" ", 1)[1])
+    assert (fields["received"], fields["new"], fields["duplicates"], fields["failed"]) == (3, 0, 2, 1)
 
 
 def test_hand_made_events_without_trigger_metadata_are_processed(ingest_fn: Callable[..., None],

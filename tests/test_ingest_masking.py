@@ -34,7 +34,8 @@ def events() -> list[Any]:
     return [
         {**base, "event_id": "p1", "card": {"number": WRITTEN[0], "bin": "411111", "last4": "1111"}},
         {**base, "event_id": "p2", "attributes": {"note": f"card {WRITTEN[1]} order {ORDER_NUMBER}"}},
-        {**base, "event_id": "p3", "transaction_id": f"tx {WRITTEN[2]}", "free": [{"deep": WRITTEN[3]}]},
+        {**base, "event_id": "p3", "event_type": f"tx {WRITTEN[2]}", "free": [{"deep": WRITTEN[3]}]},
+        # identifiers are never rewritten: one holding a card number refuses the event
         {**base, "event_id": f"p4 {WRITTEN[4]}", "merchant_id": f"m {PANS[0]}"},
         {**base, "event_id": "p5", "card": {"number": int(PANS[3])}},
         {**base, "event_id": "p6", "currency": PANS[2]},                        # bad event carrying a PAN
@@ -43,6 +44,10 @@ def events() -> list[Any]:
         f'{{"event_id": "p8", "currency": "USD", {BASE_JSON}, "note": "card {escaped(PANS[4])}"}}'.encode(),
         f'{{"event_id": "p9", "currency": "{escaped(PANS[0])}", {BASE_JSON}}}'.encode(),
         f'{{"event_id": "p10", "broken": "{escaped(PANS[1])}"'.encode(),
+        # card numbers as JSON numbers of any form (issue 11: archived verbatim before)
+        f'{{"event_id": "p11", "currency": "USD", {BASE_JSON}, "n": {PANS[0]}.0, "m": -{PANS[1]}, '
+        f'"e": {PANS[3][0]}.{PANS[3][1:]}e15}}'.encode(),
+        ('{"event_id": "p12", "currency": "USD", ' + BASE_JSON.replace('"5.00"', PANS[0] + ".00") + "}").encode(),
     ]
 
 
@@ -59,7 +64,11 @@ def test_no_card_number_in_blobs_tables_or_logs(deliver: Callable[..., None], db
     caplog.set_level(logging.DEBUG)
     deliver(events(), partition_id="0")
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (6,)
-    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (4,)
+    assert dict(db.execute("SELECT event_id, error_code FROM failed_items WHERE event_id IN ('p6', 'p9', 'p12') "
+                           "OR error_code LIKE 'card_number_in_%'").fetchall()) == {
+        "p4 **** **** **** 0000": "card_number_in_event_id", "p6": "invalid_currency", "p9": "invalid_currency",
+        "p12": "card_number_in_amount"}
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (6,)
 
     blobs = list(archive.list())
     assert blobs
@@ -85,3 +94,6 @@ def test_no_card_number_in_blobs_tables_or_logs(deliver: Callable[..., None], db
     assert payloads["p1"]["card"]["last4"] == "1111"
     assert payloads["p5"]["card"]["number"] == "************9424"
     assert payloads["p8"]["note"] == "card ************0000"
+    assert (payloads["p11"]["n"], payloads["p11"]["m"], payloads["p11"]["e"]) == (
+        "************1111", "-************5559", "************9424")
+    assert payloads["p3"]["event_type"] == "tx ****-******-*0005"

@@ -31,8 +31,8 @@ from .adapters.blob import BlobArchive, service_client
 from .adapters.postgres import BatchTransaction, PostgresStore, RawFile
 from .core import histogram
 from .core.catalog import Catalog, load_catalog
-from .core.events import InboundEvent, PaymentEvent, Rejection, parse_event
-from .core.metrics import DimensionTuple, aggregate, dimension_key, dimension_tuple, extract_metrics
+from .core.events import InboundEvent, PaymentEvent, Rejection, parse_event, unexpected_failure
+from .core.metrics import DimensionTuple, aggregate, dimension_key, dimension_tuple, extract_metrics_isolated
 from .core.naming import raw_file_path, utc_day
 from .settings import Settings
 
@@ -43,9 +43,13 @@ CrashHook = Callable[[str], None]
 
 @dataclass
 class BatchReport:
+    """What one batch did. Every event received is exactly one of: new (stored now), a
+    duplicate (already stored, or twice in this batch) or failed (recorded in failed_items):
+    received == new_events + duplicates + failed."""
+
     partition_id: str
     received: int = 0
-    valid: int = 0
+    valid: int = 0                      # new_events + duplicates
     new_events: int = 0
     duplicates: int = 0
     failed: int = 0
@@ -61,7 +65,7 @@ class BatchReport:
     def log_fields(self) -> dict[str, Any]:
         return {
             "partition": self.partition_id, "seq_min": self.seq_min, "seq_max": self.seq_max,
-            "received": self.received, "processed": self.valid, "new": self.new_events,
+            "received": self.received, "new": self.new_events,
             "duplicates": self.duplicates, "failed": self.failed, "failed_by_code": self.failed_by_code,
             "metric_rows": self.metric_rows, "aggregate_rows": self.aggregate_rows,
             "files": len(self.files), "bytes": sum(b for _, b in self.files),
@@ -119,22 +123,35 @@ class Pipeline:
         timer.lap("flush_outbox")
 
         valid: list[PaymentEvent] = []
+        valid_items: list[InboundEvent] = []
         rejections: list[Rejection] = []
+        batch_duplicates = 0
         seen: set[tuple[str, int]] = set()
         for item in inbound:
-            parsed = parse_event(item)
+            parsed = parse_event(item)      # never raises: bad content is a Rejection
             if isinstance(parsed, Rejection):
                 rejections.append(parsed)
-                report.failed_by_code[parsed.error_code] = report.failed_by_code.get(parsed.error_code, 0) + 1
-            else:
-                report.valid += 1
-                key = (parsed.event_id, parsed.occurred_us)
-                if key in seen:          # the same event twice in one batch counts once
-                    continue
-                seen.add(key)
-                valid.append(parsed)
-        report.failed = len(rejections)
+                continue
+            key = (parsed.event_id, parsed.occurred_us)   # identifiers as sent, never masked
+            if key in seen:          # the same event twice in one batch counts once
+                batch_duplicates += 1
+                continue
+            seen.add(key)
+            valid.append(parsed)
+            valid_items.append(item)
         timer.lap("decode_validate")
+        # Metrics are extracted before the transaction, so that an event whose extraction
+        # fails (a bug no content should trigger) is refused alone, not claimed and stuck.
+        rows, broken = extract_metrics_isolated(valid, self.catalog)
+        if broken:
+            keep = [i for i in range(len(valid)) if i not in broken]
+            rejections += [unexpected_failure(valid_items[i], "extracting metrics", exc) for i, exc in broken.items()]
+            valid = [valid[i] for i in keep]
+        for rejection in rejections:
+            report.failed_by_code[rejection.error_code] = report.failed_by_code.get(rejection.error_code, 0) + 1
+        report.failed = len(rejections)
+        report.valid = len(valid) + batch_duplicates
+        timer.lap("metrics_extract")
 
         by_day: dict[date, list[PaymentEvent]] = {}
         for ev in valid:
@@ -169,11 +186,12 @@ class Pipeline:
             report.files = [(f.path, len(f.content)) for f in files]
             timer.lap("parquet_encode")
             tx.record_files(files, self.archive.container_name)
-            rows = extract_metrics(new, self.catalog)
-            report.metric_rows = tx.insert_metrics(rows)
+            new_rows = rows if len(new) == len(valid) else rows.for_events(
+                [i for i, ev in enumerate(valid) if (ev.event_id, ev.occurred_us) in claimed])
+            report.metric_rows = tx.insert_metrics(new_rows)
             timer.lap("metrics_write")
             report.failed_new = tx.record_failures(rejections)
-            aggs = aggregate(new, rows, self.catalog)
+            aggs = aggregate(new, new_rows, self.catalog)
             timer.lap("aggregate_build")
             report.aggregate_rows = tx.append_deltas(aggs, histogram.SCALE)
             timer.lap("aggregate_append")

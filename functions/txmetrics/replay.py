@@ -3,7 +3,10 @@
 A replayed event is processed by the same pipeline as live traffic (partition "replay",
 sequence number = the failed item's id), so deduplication still holds: replaying an item
 twice, or an item whose event meanwhile arrived fixed from the producer, changes nothing.
-An item whose (fixed) payload is still invalid is not replayed; the reason is noted.
+An item whose (fixed) payload is still invalid is not replayed; the reason is noted. An item
+refused because an identifier held a card number is replayed only once fixed: its stored
+payload has that identifier masked, and the event must not be stored under an id its producer
+never sent (nor merged with another whose id masks the same way).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from .core.masking import mask_text
 from .errors import InvalidRequestError, NotFoundError
 
 REPLAY_PARTITION = "replay"
+# refusals whose stored payload has an identifier masked (core/events.py)
+MASKED_IDENTIFIER_CODES = frozenset(f"card_number_in_{f}" for f in ("event_id", "transaction_id", "merchant_id"))
 
 
 @dataclass
@@ -116,13 +121,22 @@ def replay(conn: psycopg.Connection, pipeline: Any, *, item_ids: list[int] | Non
         raise InvalidRequestError("name the items to replay: ids or --code ERROR_CODE")
     _require(conn, list(item_ids or []))
     rows = conn.execute(
-        """SELECT id, coalesce(fixed_payload, payload), replayed FROM failed_items
+        """SELECT id, coalesce(fixed_payload, payload), replayed, error_code, fixed_payload IS NOT NULL
+             FROM failed_items
             WHERE (id = ANY(%(ids)s) OR error_code = %(code)s) AND NOT resolved ORDER BY id""",
         {"ids": item_ids or [], "code": error_code}).fetchall()
     outcomes = []
-    for item_id, payload, replayed in rows:
+    for item_id, payload, replayed, code, fixed in rows:
         if replayed and not force:
             outcomes.append(ReplayOutcome(item_id, False, "already replayed"))
+            continue
+        if code in MASKED_IDENTIFIER_CODES and not fixed:
+            field = code.removeprefix("card_number_in_")
+            note = (f"not replayed: its {field} held a card number and is masked in the stored payload; "
+                    f"set the producer's real {field} first (failed fix / set)")
+            with conn.transaction():
+                conn.execute("UPDATE failed_items SET replay_note = %s WHERE id = %s", (note, item_id))
+            outcomes.append(ReplayOutcome(item_id, False, note))
             continue
         inbound = InboundEvent(body=payload.encode("utf-8"), partition_id=REPLAY_PARTITION,
                                sequence_number=int(item_id))

@@ -19,6 +19,7 @@ A bad catalog is refused at start-up with `CatalogError` naming file, key and fi
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,8 +30,12 @@ import yaml
 
 from ..errors import TxmetricsError
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")                       # fullmatch: "amount\n" is no name
+_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# A number written as text, as a metric value: plain decimal or exponent form, no more. Not
+# Decimal(text): it also takes "sNaN" (which float() refuses with ValueError), "1_000", "Inf".
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MAX_NUMBER_TEXT = 100
 _KINDS = ("value", "flag")
 _CONDITIONS = ("equals", "not_equals", "in", "exists")
 _TOP_KEYS = {"metrics", "dimension_sets", "window_seconds", "version", "description"}
@@ -74,21 +79,37 @@ class Metric:
             assert self.when is not None
             return 1.0 if self.when.holds(document) else 0.0
         assert self.source is not None
-        value = lookup(document, self.source)
-        if isinstance(value, bool) or value is None:
+        return _as_metric_value(lookup(document, self.source))
+
+
+def _as_metric_value(value: Any) -> float | None:
+    """A finite float from a JSON value, or None (not a number, or not a finite double).
+    Never raises: an integer of 4,000 digits, 1E+999999 or "sNaN" simply have no value."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        number = value
+    elif isinstance(value, int):
+        if not -_FLOAT_INT_LIMIT < value < _FLOAT_INT_LIMIT:
             return None
-        if isinstance(value, int | float | Decimal):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(Decimal(value.strip()))
-            except ArithmeticError:
-                return None
-        else:
+        number = float(value)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
             return None
-        if number != number or number in (float("inf"), float("-inf")):
+        number = float(value)                     # beyond the double range: inf, dropped below
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) > _MAX_NUMBER_TEXT or not _NUMBER_TEXT.fullmatch(text):
             return None
-        return number
+        number = float(text)
+    else:
+        return None
+    if number != number or number in (math.inf, -math.inf):
+        return None
+    return number
+
+
+_FLOAT_INT_LIMIT = 2**1023          # float(int) raises OverflowError near 2**1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +189,7 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
         if unknown:
             raise fail(f"{key}.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(_METRIC_KEYS))}")
         name = m.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise fail(f"{key}.name", f"{name!r} is not a valid metric name",
                        "use lower case letters, digits and underscores, starting with a letter")
         if name in names:
@@ -180,7 +201,7 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
         source = m.get("source")
         when: Condition | None = None
         if kind == "value":
-            if not isinstance(source, str) or not _PATH.match(source):
+            if not isinstance(source, str) or not _PATH.fullmatch(source):
                 raise fail(f"{key}.source", f"{source!r} is not a dotted field path",
                            "name the event field to read, e.g. amount or attributes.risk_score")
             if "when" in m:
@@ -190,7 +211,7 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
                 raise fail(f"{key}.source", "a flag metric reads no source", "remove 'source' or use kind: value")
             when = _parse_condition(m.get("when"), f"{key}.when", fail)
         by = m.get("by", [])
-        if not isinstance(by, list) or not all(isinstance(d, str) and _PATH.match(d) for d in by):
+        if not isinstance(by, list) or not all(isinstance(d, str) and _PATH.fullmatch(d) for d in by):
             raise fail(f"{key}.by", f"{by!r} is not a list of field paths", "write e.g. by: [currency]")
         metrics.append(Metric(name=name, kind=kind, source=source, when=when, by=tuple(by)))
 
@@ -199,7 +220,7 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
         raise fail("dimension_sets", "must be a non-empty list of lists", "write e.g. dimension_sets: [[], [payment_method]]")
     sets: list[tuple[str, ...]] = []
     for i, s in enumerate(sets_raw):
-        if not isinstance(s, list) or not all(isinstance(d, str) and _PATH.match(d) for d in s):
+        if not isinstance(s, list) or not all(isinstance(d, str) and _PATH.fullmatch(d) for d in s):
             raise fail(f"dimension_sets[{i}]", f"{s!r} is not a list of field paths", "write e.g. [merchant_id, status]")
         if len(set(s)) != len(s):
             raise fail(f"dimension_sets[{i}]", "names a dimension twice", "list each dimension once")
@@ -217,7 +238,7 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
 
 
 def _parse_condition(raw: Any, key: str, fail: Any) -> Condition:
-    if not isinstance(raw, dict) or not isinstance(raw.get("field"), str) or not _PATH.match(raw["field"]):
+    if not isinstance(raw, dict) or not isinstance(raw.get("field"), str) or not _PATH.fullmatch(raw["field"]):
         raise fail(key, "a flag metric needs a condition with a 'field'", "write e.g. when: {field: status, equals: approved}")
     ops = [op for op in raw if op != "field"]
     if len(ops) != 1 or ops[0] not in _CONDITIONS:

@@ -2,12 +2,26 @@
 
 `parse_event` turns one Event Hubs event into either a `PaymentEvent` (normalised: UTC
 timestamp, decimal amount, card numbers masked) or a `Rejection` carrying a stable,
-machine-readable `error_code`. It never raises for bad input.
+machine-readable `error_code`. It never raises: whatever the body holds, it is accepted or
+refused on its own, in time linear in its size.
 
-Error codes: body_not_utf8, body_not_json, body_not_object, body_too_large,
-missing_<field>, invalid_<field> (field = event_id, transaction_id, occurred_at,
-merchant_id, amount, currency, payment_method, status, event_type, processing_ms,
-country, card, attributes).
+Steps, in this order:
+  1. bounds: at most 1 MiB, UTF-8, nesting at most 64 deep (`bounded_json`);
+  2. decode: numbers with a fraction or exponent become exact Decimals once their size is
+     known to be sane; a number that holds a card number is marked (`CardLikeNumber`);
+  3. validate the document *as sent*: types first (a number in merchant_id is invalid, not
+     masked into a string that passes); identifiers and typed columns that hold a card
+     number refuse the event (identifiers are never rewritten, and the dedupe key is the
+     identifier the producer sent);
+  4. mask card numbers in the whole document; the payload is re-encoded only when that
+     changed something, so other events are archived exactly as sent.
+
+Error codes: body_not_utf8, body_not_json, body_not_object, body_too_large, body_too_deep,
+number_out_of_range, missing_<field>, invalid_<field> (field = event_id, transaction_id,
+occurred_at, merchant_id, amount, currency, payment_method, status, event_type,
+processing_ms, country, card, attributes), card_number_in_<field> (event_id,
+transaction_id, merchant_id, amount, processing_ms), and internal_error (an unforeseen
+exception: a bug, recorded for that event alone).
 """
 
 from __future__ import annotations
@@ -15,19 +29,31 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
 
+from .bounded_json import (
+    MAX_DEPTH,
+    MAX_EXPONENT,
+    MAX_NUMBER_CHARS,
+    NumberOutOfRange,
+    bounded_decimal,
+    nesting_exceeds,
+)
 from .masking import (
+    CardLikeNumber,
+    card_digits_of_decimal,
+    card_digits_of_int,
+    card_digits_of_number,
     digit_run_possible,
     has_escaped_card_characters,
+    mask_json_text,
     mask_text,
     mask_value,
     might_contain_pan,
-    unescape_card_characters,
 )
 from .naming import datetime_to_us, us_to_datetime
 
@@ -35,18 +61,67 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_EVENT_ID = 128
 MAX_TEXT = 256            # other identifiers: they become index keys and dimension values
 MAX_FAILED_PAYLOAD = 64 * 1024
+MAX_DETAIL = 1000
 AMOUNT_SCALE = 9          # decimal places kept in the archive (decimal128(38, 9))
 AMOUNT_LIMIT = Decimal(10) ** 18
+MAX_PROCESSING_MS = 2**53
+_AMOUNT_QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
 STATUSES = ("approved", "declined", "failed", "pending")
+# occurred_at must fall in [1970-01-01, 2100-01-01) UTC: day partitions, Parquet dates and
+# windows are defined there, and anything else is a producer's bug, not a payment.
+OCCURRED_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+OCCURRED_END = datetime(2100, 1, 1, tzinfo=UTC)
+_OCCURRED_MIN_US = datetime_to_us(OCCURRED_MIN)
+_OCCURRED_END_US = datetime_to_us(OCCURRED_END)
 
-_DECODER = msgspec.json.Decoder(float_hook=Decimal)
-_ENCODER = msgspec.json.Encoder(decimal_format="number")
 _RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
-_DECIMAL_STRING = re.compile(r"^[0-9]+(\.[0-9]+)?$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_DECIMAL_STRING = re.compile(r"[0-9]+(\.[0-9]+)?")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+class _CardNumberInNumber(Exception):
+    """Raised by the fast decoder's hook: the body has a number that holds a card number."""
+
+
+def _number(text: str) -> Decimal:
+    """float_hook of the usual decoder: sane numbers as exact Decimals. Runs for every number
+    with a fraction or exponent (amounts, scores), so the usual case is settled first: fewer
+    than 13 characters and below 10^12 can be neither out of range nor a card number."""
+    if len(text) < 13:
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise NumberOutOfRange(text) from None
+        if -MAX_EXPONENT <= value.adjusted() < 12:
+            return value
+    value = bounded_decimal(text)
+    if card_digits_of_number(text, value):
+        raise _CardNumberInNumber
+    return value
+
+
+def _marked_number(text: str) -> Decimal:
+    """float_hook of the decoder used once a body is known to hold a card-like number."""
+    value = bounded_decimal(text)
+    digits = card_digits_of_number(text, value)
+    return CardLikeNumber.of(text, digits) if digits else value
+
+
+def _number_or_text(text: str) -> Decimal | str:
+    """float_hook for a refused body's payload: an out-of-range number stays as its text."""
+    try:
+        return _marked_number(text)
+    except NumberOutOfRange:
+        return text
+
+
+_DECODER = msgspec.json.Decoder(float_hook=_number)
+_MARKING_DECODER = msgspec.json.Decoder(float_hook=_marked_number)
+_LENIENT_DECODER = msgspec.json.Decoder(float_hook=_number_or_text)
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +194,17 @@ def item_key(partition_id: str, sequence_number: int, body: bytes) -> str:
 
 
 def parse_event(inbound: InboundEvent) -> PaymentEvent | Rejection:
+    """The event, validated and masked, or its Rejection. Never raises."""
+    try:
+        return _parse(inbound)
+    except Exception as exc:   # a bug, not bad input: refuse this event alone, never its batch
+        return unexpected_failure(inbound, "parsing", exc)
+
+
+def _parse(inbound: InboundEvent) -> PaymentEvent | Rejection:
     body = inbound.body
+    text: str | None = None
+    doc: Any = None
     try:
         if len(body) > MAX_BODY_BYTES:
             raise _Invalid("body_too_large", f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
@@ -127,36 +212,65 @@ def parse_event(inbound: InboundEvent) -> PaymentEvent | Rejection:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise _Invalid("body_not_utf8", f"body is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-        try:
-            doc = _DECODER.decode(text)
-        except msgspec.DecodeError as exc:
-            raise _Invalid("body_not_json", f"body is not JSON: {exc}") from None
+        if nesting_exceeds(body, MAX_DEPTH):
+            raise _Invalid("body_too_deep", f"body nests arrays or objects more than {MAX_DEPTH} levels deep")
+        doc, card_numbers = _decode(text)
         if not isinstance(doc, dict):
-            raise _Invalid("body_not_object", f"body is a JSON {type(doc).__name__}, not an object")
-        payload = text
-        # A possible card number: in the text, or spelt with \uXXXX escapes no text scan
-        # sees. The decoded document is masked; the payload is re-encoded only when that
-        # changed something, so other events are archived exactly as sent.
-        if (digit_run_possible(body) and might_contain_pan(text)) or has_escaped_card_characters(body):
+            raise _Invalid("body_not_object", f"body is a JSON {_json_type(doc)}, not an object")
+        # Can a string hold a card number: a digit run in the text, or one spelt with \uXXXX
+        # escapes no text scan sees? Usually not, and then no string needs a look.
+        strings_may_hold_one = (digit_run_possible(body) and might_contain_pan(text)) or has_escaped_card_characters(body)
+        event = _validate(doc, text, inbound, strings_may_hold_one)
+        # The decoded document is masked; the payload is re-encoded only when that changed something.
+        if card_numbers or strings_may_hold_one:
             masked = mask_value(doc)
             if masked != doc:
-                doc = masked
-                payload = _ENCODER.encode(doc).decode()
-        return _validate(doc, payload, inbound)
+                event.document = masked
+                event.payload = _ENCODER.encode(masked).decode()
+        return event
     except _Invalid as bad:
-        return _reject(inbound, bad.code, bad.detail)
+        return _reject(inbound, bad.code, bad.detail, text, doc)
 
 
-def _reject(inbound: InboundEvent, code: str, detail: str) -> Rejection:
-    raw = inbound.body[: MAX_FAILED_PAYLOAD * 4]
-    text = mask_text(unescape_card_characters(
-        raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")))
-    truncated = len(text) > MAX_FAILED_PAYLOAD or len(raw) < len(inbound.body)
-    event_id = _peek_event_id(inbound.body) if code != "body_too_large" else None
+def _decode(text: str) -> tuple[Any, bool]:
+    """The JSON document, and whether a number in it holds a card number (then marked as
+    CardLikeNumber). Such bodies are rare: they are decoded a second time."""
+    try:
+        try:
+            return _DECODER.decode(text), False
+        except _CardNumberInNumber:
+            return _MARKING_DECODER.decode(text), True
+    except NumberOutOfRange as exc:
+        raise _Invalid("number_out_of_range", exc.detail) from None
+    except msgspec.ValidationError as exc:    # an integer of more than 4300 digits
+        raise _Invalid("number_out_of_range", f"body holds a number out of range ({exc})") from None
+    except msgspec.DecodeError as exc:
+        raise _Invalid("body_not_json", f"body is not JSON: {exc}") from None
+
+
+def _reject(inbound: InboundEvent, code: str, detail: str, text: str | None = None, doc: Any = None) -> Rejection:
+    """A Rejection whose payload is masked: from the decoded document when there is one (so
+    masking sees the strings as any JSON reader does), else from the raw text."""
+    if doc is None and text is not None and code == "number_out_of_range":
+        try:
+            doc = _LENIENT_DECODER.decode(text)
+        except (msgspec.DecodeError, NumberOutOfRange):
+            doc = None
+    if doc is not None and text is not None:
+        masked = mask_value(doc)
+        full = text if masked == doc else _ENCODER.encode(masked).decode()
+        payload, truncated = full[:MAX_FAILED_PAYLOAD], len(full) > MAX_FAILED_PAYLOAD
+    else:
+        payload, truncated = _masked_raw_payload(inbound.body)
+    event_id = None
+    if isinstance(doc, dict):
+        value = doc.get("event_id")
+        if isinstance(value, str) and 0 < len(value) <= MAX_EVENT_ID:
+            event_id = mask_text(value.replace("\x00", "\ufffd"))
     return Rejection(
         error_code=code,
-        detail=mask_text(detail),
-        payload=text[:MAX_FAILED_PAYLOAD],
+        detail=mask_text(detail)[:MAX_DETAIL],
+        payload=payload,
         payload_truncated=truncated,
         event_id=event_id,
         partition_id=inbound.partition_id,
@@ -166,16 +280,34 @@ def _reject(inbound: InboundEvent, code: str, detail: str) -> Rejection:
     )
 
 
-def _peek_event_id(body: bytes) -> str | None:
+def _masked_raw_payload(body: bytes) -> tuple[str, bool]:
+    """A body that could not be decoded, as masked text (non-UTF-8 bytes as \\x escapes, NUL
+    written out: PostgreSQL text holds neither)."""
+    raw = body[: MAX_FAILED_PAYLOAD * 4]
+    text = mask_json_text(raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00"))
+    return text[:MAX_FAILED_PAYLOAD], len(text) > MAX_FAILED_PAYLOAD or len(raw) < len(body)
+
+
+def unexpected_failure(inbound: InboundEvent, step: str, exc: BaseException) -> Rejection:
+    """The Rejection (code internal_error) of an event that raised where nothing should: the
+    event is recorded, with what went wrong, and its batch goes on. Replay it once fixed."""
+    detail = f"unexpected {type(exc).__name__} while {step}: {exc}"
     try:
-        doc = _DECODER.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-    if isinstance(doc, dict):
-        value = doc.get("event_id")
-        if isinstance(value, str) and 0 < len(value) <= MAX_EVENT_ID:
-            return mask_text(value.replace("\x00", "\ufffd"))
-    return None
+        return _reject(inbound, "internal_error", detail)
+    except Exception:   # masking itself failed: keep no digit at all rather than risk one
+        stars = str.maketrans("0123456789", "**********")
+        raw = inbound.body[:MAX_FAILED_PAYLOAD].decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
+        return Rejection(
+            error_code="internal_error", detail=detail.translate(stars)[:MAX_DETAIL], payload=raw.translate(stars),
+            payload_truncated=len(inbound.body) > MAX_FAILED_PAYLOAD, event_id=None,
+            partition_id=inbound.partition_id, sequence_number=inbound.sequence_number,
+            enqueued_at=inbound.enqueued_at,
+            item_key=item_key(inbound.partition_id, inbound.sequence_number, inbound.body))
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A value quoted in a detail: masked before it is cut, so no cut leaves card digits."""
+    return repr(mask_text(value)[:limit])
 
 
 def _text(doc: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TEXT) -> str | None:
@@ -195,6 +327,21 @@ def _text(doc: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TE
     return value
 
 
+def _identifier(doc: dict[str, Any], name: str, check_cards: bool, limit: int = MAX_TEXT) -> str:
+    """A required identifier, exactly as sent. One that holds a card number refuses the event:
+    masking it would store the event under an identifier its producer never sent, and merge
+    distinct events whose identifiers differ only in the masked digits."""
+    value = _text(doc, name, required=True, limit=limit)
+    assert value is not None
+    if check_cards and len(value) >= 13:
+        masked = mask_text(value)
+        if masked != value:
+            raise _Invalid(f"card_number_in_{name}",
+                           f"'{name}' {masked[:60]!r} holds a card number; identifiers are never rewritten, "
+                           "so the event is refused: send an identifier that is not a card number")
+    return value
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
@@ -204,27 +351,39 @@ def _kind(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "an array"
+    if isinstance(value, str):
+        return "a string"
     return type(value).__name__
 
 
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _kind(value).split(" ", 1)[-1]
+
+
 def parse_occurred_at(value: Any) -> int:
-    """RFC 3339 with an offset -> epoch microseconds (UTC)."""
+    """RFC 3339 with an offset -> epoch microseconds (UTC), within [1970, 2100)."""
     if value is None:
         raise _Invalid("missing_occurred_at", "required field 'occurred_at' is missing")
     if not isinstance(value, str):
         raise _Invalid("invalid_occurred_at", f"'occurred_at' must be an RFC 3339 string, got {_kind(value)}")
-    m = _RFC3339.match(value)
+    m = _RFC3339.fullmatch(value)
     if m is None:
         raise _Invalid("invalid_occurred_at",
-                       f"'occurred_at' {value[:40]!r} is not RFC 3339 with an offset (e.g. 2026-03-01T12:00:00Z)")
+                       f"'occurred_at' {_shown(value)} is not RFC 3339 with an offset (e.g. 2026-03-01T12:00:00Z)")
     day, clock, frac, offset = m.groups()
     frac = (frac or ".0")[:7]
     offset = "+00:00" if offset in ("Z", "z") else offset
     try:
         moment = datetime.fromisoformat(f"{day}T{clock}{frac}{offset}")
     except ValueError as exc:
-        raise _Invalid("invalid_occurred_at", f"'occurred_at' {value[:40]!r} is not a valid time: {exc}") from None
-    return datetime_to_us(moment)
+        raise _Invalid("invalid_occurred_at", f"'occurred_at' {_shown(value)} is not a valid time: {exc}") from None
+    us = datetime_to_us(moment)
+    if not _OCCURRED_MIN_US <= us < _OCCURRED_END_US:
+        raise _Invalid("invalid_occurred_at", f"'occurred_at' {_shown(value)} is outside "
+                       f"{OCCURRED_MIN:%Y-%m-%d} to {OCCURRED_END:%Y-%m-%d} UTC")
+    return us
 
 
 def parse_amount(value: Any) -> Decimal:
@@ -233,65 +392,83 @@ def parse_amount(value: Any) -> Decimal:
     if isinstance(value, bool):
         raise _Invalid("invalid_amount", "'amount' must be a number or a decimal string, got a boolean")
     if isinstance(value, int):
+        if not 0 <= value < AMOUNT_LIMIT:     # compared as an int: no conversion of a huge one
+            raise _Invalid("invalid_amount", f"'amount' must be >= 0 and below {AMOUNT_LIMIT:.0e}")
         amount = Decimal(value)
     elif isinstance(value, Decimal):
-        amount = value
+        amount = value                        # from the decoder: finite, exponent bounded
     elif isinstance(value, str):
-        if not _DECIMAL_STRING.match(value.strip()):
-            raise _Invalid("invalid_amount", f"'amount' {value[:40]!r} is not a decimal number such as \"12.30\"")
-        amount = Decimal(value.strip())
+        stripped = value.strip()
+        if len(stripped) > MAX_NUMBER_CHARS or not _DECIMAL_STRING.fullmatch(stripped):
+            raise _Invalid("invalid_amount", f"'amount' {_shown(value)} is not a decimal number such as \"12.30\"")
+        amount = Decimal(stripped)
     else:
         raise _Invalid("invalid_amount", f"'amount' must be a number or a decimal string, got {_kind(value)}")
     if not amount.is_finite():
         raise _Invalid("invalid_amount", "'amount' must be finite")
     if amount < 0:
-        raise _Invalid("invalid_amount", f"'amount' must be >= 0, got {amount}")
+        raise _Invalid("invalid_amount", f"'amount' must be >= 0, got {mask_text(str(amount))}")
     if amount >= AMOUNT_LIMIT:
         raise _Invalid("invalid_amount", f"'amount' must be below {AMOUNT_LIMIT:.0e}, got {amount:.3e}")
-    try:
-        quantized = amount.quantize(Decimal(1).scaleb(-AMOUNT_SCALE))
-    except InvalidOperation:
-        raise _Invalid("invalid_amount", f"'amount' {amount} cannot be represented") from None
-    if quantized != amount:
+    if amount != amount.quantize(_AMOUNT_QUANTUM):    # below 10^18: 27 digits, exact in the default context
         raise _Invalid("invalid_amount", f"'amount' has more than {AMOUNT_SCALE} decimal places")
+    if isinstance(value, CardLikeNumber) or card_digits_of_decimal(amount):
+        # it would reach the Parquet amount column and dynamic_metrics.value as is
+        raise _Invalid("card_number_in_amount", "'amount' holds a card number; the event is refused rather than "
+                                                "storing it in typed columns")
     return amount
 
 
-def _validate(doc: dict[str, Any], payload: str, inbound: InboundEvent) -> PaymentEvent:
-    event_id = _text(doc, "event_id", required=True, limit=MAX_EVENT_ID)
-    transaction_id = _text(doc, "transaction_id", required=True)
+def parse_processing_ms(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer, got {_kind(value)}")
+    if isinstance(value, Decimal) and value != value.to_integral_value():
+        raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer, got {mask_text(str(value))}")
+    if not 0 <= value <= MAX_PROCESSING_MS:   # compared before any int(): 1E+99999999 stays cheap
+        raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer from 0 to 2^53, "
+                                                f"got {mask_text(str(value)[:40])}")
+    processing_ms = int(value)
+    if isinstance(value, CardLikeNumber) or card_digits_of_int(processing_ms):
+        raise _Invalid("card_number_in_processing_ms", "'processing_ms' holds a card number; the event is refused "
+                                                       "rather than storing it in typed columns")
+    return processing_ms
+
+
+def _validate(doc: dict[str, Any], text: str, inbound: InboundEvent, check_cards: bool = True) -> PaymentEvent:
+    """The event from a document as sent (before masking; `doc` and `text` become its
+    document and payload until masking replaces them), or _Invalid. `check_cards` False
+    says that no string of the body can hold a card number (the byte pre-filters)."""
+    event_id = _identifier(doc, "event_id", check_cards, limit=MAX_EVENT_ID)
+    transaction_id = _identifier(doc, "transaction_id", check_cards)
     occurred_us = parse_occurred_at(doc.get("occurred_at"))
-    merchant_id = _text(doc, "merchant_id", required=True)
+    merchant_id = _identifier(doc, "merchant_id", check_cards)
     amount = parse_amount(doc.get("amount"))
     currency = _text(doc, "currency", required=True)
     assert currency is not None
-    if not _CURRENCY.match(currency):
-        raise _Invalid("invalid_currency", f"'currency' {currency[:20]!r} is not an ISO 4217 code (three upper-case letters)")
+    if not _CURRENCY.fullmatch(currency):
+        raise _Invalid("invalid_currency",
+                       f"'currency' {_shown(currency, 20)} is not an ISO 4217 code (three upper-case letters)")
     payment_method = _text(doc, "payment_method", required=True)
+    assert payment_method is not None
     status = _text(doc, "status", required=True)
     if status not in STATUSES:
-        raise _Invalid("invalid_status", f"'status' {status!r} is not one of {', '.join(STATUSES)}")
+        raise _Invalid("invalid_status", f"'status' {_shown(status or '')} is not one of {', '.join(STATUSES)}")
     event_type = _text(doc, "event_type", required=False)
-    processing = doc.get("processing_ms")
-    processing_ms: int | None = None
-    if processing is not None:
-        if isinstance(processing, bool) or not isinstance(processing, int | Decimal) or (
-                isinstance(processing, Decimal) and (not processing.is_finite() or processing != processing.to_integral_value())):
-            raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer, got {str(processing)[:40]!r}")
-        processing_ms = int(processing)
-        if processing_ms < 0 or processing_ms > 2**53:
-            raise _Invalid("invalid_processing_ms", f"'processing_ms' must be >= 0, got {processing_ms}")
+    processing_ms = parse_processing_ms(doc.get("processing_ms"))
     country = _text(doc, "country", required=False)
-    if country is not None and not _COUNTRY.match(country):
-        raise _Invalid("invalid_country", f"'country' {country[:20]!r} is not an ISO 3166-1 alpha-2 code")
+    if country is not None and not _COUNTRY.fullmatch(country):
+        raise _Invalid("invalid_country", f"'country' {_shown(country, 20)} is not an ISO 3166-1 alpha-2 code")
     for name in ("card", "attributes"):
         if doc.get(name) is not None and not isinstance(doc[name], dict):
             raise _Invalid(f"invalid_{name}", f"'{name}' must be an object, got {_kind(doc[name])}")
-    assert event_id is not None and transaction_id is not None and merchant_id is not None
-    assert payment_method is not None and status is not None
+    assert status is not None
     return PaymentEvent(
         event_id=event_id, transaction_id=transaction_id, occurred_us=occurred_us, merchant_id=merchant_id,
-        amount=amount, currency=currency, payment_method=payment_method, status=status, event_type=event_type,
-        processing_ms=processing_ms, country=country, document=doc, payload=payload,
-        partition_id=inbound.partition_id, sequence_number=inbound.sequence_number, enqueued_at=inbound.enqueued_at,
-    )
+        amount=amount, currency=currency, status=status, processing_ms=processing_ms, country=country,
+        # free text, not identifiers: masked like any other string of the event
+        payment_method=mask_text(payment_method) if check_cards else payment_method,
+        event_type=mask_text(event_type) if check_cards and event_type else event_type,
+        document=doc, payload=text, partition_id=inbound.partition_id, sequence_number=inbound.sequence_number,
+        enqueued_at=inbound.enqueued_at)

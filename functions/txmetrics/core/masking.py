@@ -1,29 +1,52 @@
-"""Card-number (PAN) masking, PCI DSS style.
+"""Card-number (PAN) masking, PCI DSS style (contract section 1).
 
-A candidate is a maximal run of digits in which single spaces or dashes may separate
-groups (``4111 1111 1111 1111``, ``4111-1111-1111-1111``, ``4111111111111111``).
-It is masked when it holds 13-19 digits and passes the Luhn check. When the whole run
-does not qualify (say ``12 4111111111111111`` or ``4111 1111 1111 1111 2024``), every
-contiguous sequence of its separator-delimited groups that holds 13-19 digits and passes
-Luhn is masked too, so a card number cannot hide behind a neighbouring number.
-A run of more than 19 digits with no separator is one long number, not a card.
+**What is masked.** A *run* is a maximal sequence of digits in which single spaces or dashes
+may separate groups (``4111 1111 1111 1111``, ``4111-1111-1111-1111``, ``4111111111111111``).
+A run is split at its spaces into *words* (``3782-822463-10005`` is one word). A card number is
+the whole run, or a sequence of consecutive words of it, that holds 13-19 digits, passes the
+Luhn check, and is a token of its own:
 
-Masking keeps the last four digits and the separators: ``****-****-****-1111``.
+* it must not touch a letter or a digit: ``x4111111111111111`` and the ``20-48041771665`` inside
+  the UUID ``...-eb20-48041771665b`` are parts of larger words;
+* a dash or an underscore joins words: a run that reaches a letter or digit through one
+  belongs to a larger word (``ORD-2026-000123456789``, the UUID groups
+  ``4abc-8123-412345678901``, ``evt_1234567890123456789``);
+* a dot after a digit makes the run a fraction (``0.8444218515250481``, ``str(random.random())``);
+* a leading plus makes it a phone number or a signed number (``+8613812345678``); a plus after a
+  word is a URL-encoded space and separates (``card+4111111111111111`` is masked);
+* a space separates words, so a card number next to another number is still found
+  (``12 4111111111111111``, ``4111 1111 1111 1111 2024``).
+
+A sequence of words inside a spaced IBAN that passes the IBAN check (ISO 13616, mod 97) is not
+a card number (``DE89 3704 0044 0532 0130 00``). Masking keeps the last four digits and the
+separators (``****-****-****-1111``) and changes nothing else.
+
+Numbers: a JSON integer is a card number when its digits are one; a JSON number with a fraction
+or an exponent when the integer digits it is written with, or the integer part of its exact
+value, are one (``4111111111111111.00``, ``-4111111111111111``, ``4.111111111111111e15``). Digits
+after the decimal point alone never are (``0.8444218515250481``), as for text.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
+from decimal import Decimal
 from typing import Any
 
 # A run of digits, groups split by one space or dash. At least 13 digits in all.
 _CANDIDATE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,}(?![0-9])")
-_GROUP = re.compile(r"[0-9]+")
 _QUICK = re.compile(r"[0-9](?:[ -]?[0-9]){12}")
 # A looser pre-filter run first: any _QUICK match is such a run of digits, spaces and
 # dashes, and scanning a character class is about twice as fast as _QUICK's alternation
 # on a typical event (timestamps and amounts have digits but short runs).
 _PRE = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
+
+# Checking every window of consecutive words costs Python work per window; a string with
+# a huge grid of small numbers ("1 1 1 1 ...", 1 MiB) would take seconds. Past this many
+# windows per string, a run is masked whole instead (every digit but its last four): bounded
+# time, and no card number can survive. Text people write stays far below it.
+_WINDOW_BUDGET = 20_000
 
 
 # JSON may write any character as \uXXXX: "\u0034\u0031..." is a card number to every JSON
@@ -31,9 +54,23 @@ _PRE = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
 # escaped digits, spaces and dashes written back as themselves first; an escaped backslash
 # before "u" (an even run of backslashes) is left alone.
 _ESCAPED_CARD_CHAR = re.compile(r"(?<!\\)((?:\\\\)*)\\u00(3[0-9]|20|2[dD])")
-
-
 _ESCAPED_CARD_BYTE = re.compile(rb"\\u00(?:3[0-9]|20|2[dD])")
+# Any other JSON escape (or a backslash-escaped byte of a body that is not UTF-8). Text
+# masked without decoding sees, at each end of an escape, the character it stands for.
+_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_SHORT_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _escape_view(escape: str) -> str:
+    """Same length as `escape`, showing the character it stands for at both ends."""
+    kind = escape[1]
+    if kind == "u":
+        ch = chr(int(escape[2:], 16))
+    elif kind == "x":
+        ch = "\x00"                      # a byte that is not UTF-8: no letter, no digit
+    else:
+        ch = _SHORT_ESCAPES.get(kind, kind)
+    return ch + "\x00" * (len(escape) - 2) + ch
 
 
 def has_escaped_card_characters(body: bytes) -> bool:
@@ -66,40 +103,149 @@ def _is_pan(digits: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn_ok(digits)
 
 
-def _mask_span(text: str) -> str:
-    """Mask all digits of `text` but the last four, keeping separators."""
-    n_digits = sum(ch.isdigit() for ch in text)
-    keep_from = n_digits - 4
-    out = []
-    seen = 0
-    for ch in text:
-        if ch.isdigit():
-            out.append(ch if seen >= keep_from else "*")
-            seen += 1
-        else:
-            out.append(ch)
-    return "".join(out)
+def _mask_digits(digits: str) -> str:
+    return "*" * (len(digits) - 4) + digits[-4:]
 
 
-def _mask_run(run: str) -> str:
-    digits = run.replace(" ", "").replace("-", "")
-    if _is_pan(digits):
-        return _mask_span(run)
-    groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
-    if len(groups) < 2:
-        return run
-    chars = list(run)
-    for i in range(len(groups)):
-        length = 0
-        for j in range(i, len(groups)):
-            length += groups[j][1] - groups[j][0]
-            if length > 19:
+# --- token boundaries ---------------------------------------------------------------------
+
+def _glued_before(text: str, start: int) -> bool:
+    """True when what precedes text[start] makes the digits there part of a larger token."""
+    if start == 0:
+        return False
+    c = text[start - 1]
+    if c.isalnum():
+        return True
+    if c == "+":                  # a sign (E.164 phone number), unless a word precedes it
+        return start == 1 or not text[start - 2].isalnum()
+    if start == 1:
+        return False
+    if c in "-_":                 # a hyphenated or snake_case word: ORD-2026-..., a UUID's groups
+        return text[start - 2].isalnum()
+    if c == ".":                  # the digits of a fraction
+        return text[start - 2].isdigit()
+    return False
+
+
+def _glued_after(text: str, end: int) -> bool:
+    """True when what follows text[end - 1] makes the digits part of a larger token."""
+    if end == len(text):
+        return False
+    c = text[end]
+    if c.isalnum():
+        return True
+    return c in "-_" and end + 1 < len(text) and text[end + 1].isalnum()
+
+
+def _run_card_spans(text: str, start: int, end: int, budget: list[int]) -> list[tuple[int, int]] | None:
+    """The card numbers in the run text[start:end], as (start, end) spans of `text`; None
+    when the run is to be masked whole. `budget` holds the windows this string may still
+    check (see _WINDOW_BUDGET)."""
+    run = text[start:end]
+    if " " not in run:            # one word: the whole run or nothing
+        if _glued_before(text, start) or _glued_after(text, end):
+            return []
+        return [(start, end)] if _is_pan(run.replace("-", "")) else []
+    n_words = run.count(" ") + 1
+    windows = n_words * min(n_words, 19)      # an upper bound: a window holds at most 19 digits
+    if windows > budget[0]:
+        return None
+    budget[0] -= windows
+    words: list[tuple[int, int, str]] = []    # (start, end, digits)
+    pos = start
+    for part in run.split(" "):
+        words.append((pos, pos + len(part), part.replace("-", "")))
+        pos += len(part) + 1
+    last = n_words - 1
+    spans = []
+    for i in range(n_words):
+        if i == 0 and _glued_before(text, start):
+            continue
+        digits = ""
+        for j in range(i, n_words):
+            digits += words[j][2]
+            if len(digits) > 19:
                 break
-            if length >= 13:
-                start, end = groups[i][0], groups[j][1]
-                span = run[start:end]
-                if luhn_ok(span.replace(" ", "").replace("-", "")):
-                    chars[start:end] = list(_mask_span(span))
+            if len(digits) >= 13 and (j < last or not _glued_after(text, end)) and luhn_ok(digits):
+                spans.append((words[i][0], words[j][1]))
+    return spans
+
+
+# --- IBANs (ISO 13616): a spaced IBAN holds digit groups that may pass Luhn ----------------------
+
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}")
+# IBAN length by country (SWIFT IBAN registry). A country missing here only means its spaced
+# IBANs get no exemption: their Luhn-valid windows are masked, never the other way round.
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "BY": 28,
+    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
+    "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20,
+    "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
+    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SD": 18,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22,
+    "VG": 24, "XK": 20,
+}
+_IBAN_LETTERS = {ord(ch): str(10 + i) for i, ch in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
+
+
+def _iban_ok(compact: str) -> bool:
+    """The ISO 7064 mod 97-10 check: country and check digits moved to the end, letters as
+    10..35, the number modulo 97 is 1."""
+    return int((compact[4:] + compact[:4]).translate(_IBAN_LETTERS)) % 97 == 1
+
+
+def _iban_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of `text` that are IBANs, spaced or not: their country's length, a token of
+    their own, passing the mod-97 check. (The pattern may run on into the next word; the
+    country's length says where the IBAN ends, so a card number after it is never taken in.)"""
+    spans = []
+    for m in _IBAN.finditer(text):
+        chunk = m.group(0)
+        length = _IBAN_LENGTHS.get(chunk[:2])
+        if length is None:
+            continue
+        characters = [i for i, ch in enumerate(chunk) if ch != " "]
+        if len(characters) < length:
+            continue
+        cut = characters[length - 1] + 1
+        end = m.start() + cut
+        if end < len(text) and text[end].isalnum():
+            continue
+        if _iban_ok(chunk[:cut].replace(" ", "")):
+            spans.append((m.start(), end))
+    return spans
+
+
+def _card_spans(view: str) -> list[tuple[int, int]]:
+    """Spans of `view` to mask: its card numbers, and runs too costly to check (whole)."""
+    spans: list[tuple[int, int]] = []
+    whole: list[tuple[int, int]] = []
+    budget = [_WINDOW_BUDGET]
+    for m in _CANDIDATE.finditer(view):
+        found = _run_card_spans(view, m.start(), m.end(), budget)
+        if found is None:
+            whole.append(m.span())
+        else:
+            spans.extend(found)
+    if spans and (ibans := _iban_spans(view)):
+        spans = [span for span in spans if not _overlaps_any(span, ibans)]
+    return spans + whole
+
+
+def _overlaps_any(span: tuple[int, int], ordered: list[tuple[int, int]]) -> bool:
+    """Whether `span` overlaps one of `ordered` (disjoint spans in text order)."""
+    i = bisect.bisect_left(ordered, (span[1],))    # ordered[:i] start before the span ends
+    return i > 0 and ordered[i - 1][1] > span[0]
+
+
+def _apply(text: str, spans: list[tuple[int, int]]) -> str:
+    """Mask every digit of each span but its last four (spans may overlap: their union)."""
+    chars = list(text)
+    for start, end in spans:
+        positions = [i for i in range(start, end) if "0" <= text[i] <= "9"]
+        for i in positions[:-4]:
+            chars[i] = "*"
     return "".join(chars)
 
 
@@ -107,7 +253,22 @@ def mask_text(text: str) -> str:
     """Return `text` with every card number masked (unchanged text is returned as is)."""
     if len(text) < 13 or not might_contain_pan(text):
         return text
-    return _CANDIDATE.sub(lambda m: _mask_run(m.group(0)), text)
+    spans = _card_spans(text)
+    return _apply(text, spans) if spans else text
+
+
+def mask_json_text(text: str) -> str:
+    """Mask card numbers in JSON text that could not be decoded (a failed event's payload).
+
+    Digits, spaces and dashes written as \\u escapes are written back first; any other escape
+    counts as the character it stands for: ``"\\n4111111111111111"`` is masked and
+    ``"\\u00e94111111111111111"`` is not, as once decoded."""
+    text = unescape_card_characters(text)
+    if len(text) < 13 or not might_contain_pan(text):
+        return text
+    view = _ESCAPE.sub(lambda m: _escape_view(m.group(0)), text) if "\\" in text else text
+    spans = _card_spans(view)
+    return _apply(text, spans) if spans else text
 
 
 # bytes.translate + a substring search run in C at memory speed: digits, spaces and dashes
@@ -128,20 +289,76 @@ def might_contain_pan(text: str) -> bool:
     return _PRE.search(text) is not None and _QUICK.search(text) is not None
 
 
+# --- numbers ---------------------------------------------------------------------------------
+
+_INTEGER_DIGITS = re.compile(r"-?([0-9]+)")
+_PAN_MIN, _PAN_LIMIT = 10**12, 10**19
+
+
+def card_digits_of_int(value: int) -> str | None:
+    """The card number an integer is, if it is one."""
+    magnitude = -value if value < 0 else value
+    if not _PAN_MIN <= magnitude < _PAN_LIMIT:
+        return None
+    digits = str(magnitude)
+    return digits if luhn_ok(digits) else None
+
+
+def card_digits_of_decimal(value: Decimal) -> str | None:
+    """The card number the integer part of a (finite) decimal's exact value is, if any."""
+    if not value.is_finite() or not 12 <= value.adjusted() <= 18:
+        return None
+    return card_digits_of_int(int(value))       # at most 19 digits: cheap and exact
+
+
+def card_digits_of_number(text: str, value: Decimal) -> str | None:
+    """The card number in a JSON number written with a fraction or an exponent (`text`, its
+    exact `value`): its integer digits as written, else its value's integer part."""
+    if len(text) >= 13:
+        m = _INTEGER_DIGITS.match(text)
+        if m is not None and _is_pan(m.group(1)):
+            return m.group(1)
+    return card_digits_of_decimal(value)
+
+
+class CardLikeNumber(Decimal):
+    """A JSON number that holds a card number (`card_digits`): the decoder marks it, masking
+    turns it into the masked string, validation refuses it where a typed column would keep it."""
+
+    __slots__ = ("card_digits",)
+    card_digits: str
+
+    @classmethod
+    def of(cls, text: str, card_digits: str) -> CardLikeNumber:
+        number = cls(text)
+        number.card_digits = card_digits
+        return number
+
+
+def _masked_number(negative: bool, digits: str) -> str:
+    return ("-" if negative else "") + _mask_digits(digits)
+
+
 def mask_value(value: Any) -> Any:
     """Mask card numbers in every string (and object key) of a parsed JSON value.
 
-    Integers of 13-19 digits that pass Luhn are replaced by their masked string form too:
-    a card number sent as a JSON number must not reach storage either.
-    """
+    A number that holds a card number (see the module docstring) is replaced by the masked
+    string of its card digits, sign kept: a card number sent as a JSON number must not reach
+    storage either."""
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, dict):
         return {mask_text(k): mask_value(v) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_value(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        digits = str(value)
-        if _is_pan(digits):
-            return _mask_span(digits)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        digits = card_digits_of_int(value)
+        return _masked_number(value < 0, digits) if digits else value
+    if isinstance(value, CardLikeNumber):
+        return _masked_number(value.is_signed(), value.card_digits)
+    if isinstance(value, Decimal):
+        found = card_digits_of_decimal(value)
+        return _masked_number(value.is_signed(), found) if found else value
     return value

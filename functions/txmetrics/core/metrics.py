@@ -36,6 +36,19 @@ class MetricRows:
     def __len__(self) -> int:
         return len(self.value)
 
+    def for_events(self, indices: Sequence[int]) -> MetricRows:
+        """The rows of some of the events only (`indices` into `events`, ascending),
+        re-indexed onto just those events, in that order."""
+        position = {old: new for new, old in enumerate(indices)}
+        out = MetricRows(events=[self.events[i] for i in indices], metric_names=self.metric_names)
+        for value, mi, ei in zip(self.value, self.metric_index, self.event_index, strict=True):
+            new = position.get(ei)
+            if new is not None:
+                out.value.append(value)
+                out.metric_index.append(mi)
+                out.event_index.append(new)
+        return out
+
     @property
     def event_id(self) -> list[str]:
         return [self.events[i].event_id for i in self.event_index]
@@ -175,6 +188,25 @@ def extract_metrics(events: Sequence[PaymentEvent], catalog: Catalog) -> MetricR
             metric_index.append(mi)
             event_index.append(ei)
     return rows
+
+
+def extract_metrics_isolated(events: Sequence[PaymentEvent], catalog: Catalog
+                             ) -> tuple[MetricRows, dict[int, Exception]]:
+    """`extract_metrics`, with any event whose extraction raises set aside.
+
+    Returns the rows of the other events (MetricRows over them, in order) and, by index into
+    `events`, the exception of each event set aside. Nothing an event holds should make
+    extraction raise; if a bug lets it, that event alone is refused, not its whole batch."""
+    try:
+        return extract_metrics(events, catalog), {}
+    except Exception:
+        broken: dict[int, Exception] = {}
+        for i, ev in enumerate(events):
+            try:
+                extract_metrics([ev], catalog)
+            except Exception as exc:
+                broken[i] = exc
+        return extract_metrics([ev for i, ev in enumerate(events) if i not in broken], catalog), broken
 
 
 def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog) -> list[AggregateRow]:

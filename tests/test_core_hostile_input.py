@@ -1,0 +1,244 @@
+"""Hostile content (issue 11, contract section 1 "No content can fail a batch"): whatever a
+body holds, parse_event accepts or refuses it with an error code, never raises, in bounded
+time, and never lets a card number through. No I/O."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from txmetrics.core import events as events_module
+from txmetrics.core.bounded_json import MAX_DEPTH, nesting_exceeds
+from txmetrics.core.catalog import parse_catalog
+from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
+from txmetrics.core.masking import mask_json_text, mask_value
+from txmetrics.core.metrics import extract_metrics
+
+VALID = ('"event_id": "e-1", "transaction_id": "t-1", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m-1", '
+         '"currency": "USD", "payment_method": "card", "status": "approved"')
+# every code parse_event may give for bad content; internal_error (a bug) must never appear
+CODES = re.compile(r"body_(not_utf8|not_json|not_object|too_large|too_deep)|number_out_of_range|"
+                   r"(missing|invalid)_[a-z_]+|card_number_in_(event_id|transaction_id|merchant_id|amount|processing_ms)")
+
+
+def body(**raw: str) -> bytes:
+    """A valid event with fields given as raw JSON text (numbers exactly as written)."""
+    fields = {"amount": "1", **raw}
+    return ("{" + VALID + "".join(f', "{k}": {v}' for k, v in fields.items()) + "}").encode()
+
+
+def parse_timed(raw: bytes) -> tuple[PaymentEvent | Rejection, float]:
+    t = time.perf_counter()
+    result = parse_event(InboundEvent(body=raw, partition_id="0", sequence_number=1))
+    return result, time.perf_counter() - t
+
+
+def assert_no_card_number(result: PaymentEvent | Rejection) -> None:
+    """What would be stored holds no card number: masking it again, as text and (when it is
+    JSON of sane depth and numbers) as a document, changes nothing."""
+    text = result.payload
+    assert mask_json_text(text) == text
+    if nesting_exceeds(text.encode()):
+        return
+    try:
+        doc = _CHECK_DECODER.decode(text)
+    except (msgspec.DecodeError, ArithmeticError):
+        return
+    assert mask_value(doc) == doc
+
+
+_CHECK_DECODER = msgspec.json.Decoder(float_hook=lambda t: Decimal(t) if len(t) <= 100 else t)
+
+HOSTILE = [
+    # issue 11, item 3: decimal.InvalidOperation, ValueError (int string limit), minutes of int()
+    ("amount 1e999999999999999999999", body(amount="1e999999999999999999999"), "number_out_of_range"),
+    ("processing_ms 1E+100000", body(processing_ms="1E+100000"), "number_out_of_range"),
+    ("processing_ms 1E+99999999", body(processing_ms="1E+99999999"), "number_out_of_range"),
+    ("processing_ms 1E+1000000", body(processing_ms="1E+1000000"), "number_out_of_range"),
+    ("attributes 1E+99999999", body(attributes='{"x": 1E+99999999}'), "number_out_of_range"),
+    ("a 5,000-character number", body(attributes='{"x": 1.' + "5" * 5000 + "}"), "number_out_of_range"),
+    ("an integer of 4,301 digits", body(attributes='{"x": ' + "7" * 4301 + "}"), "number_out_of_range"),
+    ("processing_ms 1E+500", body(processing_ms="1E+500"), "invalid_processing_ms"),
+    ("processing_ms 1E-500", body(processing_ms="1E-500"), "invalid_processing_ms"),
+    ("amount 1E+500", body(amount="1E+500"), "invalid_amount"),
+    ("amount -1E+500", body(amount="-1E+500"), "invalid_amount"),
+    ("amount 1E-500", body(amount="1E-500"), "invalid_amount"),
+    # nesting: RecursionError at 1,000 levels (about 500 through masking with a digit run)
+    ("1,000 nested arrays", body(attributes='{"x": ' + "[" * 1000 + "]" * 1000 + "}"), "body_too_deep"),
+    ("500 nested with a card", body(attributes='{"x": ' + "[" * 500 + '"4111111111111111"' + "]" * 500 + "}"),
+     "body_too_deep"),
+    ("100,000 nested objects", body(attributes='{"x": ' + '{"a":' * 100_000 + "1" + "}" * 100_000 + "}"),
+     "body_too_deep"),
+    ("an unclosed 500,000", b"[" * 500_000, "body_too_deep"),
+    ("an unterminated string of escaped quotes", b'[' * 100 + b'"' + b'\\"' * 400_000, "body_too_deep"),
+    ("a body of quotes", b'{"a": ' + b'"' * 1_000_000, "body_not_json"),
+    # issue 11: sane times only, refused per event (ValueError in the UTC-day helper before)
+    ("year 1 with an offset", body(occurred_at='"0001-01-01T00:00:00+00:01"'), "invalid_occurred_at"),
+    ("year 9999 with an offset", body(occurred_at='"9999-12-31T23:59:59-00:01"'), "invalid_occurred_at"),
+    ("the last microsecond of 9999", body(occurred_at='"9999-12-31T23:59:59.999999Z"'), "invalid_occurred_at"),
+]
+
+
+@pytest.mark.parametrize("raw, code", [(r, c) for _, r, c in HOSTILE], ids=[name for name, _, _ in HOSTILE])
+def test_hostile_bodies_are_refused_with_a_code_in_bounded_time(raw: bytes, code: str) -> None:
+    result, seconds = parse_timed(raw)
+    assert isinstance(result, Rejection), result
+    assert result.error_code == code, result.detail
+    assert seconds < 0.5, f"{seconds:.3f} s"        # minutes before the fix; milliseconds now
+    assert len(result.payload) <= events_module.MAX_FAILED_PAYLOAD
+    assert_no_card_number(result)
+
+
+SANE = [
+    ("nested to the limit", body(attributes='{"x": ' + "[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2) + "}")),
+    ("brackets in a string do not nest", body(attributes='{"note": "' + "[{" * 50_000 + '"}')),
+    ("many brackets, shallow", body(attributes='{"x": [' + "[1]," * 50_000 + "[1]]}")),
+    ("msgspec's largest integer", body(attributes='{"x": ' + "9" * 4300 + "}")),
+    ("the largest exponents", body(attributes='{"x": 1E+1000, "y": -1E-1000}')),
+    ("the largest amount", body(amount="999999999999999999.999999999")),
+]
+
+
+@pytest.mark.parametrize("raw", [r for _, r in SANE], ids=[name for name, _ in SANE])
+def test_large_but_sane_content_is_accepted(raw: bytes) -> None:
+    result, seconds = parse_timed(raw)
+    assert isinstance(result, PaymentEvent), result
+    assert seconds < 0.5
+
+
+def _mebibyte_of(unit: str) -> bytes:
+    return body(attributes=json.dumps({"x": unit * ((1024 * 1024 - 400) // (len(json.dumps(unit)) - 2))}))
+
+
+MEBIBYTES = [
+    ("a grid of one-digit numbers", _mebibyte_of("1 ")),
+    ("runs of 60 one-digit words", _mebibyte_of("1 " * 60 + "x ")),
+    ("card numbers", _mebibyte_of("4111111111111111 x ")),
+    ("13-digit numbers, no cards", _mebibyte_of("1234567890123 x ")),
+    ("spaced IBANs and card numbers", _mebibyte_of("DE89 3704 0044 0532 0130 00 x 4111111111111111 x ")),
+    ("escapes before card numbers", _mebibyte_of("\n4111111111111111")),
+    ("card numbers as JSON numbers", body(attributes='{"x": [' + ",".join(["4111111111111111"] * 61_000) + "]}")),
+    ("card numbers in exponent form", body(attributes='{"x": [' + ",".join(["1.8e13"] * 145_000) + "]}")),
+]
+
+
+@pytest.mark.parametrize("raw", [r for _, r in MEBIBYTES], ids=[name for name, _ in MEBIBYTES])
+def test_a_mebibyte_of_hostile_text_takes_bounded_time(raw: bytes) -> None:
+    """The slowest shapes of a 1 MiB body found so far take 0.1-0.4 s here (a spaced IBAN
+    beside each card number took 12 s before its check was made logarithmic)."""
+    result, seconds = parse_timed(raw)
+    assert isinstance(result, PaymentEvent)
+    assert seconds < 2.0, f"{seconds:.3f} s"
+    assert "4111111111111111" not in result.payload and "18000000000000" not in result.payload
+
+
+def test_nesting_is_measured_outside_strings_and_before_decoding() -> None:
+    assert not nesting_exceeds(b'{"a": "' + b"[" * 1000 + b'"}')
+    assert not nesting_exceeds(b'{"a": "\\"' + b"[" * 1000 + b'"}')        # an escaped quote stays in the string
+    assert nesting_exceeds(b'{"a": "\\\\"' + b", " + b"[" * 100 + b"]" * 100 + b"}")   # an escaped backslash ends it
+    assert nesting_exceeds(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
+    assert not nesting_exceeds(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH)
+    assert not nesting_exceeds(b"[]" * 10_000)
+
+
+def test_an_unexpected_exception_refuses_that_event_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug no test foresaw (here: validation raising KeyError on one body) becomes a
+    Rejection with code internal_error and a masked payload, not an exception for the batch."""
+    real = events_module._validate
+
+    def flaky(doc: dict[str, Any], *args: Any) -> PaymentEvent:
+        if doc.get("boom"):
+            raise KeyError("boom 4111111111111111")
+        return real(doc, *args)
+
+    monkeypatch.setattr(events_module, "_validate", flaky)
+    bad, _ = parse_timed(body(boom="true", note='"card 4111111111111111"'))
+    assert isinstance(bad, Rejection) and bad.error_code == "internal_error"
+    assert "KeyError" in bad.detail and "4111111111111111" not in bad.detail + bad.payload
+    good, _ = parse_timed(body())
+    assert isinstance(good, PaymentEvent)
+
+
+@pytest.mark.parametrize("value", ["sNaN", "NaN", "-Infinity", "1_000", "1e999999999", "9" * 5000, 10**4000,
+                                   Decimal("1E+1000"), Decimal("-1E+1000")])
+def test_a_catalog_value_that_is_no_finite_number_has_no_row(value: Any) -> None:
+    """Issue 11: a custom-catalog value "sNaN" raised ValueError and failed the batch."""
+    catalog = parse_catalog({"metrics": [{"name": "risk", "kind": "value", "source": "attributes.risk"}]})
+    assert catalog.metrics[0].extract({"attributes": {"risk": value}}) is None
+    good = parse_event(InboundEvent(body=body(attributes=json.dumps({"risk": "0.5"})), partition_id="0",
+                                    sequence_number=1))
+    assert isinstance(good, PaymentEvent)
+    good.document["attributes"]["risk"] = value
+    assert len(extract_metrics([good], catalog)) == 0
+
+
+# --- fuzz --------------------------------------------------------------------------------------
+
+def number_text() -> st.SearchStrategy[str]:
+    """JSON numbers of any size: long integer parts, long fractions, huge exponents."""
+    digits = st.one_of(st.integers(0, 10**40).map(str), st.integers(1, 6000).map(lambda n: "9" * n))
+    exponent = st.one_of(st.just(""), st.tuples(st.sampled_from("eE"), st.sampled_from(["", "+", "-"]),
+                                                st.integers(0, 10**25)).map(lambda t: f"{t[0]}{t[1]}{t[2]}"))
+    fraction = st.one_of(st.just(""), st.integers(0, 10**30).map(lambda n: f".{n}"))
+    return st.tuples(st.sampled_from(["", "-"]), digits, fraction, exponent).map(lambda t: "".join(t))
+
+
+def luhn_number() -> st.SearchStrategy[str]:
+    def complete(prefix: str) -> str:
+        from txmetrics.core.masking import luhn_ok
+        return next(prefix + c for c in "0123456789" if luhn_ok(prefix + c))
+    return st.integers(10**11, 10**18 - 1).map(lambda n: complete(str(n)))
+
+
+def json_text(value: str) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+any_string = st.one_of(st.text(max_size=60), st.text(alphabet="0123456789 -.+eE_x", max_size=40),
+                       luhn_number().map(lambda p: f"card {p}"), luhn_number())
+raw_value = st.one_of(number_text(), any_string.map(json_text), luhn_number(),
+                      luhn_number().map(lambda p: f"{p}.0"), luhn_number().map(lambda p: f"-{p}"),
+                      luhn_number().map(lambda p: f"{p[0]}.{p[1:]}e{len(p) - 1}"),
+                      st.sampled_from(["null", "true", "[]", "{}"]))
+FIELDS = ["event_id", "transaction_id", "merchant_id", "occurred_at", "amount", "currency", "payment_method",
+          "status", "event_type", "processing_ms", "country", "unknown", "attributes"]
+
+
+@st.composite
+def hostile_body(draw: st.DrawFn) -> bytes:
+    field = draw(st.sampled_from(FIELDS))
+    value = draw(raw_value)
+    depth = draw(st.one_of(st.just(0), st.integers(0, 80), st.integers(0, 3000)))
+    opener, closer = draw(st.sampled_from([("[", "]"), ('{"k":', "}")]))
+    value = opener * depth + value + closer * depth
+    if field == "attributes":
+        value = '{"x": ' + value + "}"
+    raw = body(**{field: value})
+    pad = draw(st.sampled_from([0, 0, 0, 1000, 200_000, 1024 * 1024 - len(raw) - 20, 1024 * 1024]))
+    if pad > 0:
+        raw = raw[:-1] + b', "pad": "' + b"x" * pad + b'"}'
+    if draw(st.booleans()):    # cut anywhere: not JSON any more
+        raw = raw[: draw(st.integers(0, len(raw)))]
+    return raw
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(raw=hostile_body())
+def test_fuzzed_bodies_are_accepted_or_refused_in_bounded_time(raw: bytes) -> None:
+    result, seconds = parse_timed(raw)
+    # generous: a few ms for the largest (1 MiB) bodies on this machine; correctness, not speed
+    assert seconds < 0.05 + 0.25 * len(raw) / (1024 * 1024), f"{seconds:.3f} s for {len(raw)} bytes"
+    if isinstance(result, Rejection):
+        assert CODES.fullmatch(result.error_code), (result.error_code, result.detail)
+    else:
+        assert isinstance(result, PaymentEvent)
+        assert 0 <= result.occurred_us < 4102444800 * 10**6
+    assert_no_card_number(result)
