@@ -10,7 +10,7 @@
   (infra/config.py, `alert*` keys, with defaults):
   function failures (each one is retried) in 15 minutes; Event Hubs throttled requests;
   a partition's consumer lag above its threshold and growing for 15 minutes; PostgreSQL CPU or
-  storage above 80%; no event processed for `alertNoEventsMinutes` (prod: 30).
+  storage above 80%; no event received for `alertNoEventsMinutes` (prod: 30).
   Metric alerts use the platform metrics (`Microsoft.EventHub/namespaces` ThrottledRequests;
   `Microsoft.DBforPostgreSQL/flexibleServers` cpu_percent, storage_percent: Learn, "Supported
   metrics for Microsoft.DBforPostgreSQL/flexibleServers"); Event Hubs Standard has no consumer-lag
@@ -89,7 +89,7 @@ CONSUMER_LAG_GROWING = (BATCH_LINES + "| where TimeGenerated > ago(15m)\n"
                         "    last = avgif(lag_s, TimeGenerated > ago(5m)) by partition\n"
                         "| where lowest > {{threshold}} and isnotnull(first) and isnotnull(last) and last > first\n")
 
-# one row when nothing was processed in the window (also when no batch line came at all)
+# one row when nothing was received in the window (also when no batch line came at all)
 NO_EVENTS = ("let received = toscalar(" + BATCH_LINES.replace("\n", " ") +
              "| where TimeGenerated > ago({{minutes}}m) | summarize sum(toint(b.received)));\n"
              "print received = coalesce(received, 0)\n| where received == 0\n")
@@ -171,7 +171,7 @@ class Operations(pulumi.ComponentResource):
                      "Microsoft.DBforPostgreSQL/flexibleServers", "storage_percent", "Average",
                      alerts.postgres_storage_percent, 30, 2)
         if alerts.no_events_minutes:
-            log_alert("no-events", f"No event processed for {alerts.no_events_minutes} minutes",
+            log_alert("no-events", f"No event received for {alerts.no_events_minutes} minutes",
                       app.apply(lambda a: _kql(NO_EVENTS, function_app=a, minutes=str(alerts.no_events_minutes))),
                       alerts.no_events_minutes, 1)
 

@@ -76,7 +76,7 @@ def test_the_workbook_shows_what_the_issue_asks(stack: str, dev: Any, prod: Any)
     mocks, _ = stack_of(stack, dev, prod)
     q = queries(mocks)
     events = q["events-per-minute"]
-    for field in ("received", "processed", "duplicates", "failed"):
+    for field in ("received", "new", "duplicates", "failed"):
         assert f"{field} = sum(toint(b.{field}))" in events
     assert "bin(TimeGenerated, 1m)" in events
     assert all(f"percentile(duration_ms, {p})" in q["batch-duration"] for p in (50, 95, 99))
@@ -237,9 +237,9 @@ def test_every_field_the_workbook_and_alerts_read_is_in_the_functions_batch_line
     read = set()
     for query in [*queries(run_program("dev", BUNDLE)[0]).values(), BATCH_LINES, CONSUMER_LAG_GROWING, NO_EVENTS]:
         read |= fields_read(query)
-    assert read >= {"received", "processed", "duplicates", "failed", "duration_ms", "lag_s", "partition",
+    assert read >= {"received", "new", "duplicates", "failed", "duration_ms", "lag_s", "partition",
                     "failed_by_code"}
     assert read <= set(batch), read - set(batch)
-    assert (batch["received"], batch["processed"], batch["failed"], batch["partition"]) == (2, 1, 1, "7")
+    assert (batch["received"], batch["new"], batch["failed"], batch["partition"]) == (2, 1, 1, "7")
     assert sum(batch["failed_by_code"].values()) == 1
     assert 119 <= batch["lag_s"] < 180 and batch["duration_ms"] > 0
