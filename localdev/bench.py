@@ -342,15 +342,16 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int, repeat
                           f", ratio {rounds[-1]['ratio_to_floor']:.2f}")
 
         # after the last real round: the fold of everything pending, then what is stored
-        pending = int(conn.execute("SELECT count(*) FROM aggregate_deltas").fetchone()[0])
+        def q(sql: str) -> Any:
+            row = conn.execute(sql).fetchone()
+            assert row is not None
+            return int(row[0]) if isinstance(row[0], Decimal) else row[0]
+
+        pending = int(q("SELECT count(*) FROM aggregate_deltas"))
         t = time.perf_counter()
-        folded = int(conn.execute("SELECT txm_fold_aggregates()").fetchone()[0])
+        folded = int(q("SELECT txm_fold_aggregates()"))
         fold_seconds = time.perf_counter() - t
         conn.execute("VACUUM ANALYZE")
-
-        def q(sql: str) -> Any:
-            value = conn.execute(sql).fetchone()[0]
-            return int(value) if isinstance(value, Decimal) else value
 
         processed = q("SELECT count(*) FROM ingested_events")
         sizes = {t: q(f"""SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c

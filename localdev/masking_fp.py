@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="also measure mask_text of this git revision")
     parser.add_argument("--out", help="write the JSON here")
     args = parser.parse_args()
-    runs = {"this tree": masking.mask_text}
+    runs: dict[str, Callable[[str], str]] = {"this tree": masking.mask_text}
     if args.baseline:
         runs[args.baseline] = baseline_mask(args.baseline)
     results = {name: measure(mask, args.uuids, args.sample, args.seed) for name, mask in runs.items()}
