@@ -171,3 +171,17 @@ def test_no_settings_and_no_local_services_is_one_line(tmp_path: Path, monkeypat
     assert "make up" in refused("failed", "list")
     assert "make up" in refused("query", "--event-id", "x")
     assert "local services are not running" in refused("env")
+
+
+def test_aggregates_fold_and_status(three_events: dict[str, str], db: psycopg.Connection) -> None:
+    """The contract's `txmetrics aggregates fold`: after it, aggregate_histograms holds every
+    committed event and no delta waits; `status` says how many wait before and after."""
+    assert "delta(s) pending, the oldest committed" in ok("aggregates", "status").stderr
+    before = db.execute("SELECT count(*) FROM aggregate_deltas").fetchone()
+    assert before is not None and before[0] > 0
+    assert f"folded {before[0]:,} delta(s)" in ok("aggregates", "fold").stderr
+    assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (0,)
+    assert db.execute("SELECT count FROM aggregate_histograms WHERE metric_name = 'approved' AND dimensions = '{}'"
+                      ).fetchone() == (2,)
+    assert "no delta pending" in ok("aggregates", "status").stderr
+    assert "folded 0 delta(s)" in ok("aggregates", "fold").stderr       # a second fold finds nothing

@@ -6,7 +6,7 @@
 | read.py | query, kpi |
 | failed.py | failed list/show/fix/set/replay/resolve |
 | retention.py | lifecycle validate/render/plan, retention apply |
-| maintenance.py | migrate, compact, rollup |
+| maintenance.py | migrate, compact, rollup, aggregates fold/status |
 
 Cross-cutting: boundary.py (the one error boundary: domain errors become one line on
 stderr and exit code 2), output.py (--format table|json|csv), context.py (settings, and the
@@ -45,6 +45,7 @@ app.add_typer(failed.app, name="failed")
 app.add_typer(retention.lifecycle_app, name="lifecycle")
 app.add_typer(retention.retention_app, name="retention")
 app.add_typer(maintenance.app)
+app.add_typer(maintenance.aggregates_app, name="aggregates")
 
 
 if __name__ == "__main__":

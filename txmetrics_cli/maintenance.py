@@ -1,6 +1,6 @@
 """Maintenance: `migrate` (the schema), `compact` (a day's raw files), `rollup` (a day's
-5-minute histograms). Each is safe to re-run; the daily maintenance function does the
-same on its own."""
+5-minute histograms), `aggregates fold|status` (the writers' histogram deltas). Each is
+safe to re-run; the timer functions do the same on their own."""
 
 from __future__ import annotations
 
@@ -64,3 +64,40 @@ def rollup_command(day: DayOption) -> None:
     with context.connect(autocommit=True) as conn:
         fresh = roll_day(conn, day.date())
     note("rolled up" if fresh else "rolled up, but late events arrived meanwhile: still stale, re-run")
+
+
+aggregates_app = typer.Typer(no_args_is_help=True, help="The writers' histogram deltas: fold them, see how many wait.")
+
+
+@aggregates_app.command("fold")
+def aggregates_fold() -> None:
+    """Fold pending histogram deltas now.
+
+    Merges every committed delta into aggregate_histograms, in one statement (all or
+    nothing; a concurrent fold waits its turn). The fold_aggregates timer does this every
+    minute; readers (kpi, payment_metrics_5m) include pending deltas either way."""
+    import time
+
+    from txmetrics.adapters.postgres import fold_aggregates
+
+    started = time.perf_counter()
+    with context.connect(autocommit=True) as conn:
+        folded = fold_aggregates(conn)
+    note(f"folded {folded:,} delta(s) into aggregate_histograms in {time.perf_counter() - started:.2f} s")
+
+
+@aggregates_app.command("status")
+def aggregates_status() -> None:
+    """How many histogram deltas wait for the fold, and since when."""
+    from datetime import UTC
+    from datetime import datetime as dt
+
+    from txmetrics.adapters.postgres import pending_deltas
+
+    with context.connect() as conn:
+        pending = pending_deltas(conn)
+    if pending.oldest is None:
+        note("no delta pending: aggregate_histograms holds every committed event")
+    else:
+        age = (dt.now(UTC) - pending.oldest).total_seconds()
+        note(f"{pending.deltas:,} delta(s) pending, the oldest committed {age:.0f} s ago")

@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -161,12 +161,10 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ aggregates
     def fold_aggregates(self) -> int:
-        """Merge every committed delta into aggregate_histograms (txm_fold_aggregates: one
-        statement, so all or nothing; concurrent folds take turns). Returns deltas folded."""
+        """Merge every committed delta into aggregate_histograms (see `fold_aggregates`)."""
         conn = self.connection()
         with conn.transaction():
-            row = conn.execute("SELECT txm_fold_aggregates()").fetchone()
-        return int(row[0]) if row else 0
+            return fold_aggregates(conn)
 
     # ------------------------------------------------------------------ outbox
     def pending_files(self, partition_id: str | None) -> list[tuple[int, str, bytes]]:
@@ -190,6 +188,26 @@ class PostgresStore:
             conn.execute("UPDATE raw_files SET state = 'uploaded', uploaded_at = now() "
                          "WHERE id = ANY(%s) AND state = 'pending'", (list(file_ids),))
             conn.execute("DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%s)", (list(file_ids),))
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDeltas:
+    deltas: int
+    oldest: datetime | None      # when the oldest pending delta was committed (None: none pending)
+
+
+def fold_aggregates(conn: psycopg.Connection) -> int:
+    """Merge every committed delta into aggregate_histograms: txm_fold_aggregates, one
+    statement, so all or nothing; concurrent folds take turns. Returns deltas folded."""
+    row = conn.execute("SELECT txm_fold_aggregates()").fetchone()
+    return int(row[0]) if row else 0
+
+
+def pending_deltas(conn: psycopg.Connection) -> PendingDeltas:
+    """How far the fold is behind: deltas not folded yet, and the commit time of the oldest."""
+    row = conn.execute("SELECT count(*), min(created_at) FROM aggregate_deltas").fetchone()
+    assert row is not None
+    return PendingDeltas(int(row[0]), row[1])
 
 
 def _metric_rows(rows: MetricRows) -> Iterator[bytes]:
