@@ -18,10 +18,14 @@ firewall rule for the deployer's address for the duration of its run only (infra
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import pulumi
 from pulumi_azure_native import dbforpostgresql as pg
 
 from .config import StackConfig
+
+_R = TypeVar("_R", bound=pulumi.Resource)
 
 DATABASE_NAME = "txmetrics"
 
@@ -81,11 +85,10 @@ class Database(pulumi.ComponentResource):
         self.host = self.server.fully_qualified_domain_name
         self.register_outputs({"server": server_name_out, "host": self.host})
 
-    def _child(self, cls: type, resource_name: str, **kwargs: object) -> pulumi.Resource:
+    def _child(self, cls: type[_R], resource_name: str, **kwargs: Any) -> _R:
         """A child of the server, created only after the previous child (never two writes at once)."""
         depends_on = [self.chain[-1]] if self.chain else [self.server]
-        resource: pulumi.Resource = cls(resource_name, **kwargs,
-                                        opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on))
+        resource = cls(resource_name, **kwargs, opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on))
         self.chain.append(resource)
         return resource
 

@@ -79,7 +79,8 @@ class FunctionApp(pulumi.ComponentResource):
         self.app = web.WebApp(
             f"{name}-app", name=app_name, resource_group_name=resource_group, location=cfg.location,
             kind="functionapp,linux", server_farm_id=self.plan.id, https_only=True,
-            identity=web.ManagedServiceIdentityArgs(type="UserAssigned", user_assigned_identities=[self.identity.id]),
+            identity=web.ManagedServiceIdentityArgs(type=web.ManagedServiceIdentityType.USER_ASSIGNED,
+                                                    user_assigned_identities=[self.identity.id]),
             function_app_config=web.FunctionAppConfigArgs(
                 deployment=web.FunctionsDeploymentArgs(storage=web.FunctionsDeploymentStorageArgs(
                     type="blobContainer", value=deployment_url,

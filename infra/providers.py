@@ -466,8 +466,12 @@ class CodeDeploymentProvider(ResourceProvider):
 
     @staticmethod
     def _publish(props: dict[str, Any]) -> dict[str, Any]:
-        timings = PublishTimings(**{k: float(props[k]) for k in ("propagation_timeout", "deployment_timeout",
-                                                                  "poll_interval", "retry_interval") if k in props})
+        d = PublishTimings()
+        timings = PublishTimings(
+            propagation_timeout=float(props.get("propagation_timeout", d.propagation_timeout)),
+            deployment_timeout=float(props.get("deployment_timeout", d.deployment_timeout)),
+            poll_interval=float(props.get("poll_interval", d.poll_interval)),
+            retry_interval=float(props.get("retry_interval", d.retry_interval)))
         result = publish_zip(props["scm_url"], props["zip_path"], props["sha256"], timings)
         return {**props, "deployment_id": result["deployment_id"]}
 

@@ -25,15 +25,17 @@ def _account(name: str, account_name: pulumi.Input[str], cfg: StackConfig, resou
     private = cfg.private_networking
     return storage.StorageAccount(
         name, account_name=account_name, resource_group_name=resource_group, location=cfg.location,
-        kind="StorageV2", sku=storage.SkuArgs(name=sku), access_tier="Hot",
-        allow_blob_public_access=False, minimum_tls_version="TLS1_2", enable_https_traffic_only=True,
+        kind=storage.Kind.STORAGE_V2, sku=storage.SkuArgs(name=sku), access_tier=storage.AccessTier.HOT,
+        allow_blob_public_access=False, minimum_tls_version=storage.MinimumTlsVersion.TLS1_2,
+        enable_https_traffic_only=True,
         allow_shared_key_access=False,          # identities only: no account keys in use anywhere
         default_to_o_auth_authentication=True,
         # private stacks: reachable through private endpoints only (as Microsoft's Flex sample with
         # vnetEnabled: publicNetworkAccess Disabled, networkAcls defaultAction Deny, bypass None)
-        public_network_access="Disabled" if private else "Enabled",
-        network_rule_set=storage.NetworkRuleSetArgs(default_action="Deny" if private else "Allow",
-                                                    bypass="None" if private else "AzureServices"),
+        public_network_access=storage.PublicNetworkAccess.DISABLED if private else storage.PublicNetworkAccess.ENABLED,
+        network_rule_set=storage.NetworkRuleSetArgs(
+            default_action=storage.DefaultAction.DENY if private else storage.DefaultAction.ALLOW,
+            bypass=storage.Bypass.NONE if private else storage.Bypass.AZURE_SERVICES),
         tags={"stack": cfg.stack}, opts=pulumi.ResourceOptions(parent=parent))
 
 
@@ -46,7 +48,8 @@ class Storage(pulumi.ComponentResource):
         self.account = _account(f"{name}-data", account_name, cfg, resource_group, policy.redundancy, self)
         self.containers = {
             c: storage.BlobContainer(f"{name}-{c}", container_name=c, account_name=self.account.name,
-                                     resource_group_name=resource_group, public_access="None", opts=child)
+                                     resource_group_name=resource_group, public_access=storage.PublicAccess.NONE,
+                                     opts=child)
             for c in policy.containers
         }
         self.raw_events = self.containers[RAW_EVENTS_CONTAINER]
@@ -57,8 +60,8 @@ class Storage(pulumi.ComponentResource):
         self.runtime_account = _account(f"{name}-runtime", host_account_name, cfg, resource_group, "Standard_LRS", self)
         self.deployments = storage.BlobContainer(
             f"{name}-{DEPLOYMENT_CONTAINER}", container_name=DEPLOYMENT_CONTAINER,
-            account_name=self.runtime_account.name, resource_group_name=resource_group, public_access="None",
-            opts=child)
+            account_name=self.runtime_account.name, resource_group_name=resource_group,
+            public_access=storage.PublicAccess.NONE, opts=child)
         self.blob_endpoint = self.account.primary_endpoints.apply(lambda e: e.blob)
         self.runtime_blob_endpoint = self.runtime_account.primary_endpoints.apply(lambda e: e.blob)
         self.register_outputs({"account": self.account.name, "runtime_account": self.runtime_account.name})
