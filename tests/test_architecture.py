@@ -1,0 +1,77 @@
+"""The layers' import rules (docs/architecture.md), read from the source, imports inside
+functions included: a rule broken anywhere fails here, not in a review."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = ROOT / "functions"
+
+# layer: (its files, the top-level packages and txmetrics modules it must not import)
+THIRD_PARTY_IO = ("psycopg", "azure", "pyarrow", "pulumi", "pulumi_azure_native", "yoyo", "requests", "urllib",
+                  "socket", "subprocess")
+LAYERS: dict[str, tuple[list[Path], tuple[str, ...]]] = {
+    # the pure core: no I/O library, no adapter, no service, no settings (which read the environment)
+    "core": (sorted((FUNCTIONS / "txmetrics" / "core").glob("*.py")),
+             (*THIRD_PARTY_IO, "os", "txmetrics.adapters", "txmetrics.pipeline", "txmetrics.runtime",
+              "txmetrics.settings", "txmetrics.kpi", "txmetrics.query", "txmetrics_cli", "localdev", "lifecycle",
+              "infra")),
+    # adapters: I/O for the core, never the command line, the local services or the deployment
+    "adapters": (sorted((FUNCTIONS / "txmetrics" / "adapters").glob("*.py")),
+                 ("txmetrics_cli", "localdev", "infra", "lifecycle", "txmetrics.pipeline", "txmetrics.runtime",
+                  "txmetrics.kpi", "txmetrics.query", "txmetrics.replay")),
+    # the function bundle (what is deployed): nothing from the repository's other packages.
+    # schema.py is the one module that runs only on the deploying machine (infra, the CLI):
+    # it imports yoyo, which the bundle does not carry, lazily.
+    "function bundle": ([*sorted(p for p in (FUNCTIONS / "txmetrics").glob("*.py") if p.name != "schema.py"),
+                         FUNCTIONS / "function_app.py"],
+                        ("txmetrics_cli", "localdev", "infra", "lifecycle", "yoyo")),
+    # retention policies are data plus the code that validates and renders them
+    "lifecycle": (sorted((ROOT / "lifecycle").glob("*.py")), ("txmetrics_cli", "localdev", "infra")),
+}
+
+
+def imported(path: Path, functions: Path = FUNCTIONS) -> set[str]:
+    """Absolute names of every module `path` imports (relative imports resolved)."""
+    package = ".".join(path.relative_to(functions if functions in path.parents else ROOT).with_suffix("").parts[:-1])
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def breaks(names: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names for f in forbidden if n == f or n.startswith(f + "."))
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_each_layer_imports_only_what_it_may(layer: str) -> None:
+    files, forbidden = LAYERS[layer]
+    assert files, f"no files for layer {layer}"
+    wrong = {str(p.relative_to(ROOT)): b for p in files if (b := breaks(imported(p), forbidden))}
+    assert not wrong, f"{layer} imports what it must not: {wrong}"
+
+
+def test_the_rule_reader_sees_relative_and_function_level_imports(tmp_path: Path) -> None:
+    """The checker itself can fail: a core module importing an adapter, inside a function and
+    relatively, is caught."""
+    module = FUNCTIONS / "txmetrics" / "core" / "events.py"
+    source = module.read_text() + "\n\ndef _late():\n    from ..adapters import postgres\n    import psycopg\n"
+    fake = tmp_path / "functions" / "txmetrics" / "core" / "events.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(source)
+    found = breaks(imported(fake, tmp_path / "functions"), LAYERS["core"][1])
+    assert "txmetrics.adapters.postgres" in found and "psycopg" in found
