@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from txmetrics.core.tables import DAY_PARTITIONED, ROW_RETENTION
+
 from .policy import TIERS, Policy, table_retention
 
 _TIER_NAME = {"cool": "Cool", "cold": "Cold", "archive": "Archive"}
@@ -113,19 +115,19 @@ def plan_blobs(policy: Policy, service: Any, at: datetime) -> tuple[list[BlobAct
 def plan_tables(policy: Policy, conn: Any, at: date) -> tuple[dict[str, list[str]], dict[str, int]]:
     retention = table_retention(policy)
     dropped: dict[str, list[str]] = {}
-    for table in ("dynamic_metrics", "ingested_events"):
+    for table in DAY_PARTITIONED:
         cutoff = at - timedelta(days=retention[table])
         rows = conn.execute("SELECT txm_expired_partitions(%s::regclass, %s)", (table, cutoff)).fetchall()
         dropped[table] = [r[0] for r in rows]
     deleted: dict[str, int] = {}
-    for table, column, keep in (("failed_items", "received_at", ""), ("aggregate_histograms", "window_start", ""),
-                                ("raw_files", "created_at", " AND state <> 'pending'")):   # as retention.enforce
-        if table not in retention:
+    for t in ROW_RETENTION:                # the rows txmetrics.retention.enforce deletes
+        if t.retention_key not in retention:
             continue
-        cutoff = at - timedelta(days=retention[table])
-        row = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} < (%s::timestamp AT TIME ZONE 'UTC'){keep}",
-                           (cutoff,)).fetchone()
-        deleted[table] = int(row[0])
+        cutoff = at - timedelta(days=retention[t.retention_key])
+        keep = f" AND {t.delete_only_where}" if t.delete_only_where else ""
+        row = conn.execute(f"SELECT count(*) FROM {t.name} WHERE {t.time_column} < "
+                           f"(%s::timestamp AT TIME ZONE 'UTC'){keep}", (cutoff,)).fetchone()
+        deleted[t.name] = int(row[0])
     return dropped, deleted
 
 

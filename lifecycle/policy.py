@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from txmetrics.core.tables import RETAINED
+
 LIFECYCLE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = LIFECYCLE_DIR.parent            # Pulumi.yaml and one Pulumi.<stack>.yaml per stack
 MAX_RULES = 100
@@ -27,7 +29,7 @@ NO_ARCHIVE_REDUNDANCY = {"Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS", "Pr
 REDUNDANCIES = {"Standard_LRS", "Standard_GRS", "Standard_RAGRS", *NO_ARCHIVE_REDUNDANCY}
 TIERS = ("cool", "cold", "archive", "delete")            # in the order blobs move through them
 EARLY_DELETION_DAYS = {"cool": 30, "cold": 90, "archive": 180}
-TABLES = ("dynamic_metrics", "ingested_events", "failed_items", "aggregate_histograms")
+TABLES = RETAINED
 TOP_KEYS = {"version", "storage", "blob_rules", "tables", "minimum_retention_days"}
 STORAGE_KEYS = {"redundancy", "containers"}
 RULE_KEYS = {"name", "container", "prefix", "cool_after_days", "cold_after_days", "archive_after_days",

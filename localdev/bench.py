@@ -37,12 +37,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from txmetrics.core.tables import TABLES
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 START = datetime(2026, 3, 1, tzinfo=UTC)
 # everything the pipeline stores in PostgreSQL, for bytes per event (indexes included)
-PIPELINE_TABLES = ("dynamic_metrics", "ingested_events", "event_dimensions", "aggregate_histograms",
-                   "aggregate_deltas", "failed_items", "raw_files", "raw_file_outbox")
+PIPELINE_TABLES = tuple(t.name for t in TABLES if t.name not in ("raw_compactions", "aggregate_rollups"))
 FLOOR_METRICS = ("amount", "processing_ms", "approved")
 
 
@@ -290,7 +291,7 @@ def _phase(results: list[dict[str, Any]], meter: _Meter, events: int) -> dict[st
 
 def _empty_tables(conn: Any) -> None:
     """Back to an empty pipeline between rounds (the ledger would otherwise skip every event)."""
-    conn.execute(f"TRUNCATE {', '.join(PIPELINE_TABLES)}, raw_compactions, aggregate_rollups, bench_floor_metrics")
+    conn.execute(f"TRUNCATE {', '.join(t.name for t in TABLES)}, bench_floor_metrics")
     conn.execute("VACUUM ANALYZE")
 
 

@@ -27,10 +27,10 @@ from localdev.eventhub import make_batch  # noqa: E402
 from localdev.services import LocalServices, ephemeral_services  # noqa: E402
 from txmetrics import runtime, schema  # noqa: E402
 from txmetrics.adapters.blob import BlobArchive, service_client  # noqa: E402
+from txmetrics.core.tables import TABLES  # noqa: E402
 
 # every table a test can fill: each test starts from an empty pipeline, whatever ran before it
-DATA_TABLES = ("dynamic_metrics", "ingested_events", "event_dimensions", "aggregate_histograms", "aggregate_deltas",
-               "failed_items", "raw_file_outbox", "raw_files", "raw_compactions", "aggregate_rollups")
+DATA_TABLES = tuple(t.name for t in TABLES)
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,9 @@ from datetime import date, timedelta
 
 import psycopg
 
-PARTITIONED = ("dynamic_metrics", "ingested_events")
+from .core.tables import DAY_PARTITIONED, ROW_RETENTION
+
 DELETE_BATCH = 10_000
-ROW_TABLES = {  # table: (time column, kind)
-    "failed_items": "received_at",
-    "aggregate_histograms": "window_start",
-}
 
 
 @dataclass
@@ -35,7 +32,7 @@ def cutoff(today: date, days: int) -> date:
 def enforce(conn: psycopg.Connection, retention: dict[str, int], today: date, ahead_days: int = 7) -> RetentionReport:
     """Apply `retention` ({table: days}) as of `today`. `conn` must be in autocommit mode."""
     report = RetentionReport()
-    for table in PARTITIONED:
+    for table in DAY_PARTITIONED:
         row = conn.execute("SELECT txm_ensure_day_partitions(%s::regclass, %s, %s)",
                            (table, today, today + timedelta(days=ahead_days))).fetchone()
         report.created_partitions += int(row[0]) if row else 0
@@ -43,22 +40,18 @@ def enforce(conn: psycopg.Connection, retention: dict[str, int], today: date, ah
             dropped = conn.execute("SELECT * FROM txm_drop_expired_partitions(%s::regclass, %s)",
                                    (table, cutoff(today, retention[table]))).fetchall()
             report.dropped_partitions += [str(r[0]) for r in dropped]
-    for table, column in ROW_TABLES.items():
-        if table not in retention:
+    for t in ROW_RETENTION:
+        if t.retention_key not in retention:
             continue
-        limit = cutoff(today, retention[table])
+        limit = cutoff(today, retention[t.retention_key])
+        keep = f" AND {t.delete_only_where}" if t.delete_only_where else ""
         total = 0
         while True:
             cur = conn.execute(
-                f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "
-                f"WHERE {column} < (%s::timestamp AT TIME ZONE 'UTC') LIMIT {DELETE_BATCH}))", (limit,))
+                f"DELETE FROM {t.name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t.name} "
+                f"WHERE {t.time_column} < (%s::timestamp AT TIME ZONE 'UTC'){keep} LIMIT {DELETE_BATCH}))", (limit,))
             total += cur.rowcount
             if cur.rowcount < DELETE_BATCH:
                 break
-        report.deleted_rows[table] = total
-    if "raw_files" in retention:   # manifest rows of files the blob lifecycle rule has deleted
-        cur = conn.execute("DELETE FROM raw_files WHERE created_at < (%s::timestamp AT TIME ZONE 'UTC') "
-                           "AND state <> 'pending'",
-                           (cutoff(today, retention["raw_files"]),))
-        report.deleted_rows["raw_files"] = cur.rowcount
+        report.deleted_rows[t.name] = total
     return report

@@ -29,9 +29,9 @@ from psycopg.conninfo import make_conninfo
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, Aggregates, DimensionTuple, MetricRows
 from ..core.naming import datetime_to_us, us_to_datetime
+from ..core.tables import DAY_PARTITIONED
 from . import pgcopy
 
-PARTITIONED_TABLES = ("dynamic_metrics", "ingested_events")
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 # Per-connection staging tables: rows arrive by COPY (an order of magnitude cheaper than
 # binding parameter arrays from Python), then one INSERT .. SELECT does the real work in
@@ -100,14 +100,14 @@ class PostgresStore:
     def ensure_day_partitions(self, days: set[date]) -> None:
         """Create the day partitions a batch needs, in their own short transaction. The SQL
         function attaches new partitions under SHARE UPDATE EXCLUSIVE (no conflict with
-        writers); tables are always taken in PARTITIONED_TABLES order, so two creators
+        writers); tables are always taken in DAY_PARTITIONED order, so two creators
         cannot deadlock either (migration 0007)."""
         missing = sorted(days - self._known_days)
         if not missing:
             return
         conn = self.connection()
         with conn.transaction():
-            for table in PARTITIONED_TABLES:
+            for table in DAY_PARTITIONED:
                 for first, last in _runs(missing):
                     conn.execute("SELECT txm_ensure_day_partitions(%s::regclass, %s, %s)", (table, first, last))
         self._known_days.update(missing)
