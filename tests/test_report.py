@@ -213,7 +213,7 @@ def test_the_retention_outlook_comes_from_the_lifecycle_plan(corpus: dict[str, i
     now = datetime(2026, 3, 20, 12, tzinfo=UTC)          # the corpus' day partitions are past dev's 14 days by then
     outlook = report_data.retention_outlook(policy, conn=db, service=service, now=now)
     today = make_plan(policy, now, service=service, conn=db)
-    assert [label for label, _ in outlook.horizons][0] == "today"
+    assert [label for label, _ in outlook.horizons][0::3] == ["today", "by 2026-06-18 (+90 d)"]
     due_today = {(r.store, r.target, r.action): r.due[0][0] for r in outlook.rows}
     for row in today.rows():
         if row["action"] != "none due":
@@ -260,8 +260,8 @@ def test_make_run_ends_with_the_report_of_what_it_ingested(services: Any, db: ps
 # ------------------------------------------------------------------------------------- pure parts
 
 @pytest.mark.parametrize(("hours", "window", "trend"), [
-    (2, "5m", "5m"), (12, "5m", "5m"), (13, "5m", "1h"), (24, "5m", "1h"), (25, "1h", "1h"), (14 * 24, "1h", "1h"),
-    (14 * 24 + 1, "1d", "1d"), (30 * 24, "1d", "1d")])
+    (2, "5m", "5m"), (12, "5m", "5m"), (13, "5m", "1h"), (24, "5m", "1h"), (25, "1h", "1h"), (7 * 24, "1h", "1h"),
+    (7 * 24 + 1, "1d", "1d"), (30 * 24, "1d", "1d")])
 def test_the_bucket_follows_the_range(hours: int, window: str, trend: str) -> None:
     end = DAY + timedelta(hours=hours)
     assert choose_window(DAY, end) == window
@@ -305,3 +305,20 @@ def test_a_chart_without_points_says_so() -> None:
     drawn = time_chart("x", [Series("a", {DAY: 2.0})], start=DAY, end=DAY + timedelta(days=1),
                        step=timedelta(minutes=5), y_label="things per 5 min")
     assert drawn.points == 1 and 'class="mark"' in drawn.svg and "things per 5 min" in drawn.svg
+
+
+def test_without_chromium_the_reason_and_the_fix_are_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What `make test` and the browser test say on a machine where Chromium cannot be had
+    (the test then fails with this message; it never skips)."""
+    import os
+
+    from localdev import browser
+
+    monkeypatch.setenv(browser.CHROMIUM_VARIABLE, str(tmp_path / "missing"))
+    with pytest.raises(BrowserUnavailableError, match="is not an executable file; install it: sudo apt-get install"):
+        ensure_chromium()
+    monkeypatch.delenv(browser.CHROMIUM_VARIABLE)
+    monkeypatch.setattr(browser, "DEFAULT_CHROMIUM", tmp_path / "chromium")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(BrowserUnavailableError, match="not root, so it cannot be installed here"):
+        ensure_chromium()

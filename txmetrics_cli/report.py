@@ -27,7 +27,7 @@ def report_command(
                                           help="the HTML file to write")] = Path("report.html"),
         stack: StackOption = "dev",
         window: Annotated[Literal["5m", "1h", "1d"] | None, typer.Option(
-            help="one point per window of this size (default: 5m up to a day, 1h up to 14 days, else 1d)")]
+            help="one point per window of this size (default: 5m up to a day, 1h up to 7 days, else 1d)")]
         = None) -> None:
     """Write the KPI report (one HTML file, no network needed to view it).
 

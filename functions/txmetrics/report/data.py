@@ -26,8 +26,10 @@ from ..core.catalog import Catalog
 
 REPORT_QUANTILES = (0.5, 0.95, 0.99)
 # The bucket follows the range so a chart has at most a few hundred of them: 5 minutes up to
-# a day (288), an hour up to two weeks (336), a day beyond (a 30-day range reads daily rollups).
-WINDOW_FOR_SPAN = ((timedelta(days=1), "5m"), (timedelta(days=14), "1h"))
+# a day (288), an hour up to a week (168), a day beyond. Hourly points are merged from the
+# 5-minute rows (a week takes about 4 s here, docs/benchmarks.md); daily points read the daily
+# rollups, so a month or a year takes about as long as a day.
+WINDOW_FOR_SPAN = ((timedelta(days=1), "5m"), (timedelta(days=7), "1h"))
 LONGEST_WINDOW = "1d"
 # Rates, percentiles and failed items by code are read per "trend" window, at least an hour
 # once the range is longer than TREND_FROM: per 5 minutes a minor payment method or currency
@@ -42,7 +44,7 @@ T = TypeVar("T")
 
 
 def choose_window(start: datetime, end: datetime) -> str:
-    """The bucket size for a range: 5m up to 1 day, 1h up to 14 days, else 1d."""
+    """The bucket size for a range: 5m up to 1 day, 1h up to 7 days, else 1d."""
     span = end - start
     return next((w for limit, w in WINDOW_FOR_SPAN if span <= limit), LONGEST_WINDOW)
 
