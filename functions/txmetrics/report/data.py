@@ -35,6 +35,7 @@ LONGEST_WINDOW = "1d"
 # once the range is longer than TREND_FROM: per 5 minutes a minor payment method or currency
 # has a handful of events, and their rate or p99 is noise that hides the trend.
 TREND_FROM = timedelta(hours=12)
+MAX_POINTS = 2016                  # a week of 5-minute points: more is unreadable and slow to read
 TOP_MERCHANTS = 10
 MIN_MERCHANT_TRANSACTIONS = 30     # a worst approval rate over a handful of transactions is noise
 HORIZON_DAYS = (0, 7, 30, 90)      # the retention outlook: today, then by the end of day +N
@@ -164,6 +165,11 @@ def collect(conn: psycopg.Connection, *, start: datetime, end: datetime, window:
     window = window or choose_window(start, end)
     if window not in kpi.WINDOWS:
         raise kpi.KpiError(f"window {window!r} is not one of {', '.join(kpi.WINDOWS)}")
+    points = (end - start) / timedelta(seconds=kpi.WINDOWS[window])
+    if points > MAX_POINTS:
+        raise kpi.KpiError(f"a {window} window over this range is {points:,.0f} points per chart, more than "
+                           f"{MAX_POINTS:,}: choose a larger window ({choose_window(start, end)} is the default for "
+                           "this range) or a shorter range")
     catalog = catalog or kpi.catalog_in_effect()
     now = now or datetime.now(UTC)
     data = ReportData(start=start, end=end, window=window, trend=trend_window(start, end, window), generated_at=now)
