@@ -20,7 +20,7 @@ from decimal import Decimal
 from html import escape
 
 from .data import ReportData, RetentionOutlook, top_merchants, worst_merchants
-from .svg import PALETTE, Bar, Chart, Series, bar_list, empty, number, percent, time_chart
+from .svg import PALETTE, Bar, Chart, Series, bar_list, empty, percent, time_chart
 
 WINDOW_WORDS = {"5m": "5 min", "1h": "hour", "1d": "day"}
 STATUS_COLOURS = {"approved": "#009E73", "declined": "#E69F00", "failed": "#D55E00", "pending": "#999999"}
@@ -322,4 +322,4 @@ def _retention(outlook: RetentionOutlook | None) -> str:
             f"<tbody>{rows or '<tr><td colspan=9>nothing is due in this outlook</td></tr>'}</tbody></table>")
 
 
-__all__ = ["number", "render", "size"]
+__all__ = ["render", "size"]
