@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 STACK ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: help setup test run bench lint up down status migrate bundle preview deploy clean
+.PHONY: help setup browser test run bench lint up down status migrate bundle preview deploy clean
 
 # `make help` lists every target that has a "## " comment on its rule line (tests/test_makefile.py
 # checks that every target has one).
@@ -30,7 +30,13 @@ node_modules/.package-lock.json: package.json package-lock.json
 	command -v npm >/dev/null 2>&1 || { echo "txmetrics: Node.js and npm are required for the Azurite storage emulator: install Node.js 18+ (e.g. apt-get install nodejs npm), or set AZURE_STORAGE_CONNECTION_STRING to use an existing storage account"; exit 1; }; \
 	npm ci --no-audit --no-fund --loglevel=error
 
-test: setup ## the whole suite against Azurite and a real PostgreSQL (PYTEST_ARGS="tests/test_x.py -q")
+# Debian's chromium for the report's browser test (Playwright's own browser download cannot work
+# here). Installed with apt-get when missing and root; otherwise this says how, and the browser
+# test then fails with the same message (it never skips).
+browser: setup ## Chromium for the report's browser test (apt-get install chromium when missing, as root)
+	@$(PY) -m localdev.browser --ensure
+
+test: setup browser ## the whole suite against Azurite and a real PostgreSQL (PYTEST_ARGS="tests/test_x.py -q")
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Ctrl-C: only txmetrics reports it (one line). The shell ignores SIGINT so that it waits

@@ -235,3 +235,26 @@ def summary(database_url: str, container: str, connection_string: str, result: d
     console.print("  docs/ingest.md for the write path, README.md for operations")
     return {"failed": failed, "processed": events_ok, "files": files, "file_bytes": file_bytes,
             "metric_rows": metric_rows, "aggregate_rows": agg_rows, "db_bytes": db_bytes}
+
+
+def write_report(database_url: str, connection_string: str, config: RunConfig, out: Path, console: Any) -> Path:
+    """`make run`'s last step: the KPI report (txmetrics.report) for the range this run's
+    events span, written to `out`; prints its path and the command for another range."""
+    import psycopg
+
+    from txmetrics import report
+    from txmetrics.adapters.blob import service_client
+    from txmetrics.errors import describe_database
+
+    start = config.start
+    end = start + timedelta(days=config.days)
+    t0 = time.perf_counter()
+    with psycopg.connect(database_url) as conn:
+        html = report.build(conn, start=start, end=end, service=service_client(connection_string), stack="dev",
+                            source=f"make run, PostgreSQL {describe_database(database_url)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    console.print(f"[bold]KPI report[/bold] for {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC "
+                  f"({time.perf_counter() - t0:.1f} s): {out}")
+    console.print(f"  another range: txmetrics report --start {start:%Y-%m-%d} --end {end:%Y-%m-%d} --out FILE")
+    return out

@@ -107,14 +107,15 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
     """Ingest synthetic events through the function.
 
     Generates payment events and runs them through the real function against the local
-    services. Uses the services of `make up` when they run, and leaves them running; otherwise starts
-    them under .local/ and stops them at the end. Ctrl-C stops the workers and the services
-    it started within seconds."""
+    services, and ends with the KPI report for their range (.local/report.html). Uses the
+    services of `make up` when they run, and leaves them running; otherwise starts them under
+    .local/ and stops them at the end. Ctrl-C stops the workers and the services it started
+    within seconds."""
     import os
 
-    from localdev.run import RunConfig, summary
+    from localdev.run import RunConfig, summary, write_report
     from localdev.run import run as run_ingest
-    from localdev.services import local_services, services_up
+    from localdev.services import local_dir, local_services, services_up
     from txmetrics import schema
 
     # Also when started with SIGINT ignored (make's shell ignores it so that only this
@@ -134,6 +135,8 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
                       f"{services.storage_connection_string.split('BlobEndpoint=')[-1].rstrip(';')}")
             result = run_ingest(config, env, console=out)
             summary(services.database_url, container, services.storage_connection_string, result, config, out)
+            write_report(services.database_url, services.storage_connection_string, config,
+                         local_dir() / "report.html", out)
     except KeyboardInterrupt:
         kept = "the services of `make up` keep running" if reusing else "local services stopped"
         note(f"interrupted: workers stopped, {kept}")

@@ -4,6 +4,7 @@
 |---|---|
 | local.py | up, down, env, status, run (the local services) |
 | read.py | query, kpi |
+| report.py | report (the KPI report as one HTML file) |
 | failed.py | failed list/show/fix/set/replay/resolve |
 | retention.py | lifecycle validate/render/plan, retention apply |
 | maintenance.py | migrate, compact, rollup, aggregates fold/status |
@@ -20,12 +21,12 @@ from typing import Annotated
 
 import typer
 
-from . import failed, local, maintenance, read, retention
+from . import failed, local, maintenance, read, report, retention
 from .boundary import BoundaryGroup
 
 app = typer.Typer(
     cls=BoundaryGroup, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
-    help="txmetrics: payment-transaction metrics on Azure: local services, queries, KPIs, failed items, retention.")
+    help="txmetrics: payment-transaction metrics on Azure: local services, queries, KPIs, reports, failed items, retention.")
 
 
 @app.callback()
@@ -41,6 +42,7 @@ def main(debug: Annotated[bool, typer.Option(
 
 app.add_typer(local.app)
 app.add_typer(read.app)
+app.add_typer(report.app)
 app.add_typer(failed.app, name="failed")
 app.add_typer(retention.lifecycle_app, name="lifecycle")
 app.add_typer(retention.retention_app, name="retention")
