@@ -362,7 +362,7 @@ def _json_type(value: Any) -> str:
     return _kind(value).split(" ", 1)[-1]
 
 
-def parse_occurred_at(value: Any) -> int:
+def _parse_occurred_at(value: Any) -> int:
     """RFC 3339 with an offset -> epoch microseconds (UTC), within [1970, 2100)."""
     if value is None:
         raise _Invalid("missing_occurred_at", "required field 'occurred_at' is missing")
@@ -386,7 +386,7 @@ def parse_occurred_at(value: Any) -> int:
     return us
 
 
-def parse_amount(value: Any) -> Decimal:
+def _parse_amount(value: Any) -> Decimal:
     if value is None:
         raise _Invalid("missing_amount", "required field 'amount' is missing")
     if isinstance(value, bool):
@@ -419,7 +419,7 @@ def parse_amount(value: Any) -> Decimal:
     return amount
 
 
-def parse_processing_ms(value: Any) -> int | None:
+def _parse_processing_ms(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
@@ -479,9 +479,9 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
         return None
     if "\x00" in f"{event_id}{transaction_id}{merchant_id}{payment_method}{event_type or ''}":
         return None
-    occurred_us = parse_occurred_at(g("occurred_at"))
-    amount = parse_amount(g("amount"))
-    processing_ms = parse_processing_ms(g("processing_ms"))
+    occurred_us = _parse_occurred_at(g("occurred_at"))
+    amount = _parse_amount(g("amount"))
+    processing_ms = _parse_processing_ms(g("processing_ms"))
     return PaymentEvent(
         event_id=event_id, transaction_id=transaction_id, occurred_us=occurred_us, merchant_id=merchant_id,
         amount=amount, currency=currency, status=status, processing_ms=processing_ms, country=country,
@@ -492,9 +492,9 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
 def _validate_field_by_field(doc: dict[str, Any], text: str, inbound: InboundEvent, check_cards: bool) -> PaymentEvent:
     event_id = _identifier(doc, "event_id", check_cards, limit=MAX_EVENT_ID)
     transaction_id = _identifier(doc, "transaction_id", check_cards)
-    occurred_us = parse_occurred_at(doc.get("occurred_at"))
+    occurred_us = _parse_occurred_at(doc.get("occurred_at"))
     merchant_id = _identifier(doc, "merchant_id", check_cards)
-    amount = parse_amount(doc.get("amount"))
+    amount = _parse_amount(doc.get("amount"))
     currency = _text(doc, "currency", required=True)
     assert currency is not None
     if not _CURRENCY.fullmatch(currency):
@@ -506,7 +506,7 @@ def _validate_field_by_field(doc: dict[str, Any], text: str, inbound: InboundEve
     if status not in STATUSES:
         raise _Invalid("invalid_status", f"'status' {_shown(status or '')} is not one of {', '.join(STATUSES)}")
     event_type = _text(doc, "event_type", required=False)
-    processing_ms = parse_processing_ms(doc.get("processing_ms"))
+    processing_ms = _parse_processing_ms(doc.get("processing_ms"))
     country = _text(doc, "country", required=False)
     if country is not None and not _COUNTRY.fullmatch(country):
         raise _Invalid("invalid_country", f"'country' {_shown(country, 20)} is not an ISO 3166-1 alpha-2 code")

@@ -19,7 +19,6 @@ import numpy.typing as npt
 from . import histogram
 from .catalog import COLUMN_DIMENSIONS, Catalog, lookup
 from .events import PaymentEvent
-from .naming import us_to_datetime
 
 
 @dataclass
@@ -49,33 +48,9 @@ class MetricRows:
                 out.event_index.append(new)
         return out
 
-    @property
-    def event_id(self) -> list[str]:
-        return [self.events[i].event_id for i in self.event_index]
 
-    @property
-    def metric_name(self) -> list[str]:
-        return [self.metric_names[i] for i in self.metric_index]
-
-    def records(self) -> list[tuple[Any, ...]]:
-        """The rows in dynamic_metrics' column order (TABLE_COLUMNS), occurred_at as a
-        datetime made once per event."""
-        out: list[tuple[Any, ...]] = []
-        last = -1
-        event_id: str = ""
-        occurred: Any = None
-        names = self.metric_names
-        for ei, mi, value in zip(self.event_index, self.metric_index, self.value, strict=True):
-            if ei != last:
-                ev = self.events[ei]
-                event_id, occurred = ev.event_id, us_to_datetime(ev.occurred_us)
-                last = ei
-            out.append((event_id, names[mi], value, occurred))
-        return out
-
-
-# dynamic_metrics' columns in the order of MetricRows.records(); the event's dimensions are
-# stored once per event (ingested_events.dimension_key -> event_dimensions)
+# dynamic_metrics' columns (adapters/postgres writes them in this order); the event's dimensions
+# are stored once per event (ingested_events.dimension_key -> event_dimensions)
 TABLE_COLUMNS = ("event_id", "metric_name", "value", "occurred_at")
 
 # event_dimensions' columns after dimension_key, in the order of dimension_tuple()

@@ -32,12 +32,6 @@ def compacted_file_path(day: date, generation: str, index: int) -> str:
     return f"{date_folder(day)}/compacted-{day:%Y%m%d}-{generation}-{index:04d}.parquet"
 
 
-def window_start_us(occurred_us: int, window_seconds: int) -> int:
-    """Start (epoch microseconds) of the window holding a timestamp."""
-    width = window_seconds * 1_000_000
-    return occurred_us - occurred_us % width
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
