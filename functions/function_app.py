@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -24,14 +23,14 @@ from txmetrics import trigger_decode
 from txmetrics.core.catalog import load_catalog
 from txmetrics.core.events import InboundEvent
 from txmetrics.runtime import get_pipeline
-from txmetrics.settings import BUNDLED_CATALOG
+from txmetrics.settings import Settings
 
 # The worker decodes our batches with azure-functions' converter; its timestamp parsing
 # costs more than our validation (see txmetrics/trigger_decode.py). Same results, faster.
 trigger_decode.install()
 
 # Refuse a bad metric catalog at start-up (file, key and fix in the message), not mid-stream.
-load_catalog(os.environ.get("METRIC_CATALOG", "").strip() or BUNDLED_CATALOG)
+load_catalog(Settings.from_env().metric_catalog)
 
 app = func.FunctionApp()
 log = logging.getLogger("txmetrics.ingest")
@@ -115,12 +114,12 @@ def retention(timer: func.TimerRequest) -> None:
 
     from txmetrics.retention import enforce
 
-    policy = json.loads(os.environ.get("TXMETRICS_RETENTION", "{}"))
+    policy = Settings.from_env().retention_days
     if not policy:
         log.warning("TXMETRICS_RETENTION is not set: no retention applied")
         return
     with get_pipeline().store.autocommit_connection() as conn:
-        report = enforce(conn, {k: int(v) for k, v in policy.items()}, datetime.now(UTC).date())
+        report = enforce(conn, policy, datetime.now(UTC).date())
     log.info("retention %s", json.dumps({"created": report.created_partitions, "dropped": report.dropped_partitions,
                                          "deleted": report.deleted_rows}, sort_keys=True))
 

@@ -11,13 +11,15 @@ from typing import Any
 import pulumi
 from pulumi_azure_native import authorization, managedidentity, web
 
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER
+
 from . import roles
 from .config import StackConfig
 from .database import DATABASE_NAME, Database
 from .eventhubs import EventHubs
 from .monitoring import Monitoring
 from .providers import app_role_name
-from .storage import DEPLOYMENT_CONTAINER, RAW_EVENTS_CONTAINER, Storage
+from .storage import DEPLOYMENT_CONTAINER, Storage
 
 
 def scm_host(host_name_ssl_states: Sequence[Any] | None) -> str:

@@ -28,6 +28,7 @@ from pulumi_azure_native import authorization, resources
 
 from lifecycle.policy import load_policy, table_retention_setting
 from txmetrics import schema
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX
 
 from . import naming
 from .bundle import Bundle
@@ -40,7 +41,7 @@ from .monitoring import Monitoring
 from .network import BLOB, EVENT_HUBS, POSTGRES, TABLE, PrivateNetwork
 from .operations import Operations
 from .providers import CodeDeployment, SchemaMigration
-from .storage import RAW_EVENTS_CONTAINER, Storage
+from .storage import Storage
 
 
 def build(cfg: StackConfig, bundle: Bundle) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def build(cfg: StackConfig, bundle: Bundle) -> dict[str, Any]:
         "consumerGroup": hubs.consumer_group.name,
         "storageAccount": store.account.name,
         "hostStorageAccount": store.runtime_account.name,
-        "rawEventsPath": store.blob_endpoint.apply(lambda e: f"{e}{RAW_EVENTS_CONTAINER}/raw_events/"),
+        "rawEventsPath": store.blob_endpoint.apply(lambda e: f"{e}{RAW_EVENTS_CONTAINER}/{RAW_PREFIX}/"),
         "postgresHost": db.host,
         "postgresDatabase": DATABASE_NAME,
         "postgresEntraAdmin": admin.apply(lambda p: p.name),

@@ -13,10 +13,10 @@ import pulumi
 from pulumi_azure_native import storage
 
 from lifecycle.policy import Policy, render_management_policy, to_snake
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER
 
 from .config import StackConfig
 
-RAW_EVENTS_CONTAINER = "raw-events"
 DEPLOYMENT_CONTAINER = "deployments"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX
 from txmetrics.core.tables import RETAINED
 
 LIFECYCLE_DIR = Path(__file__).resolve().parent
@@ -214,7 +215,7 @@ def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: 
                                f"{tier} falls inside its {minimum}-day early-deletion window (charged as if kept "
                                f"{minimum} days)", f"set delete_after_days >= {days[tier] + minimum}, or "
                                "allow_early_deletion: true if the charge is intended")
-        if container == "raw-events" and prefix.startswith("raw_events") and "delete" in days:
+        if container == RAW_EVENTS_CONTAINER and prefix.startswith(RAW_PREFIX) and "delete" in days:
             floor = minimums.get("raw_events")
             if floor is not None and days["delete"] < floor:
                 raise fail("blob_rules", where, f"delete_after_days {days['delete']} is below the minimum retention "
@@ -287,7 +288,7 @@ def table_retention(policy: Policy) -> dict[str, int]:
     file manifest follows the raw archive's delete rule (its rows go when the blobs go)."""
     out = dict(policy.tables)
     for rule in policy.blob_rules:
-        if rule.container == "raw-events" and rule.prefix.startswith("raw_events") and "delete" in rule.days:
+        if rule.container == RAW_EVENTS_CONTAINER and rule.prefix.startswith(RAW_PREFIX) and "delete" in rule.days:
             out["raw_files"] = rule.days["delete"]
     return out
 

@@ -37,6 +37,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER
 from txmetrics.core.tables import TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +312,7 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int, repeat
     console.print(f"{len(data):,} events, {partitions} partitions, batches of {batch_size}")
     with running(ephemeral_services()) as services, psycopg.connect(services.database_url, autocommit=True) as conn:
         schema.apply_all(services.database_url)
-        env = {**services.env(), "RAW_EVENTS_CONTAINER": "raw-events"}
+        env = {**services.env(), "RAW_EVENTS_CONTAINER": RAW_EVENTS_CONTAINER}
         roots = service_roots(services)      # none for services given by URL: their CPU is not ours to read
         # the floor's table: dynamic_metrics' four columns and its (former) primary key
         conn.execute("CREATE TABLE bench_floor_metrics (event_id text, metric_name text, value float8, "

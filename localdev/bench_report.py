@@ -24,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER
+
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -76,7 +78,7 @@ def main() -> None:
     with running(ephemeral_services()) as services:
         schema.apply_all(services.database_url)
         config = RunConfig(events=args.events, days=args.days, partitions=4, start=START)
-        env = {**services.env(), "RAW_EVENTS_CONTAINER": "raw-events"}
+        env = {**services.env(), "RAW_EVENTS_CONTAINER": RAW_EVENTS_CONTAINER}
         ingest, ingest_s = _timed(run, config, env, console=Console(file=io.StringIO()))
         with psycopg.connect(services.database_url, autocommit=True) as conn:
             (folded,), fold_s = _timed(lambda: conn.execute("SELECT txm_fold_aggregates()").fetchone())
@@ -88,7 +90,7 @@ def main() -> None:
             counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
                       for table in ("aggregate_histograms", "failed_items", "raw_files", "dynamic_metrics")}
             service = service_client(services.storage_connection_string)
-            blobs = sum(1 for _ in service.get_container_client("raw-events").list_blobs())
+            blobs = sum(1 for _ in service.get_container_client(RAW_EVENTS_CONTAINER).list_blobs())
             ranges = {f"{args.days}d": (START, START + timedelta(days=args.days)),
                       "7d": (START + timedelta(days=7), START + timedelta(days=14)),
                       "1d": (START + timedelta(days=7), START + timedelta(days=8))}

@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from txmetrics.core.naming import RAW_PREFIX
+
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_DIR = ROOT / "functions"
 
@@ -181,7 +183,6 @@ def summary(database_url: str, container: str, connection_string: str, result: d
 
     from txmetrics import kpi
     from txmetrics.adapters.blob import BlobArchive, service_client
-
     from txmetrics.adapters.postgres import fold_aggregates
 
     def one(conn: psycopg.Connection, sql: str) -> Any:
@@ -209,7 +210,7 @@ def summary(database_url: str, container: str, connection_string: str, result: d
                 kpi.query(conn, metric="processing_ms", start=start, end=end, group_by=["payment_method"])}
         amounts = kpi.query(conn, metric="amount", start=start, end=end, group_by=["payment_method", "currency"])
     archive = BlobArchive(service_client(connection_string), container)
-    blobs = list(archive.list("raw_events/"))
+    blobs = list(archive.list(f"{RAW_PREFIX}/"))
 
     console.print()
     console.print(f"[bold]Ingested {result['events']:,} events in {result['seconds']:.1f} s = "

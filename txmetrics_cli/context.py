@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from txmetrics.errors import UnavailableError, describe_database, describe_storage
-from txmetrics.settings import Settings, SettingsError
+from txmetrics.settings import Settings
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,11 +50,7 @@ def settings_source() -> str:
 
 
 def database_url() -> str:
-    url = environment().get("DATABASE_URL", "").strip()
-    if not url:
-        raise SettingsError("DATABASE_URL is not set and no local services are running: set DATABASE_URL, "
-                            "or start the local services with `make up`")
-    return url
+    return settings().require_database()
 
 
 @contextmanager
@@ -86,13 +82,7 @@ def _reason(exc: BaseException, url: str) -> str:
 
 
 def storage_settings() -> tuple[str | None, str | None]:
-    env = environment()
-    conn_str = env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip() or None
-    account_url = env.get("AZURE_STORAGE_ACCOUNT_URL", "").strip() or None
-    if not conn_str and not account_url:
-        raise SettingsError("neither AZURE_STORAGE_CONNECTION_STRING nor AZURE_STORAGE_ACCOUNT_URL is set and no local "
-                            "services are running: set one, or start the local services with `make up`")
-    return conn_str, account_url
+    return settings().require_storage()
 
 
 def storage_where() -> str:
@@ -104,8 +94,9 @@ def storage_where() -> str:
 def storage_service() -> BlobServiceClient:
     from txmetrics.adapters.blob import service_client
 
-    connection_string, account_url = storage_settings()
-    return service_client(connection_string, account_url)
+    s = settings()
+    connection_string, account_url = s.require_storage()
+    return service_client(connection_string, account_url, managed_identity_client_id=s.managed_identity_client_id)
 
 
 def archive(container: str) -> BlobArchive:
@@ -115,12 +106,11 @@ def archive(container: str) -> BlobArchive:
 
 
 def settings() -> Settings:
-    """Every setting, as the function reads them (for commands that run the pipeline)."""
+    """The settings object the function reads, from the environment in effect."""
     return Settings.from_env(environment())
 
 
 def catalog() -> Catalog:
     from txmetrics.core.catalog import load_catalog
-    from txmetrics.settings import metric_catalog_path
 
-    return load_catalog(metric_catalog_path(environment()))
+    return load_catalog(settings().metric_catalog)

@@ -111,7 +111,6 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
     services of `make up` when they run, and leaves them running; otherwise starts them under
     .local/ and stops them at the end. Ctrl-C stops the workers and the services it started
     within seconds."""
-    import os
 
     from localdev.run import RunConfig, summary, write_report
     from localdev.run import run as run_ingest
@@ -129,7 +128,7 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
     try:
         with local_services() as (services, _):
             schema.apply_all(services.database_url)
-            container = os.environ.get("RAW_EVENTS_CONTAINER", "raw-events")
+            container = context.settings().raw_events_container
             env = {**services.env(), "RAW_EVENTS_CONTAINER": container}
             out.print(f"PostgreSQL: {services.database_url}   Blob Storage: "
                       f"{services.storage_connection_string.split('BlobEndpoint=')[-1].rstrip(';')}")

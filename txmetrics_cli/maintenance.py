@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER
+
 from . import context
 from .output import note
 from .parsing import parse_day
@@ -42,7 +44,7 @@ def migrate(database_url: Annotated[str | None, typer.Option(
 def compact_command(day: DayOption,
                     target_mb: Annotated[float, typer.Option(min=1, metavar="MB", help="target file size")] = 128,
                     container: Annotated[str, typer.Option(envvar="RAW_EVENTS_CONTAINER", metavar="NAME",
-                                                           help="raw-events container")] = "raw-events") -> None:
+                                                           help="raw-events container")] = RAW_EVENTS_CONTAINER) -> None:
     """Merge a day's small raw files.
 
     Into files of about the target size, sorted by time (safe to re-run)."""

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER
+
 from . import context
 from .output import FormatOption, RowWriter, TableView, cell, emit, note
 from .parsing import parse_filter, parse_time
@@ -61,7 +63,7 @@ def query_events(
         rehydrate: Annotated[Literal["Standard", "High"] | None, typer.Option(
             help="ask Azure to bring archived files back (Standard: up to 15 h, High: under 1 h)")] = None,
         container: Annotated[str, typer.Option(envvar="RAW_EVENTS_CONTAINER", metavar="NAME",
-                                               help="raw-events container")] = "raw-events") -> None:
+                                               help="raw-events container")] = RAW_EVENTS_CONTAINER) -> None:
     """Raw events from the Parquet archive.
 
     A time range (and filters), or one event by --event-id. Only the files that can match are read; files in the archive tier are

@@ -95,8 +95,11 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
         catalog = load_catalog(settings.metric_catalog)
-        store = PostgresStore(settings.database_url, entra=settings.database_auth == "entra")
-        archive = BlobArchive(service_client(settings.storage_connection_string, settings.storage_account_url),
+        store = PostgresStore(settings.require_database(), entra=settings.database_auth == "entra",
+                              managed_identity_client_id=settings.managed_identity_client_id)
+        connection_string, account_url = settings.require_storage()
+        archive = BlobArchive(service_client(connection_string, account_url,
+                                             managed_identity_client_id=settings.managed_identity_client_id),
                               settings.raw_events_container)
         return cls(store, archive, catalog)
 

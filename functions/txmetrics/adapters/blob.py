@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,14 +25,15 @@ class BlobInfo:
     tier: str | None
 
 
-def service_client(connection_string: str | None = None, account_url: str | None = None) -> BlobServiceClient:
+def service_client(connection_string: str | None = None, account_url: str | None = None, *,
+                   managed_identity_client_id: str | None = None) -> BlobServiceClient:
     """From a connection string (local, tests) or an account URL + managed identity (Azure)."""
     if connection_string:
         return BlobServiceClient.from_connection_string(connection_string, **_RETRY)
     if account_url:
         from azure.identity import DefaultAzureCredential
 
-        credential = DefaultAzureCredential(managed_identity_client_id=os.environ.get("AZURE_CLIENT_ID"))
+        credential = DefaultAzureCredential(managed_identity_client_id=managed_identity_client_id)
         return BlobServiceClient(account_url, credential=credential, **_RETRY)
     raise ValueError("set AZURE_STORAGE_CONNECTION_STRING (local) or AZURE_STORAGE_ACCOUNT_URL (Azure)")
 

@@ -59,10 +59,12 @@ class RawFile:
 class PostgresStore:
     """Holds one connection, reused across invocations and reopened when it breaks."""
 
-    def __init__(self, url: str, *, connect_timeout: int = 10, entra: bool = False) -> None:
+    def __init__(self, url: str, *, connect_timeout: int = 10, entra: bool = False,
+                 managed_identity_client_id: str | None = None) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
         self.entra = entra
+        self.managed_identity_client_id = managed_identity_client_id
         self._conn: psycopg.Connection | None = None
         self._known_days: set[date] = set()
         self._known_dimensions: set[int] = set()
@@ -79,7 +81,7 @@ class PostgresStore:
 
     def _conninfo(self) -> str:
         # deployed apps: a managed-identity token is the password
-        return make_conninfo(self.url, password=_entra_token()) if self.entra else self.url
+        return make_conninfo(self.url, password=_entra_token(self.managed_identity_client_id)) if self.entra else self.url
 
     def autocommit_connection(self) -> psycopg.Connection:
         """A separate autocommit connection with the same credentials (maintenance jobs)."""
@@ -224,14 +226,12 @@ def _metric_rows(rows: MetricRows) -> Iterator[bytes]:
         yield head + names[mi] + float8(value) + tail
 
 
-def _entra_token() -> str:
+def _entra_token(managed_identity_client_id: str | None) -> str:
     """Microsoft Entra token of the app's managed identity, used as the PostgreSQL password.
     Checked at connect time only, so an open connection outlives the token."""
-    import os
-
     from azure.identity import DefaultAzureCredential
 
-    credential = DefaultAzureCredential(managed_identity_client_id=os.environ.get("AZURE_CLIENT_ID"))
+    credential = DefaultAzureCredential(managed_identity_client_id=managed_identity_client_id)
     return credential.get_token("https://ossrdbms-aad.database.windows.net/.default").token
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 
+# The raw archive's default container and the folder its tree starts in: every layer (the
+# settings, the CLI, the lifecycle rules, the Pulumi program) takes them from here.
+RAW_EVENTS_CONTAINER = "raw-events"
 RAW_PREFIX = "raw_events"
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]")
 
