@@ -7,6 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
 
@@ -133,3 +135,37 @@ def test_the_time_range_ends_are_accepted(occurred_at: str, iso: str) -> None:
 def test_optional_fields_may_be_null() -> None:
     ev = parse(valid(event_type=None, processing_ms=None, country=None, card=None, attributes=None))
     assert isinstance(ev, PaymentEvent) and ev.event_type is None and ev.processing_ms is None
+
+
+_TEXT = st.one_of(st.none(), st.text(max_size=6), st.sampled_from(["", " ", "\t", "a\x00b", "x" * 129, "x" * 257]),
+                  st.integers(-3, 3), st.booleans(), st.lists(st.integers(), max_size=1),
+                  st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+
+
+_USUAL = {"event_id": "e-1", "transaction_id": "t-1", "merchant_id": "m-1", "payment_method": "card",
+          "status": "approved", "currency": "EUR", "country": "DE", "event_type": "capture", "card": {"bin": "4"},
+          "attributes": {"a": 1}, "occurred_at": "2026-03-01T10:00:00Z", "amount": "1.50", "processing_ms": 5}
+_ODD = st.one_of(_TEXT, st.sampled_from(["Approved", "usd", "EURO", "de", "DEU", "2026-03-01T10:00:00", "-1", 1.5]))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(_USUAL)), _ODD, max_size=2))
+def test_the_usual_event_path_agrees_with_the_rule_by_rule_path(changes: dict[str, Any]) -> None:
+    """The fast path accepts only what the rule-by-rule validation accepts, and builds the same
+    event; whatever it declines, the rule-by-rule path decides (with its error code). Events
+    are a usual one with one or two fields changed to anything, so every rule is reached."""
+    from txmetrics.core import events
+
+    doc = {**_USUAL, **changes}
+    inbound = InboundEvent(b"{}", "0", 1)
+    try:
+        careful: Any = events._validate_field_by_field(dict(doc), "{}", inbound, False)
+    except events._Invalid as exc:
+        careful = ("invalid", exc.code)
+    try:
+        usual: Any = events._validate_usual(dict(doc), "{}", inbound)
+    except events._Invalid as exc:
+        usual = ("invalid", exc.code)
+    if usual is None:
+        return          # declined: the rule-by-rule path is what parse_event uses then
+    assert usual == careful

@@ -450,10 +450,6 @@ def _validate(doc: dict[str, Any], text: str, inbound: InboundEvent, check_cards
 _STATUS_SET = frozenset(STATUSES)
 
 
-def _plain(value: Any, limit: int) -> bool:
-    return type(value) is str and 0 < len(value) <= limit and not value.isspace()
-
-
 def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> PaymentEvent | None:
     """The usual event (every text field a plain string within its limits, no card number
     possible) in a few checks per field instead of a call per rule, or None: then
@@ -469,15 +465,24 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
     status: Any = g("status")
     event_type: Any = g("event_type")
     country: Any = g("country")
-    if not (_plain(event_id, MAX_EVENT_ID) and _plain(transaction_id, MAX_TEXT) and _plain(merchant_id, MAX_TEXT)
-            and _plain(payment_method, MAX_TEXT) and type(status) is str and status in _STATUS_SET
-            and type(currency) is str and _CURRENCY.fullmatch(currency)
-            and (event_type is None or _plain(event_type, MAX_TEXT))
-            and (country is None or (type(country) is str and _COUNTRY.fullmatch(country)))
-            and (g("card") is None or type(g("card")) is dict)
-            and (g("attributes") is None or type(g("attributes")) is dict)):
+    str_ = str
+    # types first, then lengths and contents (an all-blank string, a NUL, a bad code): the
+    # checks of _text, _identifier and the code patterns, written out for the usual case
+    if not (type(event_id) is str_ and type(transaction_id) is str_ and type(merchant_id) is str_
+            and type(payment_method) is str_ and type(status) is str_ and type(currency) is str_
+            and (event_type is None or type(event_type) is str_) and (country is None or type(country) is str_)
+            and status in _STATUS_SET and len(currency) == 3 and _CURRENCY.fullmatch(currency)
+            and 0 < len(event_id) <= MAX_EVENT_ID and 0 < len(transaction_id) <= MAX_TEXT
+            and 0 < len(merchant_id) <= MAX_TEXT and 0 < len(payment_method) <= MAX_TEXT
+            and (event_type is None or 0 < len(event_type) <= MAX_TEXT)
+            and (country is None or (len(country) == 2 and _COUNTRY.fullmatch(country)))):
         return None
-    if "\x00" in f"{event_id}{transaction_id}{merchant_id}{payment_method}{event_type or ''}":
+    card, attributes = g("card"), g("attributes")
+    if (card is not None and type(card) is not dict) or (attributes is not None and type(attributes) is not dict):
+        return None
+    joined = f"{event_id}\x00{transaction_id}\x00{merchant_id}\x00{payment_method}\x00{event_type or '-'}"
+    if joined.count("\x00") != 4 or event_id.isspace() or transaction_id.isspace() or merchant_id.isspace() \
+            or payment_method.isspace() or (event_type is not None and event_type.isspace()):
         return None
     occurred_us = _parse_occurred_at(g("occurred_at"))
     amount = _parse_amount(g("amount"))
