@@ -238,5 +238,5 @@ class Pipeline:
                 seq_min=first, seq_max=max(ev.sequence_number for ev in events),
                 occurred_min_us=min(ev.occurred_us for ev in events),
                 occurred_max_us=max(ev.occurred_us for ev in events),
-                row_count=len(events), content=content))
+                row_count=len(events), content=content, metrics=self.catalog.metric_names))
         return files
