@@ -46,7 +46,7 @@ from .core.metrics import DimensionTuple, aggregate, dimension_key, dimension_tu
 from .core.naming import date_folder
 from .errors import InvalidRequestError
 from .lake import ARCHIVED_TIER, CrashHook, Progress, ProgressCallback, read_ahead
-from .rollup import roll_day
+from .rollup import fresh_days, roll_day
 
 FOLD_EVERY_FILES = 500        # keeps aggregate_deltas (and each fold) bounded during a long rebuild
 _COMPACTED = re.compile(r"/compacted-[0-9]{8}-(?P<generation>[0-9a-f]+)-[0-9]{4}\.parquet$")
@@ -205,9 +205,12 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
         if progress is not None:
             progress(state)
     store.fold_aggregates()
+    # finished days without a fresh rollup (restored now, or by an interrupted run before)
+    finished = [d for d in sorted(report.days) if d < today]
     with store.autocommit_connection() as auto:
-        for d in sorted(report.days):
-            if d < today and report.days[d].files and roll_day(auto, d):
+        fresh = fresh_days(auto, finished[0], finished[-1]) if finished else set()
+        for d in finished:
+            if d not in fresh and roll_day(auto, d):
                 report.rolled_up.append(d)
     report.seconds = state.seconds
     return report
