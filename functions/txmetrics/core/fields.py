@@ -119,6 +119,9 @@ class EventSchema:
     def extended(self, version: int, *fields: Column) -> EventSchema:
         """The next version: `fields` appended, each optional and marked `since=version`.
         How a new version is declared (docs/changing-the-event.md)."""
+        if version <= self.version:
+            raise ValueError(f"version {version}: a new version is numbered above the current {self.version} (the "
+                             "fields of a published version never change)")
         return EventSchema(version=version, columns=(*self.columns, *(replace(f, since=version) for f in fields)))
 
 
