@@ -25,9 +25,10 @@ from txmetrics.adapters.blob import BlobArchive
 from txmetrics.adapters.postgres import PostgresStore
 from txmetrics.compaction import compact_day
 from txmetrics.core.catalog import load_catalog
-from txmetrics.rebuild import RebuildReport, rebuild
+from txmetrics.errors import InvalidRequestError
+from txmetrics.rebuild import RebuildReport, rebuild, rebuild_in_parallel
 from txmetrics.rollup import roll_day
-from txmetrics.settings import BUNDLED_CATALOG
+from txmetrics.settings import BUNDLED_CATALOG, Settings
 from txmetrics_cli.main import app
 
 DAY1, DAY2 = date(2026, 3, 1), date(2026, 3, 2)
@@ -183,6 +184,22 @@ def test_rebuild_interrupted_then_resumed_and_two_at_once(
     assert sum(r.files for r in reports) == original["counts"]["live_files"]      # each file restored once
     same_except_sums(snapshot(db, failed=False), original["snapshot"])
     same_kpis(kpis(db), original["kpis"])
+
+
+def test_rebuild_in_worker_processes(original: dict[str, Any], services: LocalServices, archive: BlobArchive,
+                                     db: psycopg.Connection) -> None:
+    empty_tables(db)
+    settings = Settings(database_url=services.database_url,
+                        storage_connection_string=services.storage_connection_string, storage_account_url=None,
+                        raw_events_container=archive.container_name, metric_catalog=BUNDLED_CATALOG)
+    seen: list[int] = []
+    report = rebuild_in_parallel(settings, workers=3, start=DAY1, end=DAY2 + timedelta(days=1), today=TODAY,
+                                 progress=lambda s: seen.append(s.files_done))
+    assert report.files == original["counts"]["live_files"] == max(seen) and report.rolled_up == [DAY1, DAY2]
+    same_except_sums(snapshot(db, failed=False), original["snapshot"])
+    same_kpis(kpis(db), original["kpis"])
+    with pytest.raises(InvalidRequestError, match="the range is empty"):
+        rebuild_in_parallel(settings, workers=2, start=DAY2, end=DAY1)
 
 
 def test_days_past_retention_get_aggregates_only(

@@ -194,6 +194,8 @@ def rebuild_command(
             metavar="STACK", autocompletion=_stacks,
             help="restore the ledger and dynamic_metrics only for the days this stack's retention keeps "
                  "(default: the TXMETRICS_RETENTION setting, else every day)")] = None,
+        workers: Annotated[int, typer.Option(
+            min=1, max=64, metavar="N", help="processes restoring files side by side (each file once)")] = 4,
         rehydrate: RehydrateOption = None,
         container: ContainerOption = "raw-events",
         fmt: FormatOption = "table") -> None:
@@ -203,7 +205,9 @@ def rebuild_command(
     the archive's files of the days [start, end), with the catalog in effect. Run it
     before ingestion resumes. Resumable; failed_items cannot come back from the lake. One
     row per day."""
-    from txmetrics.rebuild import rebuild, retention_since
+    import dataclasses
+
+    from txmetrics.rebuild import rebuild, rebuild_in_parallel, retention_since
 
     catalog = context.catalog()
     archive = context.archive(container)
@@ -220,8 +224,14 @@ def rebuild_command(
                 done = state.files_done
                 update(state)
 
-            report = rebuild(store=store, archive=archive, catalog=catalog, start=first, end=end.date(),
-                             rows_since=rows_since, ledger_since=ledger_since, today=today, progress=progress)
+            if workers == 1:
+                report = rebuild(store=store, archive=archive, catalog=catalog, start=first, end=end.date(),
+                                 rows_since=rows_since, ledger_since=ledger_since, today=today, progress=progress)
+            else:
+                settings = dataclasses.replace(context.settings(), raw_events_container=container)
+                report = rebuild_in_parallel(settings, workers=workers, start=first, end=end.date(),
+                                             rows_since=rows_since, ledger_since=ledger_since, today=today,
+                                             progress=progress)
     except KeyboardInterrupt:
         raise _interrupted(done) from None
     finally:

@@ -24,8 +24,13 @@ files is not restored, and is reported (delete it); rows partly covered are rest
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import pickle
+import queue
 import re
-from collections.abc import Sequence
+import threading
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -42,11 +47,20 @@ from .adapters.postgres import PostgresStore
 from .core import histogram
 from .core.catalog import Catalog
 from .core.events import PaymentEvent
-from .core.metrics import DimensionTuple, aggregate, dimension_key, dimension_tuple, extract_metrics
+from .core.metrics import (
+    Aggregates,
+    DimensionTuple,
+    MetricRows,
+    aggregate,
+    dimension_key,
+    dimension_tuple,
+    extract_metrics,
+)
 from .core.naming import date_folder
 from .errors import InvalidRequestError
 from .lake import ARCHIVED_TIER, CrashHook, Progress, ProgressCallback, read_ahead
 from .rollup import fresh_days, roll_day
+from .settings import Settings
 
 FOLD_EVERY_FILES = 500        # keeps aggregate_deltas (and each fold) bounded during a long rebuild
 _COMPACTED = re.compile(r"/compacted-[0-9]{8}-(?P<generation>[0-9a-f]+)-[0-9]{4}\.parquet$")
@@ -108,6 +122,7 @@ def mode_of(day: date, rows_since: date | None, ledger_since: date | None) -> st
 class _Planned:
     day: date
     blob: BlobInfo
+    mine: bool = True            # this run's (shard's) to restore
 
     @property
     def compacted(self) -> bool:
@@ -154,72 +169,108 @@ def _by_partition(table: pa.Table) -> dict[str, npt.NDArray[np.int64]]:
 
 def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, start: date, end: date,
             rows_since: date | None = None, ledger_since: date | None = None, today: date | None = None,
-            progress: ProgressCallback | None = None, crash_hook: CrashHook | None = None) -> RebuildReport:
+            progress: ProgressCallback | None = None, crash_hook: CrashHook | None = None,
+            shard: tuple[int, int] = (0, 1), finish: bool = True) -> RebuildReport:
     """Restore the database from the archive's files of the UTC days [start, end).
 
     `rows_since` / `ledger_since`: the first day dynamic_metrics / the ledger keep (their
-    retention; None: every day). Resumable: run it again after an interruption."""
+    retention; None: every day). Resumable: run it again after an interruption.
+    `shard` (index, count): restore only the files whose path hashes to `index` (what
+    `rebuild_in_parallel` gives each worker; every worker still reads the day's compacted
+    files, to recognise compaction leftovers). `finish`: fold the deltas and roll up the
+    finished days at the end (the parallel runner does it once, after its workers)."""
     if start >= end:
         raise InvalidRequestError(f"the range is empty: start {start} is not before end {end}")
     today = today or datetime.now(UTC).date()
     report = RebuildReport(start=start, end=end)
     state = Progress()
     days = [start + timedelta(days=i) for i in range((end - start).days)]
-    planned = _plan(store, archive, days, rows_since, ledger_since, report)
-    state.files_total = len(planned)
+    planned = _plan(store, archive, days, rows_since, ledger_since, report, shard)
+    state.files_total = sum(1 for p in planned if p.mine)
     conn = store.connection()
     manifest.ensure_partitions(conn, "ingested_events", {p.day for p in planned
                                                          if ledger_since is None or p.day >= ledger_since})
     manifest.ensure_partitions(conn, "dynamic_metrics", {p.day for p in planned
                                                          if rows_since is None or p.day >= rows_since})
     seen: dict[date, _SeenRows] = {}
-    since_fold = 0
-    for read in read_ahead(archive, planned, lambda p: (p.blob.name, None)):
-        item, table = read.item, read.table
-        day = report.days[item.day]
-        state.files_done += 1
-        if table is None:
-            report.archived.append(item.blob.name)
-            day.archived += 1
-            continue
-        rows_seen = seen.setdefault(item.day, _SeenRows())
-        if item.compacted:
-            rows_seen.add(table)
-        else:
-            covered = rows_seen.covered(table)
-            if covered.all():
-                report.leftovers.append(item.blob.name)
-                day.leftover_files += 1
+    lock = threading.Lock()            # the report and the progress, updated by both threads
+
+    def written(prepared: _Prepared, outcome: _Outcome | None) -> None:
+        with lock:
+            day = report.days[prepared.item.day]
+            if outcome is None:
+                day.known_files += 1
+            else:
+                day.files += 1
+                day.events += outcome.new
+                day.already_in_ledger += outcome.duplicates
+                day.rows += outcome.rows
+                day.aggregate_rows += outcome.deltas
+            state.files_done += 1
+            state.events += len(prepared.events)
+            if progress is not None:
+                progress(state)
+
+    writer = _Writer(store, catalog, crash_hook, written)
+    writer.start()
+    try:
+        for read in read_ahead(archive, planned, lambda p: (p.blob.name, None)):
+            item, table = read.item, read.table
+            if table is None:
+                with lock:
+                    report.archived.append(item.blob.name)
+                    report.days[item.day].archived += 1
+                    state.files_done += 1
                 continue
-            if covered.any():
-                day.already_in_ledger += int(covered.sum())
-                table = table.filter(pa.array(~covered))
-        events = parquet.events_from_table(table)
-        state.events += len(events)
-        _restore_file(store, archive.container_name, catalog, item, table, events, day, ledger=ledger_since is None or item.day >= ledger_since,
-                      rows=rows_since is None or item.day >= rows_since, crash_hook=crash_hook)
-        since_fold += 1
-        if since_fold >= FOLD_EVERY_FILES:
-            store.fold_aggregates()
-            since_fold = 0
-        if progress is not None:
-            progress(state)
-    store.fold_aggregates()
-    # finished days without a fresh rollup (restored now, or by an interrupted run before)
-    finished = [d for d in sorted(report.days) if d < today]
-    with store.autocommit_connection() as auto:
-        fresh = fresh_days(auto, finished[0], finished[-1]) if finished else set()
-        for d in finished:
-            if d not in fresh and roll_day(auto, d):
-                report.rolled_up.append(d)
+            rows_seen = seen.setdefault(item.day, _SeenRows())
+            if item.compacted:
+                rows_seen.add(table)
+                if not item.mine:
+                    continue                      # another worker's: read for its rows only
+            else:
+                covered = rows_seen.covered(table)
+                if covered.all():
+                    with lock:
+                        report.leftovers.append(item.blob.name)
+                        report.days[item.day].leftover_files += 1
+                        state.files_done += 1
+                    continue
+                if covered.any():
+                    with lock:
+                        report.days[item.day].already_in_ledger += int(covered.sum())
+                    table = table.filter(pa.array(~covered))
+            writer.submit(_prepare(archive.container_name, catalog, item, table,
+                                   ledger=ledger_since is None or item.day >= ledger_since,
+                                   rows=rows_since is None or item.day >= rows_since))
+        writer.finish()
+    finally:
+        writer.stop()
+    if finish:
+        store.fold_aggregates()
+        report.rolled_up = roll_up(store, sorted(report.days), today)
     report.seconds = state.seconds
     return report
 
 
+def roll_up(store: PostgresStore, days: Sequence[date], today: date) -> list[date]:
+    """Roll up the finished days without a fresh rollup (restored now, or by an interrupted
+    run before); the days rolled up."""
+    finished = [d for d in days if d < today]
+    done = []
+    with store.autocommit_connection() as auto:
+        fresh = fresh_days(auto, finished[0], finished[-1]) if finished else set()
+        for d in finished:
+            if d not in fresh and roll_day(auto, d):
+                done.append(d)
+    return done
+
+
 def _plan(store: PostgresStore, archive: BlobArchive, days: Sequence[date], rows_since: date | None,
-          ledger_since: date | None, report: RebuildReport) -> list[_Planned]:
-    """The day folders' Parquet files not in the manifest yet; per day, compacted ones first.
-    Files in the archive tier (as listed) are reported, not read."""
+          ledger_since: date | None, report: RebuildReport, shard: tuple[int, int]) -> list[_Planned]:
+    """The day folders' Parquet files not in the manifest yet; per day, compacted ones first
+    (all of them; the others of this shard only). Files in the archive tier (as listed) are
+    reported, not read."""
+    index, count = shard
     planned: list[_Planned] = []
     conn = store.connection()
     for d in days:
@@ -229,66 +280,159 @@ def _plan(store: PostgresStore, archive: BlobArchive, days: Sequence[date], rows
         day = report.days[d] = DayReport(d, mode_of(d, rows_since, ledger_since))
         with conn.transaction():
             known = manifest.paths_in_manifest(conn, [b.name for b in blobs])
-        day.known_files = len(known)
         for b in sorted(blobs, key=lambda b: (_COMPACTED.search(b.name) is None, b.name)):
+            mine = zlib.crc32(b.name.encode()) % count == index
             if b.name in known:
+                day.known_files += int(mine)
                 continue
             if b.tier == ARCHIVED_TIER:
-                report.archived.append(b.name)
-                day.archived += 1
+                if mine:
+                    report.archived.append(b.name)
+                    day.archived += 1
                 continue
-            planned.append(_Planned(d, b))
+            item = _Planned(d, b, mine)
+            if mine or item.compacted:
+                planned.append(item)
     return planned
 
 
-def _restore_file(store: PostgresStore, container: str, catalog: Catalog, item: _Planned, table: pa.Table,
-                  events: Sequence[PaymentEvent], day: DayReport, *, ledger: bool, rows: bool,
-                  crash_hook: CrashHook | None) -> None:
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A file ready to write: its events, their dimension keys, their metric rows and
+    histograms (computed before the transaction, while the previous file is written)."""
+
+    item: _Planned
+    record: RebuiltFile
+    events: Sequence[PaymentEvent]
+    keys: list[int]
+    dimensions: dict[int, DimensionTuple]
+    metric_rows: MetricRows
+    aggregates: Aggregates
+    ledger: bool
+    rows: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    new: int
+    duplicates: int
+    rows: int
+    deltas: int
+
+
+def _prepare(container: str, catalog: Catalog, item: _Planned, table: pa.Table, *, ledger: bool,
+             rows: bool) -> _Prepared:
+    events = parquet.events_from_table(table)
     keys: list[int] = []
+    dimensions: dict[int, DimensionTuple] = {}
     if ledger:
-        dimensions: dict[int, DimensionTuple] = {}
         extra = catalog.extra_dimension_fields
         for ev in events:
             dims = dimension_tuple(ev, extra)
             keys.append(k := dimension_key(dims))
             dimensions[k] = dims
-        store.ensure_dimensions(dimensions)
-    found = _compacted_generation(item.blob.name)
     pids = pc.unique(table.column("partition_id")).to_pylist()
     record = RebuiltFile(
         path=item.blob.name, container=container, partition_id=pids[0] if len(pids) == 1 else "*",
         event_date=item.day, seq_min=int(pc.min(table.column("sequence_number")).as_py()),
         seq_max=int(pc.max(table.column("sequence_number")).as_py()),
         occurred_min_us=min(e.occurred_us for e in events), occurred_max_us=max(e.occurred_us for e in events),
-        row_count=table.num_rows, byte_size=item.blob.size, generation=found, metrics=catalog.metric_names)
+        row_count=table.num_rows, byte_size=item.blob.size, generation=_compacted_generation(item.blob.name),
+        metrics=catalog.metric_names)
+    metric_rows = extract_metrics(events, catalog)
+    return _Prepared(item, record, events, keys, dimensions, metric_rows, aggregate(events, metric_rows, catalog),
+                     ledger, rows)
 
-    def work(tx: Any) -> tuple[int, int, int, int] | None:
-        file_id = manifest.insert_rebuilt_file(tx.conn, record)
+
+def _write(store: PostgresStore, catalog: Catalog, p: _Prepared, crash_hook: CrashHook | None) -> _Outcome | None:
+    """One file in one transaction; None when another run restored it already."""
+    if p.ledger:
+        store.ensure_dimensions(p.dimensions)
+
+    def work(tx: Any) -> _Outcome | None:
+        file_id = manifest.insert_rebuilt_file(tx.conn, p.record)
         if file_id is None:
             return None                                   # restored by another run
-        new: Sequence[PaymentEvent] = events
-        if ledger:
-            claimed = tx.claim_events(events, [file_id] * len(events), keys)
-            if len(claimed) < len(events):
-                new = [e for e in events if (e.event_id, e.occurred_us) in claimed]
-        metric_rows = extract_metrics(new, catalog)
-        written = tx.insert_metrics(metric_rows) if rows else 0
-        deltas = tx.append_deltas(aggregate(new, metric_rows, catalog), histogram.SCALE)
+        new, metric_rows, aggregates = p.events, p.metric_rows, p.aggregates
+        if p.ledger:
+            claimed = tx.claim_events(p.events, [file_id] * len(p.events), p.keys)
+            if len(claimed) < len(p.events):             # some claimed before (rare): only the others count
+                new = [e for e in p.events if (e.event_id, e.occurred_us) in claimed]
+                metric_rows = extract_metrics(new, catalog)
+                aggregates = aggregate(new, metric_rows, catalog)
+        written = tx.insert_metrics(metric_rows) if p.rows else 0
+        deltas = tx.append_deltas(aggregates, histogram.SCALE)
         if crash_hook is not None:
             crash_hook("before_commit")
-        return len(new), len(events) - len(new), written, deltas
+        return _Outcome(len(new), len(p.events) - len(new), written, deltas)
 
     outcome = store.run_batch(work)
-    if outcome is None:
-        day.known_files += 1
-        return
-    assert isinstance(outcome, tuple)
-    new_events, duplicates, written, deltas = outcome
-    day.files += 1
-    day.events += new_events
-    day.already_in_ledger += duplicates
-    day.rows += written
-    day.aggregate_rows += deltas
+    assert outcome is None or isinstance(outcome, _Outcome)
+    return outcome
+
+
+class _Writer(threading.Thread):
+    """Writes prepared files, one transaction each, in order, while the caller prepares the
+    next ones: PostgreSQL works on one file while Python computes the next (psycopg waits
+    without the GIL). Owns the store's connection until `finish`/`stop`. An error stops it;
+    the caller's next `submit` (or `finish`) raises it."""
+
+    def __init__(self, store: PostgresStore, catalog: Catalog, crash_hook: CrashHook | None,
+                 done: Callable[[_Prepared, _Outcome | None], None]) -> None:
+        super().__init__(name="txmetrics-rebuild-writer", daemon=True)
+        self.store, self.catalog, self.crash_hook, self.done = store, catalog, crash_hook, done
+        self.queue: queue.Queue[_Prepared | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.since_fold = 0
+
+    def run(self) -> None:
+        while True:
+            p = self.queue.get()
+            if p is None or self.stopping or self.error is not None:
+                if p is None:
+                    return
+                continue
+            try:
+                self.done(p, _write(self.store, self.catalog, p, self.crash_hook))
+                self.since_fold += 1
+                if self.since_fold >= FOLD_EVERY_FILES:
+                    self.store.fold_aggregates()
+                    self.since_fold = 0
+            except BaseException as exc:  # handed to the caller
+                self.error = exc
+
+    def submit(self, p: _Prepared) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(p, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait until every file submitted is written; raise what stopped the writer."""
+        self.submit_end()
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def submit_end(self) -> None:
+        while self.is_alive():
+            try:
+                self.queue.put(None, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def stop(self) -> None:
+        """Give up what is queued (an interrupt): the file in flight finishes or rolls back."""
+        if self.is_alive():
+            self.stopping = True
+            self.submit_end()
+            self.join()
 
 
 def _compacted_generation(path: str) -> str | None:
@@ -304,3 +448,105 @@ def retention_since(retention: dict[str, int], today: date) -> tuple[date | None
         return None if days is None else today - timedelta(days=days)
 
     return first_kept("dynamic_metrics"), first_kept("ingested_events")
+
+
+def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: date, rows_since: date | None = None,
+                        ledger_since: date | None = None, today: date | None = None,
+                        progress: ProgressCallback | None = None) -> RebuildReport:
+    """`rebuild` in `workers` processes, each restoring the files of its shard (every file
+    once: the shards split them by path, and the manifest's unique path would stop a second
+    restore anyway); then the fold and the rollups, once. Settings (not connections) go to
+    the workers: each opens its own. An interrupt (Ctrl-C reaches every process of the
+    group) rolls back each worker's file in flight; run it again to resume."""
+    if start >= end:
+        raise InvalidRequestError(f"the range is empty: start {start} is not before end {end}")
+    if workers < 1:
+        raise InvalidRequestError(f"workers must be at least 1, got {workers}")
+    today = today or datetime.now(UTC).date()
+    context = mp.get_context("spawn")
+    messages: Any = context.Queue()
+    processes = [context.Process(target=_worker, name=f"txmetrics-rebuild-{i}", daemon=True,
+                                 args=(settings, (i, workers), start, end, rows_since, ledger_since, today, messages))
+                 for i in range(workers)]
+    for p in processes:
+        p.start()
+    state = Progress()
+    totals: dict[int, tuple[int, int, int]] = {}
+    reports: list[RebuildReport] = []
+    done: set[int] = set()
+    try:
+        while len(reports) < workers:
+            try:
+                kind, index, payload = messages.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for i, p in enumerate(processes) if p.exitcode is not None and i not in done]
+                if dead:
+                    raise RuntimeError(f"rebuild worker {dead[0].name} died (exit code {dead[0].exitcode}); "
+                                       "run the same command again to resume") from None
+                continue
+            if kind == "error":
+                raise payload
+            if kind == "done":
+                reports.append(payload)
+                done.add(index)
+                continue
+            totals[index] = payload
+            state.files_done, state.files_total, state.events = (sum(t[i] for t in totals.values()) for i in range(3))
+            if progress is not None:
+                progress(state)
+    finally:
+        for p in processes:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+    merged = _merge(reports, start, end)
+    store = PostgresStore(settings.database_url, entra=settings.database_auth == "entra")
+    try:
+        store.fold_aggregates()
+        merged.rolled_up = roll_up(store, sorted(merged.days), today)
+    finally:
+        store.close()
+    merged.seconds = state.seconds
+    return merged
+
+
+def _worker(settings: Settings, shard: tuple[int, int], start: date, end: date, rows_since: date | None,
+            ledger_since: date | None, today: date, messages: Any) -> None:
+    from .adapters.blob import service_client
+    from .core.catalog import load_catalog
+
+    index = shard[0]
+    store = PostgresStore(settings.database_url, entra=settings.database_auth == "entra")
+    try:
+        archive = BlobArchive(service_client(settings.storage_connection_string, settings.storage_account_url),
+                              settings.raw_events_container)
+        report = rebuild(store=store, archive=archive, catalog=load_catalog(settings.metric_catalog), start=start,
+                         end=end, rows_since=rows_since, ledger_since=ledger_since, today=today, shard=shard,
+                         finish=False,
+                         progress=lambda s: messages.put(("progress", index, (s.files_done, s.files_total, s.events))))
+        messages.put(("done", index, report))
+    except KeyboardInterrupt:
+        pass                               # the parent got it too and says so
+    except Exception as exc:               # handed to the parent, which raises it (a domain error stays one)
+        try:
+            pickle.dumps(exc)
+            messages.put(("error", index, exc))
+        except Exception:  # not picklable: its message then
+            messages.put(("error", index, RuntimeError(f"rebuild worker {index}: {type(exc).__name__}: {exc}")))
+    finally:
+        store.close()
+
+
+def _merge(reports: Sequence[RebuildReport], start: date, end: date) -> RebuildReport:
+    merged = RebuildReport(start=start, end=end)
+    for r in reports:
+        merged.archived += r.archived
+        merged.leftovers += r.leftovers
+        for d, day in r.days.items():
+            into = merged.days.setdefault(d, DayReport(d, day.mode))
+            for name in ("files", "events", "rows", "aggregate_rows", "already_in_ledger", "leftover_files",
+                         "archived", "known_files"):
+                setattr(into, name, getattr(into, name) + getattr(day, name))
+    merged.archived.sort()
+    merged.leftovers.sort()
+    return merged

@@ -8,8 +8,10 @@ fills a column a file lacks when given the schema; see docs/changing-the-event.m
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Sequence
+from datetime import UTC
 from decimal import Decimal
 from functools import lru_cache
 from operator import attrgetter
@@ -83,20 +85,26 @@ def decode(data: bytes) -> pa.Table:
 def events_from_table(table: pa.Table) -> list[PaymentEvent]:
     """The archived events of a raw file as ingest saw them: the typed fields from their
     columns, the document decoded from the masked payload as ingest decoded it. Metrics and
-    dimensions computed from these equal those computed at ingest (backfill, rebuild)."""
-    occurred = table.column("occurred_at").cast(pa.int64()).to_pylist()
-    columns = {c.attribute: table.column(c.name).to_pylist()
-               for c in fields.SCHEMA.columns if c.attribute is not None and c.attribute != "occurred_us"}
-    payloads = columns["payload"]
-    out = []
-    for i in range(table.num_rows):
-        payload = payloads[i]
-        out.append(PaymentEvent(
-            event_id=columns["event_id"][i], transaction_id=columns["transaction_id"][i], occurred_us=occurred[i],
-            merchant_id=columns["merchant_id"][i], amount=columns["amount"][i], currency=columns["currency"][i],
-            payment_method=columns["payment_method"][i], status=columns["status"][i],
-            event_type=columns["event_type"][i], processing_ms=columns["processing_ms"][i],
-            country=columns["country"][i], document=document_of_payload(payload), payload=payload,
-            partition_id=columns["partition_id"][i], sequence_number=columns["sequence_number"][i],
-            enqueued_at=columns["enqueued_at"][i]))
-    return out
+    dimensions computed from these equal those computed at ingest (backfill, rebuild).
+    Built column-wise (about 10 us an event, most of it the payload's JSON)."""
+    columns_of = {c.attribute: c for c in fields.SCHEMA.columns if c.attribute is not None}
+    values: list[list[Any]] = []
+    for name in _EVENT_FIELDS:
+        if name == "document":
+            values.append([document_of_payload(p) for p in table.column("payload").to_pylist()])
+            continue
+        column = columns_of[name]
+        data = table.column(column.name)
+        if column.type == "timestamp" and name.endswith("_us"):
+            values.append(data.cast(pa.int64()).to_pylist())
+        elif column.type == "timestamp":      # datetimes through numpy: a quarter of to_pylist's cost
+            naive = data.cast(pa.timestamp("us")).to_numpy(zero_copy_only=False).astype("datetime64[us]").tolist()
+            values.append([None if d is None else d.replace(tzinfo=UTC) for d in naive])
+        else:
+            values.append(data.to_pylist())
+    return [PaymentEvent(*row) for row in zip(*values, strict=True)]
+
+
+# PaymentEvent's fields in order (built positionally above): each an archive column's
+# attribute, but the document, which is decoded from the payload.
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(PaymentEvent))
