@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,6 +174,49 @@ def test_backfill_beside_late_events_and_another_backfill_stays_exactly_once(
         t.join(timeout=300)
     assert not errors
     run(services, lake, new)          # the old-catalog files written after both planned
+    assert snapshot(db) == ref["snapshot"]
+    assert folded_aggregates(db) == ref["folded"]
+
+
+def test_two_backfills_racing_for_the_same_file_write_it_once(
+        services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any], db: psycopg.Connection) -> None:
+    """The second run planned the file while the first was writing it: it waits for the
+    first's lock on the manifest row, then sees the metric there and skips the file."""
+    old, new = catalogs
+    batches = corpus()
+    ref = reference(services, new, "corpus", batches)
+    ingest(pipeline(services, lake["archive"], old), batches)
+    second: list[BackfillReport] = []
+    errors: list[BaseException] = []
+
+    def run_second() -> None:
+        store = PostgresStore(services.database_url)
+        try:
+            second.append(backfill(store=store, archive=lake["archive"], catalog=load_catalog(new),
+                                   metric="risk_score", start=START, end=END))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    thread = threading.Thread(target=run_second)
+
+    def first_file_not_committed_yet(step: str) -> None:
+        if thread.ident is not None:
+            return
+        thread.start()
+        for _ in range(400):             # until the second run waits for this file's lock
+            if db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                          "AND query LIKE '%%FOR UPDATE%%'").fetchone()[0]:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the second run never waited for the file")
+
+    first = run(services, lake, new, crash_hook=first_file_not_committed_yet)
+    thread.join(timeout=300)
+    assert not errors
+    files = db.execute("SELECT count(*) FROM raw_files").fetchone()[0]
+    assert first.files + second[0].files == files           # every file written by exactly one of them
     assert snapshot(db) == ref["snapshot"]
     assert folded_aggregates(db) == ref["folded"]
 
