@@ -35,7 +35,9 @@ DATA_TABLES = ("dynamic_metrics", "ingested_events", "event_dimensions", "aggreg
                "failed_items", "raw_file_outbox", "raw_files", "raw_compactions", "aggregate_rollups")
 
 
-def _catalogs(directory: Path) -> tuple[Path, Path]:
+def catalogs_before_and_after(directory: Path) -> tuple[Path, Path]:
+    """(the bundled catalog, the same plus risk_score from attributes.risk_score): a metric
+    added after ingest, written into `directory` (the benchmark's and the tests')."""
     from txmetrics.settings import BUNDLED_CATALOG
 
     old = directory / "catalog-old.yaml"
@@ -80,7 +82,7 @@ def run(events: int, partitions: int, batch_size: int, repeats: int, rebuild_wor
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, running(ephemeral_services()) as services, \
             psycopg.connect(services.database_url, autocommit=True) as conn:
-        old, new = _catalogs(Path(tmp))
+        old, new = catalogs_before_and_after(Path(tmp))
         schema.apply_all(services.database_url)
         roots = service_roots(services)
         for n in range(1, repeats + 1):

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 
+from localdev.bench_lake import catalogs_before_and_after
 from localdev.services import LocalServices
 from localdev.synth import Generator, SyntheticEvent
 from tests.conftest import DATA_TABLES, table_snapshot
@@ -21,7 +21,6 @@ from txmetrics.adapters.postgres import PostgresStore
 from txmetrics.core.catalog import Catalog, load_catalog
 from txmetrics.core.events import InboundEvent
 from txmetrics.pipeline import Pipeline
-from txmetrics.settings import BUNDLED_CATALOG
 
 Batch = tuple[str, list[InboundEvent]]          # (partition, events)
 DAY1, DAY2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
@@ -30,13 +29,7 @@ RANGE = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC))
 
 def write_catalogs(directory: Path) -> tuple[Path, Path]:
     """(the bundled catalog, the same plus risk_score): a metric added after ingest."""
-    old = directory / "catalog-old.yaml"
-    old.write_text(BUNDLED_CATALOG.read_text())
-    raw = yaml.safe_load(BUNDLED_CATALOG.read_text())
-    raw["metrics"].append({"name": "risk_score", "kind": "value", "source": "attributes.risk_score"})
-    new = directory / "catalog-new.yaml"
-    new.write_text(yaml.safe_dump(raw))
-    return old, new
+    return catalogs_before_and_after(directory)
 
 
 def corpus(n: int = 1200, *, seed: int = 15, partitions: int = 2, batch: int = 60,

@@ -82,6 +82,30 @@ def run(services: LocalServices, lake: dict[str, Any], catalog: Path, **kwargs: 
                     start=START, end=END, **kwargs)
 
 
+def cli_env(monkeypatch: pytest.MonkeyPatch, services: LocalServices, archive: BlobArchive, catalog: Path) -> None:
+    """The settings `txmetrics` reads, pointing at the test's services, container and catalog."""
+    for k, v in {"DATABASE_URL": services.database_url,
+                 "AZURE_STORAGE_CONNECTION_STRING": services.storage_connection_string,
+                 "RAW_EVENTS_CONTAINER": archive.container_name, "METRIC_CATALOG": str(catalog)}.items():
+        monkeypatch.setenv(k, v)
+
+
+def backfill_thread(services: LocalServices, archive: BlobArchive, catalog: Path, reports: list[BackfillReport],
+                    errors: list[BaseException]) -> threading.Thread:
+    """A backfill of risk_score on its own connection, in a thread (not started)."""
+    def target() -> None:
+        store = PostgresStore(services.database_url)
+        try:
+            reports.append(backfill(store=store, archive=archive, catalog=load_catalog(catalog), metric="risk_score",
+                                    start=START, end=END))
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+        finally:
+            store.close()
+
+    return threading.Thread(target=target)
+
+
 def test_backfill_equals_what_ingest_would_have_produced_and_twice_adds_nothing(
         services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any], db: psycopg.Connection,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,10 +124,7 @@ def test_backfill_equals_what_ingest_would_have_produced_and_twice_adds_nothing(
     assert folded_aggregates(db) == ref["folded"]
 
     # twice: nothing to do, nothing added (through the command line, as users run it)
-    for k, v in {"DATABASE_URL": services.database_url,
-                 "AZURE_STORAGE_CONNECTION_STRING": services.storage_connection_string,
-                 "RAW_EVENTS_CONTAINER": lake["archive"].container_name, "METRIC_CATALOG": str(new)}.items():
-        monkeypatch.setenv(k, v)
+    cli_env(monkeypatch, services, lake["archive"], new)
     result = CliRunner().invoke(app, ["backfill", "--metric", "risk_score", "--start", "2026-03-01",
                                       "--end", "2026-03-03", "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -154,18 +175,7 @@ def test_backfill_beside_late_events_and_another_backfill_stays_exactly_once(
     # then truly concurrent: two backfills in threads while late events arrive
     errors: list[BaseException] = []
     reports: list[BackfillReport] = []
-
-    def backfill_thread() -> None:
-        store = PostgresStore(services.database_url)
-        try:
-            reports.append(backfill(store=store, archive=lake["archive"], catalog=load_catalog(new),
-                                    metric="risk_score", start=START, end=END))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            store.close()
-
-    threads = [threading.Thread(target=backfill_thread) for _ in range(2)]
+    threads = [backfill_thread(services, lake["archive"], new, reports, errors) for _ in range(2)]
     for t in threads:
         t.start()
     for i, batch in enumerate(late[5:]):
@@ -188,18 +198,7 @@ def test_two_backfills_racing_for_the_same_file_write_it_once(
     ingest(pipeline(services, lake["archive"], old), batches)
     second: list[BackfillReport] = []
     errors: list[BaseException] = []
-
-    def run_second() -> None:
-        store = PostgresStore(services.database_url)
-        try:
-            second.append(backfill(store=store, archive=lake["archive"], catalog=load_catalog(new),
-                                   metric="risk_score", start=START, end=END))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            store.close()
-
-    thread = threading.Thread(target=run_second)
+    thread = backfill_thread(services, lake["archive"], new, second, errors)
 
     def first_file_not_committed_yet(step: str) -> None:
         if thread.ident is not None:
@@ -279,10 +278,7 @@ def test_days_past_retention_get_aggregates_only_and_the_command_says_so(
     ingest(pipeline(services, lake["archive"], old), batches)
     # retention drops day 1's partitions (the ledger's and dynamic_metrics')
     db.execute("DROP TABLE dynamic_metrics_p20260301, ingested_events_p20260301")
-    for k, v in {"DATABASE_URL": services.database_url,
-                 "AZURE_STORAGE_CONNECTION_STRING": services.storage_connection_string,
-                 "RAW_EVENTS_CONTAINER": lake["archive"].container_name, "METRIC_CATALOG": str(new)}.items():
-        monkeypatch.setenv(k, v)
+    cli_env(monkeypatch, services, lake["archive"], new)
     result = CliRunner().invoke(app, ["backfill", "--metric", "risk_score", "--start", "2026-03-01",
                                       "--end", "2026-03-03", "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -380,10 +376,7 @@ def test_archived_files_are_listed_with_the_rehydrate_hint_not_failed_on(
     cold = db.execute("SELECT path FROM raw_files ORDER BY id LIMIT 2").fetchall()
     for (path,) in cold:
         archive.container.get_blob_client(path).set_standard_blob_tier("Archive")
-    for k, v in {"DATABASE_URL": services.database_url,
-                 "AZURE_STORAGE_CONNECTION_STRING": services.storage_connection_string,
-                 "RAW_EVENTS_CONTAINER": archive.container_name, "METRIC_CATALOG": str(new)}.items():
-        monkeypatch.setenv(k, v)
+    cli_env(monkeypatch, services, archive, new)
     result = CliRunner().invoke(app, ["backfill", "--metric", "risk_score", "--start", "2026-03-01",
                                       "--end", "2026-03-03", "--format", "csv"])
     assert result.exit_code == 0, result.output

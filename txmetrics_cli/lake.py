@@ -19,6 +19,8 @@ import typer
 from . import context
 from .output import FormatOption, emit, note
 from .parsing import parse_day, parse_time
+from .read import _metric_names
+from .retention import _stacks
 
 if TYPE_CHECKING:
     from txmetrics.adapters.blob import BlobArchive
@@ -37,19 +39,6 @@ ContainerOption = Annotated[str, typer.Option(envvar="RAW_EVENTS_CONTAINER", met
 RehydrateOption = Annotated[Literal["Standard", "High"] | None, typer.Option(
     help="ask Azure to bring files in the archive tier back (Standard: up to 15 h, High: under 1 h); run the "
          "command again once they are back")]
-
-
-def _metric_names(incomplete: str) -> list[str]:
-    try:
-        return [m.name for m in context.catalog().metrics if m.name.startswith(incomplete)]
-    except Exception:  # completion must never fail loudly
-        return []
-
-
-def _stacks(incomplete: str) -> list[str]:
-    from lifecycle.policy import PROJECT_DIR, known_stacks
-
-    return [s for s in known_stacks(PROJECT_DIR) if s.startswith(incomplete)]
 
 
 def _store() -> PostgresStore:
@@ -90,6 +79,25 @@ def _progress(label: str) -> Iterator[Callable[[Progress], None]]:
                        rate=state.events_per_second)
 
         yield update
+
+
+@contextmanager
+def _running(label: str, store: PostgresStore) -> Iterator[Callable[[Progress], None]]:
+    """Progress while a run lasts; an interrupt becomes one note and exit code 130; the
+    store is closed at the end."""
+    done = 0
+    try:
+        with _progress(label) as update:
+            def progress(state: Progress) -> None:
+                nonlocal done
+                done = state.files_done
+                update(state)
+
+            yield progress
+    except KeyboardInterrupt:
+        raise _interrupted(done) from None
+    finally:
+        store.close()
 
 
 def _archived(archive: BlobArchive, paths: list[str], rehydrate: str | None) -> None:
@@ -133,20 +141,9 @@ def backfill_command(
     catalog = context.catalog()
     archive = context.archive(container)
     store = _store()
-    done = 0
-    try:
-        with _progress(f"backfill {metric}") as update:
-            def progress(state: Any) -> None:
-                nonlocal done
-                done = state.files_done
-                update(state)
-
-            report = backfill(store=store, archive=archive, catalog=catalog, metric=metric, start=start, end=end,
-                              progress=progress)
-    except KeyboardInterrupt:
-        raise _interrupted(done) from None
-    finally:
-        store.close()
+    with _running(f"backfill {metric}", store) as progress:
+        report = backfill(store=store, archive=archive, catalog=catalog, metric=metric, start=start, end=end,
+                          progress=progress)
     emit(report.records(), fmt, columns=BACKFILL_COLUMNS)
     rate = report.events / report.seconds if report.seconds else 0.0
     note(f"backfilled {metric}: {report.files:,} file(s), {report.events:,} event(s), {report.rows:,} row(s) in "
@@ -216,26 +213,15 @@ def rebuild_command(
     rows_since, ledger_since = retention_since(retention, today) if retention else (None, None)
     first: date = start.date()
     store = _store()
-    done = 0
-    try:
-        with _progress("rebuild") as update:
-            def progress(state: Any) -> None:
-                nonlocal done
-                done = state.files_done
-                update(state)
-
-            if workers == 1:
-                report = rebuild(store=store, archive=archive, catalog=catalog, start=first, end=end.date(),
-                                 rows_since=rows_since, ledger_since=ledger_since, today=today, progress=progress)
-            else:
-                settings = dataclasses.replace(context.settings(), raw_events_container=container)
-                report = rebuild_in_parallel(settings, workers=workers, start=first, end=end.date(),
-                                             rows_since=rows_since, ledger_since=ledger_since, today=today,
-                                             progress=progress)
-    except KeyboardInterrupt:
-        raise _interrupted(done) from None
-    finally:
-        store.close()
+    with _running("rebuild", store) as progress:
+        if workers == 1:
+            report = rebuild(store=store, archive=archive, catalog=catalog, start=first, end=end.date(),
+                             rows_since=rows_since, ledger_since=ledger_since, today=today, progress=progress)
+        else:
+            settings = dataclasses.replace(context.settings(), raw_events_container=container)
+            report = rebuild_in_parallel(settings, workers=workers, start=first, end=end.date(),
+                                         rows_since=rows_since, ledger_since=ledger_since, today=today,
+                                         progress=progress)
     emit(report.records(), fmt, columns=REBUILD_COLUMNS)
     rate = report.events / report.seconds if report.seconds else 0.0
     note(f"rebuilt {report.files:,} file(s), {report.events:,} event(s) in {report.seconds:.1f} s ({rate:,.0f} "

@@ -40,7 +40,7 @@ from .core.catalog import Catalog
 from .core.events import PaymentEvent
 from .core.metrics import aggregate, extract_metrics
 from .errors import InvalidRequestError
-from .lake import CrashHook, Progress, ProgressCallback, read_ahead
+from .lake import CrashHook, DailyReport, Progress, ProgressCallback, read_ahead
 
 MAX_PASSES = 5            # files lacking the metric that keep appearing: a function still on the old catalog
 ROWS_AND_AGGREGATES = "rows + aggregates"
@@ -65,7 +65,7 @@ class DayReport:
 
 
 @dataclass
-class BackfillReport:
+class BackfillReport(DailyReport[DayReport]):
     metric: str
     start: datetime
     end: datetime
@@ -80,23 +80,8 @@ class BackfillReport:
         return self.days.setdefault(d, DayReport(d))
 
     @property
-    def files(self) -> int:
-        return sum(d.files for d in self.days.values())
-
-    @property
-    def events(self) -> int:
-        return sum(d.events for d in self.days.values())
-
-    @property
-    def rows(self) -> int:
-        return sum(d.rows for d in self.days.values())
-
-    @property
     def aggregates_only_days(self) -> list[date]:
         return sorted(d.day for d in self.days.values() if d.mode != ROWS_AND_AGGREGATES)
-
-    def records(self) -> list[dict[str, Any]]:
-        return [self.days[d].record() for d in sorted(self.days)]
 
 
 def metric_of(catalog: Catalog, name: str) -> Catalog:

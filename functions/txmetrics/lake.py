@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from datetime import date
+from typing import Any, Generic, Protocol, TypeVar
 
 import pyarrow as pa
 from azure.core.exceptions import HttpResponseError
@@ -42,6 +43,39 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+class DayCounts(Protocol):
+    files: int
+    events: int
+    rows: int
+
+    def record(self) -> dict[str, Any]: ...
+
+
+D = TypeVar("D", bound=DayCounts)
+
+
+class DailyReport(Generic[D]):
+    """What a backfill or a rebuild did, per UTC day (`days`), and its totals."""
+
+    days: dict[date, D]
+
+    @property
+    def files(self) -> int:
+        return sum(d.files for d in self.days.values())
+
+    @property
+    def events(self) -> int:
+        return sum(d.events for d in self.days.values())
+
+    @property
+    def rows(self) -> int:
+        return sum(d.rows for d in self.days.values())
+
+    def records(self) -> list[dict[str, Any]]:
+        """One row per day, in day order (what the commands print)."""
+        return [self.days[d].record() for d in sorted(self.days)]
 CrashHook = Callable[[str], None]     # tests: called at "before_commit" in each file's transaction
 
 

@@ -58,7 +58,7 @@ from .core.metrics import (
 )
 from .core.naming import date_folder
 from .errors import InvalidRequestError
-from .lake import ARCHIVED_TIER, CrashHook, Progress, ProgressCallback, read_ahead
+from .lake import ARCHIVED_TIER, CrashHook, DailyReport, Progress, ProgressCallback, read_ahead
 from .rollup import fresh_days, roll_day
 from .settings import Settings
 
@@ -87,7 +87,7 @@ class DayReport:
 
 
 @dataclass
-class RebuildReport:
+class RebuildReport(DailyReport[DayReport]):
     start: date
     end: date
     days: dict[date, DayReport] = field(default_factory=dict)
@@ -95,17 +95,6 @@ class RebuildReport:
     leftovers: list[str] = field(default_factory=list)
     rolled_up: list[date] = field(default_factory=list)
     seconds: float = 0.0
-
-    @property
-    def files(self) -> int:
-        return sum(d.files for d in self.days.values())
-
-    @property
-    def events(self) -> int:
-        return sum(d.events for d in self.days.values())
-
-    def records(self) -> list[dict[str, Any]]:
-        return [self.days[d].record() for d in sorted(self.days)]
 
 
 def mode_of(day: date, rows_since: date | None, ledger_since: date | None) -> str:
