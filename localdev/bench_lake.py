@@ -11,6 +11,10 @@ On the same services and the same data (the `make run` generator, as `make bench
     (4 worker processes, as `txmetrics rebuild` runs by default; --rebuild-workers 1: one
     process), with the catalog including risk_score (4 metrics per event);
     checked: the same ledger, rows and KPI totals as before.
+Ingest ends with its deltas committed (the minute timer folds them; its fold is timed apart
+and added for "ingest_with_fold"); the rebuild ends with the fold and rollups done, and its
+time until every file was committed is reported too ("rebuild_until_committed"), so both
+are compared at the same point. The rebuild's time includes starting its worker processes.
 Each repeat empties the tables and the container first; medians are reported, every round
 is in the JSON (benchmarks/results/lake-<utc time>.json). docs/benchmarks.md is summarised
 by hand from it.
@@ -97,7 +101,10 @@ def run(events: int, partitions: int, batch_size: int, repeats: int, rebuild_wor
                 workers = _parallel(_real_worker, args)
             ingest = _phase(workers, meter, events)
             ingest["events_per_second_valid"] = round(valid / ingest["seconds"])
-            conn.execute("SELECT txm_fold_aggregates()")
+            t = time.perf_counter()
+            conn.execute("SELECT txm_fold_aggregates()")         # what the minute timer does after ingest
+            ingest["fold_seconds"] = round(time.perf_counter() - t, 3)
+            ingest["events_per_second_with_fold"] = round(events / (ingest["seconds"] + ingest["fold_seconds"]))
             conn.execute("VACUUM ANALYZE")
 
             archive = BlobArchive(service_client(services.storage_connection_string), container)
@@ -131,6 +138,9 @@ def run(events: int, partitions: int, batch_size: int, repeats: int, rebuild_wor
                                              today=START.date() + timedelta(days=10))
                 seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
             rebuilt = _summary(rebuilt_report.events, rebuilt_report.files, seconds, cpu, meter)
+            # until every file is committed (deltas included, as ingest leaves them), then the fold and rollups
+            rebuilt["restore_seconds"] = round(rebuilt_report.restore_seconds, 3)
+            rebuilt["events_per_second_restore"] = round(rebuilt_report.events / rebuilt_report.restore_seconds)
             after = _fingerprint(conn)
             store.close()
             same = {k: before[k] == after[k] for k in before}
@@ -151,14 +161,17 @@ def run(events: int, partitions: int, batch_size: int, repeats: int, rebuild_wor
                    "repeats": repeats, "ingest_workers": partitions, "backfill_processes": 1, "rebuild_processes": rebuild_workers},
         "events_per_second": {"ingest": median("ingest", "events_per_second"),
                               "ingest_valid": median("ingest", "events_per_second_valid"),
+                              "ingest_with_fold": median("ingest", "events_per_second_with_fold"),
                               "backfill": median("backfill", "events_per_second"),
-                              "rebuild": median("rebuild", "events_per_second")},
+                              "rebuild": median("rebuild", "events_per_second"),
+                              "rebuild_until_committed": median("rebuild", "events_per_second_restore")},
         "machine_cpu_us_per_event": {p: median(p, "machine_cpu_us_per_event") for p in ("ingest", "backfill", "rebuild")},
         "rounds": rounds,
     }
     eps = result["events_per_second"]
     result["targets"] = {"backfill >= ingest": eps["backfill"] >= eps["ingest"],
-                         "rebuild >= ingest": eps["rebuild"] >= eps["ingest"],
+                         "rebuild >= ingest (both with their fold)": eps["rebuild"] >= eps["ingest_with_fold"],
+                         "rebuild >= ingest (both until committed)": eps["rebuild_until_committed"] >= eps["ingest"],
                          "rebuild restores the same ledger, rows and aggregates": all(
                              all(r["same"].values()) for r in rounds)}
     return result

@@ -28,9 +28,8 @@ import multiprocessing as mp
 import pickle
 import queue
 import re
-import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -95,6 +94,7 @@ class RebuildReport(DailyReport[DayReport]):
     leftovers: list[str] = field(default_factory=list)
     rolled_up: list[date] = field(default_factory=list)
     seconds: float = 0.0
+    restore_seconds: float = 0.0       # until every file was committed (then: the fold and the rollups)
 
 
 def mode_of(day: date, rows_since: date | None, ledger_since: date | None) -> str:
@@ -182,58 +182,51 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
     manifest.ensure_partitions(conn, "dynamic_metrics", {p.day for p in planned
                                                          if rows_since is None or p.day >= rows_since})
     seen: dict[date, _SeenRows] = {}
-    lock = threading.Lock()            # the report and the progress, updated by both threads
-
-    def written(prepared: _Prepared, outcome: _Outcome | None) -> None:
-        with lock:
-            day = report.days[prepared.item.day]
-            if outcome is None:
-                day.known_files += 1
-            else:
-                day.files += 1
-                day.events += outcome.new
-                day.already_in_ledger += outcome.duplicates
-                day.rows += outcome.rows
-                day.aggregate_rows += outcome.deltas
+    since_fold = 0
+    for read in read_ahead(archive, planned, lambda p: (p.blob.name, None)):
+        item, table = read.item, read.table
+        day = report.days[item.day]
+        if table is None:
+            report.archived.append(item.blob.name)
+            day.archived += 1
             state.files_done += 1
-            state.events += len(prepared.events)
-            if progress is not None:
-                progress(state)
-
-    writer = _Writer(store, catalog, crash_hook, written)
-    writer.start()
-    try:
-        for read in read_ahead(archive, planned, lambda p: (p.blob.name, None)):
-            item, table = read.item, read.table
-            if table is None:
-                with lock:
-                    report.archived.append(item.blob.name)
-                    report.days[item.day].archived += 1
-                    state.files_done += 1
+            continue
+        rows_seen = seen.setdefault(item.day, _SeenRows())
+        if item.compacted:
+            rows_seen.add(table)
+            if not item.mine:
+                continue                      # another worker's: read for its rows only
+        else:
+            covered = rows_seen.covered(table)
+            if covered.all():
+                report.leftovers.append(item.blob.name)
+                day.leftover_files += 1
+                state.files_done += 1
                 continue
-            rows_seen = seen.setdefault(item.day, _SeenRows())
-            if item.compacted:
-                rows_seen.add(table)
-                if not item.mine:
-                    continue                      # another worker's: read for its rows only
-            else:
-                covered = rows_seen.covered(table)
-                if covered.all():
-                    with lock:
-                        report.leftovers.append(item.blob.name)
-                        report.days[item.day].leftover_files += 1
-                        state.files_done += 1
-                    continue
-                if covered.any():
-                    with lock:
-                        report.days[item.day].already_in_ledger += int(covered.sum())
-                    table = table.filter(pa.array(~covered))
-            writer.submit(_prepare(archive.container_name, catalog, item, table,
-                                   ledger=ledger_since is None or item.day >= ledger_since,
-                                   rows=rows_since is None or item.day >= rows_since))
-        writer.finish()
-    finally:
-        writer.stop()
+            if covered.any():
+                day.already_in_ledger += int(covered.sum())
+                table = table.filter(pa.array(~covered))
+        prepared = _prepare(archive.container_name, catalog, item, table,
+                            ledger=ledger_since is None or item.day >= ledger_since,
+                            rows=rows_since is None or item.day >= rows_since)
+        outcome = _write(store, catalog, prepared, crash_hook)
+        if outcome is None:
+            day.known_files += 1
+        else:
+            day.files += 1
+            day.events += outcome.new
+            day.already_in_ledger += outcome.duplicates
+            day.rows += outcome.rows
+            day.aggregate_rows += outcome.deltas
+        state.files_done += 1
+        state.events += len(prepared.events)
+        since_fold += 1
+        if since_fold >= FOLD_EVERY_FILES:
+            store.fold_aggregates()
+            since_fold = 0
+        if progress is not None:
+            progress(state)
+    report.restore_seconds = state.seconds
     if finish:
         store.fold_aggregates()
         report.rolled_up = roll_up(store, sorted(report.days), today)
@@ -288,7 +281,7 @@ def _plan(store: PostgresStore, archive: BlobArchive, days: Sequence[date], rows
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     """A file ready to write: its events, their dimension keys, their metric rows and
-    histograms (computed before the transaction, while the previous file is written)."""
+    histograms (computed before its transaction, so the transaction is short)."""
 
     item: _Planned
     record: RebuiltFile
@@ -360,70 +353,6 @@ def _write(store: PostgresStore, catalog: Catalog, p: _Prepared, crash_hook: Cra
     return outcome
 
 
-class _Writer(threading.Thread):
-    """Writes prepared files, one transaction each, in order, while the caller prepares the
-    next ones: PostgreSQL works on one file while Python computes the next (psycopg waits
-    without the GIL). Owns the store's connection until `finish`/`stop`. An error stops it;
-    the caller's next `submit` (or `finish`) raises it."""
-
-    def __init__(self, store: PostgresStore, catalog: Catalog, crash_hook: CrashHook | None,
-                 done: Callable[[_Prepared, _Outcome | None], None]) -> None:
-        super().__init__(name="txmetrics-rebuild-writer", daemon=True)
-        self.store, self.catalog, self.crash_hook, self.done = store, catalog, crash_hook, done
-        self.queue: queue.Queue[_Prepared | None] = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.stopping = False
-        self.since_fold = 0
-
-    def run(self) -> None:
-        while True:
-            p = self.queue.get()
-            if p is None or self.stopping or self.error is not None:
-                if p is None:
-                    return
-                continue
-            try:
-                self.done(p, _write(self.store, self.catalog, p, self.crash_hook))
-                self.since_fold += 1
-                if self.since_fold >= FOLD_EVERY_FILES:
-                    self.store.fold_aggregates()
-                    self.since_fold = 0
-            except BaseException as exc:  # handed to the caller
-                self.error = exc
-
-    def submit(self, p: _Prepared) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.queue.put(p, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def finish(self) -> None:
-        """Wait until every file submitted is written; raise what stopped the writer."""
-        self.submit_end()
-        self.join()
-        if self.error is not None:
-            raise self.error
-
-    def submit_end(self) -> None:
-        while self.is_alive():
-            try:
-                self.queue.put(None, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def stop(self) -> None:
-        """Give up what is queued (an interrupt): the file in flight finishes or rolls back."""
-        if self.is_alive():
-            self.stopping = True
-            self.submit_end()
-            self.join()
-
-
 def _compacted_generation(path: str) -> str | None:
     m = _COMPACTED.search(path)
     return m.group("generation") if m else None
@@ -489,6 +418,7 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
             if p.is_alive():
                 p.terminate()
     merged = _merge(reports, start, end)
+    merged.restore_seconds = state.seconds
     store = PostgresStore(settings.database_url, entra=settings.database_auth == "entra")
     try:
         store.fold_aggregates()
