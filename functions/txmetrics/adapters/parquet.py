@@ -65,8 +65,11 @@ def events_table(events: Sequence[PaymentEvent]) -> pa.Table:
         else:
             if versions is None:
                 versions = [fields.schema_version_of(e.document) for e in events]
-            columns[column.name] = [fields.document_value(column, e.document, v)
-                                    for e, v in zip(events, versions, strict=True)]
+            if column.name == fields.SCHEMA_VERSION_FIELD:
+                columns[column.name] = versions
+            else:
+                columns[column.name] = [fields.document_value(column, e.document, v)
+                                        for e, v in zip(events, versions, strict=True)]
     return pa.Table.from_pydict(columns, schema=raw_event_schema(declared))
 
 
