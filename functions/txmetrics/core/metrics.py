@@ -92,7 +92,7 @@ def dimension_tuple(event: PaymentEvent, extra_fields: Sequence[str]) -> Dimensi
     catalog has none)."""
     extra = (json.dumps({d: dimension_value(event, d) for d in extra_fields}, sort_keys=True, separators=(",", ":"))
              if extra_fields else None)
-    return _TYPED_DIMENSIONS(event) + (extra,)     # attrgetter of several names: a tuple
+    return (*_TYPED_DIMENSIONS(event), extra)
 
 
 _DIMENSION_KEYS: dict[DimensionTuple, int] = {}
