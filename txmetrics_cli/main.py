@@ -8,6 +8,7 @@
 | failed.py | failed list/show/fix/set/replay/resolve |
 | retention.py | lifecycle validate/render/plan, retention apply |
 | maintenance.py | migrate, compact, rollup, aggregates fold/status |
+| lake.py | backfill, rebuild (the lake as the source of truth) |
 
 Cross-cutting: boundary.py (the one error boundary: domain errors become one line on
 stderr and exit code 2), output.py (--format table|json|csv), context.py (settings, and the
@@ -21,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from . import failed, local, maintenance, read, report, retention
+from . import failed, lake, local, maintenance, read, report, retention
 from .boundary import BoundaryGroup
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ app.add_typer(retention.lifecycle_app, name="lifecycle")
 app.add_typer(retention.retention_app, name="retention")
 app.add_typer(maintenance.app)
 app.add_typer(maintenance.aggregates_app, name="aggregates")
+app.add_typer(lake.app)
 
 
 if __name__ == "__main__":

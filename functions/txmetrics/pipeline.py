@@ -84,6 +84,18 @@ class _Timer:
         self.t = now
 
 
+def storage_of(settings: Settings) -> tuple[PostgresStore, BlobArchive]:
+    """The PostgreSQL store and the raw archive the settings name (one way to build them, for
+    the function, the timers, the CLI and the lake tools)."""
+    store = PostgresStore(settings.require_database(), entra=settings.database_auth == "entra",
+                          managed_identity_client_id=settings.managed_identity_client_id)
+    connection_string, account_url = settings.require_storage()
+    archive = BlobArchive(service_client(connection_string, account_url,
+                                         managed_identity_client_id=settings.managed_identity_client_id),
+                          settings.raw_events_container)
+    return store, archive
+
+
 class Pipeline:
     def __init__(self, store: PostgresStore, archive: BlobArchive, catalog: Catalog,
                  crash_hook: CrashHook | None = None) -> None:
@@ -95,12 +107,7 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
         catalog = load_catalog(settings.metric_catalog)
-        store = PostgresStore(settings.require_database(), entra=settings.database_auth == "entra",
-                              managed_identity_client_id=settings.managed_identity_client_id)
-        connection_string, account_url = settings.require_storage()
-        archive = BlobArchive(service_client(connection_string, account_url,
-                                             managed_identity_client_id=settings.managed_identity_client_id),
-                              settings.raw_events_container)
+        store, archive = storage_of(settings)
         return cls(store, archive, catalog)
 
     def _crash_point(self, name: str) -> None:
@@ -241,5 +248,5 @@ class Pipeline:
                 seq_min=first, seq_max=max(ev.sequence_number for ev in events),
                 occurred_min_us=min(ev.occurred_us for ev in events),
                 occurred_max_us=max(ev.occurred_us for ev in events),
-                row_count=len(events), content=content))
+                row_count=len(events), content=content, metrics=self.catalog.metric_names))
         return files

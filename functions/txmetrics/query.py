@@ -21,10 +21,11 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import RehydratePriority
 
 from .adapters.blob import BlobArchive
-from .adapters.parquet import RAW_EVENT_SCHEMA
+from .adapters.parquet import UTC_US, raw_event_schema
+from .core import fields
 from .errors import InvalidRequestError
 
-FILTER_COLUMNS = ("merchant_id", "status", "event_id", "transaction_id", "payment_method", "currency")
+FILTER_COLUMNS = fields.filter_columns()       # of the declaration in effect at import (core/fields.py)
 REHYDRATION_HOURS = {"Standard": 15, "High": 1}    # Azure's upper bounds for blobs under 10 GB
 
 
@@ -69,7 +70,7 @@ def plan_files(conn: psycopg.Connection, start: datetime | None, end: datetime |
 
 
 def _filter(table: pa.Table, start: datetime | None, end: datetime | None, filters: dict[str, Any]) -> pa.Table:
-    time_type = RAW_EVENT_SCHEMA.field("occurred_at").type
+    time_type = UTC_US
     mask = pa.array([True] * table.num_rows, pa.bool_())
     if start is not None:
         mask = pc.and_(mask, pc.greater_equal(table["occurred_at"], pa.scalar(start, time_type)))
@@ -87,9 +88,10 @@ def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime
     rows (when given) have been yielded. The range may be open (None) only with an
     `event_id` filter. `result` collects which files were planned, opened, and skipped as
     archived, and whether the limit cut the answer short."""
-    unknown = set(filters) - set(FILTER_COLUMNS)
+    known = fields.filter_columns()
+    unknown = set(filters) - set(known)
     if unknown:
-        raise InvalidRequestError(f"unknown filter {sorted(unknown)[0]!r}; use {', '.join(FILTER_COLUMNS)}")
+        raise InvalidRequestError(f"unknown filter {sorted(unknown)[0]!r}; use {', '.join(known)}")
     if limit is not None and limit < 1:
         raise InvalidRequestError(f"limit must be at least 1, got {limit}")
     if start is not None and end is not None and start >= end:
@@ -117,7 +119,7 @@ def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime
                     continue
                 raise
         result.files_opened.append(path)
-        table = pq.read_table(io.BytesIO(data), schema=RAW_EVENT_SCHEMA, filters=row_filter or None)
+        table = pq.read_table(io.BytesIO(data), schema=raw_event_schema(), filters=row_filter or None)
         table = _filter(table, start, end, filters)
         if limit is not None and result.rows + table.num_rows > limit:
             table = table.slice(0, limit - result.rows)

@@ -54,6 +54,8 @@ def roll_day(conn: psycopg.Connection, day: date) -> bool:
             pos_offset=po, pos_counts=list(pc or []), neg_offset=no, neg_counts=list(nc or [])))
         sums[(metric, dims)] += Decimal(total)
     with conn.transaction():
+        # rollups of one day take turns (two at once, e.g. two rebuilds, would insert the same keys)
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('txmetrics.roll_day'), %s)", (day.toordinal(),))
         conn.execute("DELETE FROM aggregate_histograms WHERE window_seconds = %s AND window_start = %s", (DAY, start))
         with conn.cursor().copy(
                 "COPY aggregate_histograms (metric_name, window_seconds, window_start, dimensions, count, sum, min, max, "

@@ -54,6 +54,7 @@ class RawFile:
     occurred_max_us: int
     row_count: int
     content: bytes
+    metrics: tuple[str, ...] = ()      # the catalog's metrics, whose rows and deltas this batch writes (0009)
 
 
 class PostgresStore:
@@ -313,10 +314,11 @@ class BatchTransaction:
         for f in files:
             self.conn.execute(
                 """INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max,
-                                          occurred_min, occurred_max, row_count, byte_size, state)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')""",
+                                          occurred_min, occurred_max, row_count, byte_size, state, metrics)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)""",
                 (f.id, f.path, container, f.partition_id, f.event_date, f.seq_min, f.seq_max,
-                 us_to_datetime(f.occurred_min_us), us_to_datetime(f.occurred_max_us), f.row_count, len(f.content)))
+                 us_to_datetime(f.occurred_min_us), us_to_datetime(f.occurred_max_us), f.row_count, len(f.content),
+                 list(f.metrics)))
             self.conn.execute("INSERT INTO raw_file_outbox (raw_file_id, content) VALUES (%s, %s)",
                               (f.id, f.content))
 

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from ..errors import TxmetricsError
+from .fields import COLUMN_DIMENSIONS
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")                       # fullmatch: "amount\n" is no name
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -40,8 +41,8 @@ _KINDS = ("value", "flag")
 _CONDITIONS = ("equals", "not_equals", "in", "exists")
 _TOP_KEYS = {"metrics", "dimension_sets", "window_seconds", "version", "description"}
 _METRIC_KEYS = {"name", "kind", "source", "when", "by", "description"}
-# Dimensions stored as columns of dynamic_metrics; any other dimension goes to its jsonb column.
-COLUMN_DIMENSIONS = ("merchant_id", "payment_method", "status", "currency", "country", "event_type")
+# COLUMN_DIMENSIONS (core/fields.py): dimensions stored as typed columns of event_dimensions;
+# any other dimension goes to its jsonb column.
 
 
 class CatalogError(TxmetricsError, ValueError):
@@ -126,6 +127,10 @@ class Catalog:
             merged = tuple(sorted(set(dims) | set(metric.by)))
             seen.setdefault(merged, None)
         return tuple(seen)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.metrics)
 
     @property
     def dimension_fields(self) -> tuple[str, ...]:

@@ -21,7 +21,9 @@ number_out_of_range, missing_<field>, invalid_<field> (field = event_id, transac
 occurred_at, merchant_id, amount, currency, payment_method, status, event_type,
 processing_ms, country, card, attributes), card_number_in_<field> (event_id,
 transaction_id, merchant_id, amount, processing_ms), and internal_error (an unforeseen
-exception: a bug, recorded for that event alone).
+exception: a bug, recorded for that event alone). Then the declaration's own rules
+(core/fields.py): invalid_schema_version, unsupported_schema_version, and invalid_<field> /
+card_number_in_<field> for fields added by later schema versions.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .bounded_json import (
     bounded_decimal,
     nesting_exceeds,
 )
+from .fields import declared_problem
 from .masking import (
     CardLikeNumber,
     card_digits_of_decimal,
@@ -221,6 +224,9 @@ def _parse(inbound: InboundEvent) -> PaymentEvent | Rejection:
         # escapes no text scan sees? Usually not, and then no string needs a look.
         strings_may_hold_one = (digit_run_possible(body) and might_contain_pan(text)) or has_escaped_card_characters(body)
         event = _validate(doc, text, inbound, strings_may_hold_one)
+        problem = declared_problem(doc)    # schema_version, fields added by later versions (core/fields.py)
+        if problem is not None:
+            raise _Invalid(*problem)
         # The decoded document is masked; the payload is re-encoded only when that changed something.
         if card_numbers or strings_may_hold_one:
             masked = mask_value(doc)
@@ -246,6 +252,19 @@ def _decode(text: str) -> tuple[Any, bool]:
         raise _Invalid("number_out_of_range", f"body holds a number out of range ({exc})") from None
     except msgspec.DecodeError as exc:
         raise _Invalid("body_not_json", f"body is not JSON: {exc}") from None
+
+
+def document_of_payload(payload: str) -> dict[str, Any]:
+    """The document of an archived event (its masked `payload`), decoded exactly as ingest
+    decoded it: numbers with a fraction or exponent as the same Decimals. Backfill and rebuild
+    compute metrics and dimensions from it (txmetrics/lake.py)."""
+    try:
+        doc = _DECODER.decode(payload)
+    except _CardNumberInNumber:        # never in a masked payload; decoded and masked as ingest would, regardless
+        doc = mask_value(_MARKING_DECODER.decode(payload))
+    if not isinstance(doc, dict):
+        raise ValueError("an archived payload is a JSON object")
+    return doc
 
 
 def _reject(inbound: InboundEvent, code: str, detail: str, text: str | None = None, doc: Any = None) -> Rejection:

@@ -11,14 +11,16 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from . import histogram
-from .catalog import COLUMN_DIMENSIONS, Catalog, lookup
+from .catalog import Catalog, lookup
 from .events import PaymentEvent
+from .fields import COLUMN_DIMENSIONS
 
 
 @dataclass
@@ -56,6 +58,7 @@ TABLE_COLUMNS = ("event_id", "metric_name", "value", "occurred_at")
 # event_dimensions' columns after dimension_key, in the order of dimension_tuple()
 DIMENSION_COLUMNS = (*COLUMN_DIMENSIONS, "dimensions")
 DimensionTuple = tuple[Any, ...]
+_TYPED_DIMENSIONS = attrgetter(*COLUMN_DIMENSIONS)     # the event's typed dimension values, in stored order
 
 
 def dimension_tuple(event: PaymentEvent, extra_fields: Sequence[str]) -> DimensionTuple:
@@ -64,8 +67,7 @@ def dimension_tuple(event: PaymentEvent, extra_fields: Sequence[str]) -> Dimensi
     catalog has none)."""
     extra = (json.dumps({d: dimension_value(event, d) for d in extra_fields}, sort_keys=True, separators=(",", ":"))
              if extra_fields else None)
-    return (event.merchant_id, event.payment_method, event.status, event.currency, event.country, event.event_type,
-            extra)
+    return (*_TYPED_DIMENSIONS(event), extra)
 
 
 _DIMENSION_KEYS: dict[DimensionTuple, int] = {}

@@ -1,0 +1,12 @@
+-- depends: 0008.write-path-v2
+-- The lake as the source of truth (issue 15, docs/lake.md): each raw file records which
+-- metrics its events already have in dynamic_metrics and the aggregates. Ingest sets it to
+-- the metrics of the catalog in effect, in the batch's transaction; a backfill of metric M
+-- adds M, in the transaction that writes M's rows and deltas for the file's events; a
+-- compaction merges only files with the same list and gives it to its outputs; a rebuild
+-- sets it as ingest would. So "does this file's events have M?" has one exact answer, even
+-- for days whose ledger and dynamic_metrics partitions retention has dropped, and a backfill
+-- run twice, killed and resumed, or beside live ingest of late events adds nothing twice.
+-- NULL: a file written before this migration; a backfill then looks at its events one by
+-- one in dynamic_metrics (and leaves days past retention alone, saying so).
+ALTER TABLE raw_files ADD COLUMN IF NOT EXISTS metrics text[];

@@ -1,0 +1,271 @@
+"""Rebuild of the database from the lake, against PostgreSQL and Azurite: ingest a corpus
+(one day compacted, some aggregates folded and rolled up), record KPIs and row counts, drop
+every table's data, rebuild, compare; then redeliver the corpus through the function and
+see nothing change. Also: interrupted and resumed, two at once, retention, compaction
+leftovers, and the command line."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from localdev.eventhub import make_batch
+from localdev.services import LocalServices
+from tests.conftest import DATA_TABLES, archive_rows
+from tests.lake_helpers import RANGE, Batch, corpus, empty_tables, folded_aggregates, snapshot
+from txmetrics import kpi
+from txmetrics.adapters.blob import BlobArchive
+from txmetrics.adapters.postgres import PostgresStore
+from txmetrics.compaction import compact_day
+from txmetrics.core.catalog import load_catalog
+from txmetrics.errors import InvalidRequestError
+from txmetrics.rebuild import RebuildReport, rebuild, rebuild_in_parallel
+from txmetrics.rollup import roll_day
+from txmetrics.settings import BUNDLED_CATALOG, Settings
+from txmetrics_cli.main import app
+
+DAY1, DAY2 = date(2026, 3, 1), date(2026, 3, 2)
+TODAY = date(2026, 3, 10)
+KPI_QUERIES: list[dict[str, Any]] = [
+    {"metric": "approved", "group_by": ["payment_method"]},
+    {"metric": "approved", "group_by": ["merchant_id"], "window": "1h"},
+    {"metric": "processing_ms", "group_by": ["payment_method", "status"]},
+    {"metric": "processing_ms", "window": "5m"},
+    {"metric": "amount", "group_by": ["payment_method"]},
+]
+COUNTED = ("ingested_events", "dynamic_metrics", "event_dimensions", "aggregate_histograms")
+
+
+def deliver_corpus(ingest_fn: Callable[[list[Any]], None], batches: list[Batch]) -> None:
+    """Through the function entry, as the Functions host calls it."""
+    for partition, events in batches:
+        ingest_fn(make_batch([e.body for e in events], partition_id=partition,
+                             sequence_numbers=[e.sequence_number for e in events],
+                             enqueued_times=[e.enqueued_at or datetime(2026, 3, 1, tzinfo=UTC) for e in events]))
+
+
+def kpis(conn: psycopg.Connection) -> list[list[dict[str, Any]]]:
+    start, end = RANGE
+    catalog = load_catalog(BUNDLED_CATALOG)
+    return [[r.record() for r in kpi.query(conn, start=start, end=end, catalog=catalog, **q)] for q in KPI_QUERIES]
+
+
+def same_kpis(got: list[list[dict[str, Any]]], expected: list[list[dict[str, Any]]]) -> None:
+    """Equal, field by field. Sums (and means) of a compacted day are added in another order
+    (per file instead of per batch), so they may differ in the last bits of a double."""
+    assert len(got) == len(expected)
+    for g_rows, e_rows in zip(got, expected, strict=True):
+        assert len(g_rows) == len(e_rows) > 0
+        for g, e in zip(g_rows, e_rows, strict=True):
+            assert g.keys() == e.keys()
+            for k in g:
+                if k in ("sum", "mean", "rate"):
+                    assert abs(float(g[k]) - float(e[k])) <= 1e-9 * max(1.0, abs(float(e[k]))), (k, g, e)
+                else:
+                    assert g[k] == e[k], (k, g, e)
+
+
+def counts(conn: psycopg.Connection) -> dict[str, int]:
+    out = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COUNTED}   # type: ignore[index]
+    out["live_files"] = conn.execute("SELECT count(*) FROM raw_files WHERE state <> 'superseded'").fetchone()[0]  # type: ignore[index]
+    return out
+
+
+def same_except_sums(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert got.keys() == expected.keys()
+    for key in got:
+        if key != "aggregate_histograms":
+            assert got[key] == expected[key], key
+    g_aggs, e_aggs = got["aggregate_histograms"], expected["aggregate_histograms"]
+    assert len(g_aggs) == len(e_aggs)
+    for g, e in zip(g_aggs, e_aggs, strict=True):
+        assert g[:5] == e[:5] and g[6:] == e[6:], (g, e)
+        exact = g[2] >= datetime(2026, 3, 2, tzinfo=UTC)          # the day not compacted: bit for bit
+        assert g[5] == e[5] if exact else abs(float(g[5]) - float(e[5])) <= 1e-9 * max(1.0, abs(float(e[5])))
+
+
+@pytest.fixture
+def original(ingest_fn: Callable[[list[Any]], None], db: psycopg.Connection, archive: BlobArchive,
+             services: LocalServices) -> dict[str, Any]:
+    """The original database: the corpus delivered (a fold half way), day 1 compacted, then
+    the daily maintenance (fold, roll up both days); its KPIs, counts and rows."""
+    batches = corpus()
+    deliver_corpus(ingest_fn, batches[: len(batches) // 2])
+    db.execute("SELECT txm_fold_aggregates()")
+    deliver_corpus(ingest_fn, batches[len(batches) // 2:])
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        assert compact_day(conn, archive, DAY1, target_bytes=1 << 30).inputs > 2
+        conn.execute("SELECT txm_fold_aggregates()")
+        assert roll_day(conn, DAY1) and roll_day(conn, DAY2)
+    return {"batches": batches, "kpis": kpis(db), "counts": counts(db), "snapshot": snapshot(db, failed=False),
+            "failed": db.execute("SELECT item_key, error_code FROM failed_items ORDER BY 1").fetchall(),
+            "blobs": sorted((b.name, b.size) for b in archive.list()), "archive_rows": archive_rows(archive)}
+
+
+def run(services: LocalServices, archive: BlobArchive, **kwargs: Any) -> RebuildReport:
+    store = PostgresStore(services.database_url)
+    try:
+        return rebuild(store=store, archive=archive, catalog=load_catalog(BUNDLED_CATALOG), start=DAY1,
+                       end=DAY2 + timedelta(days=1), today=TODAY, **kwargs)
+    finally:
+        store.close()
+
+
+def test_rebuild_restores_kpis_and_rows_and_redelivery_adds_nothing(
+        original: dict[str, Any], services: LocalServices, archive: BlobArchive, db: psycopg.Connection,
+        ingest_fn: Callable[[list[Any]], None]) -> None:
+    db.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")       # PostgreSQL lost
+    assert all(v == 0 for v in counts(db).values())
+
+    report = run(services, archive)
+    assert report.files == original["counts"]["live_files"] and report.leftovers == [] and report.archived == []
+    assert report.events == original["counts"]["ingested_events"]
+    assert report.rolled_up == [DAY1, DAY2]
+    same_kpis(kpis(db), original["kpis"])
+    assert counts(db) == original["counts"]
+    same_except_sums(snapshot(db, failed=False), original["snapshot"])
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (0,)      # cannot come back from the lake
+
+    # redelivery of the whole corpus: nothing added anywhere; the bad events are back in failed_items
+    before = snapshot(db, failed=False)
+    deliver_corpus(ingest_fn, original["batches"])
+    assert snapshot(db, failed=False) == before
+    assert sorted((b.name, b.size) for b in archive.list()) == original["blobs"]
+    assert archive_rows(archive) == original["archive_rows"]
+    assert db.execute("SELECT item_key, error_code FROM failed_items ORDER BY 1").fetchall() == original["failed"]
+    same_kpis(kpis(db), original["kpis"])
+
+    again = run(services, archive)              # a second run: every file is in the manifest already
+    assert again.files == 0 and sum(d.known_files for d in again.days.values()) == report.files
+    assert snapshot(db, failed=False) == before
+
+
+def test_rebuild_interrupted_then_resumed_and_two_at_once(
+        original: dict[str, Any], services: LocalServices, archive: BlobArchive, db: psycopg.Connection) -> None:
+    calls: list[str] = []
+
+    def crash(step: str) -> None:
+        calls.append(step)
+        if len(calls) == 4:
+            raise KeyboardInterrupt            # Ctrl-C inside the 4th file's transaction
+
+    empty_tables(db)
+    with pytest.raises(KeyboardInterrupt):
+        run(services, archive, crash_hook=crash)
+    assert db.execute("SELECT count(*) FROM raw_files").fetchone() == (3,)
+    resumed = run(services, archive)
+    assert resumed.files == original["counts"]["live_files"] - 3 and resumed.rolled_up == [DAY1, DAY2]
+    same_except_sums(snapshot(db, failed=False), original["snapshot"])
+    same_kpis(kpis(db), original["kpis"])
+
+    empty_tables(db)
+    errors: list[BaseException] = []
+    reports: list[RebuildReport] = []
+
+    def one() -> None:
+        try:
+            reports.append(run(services, archive))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    assert sum(r.files for r in reports) == original["counts"]["live_files"]      # each file restored once
+    same_except_sums(snapshot(db, failed=False), original["snapshot"])
+    same_kpis(kpis(db), original["kpis"])
+
+
+def test_rebuild_in_worker_processes(original: dict[str, Any], services: LocalServices, archive: BlobArchive,
+                                     db: psycopg.Connection) -> None:
+    empty_tables(db)
+    settings = Settings(database_url=services.database_url,
+                        storage_connection_string=services.storage_connection_string, storage_account_url=None,
+                        raw_events_container=archive.container_name, metric_catalog=BUNDLED_CATALOG)
+    seen: list[int] = []
+    report = rebuild_in_parallel(settings, workers=3, start=DAY1, end=DAY2 + timedelta(days=1), today=TODAY,
+                                 progress=lambda s: seen.append(s.files_done))
+    assert report.files == original["counts"]["live_files"] == max(seen) and report.rolled_up == [DAY1, DAY2]
+    same_except_sums(snapshot(db, failed=False), original["snapshot"])
+    same_kpis(kpis(db), original["kpis"])
+    with pytest.raises(InvalidRequestError, match="the range is empty"):
+        rebuild_in_parallel(settings, workers=2, start=DAY2, end=DAY1)
+
+
+def test_days_past_retention_get_aggregates_only(
+        original: dict[str, Any], services: LocalServices, archive: BlobArchive, db: psycopg.Connection) -> None:
+    empty_tables(db)
+    for table in ("dynamic_metrics", "ingested_events"):
+        db.execute(f"DROP TABLE IF EXISTS {table}_p20260301")
+    report = run(services, archive, rows_since=DAY2, ledger_since=DAY2)
+    assert report.days[DAY1].mode == "aggregates only (ledger and dynamic_metrics past retention)"
+    assert report.days[DAY2].mode == "ledger + rows + aggregates"
+    assert report.days[DAY1].rows == 0 and report.days[DAY2].rows > 0
+    same_kpis(kpis(db), original["kpis"])          # aggregates of every day
+    day2 = datetime(2026, 3, 2, tzinfo=UTC)
+    rows = snapshot(db, failed=False)
+    assert rows["dynamic_metrics"] == [r for r in original["snapshot"]["dynamic_metrics"] if r[3] >= day2]
+    assert rows["ingested_events"] == [r for r in original["snapshot"]["ingested_events"] if r[1] >= day2]
+    assert db.execute("SELECT to_regclass('dynamic_metrics_p20260301'), to_regclass('ingested_events_p20260301')"
+                      ).fetchone() == (None, None)           # no partition made for a day past retention
+
+
+def test_leftover_compaction_inputs_are_not_counted_twice(
+        ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
+        db: psycopg.Connection) -> None:
+    batches = corpus(n=600)
+    deliver_corpus(ingest_fn, batches)
+
+    def killed_before_deleting_inputs(step: str) -> None:
+        if step == "after_commit":
+            raise RuntimeError("killed")
+
+    with psycopg.connect(services.database_url, autocommit=True) as conn, pytest.raises(RuntimeError):
+        compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed_before_deleting_inputs)
+    inputs = [p for (p,) in db.execute("SELECT path FROM raw_files WHERE state = 'superseded' ORDER BY path")]
+    assert len(inputs) > 2 and all(archive.container.get_blob_client(p).exists() for p in inputs)
+    expected = kpis(db)
+    ledger = db.execute("SELECT count(*) FROM ingested_events").fetchone()
+    empty_tables(db)
+    report = run(services, archive)
+    assert sorted(report.leftovers) == inputs
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == ledger
+    same_kpis(kpis(db), expected)
+
+
+def test_the_rebuild_command(original: dict[str, Any], services: LocalServices, archive: BlobArchive,
+                             db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty_tables(db)
+    for k, v in {"DATABASE_URL": services.database_url,
+                 "AZURE_STORAGE_CONNECTION_STRING": services.storage_connection_string,
+                 "RAW_EVENTS_CONTAINER": archive.container_name,
+                 "TXMETRICS_RETENTION": json.dumps({"dynamic_metrics": 35, "ingested_events": 35})}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("METRIC_CATALOG", raising=False)
+    result = CliRunner().invoke(app, ["rebuild", "--start", "2026-03-01", "--end", "2026-03-03", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    first_kept = datetime.now(UTC).date() - timedelta(days=35)
+    expected_mode = ("ledger + rows + aggregates" if first_kept <= DAY1
+                     else "aggregates only (ledger and dynamic_metrics past retention)")
+    assert [(r["day"], r["mode"]) for r in rows] == [("2026-03-01", expected_mode), ("2026-03-02", expected_mode)]
+    assert sum(r["files"] for r in rows) == original["counts"]["live_files"]
+    assert "retention: TXMETRICS_RETENTION (rows from" in result.stderr
+    assert "failed_items cannot come back from the lake" in result.stderr
+    same_kpis(kpis(db), original["kpis"])
+    assert folded_aggregates(db)            # folded: nothing pending after a rebuild
+    assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (0,)
+
+    bad = CliRunner().invoke(app, ["rebuild", "--start", "2026-03-03", "--end", "2026-03-01"])
+    assert bad.exit_code == 2 and "the range is empty" in bad.stderr
+
