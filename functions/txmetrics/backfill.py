@@ -173,7 +173,7 @@ def _backfill_file(store: PostgresStore, f: ManifestFile, events: Sequence[Payme
     metric = one.metrics[0].name
 
     def work(tx: Any) -> _FileOutcome:
-        locked = manifest.lock_file(tx.conn, f.id)
+        locked = manifest.lock_file(tx.conn, file_id=f.id)
         if locked is None or locked[0] not in manifest.LIVE_STATES:
             return _FileOutcome()                     # compacted meanwhile: its output is in the next pass
         _, metrics = locked
@@ -189,7 +189,7 @@ def _backfill_file(store: PostgresStore, f: ManifestFile, events: Sequence[Payme
         metric_rows = extract_metrics(todo, one)
         written_rows = tx.insert_metrics(metric_rows) if rows else 0
         written_aggregates = tx.append_deltas(aggregate(todo, metric_rows, one), histogram.SCALE)
-        manifest.add_metric(tx.conn, f.id, metric)
+        manifest.add_metric(tx.conn, file_id=f.id, metric=metric)
         if crash_hook is not None:
             crash_hook("before_commit")
         return _FileOutcome(written=True, events=len(todo), rows=written_rows, aggregate_rows=written_aggregates)

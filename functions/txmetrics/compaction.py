@@ -31,9 +31,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .adapters import parquet
+from .adapters import manifest, parquet
 from .adapters.blob import BlobArchive
-from .core.naming import compacted_file_path
+from .adapters.manifest import RawFile
+from .core.naming import compacted_file_path, datetime_to_us
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 CrashHook = Callable[[str], None]
@@ -51,19 +52,15 @@ class CompactionReport:
 
 def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
     fixed = 0
-    for generation, state, outputs, inputs in conn.execute(
-            "SELECT generation, state, output_paths, input_ids FROM raw_compactions WHERE event_date = %s "
-            "AND state IN ('started', 'committed') ORDER BY created_at", (day,)).fetchall():
-        if state == "started":
-            for path in outputs:
+    for run in manifest.unfinished_compactions(conn, day=day):
+        if run.state == "started":
+            for path in run.output_paths:
                 archive.delete(path)
-            conn.execute("UPDATE raw_compactions SET state = 'aborted', finished_at = now() WHERE generation = %s",
-                         (generation,))
+            manifest.finish_compaction(conn, generation=run.generation, state="aborted")
         else:
-            for (path,) in conn.execute("SELECT path FROM raw_files WHERE id = ANY(%s)", (inputs,)).fetchall():
+            for path in manifest.paths_of(conn, file_ids=run.input_ids):
                 archive.delete(path)
-            conn.execute("UPDATE raw_compactions SET state = 'done', finished_at = now() WHERE generation = %s",
-                         (generation,))
+            manifest.finish_compaction(conn, generation=run.generation, state="done")
         fixed += 1
     return fixed
 
@@ -82,18 +79,16 @@ def compact_day(conn: psycopg.Connection, archive: BlobArchive, day: date, *,
 
     report = CompactionReport(day=day)
     report.recovered = _recover(conn, archive, day)
-    small = conn.execute(
-        "SELECT id, path, byte_size, metrics FROM raw_files WHERE event_date = %s AND state = 'uploaded' "
-        "AND byte_size < %s ORDER BY id", (day, target_bytes // 2)).fetchall()
+    small = manifest.small_files(conn, day=day, below_bytes=target_bytes // 2)
     groups: dict[tuple[str, ...] | None, list[tuple[int, str]]] = {}
-    for file_id, path, _, metrics in small:
-        groups.setdefault(_metric_key(metrics), []).append((int(file_id), str(path)))
+    for file_id, path, metrics in small:
+        groups.setdefault(_metric_key(metrics), []).append((file_id, path))
     ready = [(key, files) for key, files in groups.items() if len(files) >= min_files]
     if not ready:
         report.skipped_reason = f"{len(small)} small file(s): nothing to compact"
         return report
-    for metrics, files in ready:
-        aborted = _compact_group(conn, archive, day, files, metrics, target_bytes, crash_point, report)
+    for key, files in ready:
+        aborted = _compact_group(conn, archive, day, files, key, target_bytes, crash_point, report)
         if aborted:
             report.skipped_reason = aborted
     return report
@@ -124,9 +119,7 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     n_out = -(-merged.num_rows // per_file)
     generation = hashlib.sha256(",".join(map(str, input_ids)).encode()).hexdigest()[:16]
     outputs = [compacted_file_path(day, generation, i) for i in range(n_out)]
-    conn.execute("INSERT INTO raw_compactions (generation, event_date, input_ids, output_paths, state) "
-                 "VALUES (%s, %s, %s, %s, 'started') ON CONFLICT (generation) DO UPDATE SET state = 'started', "
-                 "output_paths = excluded.output_paths", (generation, day, input_ids, outputs))
+    manifest.start_compaction(conn, generation=generation, day=day, input_ids=input_ids, output_paths=outputs)
     crash_point("after_intent")
 
     written: list[tuple[str, pa.Table, bytes]] = []
@@ -141,8 +134,7 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     crash_point("before_commit")
 
     with conn.transaction():
-        live = conn.execute("SELECT id, metrics FROM raw_files WHERE id = ANY(%s) AND state = 'uploaded' FOR UPDATE",
-                            (input_ids,)).fetchall()
+        live = manifest.lock_uploaded(conn, file_ids=input_ids)
         if len(live) != len(input_ids):
             raise RuntimeError(f"compaction {generation}: inputs changed underneath (another compaction?); re-run")
         changed = any(_metric_key(m) != metrics for _, m in live)
@@ -150,31 +142,24 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
             for path, part, data in written:
                 occurred = part["occurred_at"]
                 seqs = part["sequence_number"]
-                conn.execute(
-                    """INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max,
-                                              occurred_min, occurred_max, row_count, byte_size, state, generation,
-                                              uploaded_at, metrics)
-                       VALUES (nextval('raw_files_id_seq'), %s, %s, '*', %s, %s, %s, %s, %s, %s, %s, 'uploaded', %s,
-                               now(), %s)""",
-                    (path, archive.container_name, day, pc.min(seqs).as_py(), pc.max(seqs).as_py(),
-                     pc.min(occurred).as_py(), pc.max(occurred).as_py(), part.num_rows, len(data), generation,
-                     None if metrics is None else list(metrics)))
-            conn.execute("UPDATE raw_files SET state = 'superseded', superseded_by = %s WHERE id = ANY(%s)",
-                         (generation, input_ids))
-            conn.execute("UPDATE raw_compactions SET state = 'committed', output_paths = %s WHERE generation = %s",
-                         ([p for p, _, _ in written], generation))
+                manifest.insert_uploaded(conn, container=archive.container_name, file=RawFile(
+                    path=path, partition_id="*", event_date=day, seq_min=pc.min(seqs).as_py(),
+                    seq_max=pc.max(seqs).as_py(), occurred_min_us=datetime_to_us(pc.min(occurred).as_py()),
+                    occurred_max_us=datetime_to_us(pc.max(occurred).as_py()), row_count=part.num_rows,
+                    byte_size=len(data), metrics=metrics, generation=generation))
+            manifest.supersede(conn, file_ids=input_ids, generation=generation)
+            manifest.commit_compaction(conn, generation=generation, output_paths=[p for p, _, _ in written])
     if changed:
         # a backfill added a metric to some inputs meanwhile: merging them now would blur which
         # events have it. Undo (outputs were never in the manifest); the next run regroups.
         for path, _, _ in written:
             archive.delete(path)
-        conn.execute("UPDATE raw_compactions SET state = 'aborted', finished_at = now() WHERE generation = %s",
-                     (generation,))
+        manifest.finish_compaction(conn, generation=generation, state="aborted")
         return f"{len(small)} file(s) left as they are: a backfill changed their metrics meanwhile; re-run"
     crash_point("after_commit")
     for _, path in small:
         archive.delete(path)
-    conn.execute("UPDATE raw_compactions SET state = 'done', finished_at = now() WHERE generation = %s", (generation,))
+    manifest.finish_compaction(conn, generation=generation, state="done")
     report.inputs += len(small)
     report.outputs += [(p, len(d)) for p, _, d in written]
     report.rows += merged.num_rows
@@ -185,11 +170,5 @@ def days_to_compact(conn: psycopg.Connection, before: date, target_bytes: int = 
                     min_files: int = 2, lookback_days: int = 7) -> list[date]:
     """Finished days (before `before`) of the last `lookback_days` with small files to merge,
     or an unfinished compaction to recover."""
-    rows = conn.execute(
-        """SELECT event_date FROM raw_files WHERE state = 'uploaded' AND byte_size < %s
-              AND event_date < %s AND event_date >= %s::date - %s
-            GROUP BY event_date HAVING count(*) >= %s
-           UNION
-           SELECT event_date FROM raw_compactions WHERE state IN ('started', 'committed')
-           ORDER BY 1""", (target_bytes // 2, before, before, lookback_days, min_files)).fetchall()
-    return [r[0] for r in rows]
+    return manifest.days_to_compact(conn, before=before, below_bytes=target_bytes // 2, min_files=min_files,
+                                    lookback_days=lookback_days)

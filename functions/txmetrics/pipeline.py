@@ -26,9 +26,10 @@ from typing import Any
 
 import psycopg
 
-from .adapters import parquet
+from .adapters import manifest, parquet
 from .adapters.blob import BlobArchive, service_client
-from .adapters.postgres import BatchTransaction, PostgresStore, RawFile
+from .adapters.manifest import OutboxFile, RawFile
+from .adapters.postgres import BatchTransaction, PostgresStore
 from .core import histogram
 from .core.catalog import Catalog, load_catalog
 from .core.events import InboundEvent, PaymentEvent, Rejection, parse_event, unexpected_failure
@@ -177,12 +178,12 @@ class Pipeline:
         self.store.ensure_dimensions(dimensions)
         timer.lap("partitions")
 
-        uploads: list[RawFile] = []
+        uploads: list[OutboxFile] = []
 
         def work(tx: BatchTransaction) -> None:
             uploads.clear()
             days = sorted(by_day)
-            ids = dict(zip(days, tx.allocate_file_ids(len(days)), strict=True))
+            ids = dict(zip(days, manifest.allocate_ids(tx.conn, count=len(days)), strict=True))
             batch = [ev for d in days for ev in by_day[d]]
             claimed = tx.claim_events(batch, [ids[d] for d in days for _ in by_day[d]],
                                       [keys[id(ev)] for ev in batch])
@@ -195,7 +196,7 @@ class Pipeline:
             files = self._build_files(tx, new_by_day, ids)
             report.files = [(f.path, len(f.content)) for f in files]
             timer.lap("parquet_encode")
-            tx.record_files(files, self.archive.container_name)
+            manifest.record_pending(tx.conn, files=files, container=self.archive.container_name)
             new_rows = rows if len(new) == len(valid) else rows.for_events(
                 [i for i, ev in enumerate(valid) if (ev.event_id, ev.occurred_us) in claimed])
             report.metric_rows = tx.insert_metrics(new_rows)
@@ -230,7 +231,7 @@ class Pipeline:
         return report
 
     def _build_files(self, tx: BatchTransaction, new_by_day: dict[date, list[PaymentEvent]],
-                     ids: dict[date, int]) -> list[RawFile]:
+                     ids: dict[date, int]) -> list[OutboxFile]:
         """One Parquet file per UTC date of the batch's new events."""
         files = []
         for day in sorted(new_by_day):
@@ -239,14 +240,14 @@ class Pipeline:
             partition_id = events[0].partition_id
             path = raw_file_path(partition_id, first, day)
             attempt = 0
-            while tx.taken_paths([path]):
+            while manifest.paths_in_manifest(tx.conn, paths=[path]):
                 attempt += 1
                 path = raw_file_path(partition_id, first, day, attempt)
             content = parquet.encode(parquet.events_table(events))
-            files.append(RawFile(
-                id=ids[day], path=path, partition_id=partition_id, event_date=day,
+            files.append(OutboxFile(id=ids[day], content=content, file=RawFile(
+                path=path, partition_id=partition_id, event_date=day,
                 seq_min=first, seq_max=max(ev.sequence_number for ev in events),
                 occurred_min_us=min(ev.occurred_us for ev in events),
                 occurred_max_us=max(ev.occurred_us for ev in events),
-                row_count=len(events), content=content, metrics=self.catalog.metric_names))
+                row_count=len(events), byte_size=len(content), metrics=self.catalog.metric_names)))
         return files

@@ -20,7 +20,9 @@ import pyarrow.parquet as pq
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import RehydratePriority
 
+from .adapters import manifest
 from .adapters.blob import BlobArchive
+from .adapters.manifest import PlannedRead
 from .adapters.parquet import UTC_US, raw_event_schema
 from .core import fields
 from .errors import InvalidRequestError
@@ -39,34 +41,14 @@ class QueryResult:
 
 
 def plan_files(conn: psycopg.Connection, start: datetime | None, end: datetime | None,
-               event_id: str | None = None) -> list[tuple[str, str, bytes | None]]:
-    """(path, state, outbox bytes) of the live files that can hold events in [start, end).
-    With `event_id` the range is optional: the ledger knows the event's file."""
+               event_id: str | None = None) -> list[PlannedRead]:
+    """The live files that can hold events in [start, end), from the manifest. With
+    `event_id` the range is optional: the ledger knows the event's file."""
     if event_id is not None:
-        # the ledger knows the file; after compaction, the files of the generation that replaced it
-        rows = conn.execute(
-            """SELECT DISTINCT f.path, f.state, o.content
-                 FROM ingested_events e
-                 JOIN raw_files orig ON orig.id = e.raw_file_id
-                 JOIN raw_files f ON (f.id = orig.id AND orig.superseded_by IS NULL)
-                                  OR (f.generation = orig.superseded_by)
-                 LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
-                WHERE e.event_id = %(id)s
-                  AND (%(start)s::timestamptz IS NULL OR e.occurred_at >= %(start)s)
-                  AND (%(end)s::timestamptz IS NULL OR e.occurred_at < %(end)s)
-                  AND f.state IN ('uploaded', 'pending')
-                ORDER BY f.path""", {"id": event_id, "start": start, "end": end}).fetchall()
-    elif start is None or end is None:
+        return manifest.files_of_event(conn, event_id=event_id, start=start, end=end)
+    if start is None or end is None:
         raise InvalidRequestError("a query needs a time range (start and end), or an event id")
-    else:
-        rows = conn.execute(
-            """SELECT f.path, f.state, o.content FROM raw_files f
-                 LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
-                WHERE f.state IN ('uploaded', 'pending')
-                  AND f.event_date BETWEEN (%s AT TIME ZONE 'UTC')::date AND (%s AT TIME ZONE 'UTC')::date
-                  AND f.occurred_max >= %s AND f.occurred_min < %s
-                ORDER BY f.event_date, f.occurred_min, f.path""", (start, end, start, end)).fetchall()
-    return [(str(r[0]), str(r[1]), bytes(r[2]) if r[2] is not None else None) for r in rows]
+    return manifest.files_in_range(conn, start=start, end=end)
 
 
 def _filter(table: pa.Table, start: datetime | None, end: datetime | None, filters: dict[str, Any]) -> pa.Table:
@@ -103,13 +85,14 @@ def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime
     if end is not None:
         row_filter.append(("occurred_at", "<", end))
     planned = plan_files(conn, start, end, filters.get("event_id"))
-    result.files_planned.extend(path for path, _, _ in planned)
-    for path, state, pending_bytes in planned:
+    result.files_planned.extend(f.path for f in planned)
+    for f in planned:
+        path = f.path
         if limit is not None and result.rows >= limit:
             result.limited = True
             break
-        if state == "pending" and pending_bytes is not None:
-            data = pending_bytes                       # committed, upload not yet confirmed: read the outbox
+        if f.state == "pending" and f.outbox is not None:
+            data = f.outbox                            # committed, upload not yet confirmed: read the outbox
         else:
             try:
                 data = archive.download(path)

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 
 from .adapters import manifest, parquet
 from .adapters.blob import BlobArchive, BlobInfo
-from .adapters.manifest import RebuiltFile
+from .adapters.manifest import RawFile
 from .adapters.postgres import PostgresStore
 from .core import histogram
 from .core.catalog import Catalog
@@ -206,10 +206,10 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
             if covered.any():
                 day.already_in_ledger += int(covered.sum())
                 table = table.filter(pa.array(~covered))
-        prepared = _prepare(archive.container_name, catalog, item, table,
+        prepared = _prepare(catalog, item, table,
                             ledger=ledger_since is None or item.day >= ledger_since,
                             rows=rows_since is None or item.day >= rows_since)
-        outcome = _write(store, catalog, prepared, crash_hook)
+        outcome = _write(store, catalog, prepared, archive.container_name, crash_hook)
         if outcome is None:
             day.known_files += 1
         else:
@@ -261,7 +261,7 @@ def _plan(store: PostgresStore, archive: BlobArchive, days: Sequence[date], rows
             continue
         day = report.days[d] = DayReport(d, mode_of(d, rows_since, ledger_since))
         with conn.transaction():
-            known = manifest.paths_in_manifest(conn, [b.name for b in blobs])
+            known = manifest.paths_in_manifest(conn, paths=[b.name for b in blobs])
         for b in sorted(blobs, key=lambda b: (_COMPACTED.search(b.name) is None, b.name)):
             mine = zlib.crc32(b.name.encode()) % count == index
             if b.name in known:
@@ -284,7 +284,7 @@ class _Prepared:
     histograms (computed before its transaction, so the transaction is short)."""
 
     item: _Planned
-    record: RebuiltFile
+    record: RawFile
     events: Sequence[PaymentEvent]
     keys: list[int]
     dimensions: dict[int, DimensionTuple]
@@ -302,7 +302,7 @@ class _Outcome:
     deltas: int
 
 
-def _prepare(container: str, catalog: Catalog, item: _Planned, table: pa.Table, *, ledger: bool,
+def _prepare(catalog: Catalog, item: _Planned, table: pa.Table, *, ledger: bool,
              rows: bool) -> _Prepared:
     events = parquet.events_from_table(table)
     keys: list[int] = []
@@ -314,8 +314,8 @@ def _prepare(container: str, catalog: Catalog, item: _Planned, table: pa.Table, 
             keys.append(k := dimension_key(dims))
             dimensions[k] = dims
     pids = pc.unique(table.column("partition_id")).to_pylist()
-    record = RebuiltFile(
-        path=item.blob.name, container=container, partition_id=pids[0] if len(pids) == 1 else "*",
+    record = RawFile(
+        path=item.blob.name, partition_id=pids[0] if len(pids) == 1 else "*",
         event_date=item.day, seq_min=int(pc.min(table.column("sequence_number")).as_py()),
         seq_max=int(pc.max(table.column("sequence_number")).as_py()),
         occurred_min_us=min(e.occurred_us for e in events), occurred_max_us=max(e.occurred_us for e in events),
@@ -326,13 +326,14 @@ def _prepare(container: str, catalog: Catalog, item: _Planned, table: pa.Table, 
                      ledger, rows)
 
 
-def _write(store: PostgresStore, catalog: Catalog, p: _Prepared, crash_hook: CrashHook | None) -> _Outcome | None:
+def _write(store: PostgresStore, catalog: Catalog, p: _Prepared, container: str, crash_hook: CrashHook | None
+           ) -> _Outcome | None:
     """One file in one transaction; None when another run restored it already."""
     if p.ledger:
         store.ensure_dimensions(p.dimensions)
 
     def work(tx: Any) -> _Outcome | None:
-        file_id = manifest.insert_rebuilt_file(tx.conn, p.record)
+        file_id = manifest.insert_uploaded(tx.conn, file=p.record, container=container, skip_existing=True)
         if file_id is None:
             return None                                   # restored by another run
         new, metric_rows, aggregates = p.events, p.metric_rows, p.aggregates

@@ -1,10 +1,13 @@
-"""The raw-file manifest (raw_files) and the day partitions, as backfill and rebuild read and
-write them (txmetrics/backfill.py, txmetrics/rebuild.py; docs/lake.md).
+"""The raw-file manifest (raw_files), its outbox (raw_file_outbox) and the compaction journal
+(raw_compactions): every read and write of them, for ingest, the outbox flush, queries,
+compaction, backfill, rebuild and the report (docs/lake.md, docs/read-side.md).
 
-Every write here happens inside a batch transaction (PostgresStore.batch) together with the
-rows and deltas it records, so the manifest says exactly what the tables hold:
-`add_metric` commits with the metric's rows and deltas of a file's events, and
-`insert_rebuilt_file` with the ledger rows, metric rows and deltas of a rebuilt file.
+Functions take the connection the caller's transaction runs on and keyword-only arguments;
+none opens a transaction of its own, so each effect commits with the rows it records:
+`record_pending` with the batch's ledger rows, metric rows and deltas (pipeline.py);
+`add_metric` with the metric's rows and deltas of a file's events (backfill.py);
+`insert_uploaded` with the ledger rows, metric rows and deltas of a rebuilt file
+(rebuild.py), or with the supersession of a compaction's inputs (compaction.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import psycopg
 
@@ -19,6 +23,42 @@ from ..core.events import PaymentEvent
 from ..core.naming import datetime_to_us, us_to_datetime
 
 LIVE_STATES = ("uploaded", "pending")
+# live files that can hold events in [start, end): the UTC date narrows the index scan, the
+# time range of each file decides
+_LIVE_IN_RANGE = """f.state IN ('uploaded', 'pending')
+              AND f.event_date BETWEEN (%(start)s AT TIME ZONE 'UTC')::date AND (%(end)s AT TIME ZONE 'UTC')::date
+              AND f.occurred_max >= %(start)s AND f.occurred_min < %(end)s"""
+
+
+@dataclass(frozen=True, slots=True)
+class RawFile:
+    """A raw file's manifest row: where it is and what it holds."""
+
+    path: str
+    partition_id: str                  # '*': a compacted file (several partitions)
+    event_date: date                   # the UTC day of its events (its date folder)
+    seq_min: int
+    seq_max: int
+    occurred_min_us: int
+    occurred_max_us: int
+    row_count: int
+    byte_size: int
+    metrics: tuple[str, ...] | None    # the catalog's metrics its events have (None: before migration 0009)
+    generation: str | None = None      # the compaction that wrote it
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxFile:
+    """A file an ingest batch commits: its manifest row, its id, and its bytes, which the
+    outbox keeps until the upload is confirmed."""
+
+    id: int
+    file: RawFile
+    content: bytes
+
+    @property
+    def path(self) -> str:
+        return self.file.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,34 +76,154 @@ class ManifestFile:
     outbox: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedRead:
+    """A live file a query reads: its path, its state and, while pending, its outbox bytes."""
+
+    path: str
+    state: str
+    outbox: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestDay:
+    """The live files of one UTC event date, as the manifest records them."""
+
+    day: date
+    files: int
+    bytes: int
+    rows: int
+
+
+def _metrics(value: list[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def _planned(rows: list[tuple[Any, ...]]) -> list[PlannedRead]:
+    return [PlannedRead(str(r[0]), str(r[1]), bytes(r[2]) if r[2] is not None else None) for r in rows]
+
+
+# ------------------------------------------------------------------ ingest (in the batch transaction)
+def allocate_ids(conn: psycopg.Connection, *, count: int) -> list[int]:
+    """`count` new file ids (from raw_files' sequence)."""
+    if count == 0:
+        return []
+    rows = conn.execute("SELECT nextval('raw_files_id_seq') FROM generate_series(1, %s)", (count,)).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def paths_in_manifest(conn: psycopg.Connection, *, paths: Sequence[str]) -> set[str]:
+    """The paths among `paths` the manifest has (live or not)."""
+    if not paths:
+        return set()
+    rows = conn.execute("SELECT path FROM raw_files WHERE path = ANY(%s)", (list(paths),)).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def record_pending(conn: psycopg.Connection, *, files: Sequence[OutboxFile], container: str) -> None:
+    """Enter a batch's files in the manifest as 'pending', their bytes in the outbox."""
+    for f in files:
+        r = f.file
+        conn.execute(
+            """INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max,
+                                      occurred_min, occurred_max, row_count, byte_size, state, metrics)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)""",
+            (f.id, r.path, container, r.partition_id, r.event_date, r.seq_min, r.seq_max,
+             us_to_datetime(r.occurred_min_us), us_to_datetime(r.occurred_max_us), r.row_count, r.byte_size,
+             None if r.metrics is None else list(r.metrics)))
+        conn.execute("INSERT INTO raw_file_outbox (raw_file_id, content) VALUES (%s, %s)", (f.id, f.content))
+
+
+# ------------------------------------------------------------------ the outbox (after the batch commits)
+def pending_uploads(conn: psycopg.Connection, *, partition_id: str | None) -> list[tuple[int, str, bytes]]:
+    """(id, path, bytes) of the files committed but not confirmed uploaded (of one partition,
+    or of all with None), in id order."""
+    rows = conn.execute(
+        """SELECT f.id, f.path, o.content FROM raw_file_outbox o JOIN raw_files f ON f.id = o.raw_file_id
+            WHERE (%(p)s::text IS NULL OR f.partition_id = %(p)s) ORDER BY f.id""",
+        {"p": partition_id}).fetchall()
+    return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+
+def mark_uploaded(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> None:
+    """The files are in Blob Storage: state 'uploaded', their outbox rows gone. Call inside
+    a transaction (it relaxes that transaction's synchronous_commit)."""
+    # No need to wait for this commit to reach disk: should a server crash lose it, the
+    # file is still 'pending' and the next flush uploads the same bytes to the same
+    # name again. Saves one WAL flush per batch on the hot path.
+    conn.execute("SET LOCAL synchronous_commit = off")
+    conn.execute("UPDATE raw_files SET state = 'uploaded', uploaded_at = now() "
+                 "WHERE id = ANY(%s) AND state = 'pending'", (list(file_ids),))
+    conn.execute("DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%s)", (list(file_ids),))
+
+
+# ------------------------------------------------------------------ reading the lake
+def files_in_range(conn: psycopg.Connection, *, start: datetime, end: datetime) -> list[PlannedRead]:
+    """The live files that can hold events in [start, end), in time order."""
+    rows = conn.execute(
+        f"""SELECT f.path, f.state, o.content FROM raw_files f
+             LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
+            WHERE {_LIVE_IN_RANGE}
+            ORDER BY f.event_date, f.occurred_min, f.path""", {"start": start, "end": end}).fetchall()
+    return _planned(rows)
+
+
+def files_of_event(conn: psycopg.Connection, *, event_id: str, start: datetime | None, end: datetime | None
+                   ) -> list[PlannedRead]:
+    """The live files that hold the event (its ledger row names its file; after compaction,
+    the files of the generation that replaced it), within [start, end) when given."""
+    rows = conn.execute(
+        """SELECT DISTINCT f.path, f.state, o.content
+             FROM ingested_events e
+             JOIN raw_files orig ON orig.id = e.raw_file_id
+             JOIN raw_files f ON (f.id = orig.id AND orig.superseded_by IS NULL)
+                              OR (f.generation = orig.superseded_by)
+             LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
+            WHERE e.event_id = %(id)s
+              AND (%(start)s::timestamptz IS NULL OR e.occurred_at >= %(start)s)
+              AND (%(end)s::timestamptz IS NULL OR e.occurred_at < %(end)s)
+              AND f.state IN ('uploaded', 'pending')
+            ORDER BY f.path""", {"id": event_id, "start": start, "end": end}).fetchall()
+    return _planned(rows)
+
+
+def files_per_day(conn: psycopg.Connection, *, first: date, last: date) -> list[ManifestDay]:
+    """Files, bytes and rows per UTC event date in [first, last]: every live file (uploaded,
+    or committed and awaiting upload), not the inputs a compaction replaced."""
+    rows = conn.execute(
+        """SELECT event_date, count(*), sum(byte_size)::bigint, sum(row_count)::bigint FROM raw_files
+            WHERE state <> 'superseded' AND event_date BETWEEN %s AND %s GROUP BY 1 ORDER BY 1""",
+        (first, last)).fetchall()
+    return [ManifestDay(day, int(files), int(size), int(n)) for day, files, size, n in rows]
+
+
+# ------------------------------------------------------------------ backfill
 def files_lacking_metric(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime
                          ) -> list[ManifestFile]:
     """Live files that can hold events in [start, end) and whose events do not all have
     `metric` yet (or may not: files written before the record existed), in time order."""
     rows = conn.execute(
-        """SELECT f.id, f.path, f.state, f.event_date, f.metrics, f.row_count, o.content
+        f"""SELECT f.id, f.path, f.state, f.event_date, f.metrics, f.row_count, o.content
              FROM raw_files f LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
-            WHERE f.state IN ('uploaded', 'pending')
-              AND f.event_date BETWEEN (%(start)s AT TIME ZONE 'UTC')::date AND (%(end)s AT TIME ZONE 'UTC')::date
-              AND f.occurred_max >= %(start)s AND f.occurred_min < %(end)s
+            WHERE {_LIVE_IN_RANGE}
               AND (f.metrics IS NULL OR NOT %(metric)s = ANY (f.metrics))
             ORDER BY f.event_date, f.occurred_min, f.id""",
         {"start": start, "end": end, "metric": metric}).fetchall()
-    return [ManifestFile(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else tuple(r[4]), int(r[5]),
+    return [ManifestFile(int(r[0]), str(r[1]), str(r[2]), r[3], _metrics(r[4]), int(r[5]),
                          None if r[6] is None else bytes(r[6])) for r in rows]
 
 
-def lock_file(conn: psycopg.Connection, file_id: int) -> tuple[str, tuple[str, ...] | None] | None:
+def lock_file(conn: psycopg.Connection, *, file_id: int) -> tuple[str, tuple[str, ...] | None] | None:
     """Lock a file's manifest row for this transaction; its (state, metrics), or None when it
     is gone. Two backfills of one file take turns here; the second then sees the first's
     metric and skips the file."""
     row = conn.execute("SELECT state, metrics FROM raw_files WHERE id = %s FOR UPDATE", (file_id,)).fetchone()
     if row is None:
         return None
-    return str(row[0]), None if row[1] is None else tuple(row[1])
+    return str(row[0]), _metrics(row[1])
 
 
-def add_metric(conn: psycopg.Connection, file_id: int, metric: str) -> None:
+def add_metric(conn: psycopg.Connection, *, file_id: int, metric: str) -> None:
     conn.execute("UPDATE raw_files SET metrics = array_append(metrics, %s) WHERE id = %s "
                  "AND metrics IS NOT NULL AND NOT %s = ANY (metrics)", (metric, file_id, metric))
 
@@ -87,6 +247,107 @@ def events_with_metric(conn: psycopg.Connection, *, metric: str, events: Sequenc
     return {(str(r[0]), datetime_to_us(r[1])) for r in rows}
 
 
+# ------------------------------------------------------------------ rebuild and compaction
+def insert_uploaded(conn: psycopg.Connection, *, file: RawFile, container: str, skip_existing: bool = False
+                    ) -> int | None:
+    """Enter a file already in Blob Storage into the manifest, as uploaded; its new id.
+
+    `skip_existing` (rebuild): None when the manifest has the path already (a rebuild run
+    before, or running now: the path is unique, so a second run waits here for the first and
+    then skips the file). Without it (compaction) an existing path is an error."""
+    on_conflict = "ON CONFLICT (path) DO NOTHING " if skip_existing else ""
+    row = conn.execute(
+        f"""INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max, occurred_min,
+                                   occurred_max, row_count, byte_size, state, generation, uploaded_at, metrics)
+            VALUES (nextval('raw_files_id_seq'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'uploaded', %s, now(), %s)
+            {on_conflict}RETURNING id""",
+        (file.path, container, file.partition_id, file.event_date, file.seq_min, file.seq_max,
+         us_to_datetime(file.occurred_min_us), us_to_datetime(file.occurred_max_us), file.row_count, file.byte_size,
+         file.generation, None if file.metrics is None else list(file.metrics))).fetchone()
+    return None if row is None else int(row[0])
+
+
+# ------------------------------------------------------------------ compaction
+def small_files(conn: psycopg.Connection, *, day: date, below_bytes: int) -> list[tuple[int, str, list[str] | None]]:
+    """(id, path, metrics) of the day's uploaded files smaller than `below_bytes`, in id order."""
+    rows = conn.execute(
+        "SELECT id, path, byte_size, metrics FROM raw_files WHERE event_date = %s AND state = 'uploaded' "
+        "AND byte_size < %s ORDER BY id", (day, below_bytes)).fetchall()
+    return [(int(file_id), str(path), metrics) for file_id, path, _, metrics in rows]
+
+
+def lock_uploaded(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> list[tuple[int, list[str] | None]]:
+    """Lock the files among `file_ids` that are still 'uploaded'; their (id, metrics)."""
+    rows = conn.execute("SELECT id, metrics FROM raw_files WHERE id = ANY(%s) AND state = 'uploaded' FOR UPDATE",
+                        (list(file_ids),)).fetchall()
+    return [(int(r[0]), r[1]) for r in rows]
+
+
+def supersede(conn: psycopg.Connection, *, file_ids: Sequence[int], generation: str) -> None:
+    """The files are replaced by the outputs of compaction `generation`."""
+    conn.execute("UPDATE raw_files SET state = 'superseded', superseded_by = %s WHERE id = ANY(%s)",
+                 (generation, list(file_ids)))
+
+
+def paths_of(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> list[str]:
+    return [str(p) for (p,) in conn.execute("SELECT path FROM raw_files WHERE id = ANY(%s)",
+                                            (list(file_ids),)).fetchall()]
+
+
+def days_to_compact(conn: psycopg.Connection, *, before: date, below_bytes: int, min_files: int,
+                    lookback_days: int) -> list[date]:
+    """Days before `before`, within `lookback_days`, with at least `min_files` uploaded files
+    smaller than `below_bytes`, or an unfinished compaction to recover."""
+    rows = conn.execute(
+        """SELECT event_date FROM raw_files WHERE state = 'uploaded' AND byte_size < %s
+              AND event_date < %s AND event_date >= %s::date - %s
+            GROUP BY event_date HAVING count(*) >= %s
+           UNION
+           SELECT event_date FROM raw_compactions WHERE state IN ('started', 'committed')
+           ORDER BY 1""", (below_bytes, before, before, lookback_days, min_files)).fetchall()
+    return [r[0] for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """A compaction journal row (raw_compactions) not finished yet."""
+
+    generation: str
+    state: str                      # 'started' or 'committed'
+    output_paths: list[str]
+    input_ids: list[int]
+
+
+def unfinished_compactions(conn: psycopg.Connection, *, day: date) -> list[Compaction]:
+    rows = conn.execute(
+        "SELECT generation, state, output_paths, input_ids FROM raw_compactions WHERE event_date = %s "
+        "AND state IN ('started', 'committed') ORDER BY created_at", (day,)).fetchall()
+    return [Compaction(str(g), str(s), list(o), list(i)) for g, s, o, i in rows]
+
+
+def start_compaction(conn: psycopg.Connection, *, generation: str, day: date, input_ids: Sequence[int],
+                     output_paths: Sequence[str]) -> None:
+    """Record the intent (inputs, output names) before any effect: state 'started'."""
+    conn.execute("INSERT INTO raw_compactions (generation, event_date, input_ids, output_paths, state) "
+                 "VALUES (%s, %s, %s, %s, 'started') ON CONFLICT (generation) DO UPDATE SET state = 'started', "
+                 "output_paths = excluded.output_paths", (generation, day, list(input_ids), list(output_paths)))
+
+
+def commit_compaction(conn: psycopg.Connection, *, generation: str, output_paths: Sequence[str]) -> None:
+    """The outputs are in the manifest and the inputs superseded (same transaction): 'committed'."""
+    conn.execute("UPDATE raw_compactions SET state = 'committed', output_paths = %s WHERE generation = %s",
+                 (list(output_paths), generation))
+
+
+def finish_compaction(conn: psycopg.Connection, *, generation: str, state: str) -> None:
+    """'done' (inputs deleted) or 'aborted' (outputs deleted, never in the manifest)."""
+    if state not in ("done", "aborted"):
+        raise ValueError(f"a compaction finishes 'done' or 'aborted', not {state!r}")
+    conn.execute("UPDATE raw_compactions SET state = %s, finished_at = now() WHERE generation = %s",
+                 (state, generation))
+
+
+# ------------------------------------------------------------------ day partitions (backfill, rebuild)
 def partition_days(conn: psycopg.Connection, table: str, days: Iterable[date]) -> set[date]:
     """The days among `days` whose day partition of `table` exists (retention drops them)."""
     wanted = sorted(set(days))
@@ -105,40 +366,3 @@ def ensure_partitions(conn: psycopg.Connection, table: str, days: Iterable[date]
     for day in sorted(set(days)):
         with conn.transaction():
             conn.execute("SELECT txm_ensure_day_partitions(%s::regclass, %s, %s)", (table, day, day))
-
-
-def paths_in_manifest(conn: psycopg.Connection, paths: Sequence[str]) -> set[str]:
-    if not paths:
-        return set()
-    rows = conn.execute("SELECT path FROM raw_files WHERE path = ANY(%s)", (list(paths),)).fetchall()
-    return {str(r[0]) for r in rows}
-
-
-@dataclass(frozen=True, slots=True)
-class RebuiltFile:
-    path: str
-    container: str
-    partition_id: str
-    event_date: date
-    seq_min: int
-    seq_max: int
-    occurred_min_us: int
-    occurred_max_us: int
-    row_count: int
-    byte_size: int
-    generation: str | None
-    metrics: tuple[str, ...]
-
-
-def insert_rebuilt_file(conn: psycopg.Connection, f: RebuiltFile) -> int | None:
-    """Enter a file found in the archive into the manifest, as uploaded; its new id, or None
-    when the manifest has it already (a rebuild run before, or running now: the path is
-    unique, so a second run waits here for the first and then skips the file)."""
-    row = conn.execute(
-        """INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max, occurred_min,
-                                  occurred_max, row_count, byte_size, state, generation, uploaded_at, metrics)
-           VALUES (nextval('raw_files_id_seq'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'uploaded', %s, now(), %s)
-           ON CONFLICT (path) DO NOTHING RETURNING id""",
-        (f.path, f.container, f.partition_id, f.event_date, f.seq_min, f.seq_max, us_to_datetime(f.occurred_min_us),
-         us_to_datetime(f.occurred_max_us), f.row_count, f.byte_size, f.generation, list(f.metrics))).fetchone()
-    return None if row is None else int(row[0])

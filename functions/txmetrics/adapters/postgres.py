@@ -5,7 +5,7 @@ Within one transaction a batch
    already there, INSERT .. ON CONFLICT DO NOTHING instead): only events whose ledger row
    is really inserted go further, so a redelivered event, in this batch or another, adds
    nothing anywhere. The ledger row carries the event's dimension key;
-2. records the batch's raw files in the manifest, their bytes in the outbox;
+2. records the batch's raw files in the manifest, their bytes in the outbox (manifest.py);
 3. COPYs the new events' metric rows into dynamic_metrics (narrow, append-only);
 4. COPYs their histograms into aggregate_deltas (append-only: no writer updates a shared
    row, so partitions never wait for each other; `fold_aggregates` merges them later);
@@ -28,9 +28,9 @@ from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, Aggregates, DimensionTuple, MetricRows
-from ..core.naming import datetime_to_us, us_to_datetime
+from ..core.naming import datetime_to_us
 from ..core.tables import DAY_PARTITIONED
-from . import pgcopy
+from . import manifest, pgcopy
 
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 # Per-connection staging tables: rows arrive by COPY (an order of magnitude cheaper than
@@ -40,21 +40,6 @@ _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS txm_stage_events (
     event_id text, occurred_at timestamptz, raw_file_id bigint, dimension_key bigint) ON COMMIT DELETE ROWS;
 """
-
-
-@dataclass(frozen=True, slots=True)
-class RawFile:
-    id: int
-    path: str
-    partition_id: str
-    event_date: date
-    seq_min: int
-    seq_max: int
-    occurred_min_us: int
-    occurred_max_us: int
-    row_count: int
-    content: bytes
-    metrics: tuple[str, ...] = ()      # the catalog's metrics, whose rows and deltas this batch writes (0009)
 
 
 class PostgresStore:
@@ -171,26 +156,18 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ outbox
     def pending_files(self, partition_id: str | None) -> list[tuple[int, str, bytes]]:
+        """(id, path, bytes) of the files committed but not confirmed uploaded (manifest.pending_uploads)."""
         conn = self.connection()
         with conn.transaction():
-            rows = conn.execute(
-                """SELECT f.id, f.path, o.content FROM raw_file_outbox o JOIN raw_files f ON f.id = o.raw_file_id
-                    WHERE (%(p)s::text IS NULL OR f.partition_id = %(p)s) ORDER BY f.id""",
-                {"p": partition_id}).fetchall()
-        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+            return manifest.pending_uploads(conn, partition_id=partition_id)
 
     def mark_uploaded(self, file_ids: Sequence[int]) -> None:
+        """The files are in Blob Storage (manifest.mark_uploaded), in a transaction of its own."""
         if not file_ids:
             return
         conn = self.connection()
         with conn.transaction():
-            # No need to wait for this commit to reach disk: should a server crash lose it, the
-            # file is still 'pending' and the next flush uploads the same bytes to the same
-            # name again. Saves one WAL flush per batch on the hot path.
-            conn.execute("SET LOCAL synchronous_commit = off")
-            conn.execute("UPDATE raw_files SET state = 'uploaded', uploaded_at = now() "
-                         "WHERE id = ANY(%s) AND state = 'pending'", (list(file_ids),))
-            conn.execute("DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%s)", (list(file_ids),))
+            manifest.mark_uploaded(conn, file_ids=file_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,12 +227,6 @@ class BatchTransaction:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
 
-    def allocate_file_ids(self, n: int) -> list[int]:
-        if n == 0:
-            return []
-        rows = self.conn.execute("SELECT nextval('raw_files_id_seq') FROM generate_series(1, %s)", (n,)).fetchall()
-        return [int(r[0]) for r in rows]
-
     def _copy(self, table: str, rows: Iterable[Sequence[object]]) -> None:
         with self.conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
             for row in rows:
@@ -303,24 +274,6 @@ class BatchTransaction:
                                      AND i.occurred_at = s.occurred_at)"""
         ).fetchall()
         return keys - {(str(e), datetime_to_us(t)) for e, t in taken}
-
-    def taken_paths(self, paths: Sequence[str]) -> set[str]:
-        if not paths:
-            return set()
-        rows = self.conn.execute("SELECT path FROM raw_files WHERE path = ANY(%s)", (list(paths),)).fetchall()
-        return {str(r[0]) for r in rows}
-
-    def record_files(self, files: Sequence[RawFile], container: str) -> None:
-        for f in files:
-            self.conn.execute(
-                """INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max,
-                                          occurred_min, occurred_max, row_count, byte_size, state, metrics)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)""",
-                (f.id, f.path, container, f.partition_id, f.event_date, f.seq_min, f.seq_max,
-                 us_to_datetime(f.occurred_min_us), us_to_datetime(f.occurred_max_us), f.row_count, len(f.content),
-                 list(f.metrics)))
-            self.conn.execute("INSERT INTO raw_file_outbox (raw_file_id, content) VALUES (%s, %s)",
-                              (f.id, f.content))
 
     def insert_metrics(self, rows: MetricRows) -> int:
         """Metric rows of the newly claimed events, by COPY. dynamic_metrics has no unique

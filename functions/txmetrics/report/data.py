@@ -15,13 +15,15 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
 
 from .. import kpi
+from ..adapters import manifest
+from ..adapters.manifest import ManifestDay
 from ..core.catalog import Catalog
 
 REPORT_QUANTILES = (0.5, 0.95, 0.99)
@@ -92,14 +94,6 @@ class FailedCode:
 
 
 @dataclass
-class LakeDay:
-    day: date
-    files: int
-    bytes: int
-    rows: int
-
-
-@dataclass
 class RetentionRow:
     store: str
     rule: str
@@ -135,7 +129,7 @@ class ReportData:
     failed: dict[str, Buckets] = field(default_factory=dict)               # error code -> items
     failed_replayed: Buckets = field(default_factory=dict)                 # replayed items per bucket
     failed_by_code: list[FailedCode] = field(default_factory=list)
-    lake: list[LakeDay] = field(default_factory=list)
+    lake: list[ManifestDay] = field(default_factory=list)
     retention: RetentionOutlook | None = None
     unavailable: dict[str, str] = field(default_factory=dict)              # section -> why it is empty
 
@@ -284,11 +278,7 @@ def _lake(conn: psycopg.Connection, data: ReportData) -> None:
     (uploaded, or committed and awaiting upload), not the inputs a compaction replaced."""
     first = data.start.astimezone(UTC).date()
     last = (data.end.astimezone(UTC) - timedelta(microseconds=1)).date()
-    rows = conn.execute(
-        """SELECT event_date, count(*), sum(byte_size)::bigint, sum(row_count)::bigint FROM raw_files
-            WHERE state <> 'superseded' AND event_date BETWEEN %s AND %s GROUP BY 1 ORDER BY 1""",
-        (first, last)).fetchall()
-    data.lake = [LakeDay(day, int(files), int(size), int(n)) for day, files, size, n in rows]
+    data.lake = manifest.files_per_day(conn, first=first, last=last)
     data.headline.raw_files = sum(d.files for d in data.lake)
     data.headline.raw_bytes = sum(d.bytes for d in data.lake)
 
