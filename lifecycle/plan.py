@@ -13,16 +13,21 @@ and the rows of failed_items / aggregate_histograms / raw_files that would be de
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import psycopg
+from azure.storage.blob import BlobServiceClient
+
+from txmetrics.adapters.blob import BlobArchive, BlobInfo
 from txmetrics.core.tables import DAY_PARTITIONED, ROW_RETENTION
 
-from .policy import TIERS, Policy, table_retention
+from .policy import ACCESS_TIER, ARM_ACTION, TIERS, Policy, table_retention
 
-_TIER_NAME = {"cool": "Cool", "cold": "Cold", "archive": "Archive"}
 _TIER_RANK = {"Hot": 0, "Cool": 1, "Cold": 2, "Archive": 3}
+_TIER_OF_ACTION = {ARM_ACTION[tier]: access for tier, access in ACCESS_TIER.items()}   # tierToCool -> Cool
 
 
 @dataclass
@@ -83,36 +88,48 @@ def due_action(rule_days: dict[str, int], age_days: float, current_tier: str | N
         if days is not None and age_days > days:
             if tier == "delete":
                 return "delete"
-            if _TIER_RANK.get(current_tier or "Hot", 0) >= _TIER_RANK[_TIER_NAME[tier]]:
+            if _TIER_RANK.get(current_tier or "Hot", 0) >= _TIER_RANK[ACCESS_TIER[tier]]:
                 return None       # already there (or colder)
-            return {"cool": "tierToCool", "cold": "tierToCold", "archive": "tierToArchive"}[tier]
+            return ARM_ACTION[tier]
     return None
 
 
-def plan_blobs(policy: Policy, service: Any, at: datetime) -> tuple[list[BlobAction], int]:
+Inventory = dict[str, list[BlobInfo]]       # rule name -> the blobs under its container/prefix
+
+
+def inventory(policy: Policy, service: BlobServiceClient) -> Inventory:
+    """The blobs each enabled rule covers, listed once (a rule whose container does not
+    exist covers none)."""
+    listed: Inventory = {}
+    for rule in policy.blob_rules:
+        if not rule.enabled:
+            continue
+        archive = BlobArchive(service, rule.container)
+        listed[rule.name] = list(archive.list(rule.prefix)) if archive.exists() else []
+    return listed
+
+
+def plan_blobs(policy: Policy, listed: Inventory, at: datetime) -> tuple[list[BlobAction], int]:
+    """The blob actions due at `at`, per (rule, action), and how many blobs need none."""
     actions: dict[tuple[str, str], BlobAction] = {}
     unchanged = 0
     for rule in policy.blob_rules:
         if not rule.enabled:
             continue
-        container = service.get_container_client(rule.container)
-        if not container.exists():
-            continue
-        for blob in container.list_blobs(name_starts_with=rule.prefix or None):
+        for blob in listed.get(rule.name, []):
             age = (at - blob.last_modified).total_seconds() / 86400
-            tier = str(blob.blob_tier) if blob.blob_tier else None
-            action = due_action(rule.days, age, tier)
+            action = due_action(rule.days, age, blob.tier)
             if action is None:
                 unchanged += 1
                 continue
             key = (rule.name, action)
             if key not in actions:
                 actions[key] = BlobAction(rule=rule.name, prefix=rule.full_prefix, action=action)
-            actions[key].blobs.append((blob.name, int(blob.size)))
+            actions[key].blobs.append((blob.name, blob.size))
     return sorted(actions.values(), key=lambda a: (a.rule, a.action)), unchanged
 
 
-def plan_tables(policy: Policy, conn: Any, at: date) -> tuple[dict[str, list[str]], dict[str, int]]:
+def plan_tables(policy: Policy, conn: psycopg.Connection, at: date) -> tuple[dict[str, list[str]], dict[str, int]]:
     retention = table_retention(policy)
     dropped: dict[str, list[str]] = {}
     for table in DAY_PARTITIONED:
@@ -127,28 +144,41 @@ def plan_tables(policy: Policy, conn: Any, at: date) -> tuple[dict[str, list[str
         keep = f" AND {t.delete_only_where}" if t.delete_only_where else ""
         row = conn.execute(f"SELECT count(*) FROM {t.name} WHERE {t.time_column} < "
                            f"(%s::timestamp AT TIME ZONE 'UTC'){keep}", (cutoff,)).fetchone()
+        assert row is not None
         deleted[t.name] = int(row[0])
     return dropped, deleted
 
 
-def make_plan(policy: Policy, at: datetime, service: Any | None = None, conn: Any | None = None) -> Plan:
-    at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    blob_actions, unchanged = plan_blobs(policy, service, at) if service is not None else ([], 0)
-    dropped, deleted = plan_tables(policy, conn, at.date()) if conn is not None else ({}, {})
-    return Plan(stack=policy.stack, at=at, blob_actions=blob_actions, unchanged_blobs=unchanged,
-                dropped_partitions=dropped, deleted_rows=deleted)
+def make_plan(policy: Policy, at: datetime, service: BlobServiceClient | None = None,
+              conn: psycopg.Connection | None = None) -> Plan:
+    """What `policy` will have done by `at`: the blob actions from the inventory of
+    `service` (none without it), the table retention from `conn` (none without it)."""
+    return make_plans(policy, [at], service=service, conn=conn)[0]
 
 
-def simulate(plan: Plan, policy: Policy, service: Any) -> dict[str, int]:
+def make_plans(policy: Policy, ats: Sequence[datetime], *, service: BlobServiceClient | None = None,
+               conn: psycopg.Connection | None = None) -> list[Plan]:
+    """`make_plan` at each of `ats`, the blobs listed once for all of them."""
+    listed = inventory(policy, service) if service is not None else None
+    plans = []
+    for at in ats:
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        blob_actions, unchanged = plan_blobs(policy, listed, at) if listed is not None else ([], 0)
+        dropped, deleted = plan_tables(policy, conn, at.date()) if conn is not None else ({}, {})
+        plans.append(Plan(stack=policy.stack, at=at, blob_actions=blob_actions, unchanged_blobs=unchanged,
+                          dropped_partitions=dropped, deleted_rows=deleted))
+    return plans
+
+
+def simulate(plan: Plan, policy: Policy, service: BlobServiceClient) -> dict[str, int]:
     """Apply the plan's blob actions (set tier / delete), as the lifecycle engine would."""
     done: dict[str, int] = {}
     for action in plan.blob_actions:
-        container = service.get_container_client(policy.rule(action.rule).container)
+        archive = BlobArchive(service, policy.rule(action.rule).container)
         for name, _ in action.blobs:
-            blob = container.get_blob_client(name)
-            if action.action == "delete":
-                blob.delete_blob()
+            if action.action == ARM_ACTION["delete"]:
+                archive.delete(name, missing_ok=False)
             else:
-                blob.set_standard_blob_tier(action.action.removeprefix("tierTo"))
+                archive.set_tier(name, _TIER_OF_ACTION[action.action])
             done[action.action] = done.get(action.action, 0) + 1
     return done

@@ -29,6 +29,10 @@ MAX_RULES = 100
 NO_ARCHIVE_REDUNDANCY = {"Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS", "Premium_ZRS"}
 REDUNDANCIES = {"Standard_LRS", "Standard_GRS", "Standard_RAGRS", *NO_ARCHIVE_REDUNDANCY}
 TIERS = ("cool", "cold", "archive", "delete")            # in the order blobs move through them
+# per tier of a rule: the action of the ARM management policy (what Pulumi deploys and the plan
+# names), and the Blob Storage access tier a blob moves to
+ARM_ACTION = {"cool": "tierToCool", "cold": "tierToCold", "archive": "tierToArchive", "delete": "delete"}
+ACCESS_TIER = {"cool": "Cool", "cold": "Cold", "archive": "Archive"}
 EARLY_DELETION_DAYS = {"cool": 30, "cold": 90, "archive": 180}
 TABLES = RETAINED
 TOP_KEYS = {"version", "storage", "blob_rules", "tables", "minimum_retention_days"}
@@ -247,9 +251,6 @@ def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: 
                   tables=tables, minimums=minimums)
 
 
-_ARM_ACTION = {"cool": "tierToCool", "cold": "tierToCold", "archive": "tierToArchive", "delete": "delete"}
-
-
 def render_management_policy(policy: Policy) -> dict[str, Any]:
     """The storage account management policy (Microsoft.Storage/storageAccounts/managementPolicies)
     `properties.policy` document, in ARM's camelCase shape."""
@@ -259,7 +260,7 @@ def render_management_policy(policy: Policy) -> dict[str, Any]:
             # a Policy built by hand skips validate(); the rendered policy must still never reach it
             raise LifecycleError(f"{policy.files[-1] if policy.files else 'policy'}: rule '{rule.name}': container "
                                  f"{rule.container!r} may not have a lifecycle rule; fix: remove the rule")
-        base_blob = {_ARM_ACTION[t]: {"daysAfterModificationGreaterThan": d} for t, d in rule.days.items()}
+        base_blob = {ARM_ACTION[t]: {"daysAfterModificationGreaterThan": d} for t, d in rule.days.items()}
         rules.append({
             "enabled": rule.enabled,
             "name": rule.name,

@@ -375,7 +375,7 @@ def test_archived_files_are_listed_with_the_rehydrate_hint_not_failed_on(
     archive: BlobArchive = lake["archive"]
     cold = db.execute("SELECT path FROM raw_files ORDER BY id LIMIT 2").fetchall()
     for (path,) in cold:
-        archive.container.get_blob_client(path).set_standard_blob_tier("Archive")
+        archive.set_tier(path, "Archive")
     cli_env(monkeypatch, services, archive, new)
     result = CliRunner().invoke(app, ["backfill", "--metric", "risk_score", "--start", "2026-03-01",
                                       "--end", "2026-03-03", "--format", "csv"])

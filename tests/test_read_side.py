@@ -78,7 +78,7 @@ def test_query_reads_only_the_files_that_can_match(ingest_fn: Callable[..., None
     # one file of the range archived: the rest is returned, the archived file named
     archived = result.files_opened[0]
     in_archived = set(parquet.decode(archive.download(archived))["event_id"].to_pylist())
-    archive.container.get_blob_client(archived).set_standard_blob_tier("Archive")
+    archive.set_tier(archived, "Archive")
     again = QueryResult()
     rest = list(query_events(db, archive, start, end, again))
     assert again.archived == [archived]

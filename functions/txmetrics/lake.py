@@ -13,7 +13,6 @@ from datetime import date
 from typing import Any, Generic, Protocol, TypeVar
 
 import pyarrow as pa
-from azure.core.exceptions import HttpResponseError
 
 from .adapters import parquet
 from .adapters.blob import BlobArchive
@@ -21,7 +20,6 @@ from .query import REHYDRATION_HOURS
 
 T = TypeVar("T")
 PREFETCH = 4              # files downloaded and decoded ahead of the one being written
-ARCHIVED_TIER = "Archive"
 
 
 @dataclass
@@ -90,12 +88,8 @@ class Read(Generic[T]):
 def _read(archive: BlobArchive, path: str, outbox: bytes | None) -> pa.Table | None:
     if outbox is not None:              # committed, upload not yet confirmed: the outbox has the bytes
         return parquet.decode(outbox)
-    try:
-        return parquet.decode(archive.download(path))
-    except HttpResponseError as exc:
-        if getattr(exc, "error_code", None) == "BlobArchived":
-            return None
-        raise
+    data = archive.download_unless_archived(path)
+    return None if data is None else parquet.decode(data)
 
 
 def read_ahead(archive: BlobArchive, items: Sequence[T], where: Callable[[T], tuple[str, bytes | None]]

@@ -17,8 +17,6 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from azure.core.exceptions import HttpResponseError
-from azure.storage.blob import RehydratePriority
 
 from .adapters import manifest
 from .adapters.blob import BlobArchive
@@ -91,16 +89,11 @@ def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime
         if limit is not None and result.rows >= limit:
             result.limited = True
             break
-        if f.state == "pending" and f.outbox is not None:
-            data = f.outbox                            # committed, upload not yet confirmed: read the outbox
-        else:
-            try:
-                data = archive.download(path)
-            except HttpResponseError as exc:
-                if getattr(exc, "error_code", None) == "BlobArchived":
-                    result.archived.append(path)
-                    continue
-                raise
+        # committed, upload not yet confirmed: the outbox has the bytes
+        data = f.outbox if f.state == "pending" and f.outbox is not None else archive.download_unless_archived(path)
+        if data is None:
+            result.archived.append(path)
+            continue
         result.files_opened.append(path)
         table = pq.read_table(io.BytesIO(data), schema=raw_event_schema(), filters=row_filter or None)
         table = _filter(table, start, end, filters)
@@ -117,7 +110,6 @@ def rehydrate(archive: BlobArchive, paths: list[str], priority: str = "Standard"
     if priority not in REHYDRATION_HOURS:
         raise InvalidRequestError(f"rehydration priority must be {' or '.join(REHYDRATION_HOURS)}, got {priority!r}")
     for path in paths:
-        archive.container.get_blob_client(path).set_standard_blob_tier(
-            "Hot", rehydrate_priority=RehydratePriority(priority))
+        archive.set_tier(path, "Hot", rehydrate_priority=priority)
     return (f"rehydration of {len(paths)} file(s) requested at {priority} priority; retry the query in up to "
             f"{REHYDRATION_HOURS[priority]} hour(s)")

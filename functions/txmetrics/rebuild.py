@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .adapters import manifest, parquet
-from .adapters.blob import BlobArchive, BlobInfo
+from .adapters.blob import ARCHIVE_TIER, BlobArchive, BlobInfo
 from .adapters.manifest import RawFile
 from .adapters.postgres import PostgresStore
 from .core import histogram
@@ -57,7 +57,7 @@ from .core.metrics import (
 )
 from .core.naming import date_folder
 from .errors import InvalidRequestError
-from .lake import ARCHIVED_TIER, CrashHook, DailyReport, Progress, ProgressCallback, read_ahead
+from .lake import CrashHook, DailyReport, Progress, ProgressCallback, read_ahead
 from .rollup import fresh_days, roll_day
 from .settings import Settings
 
@@ -267,7 +267,7 @@ def _plan(store: PostgresStore, archive: BlobArchive, days: Sequence[date], rows
             if b.name in known:
                 day.known_files += int(mine)
                 continue
-            if b.tier == ARCHIVED_TIER:
+            if b.tier == ARCHIVE_TIER:
                 if mine:
                     report.archived.append(b.name)
                     day.archived += 1

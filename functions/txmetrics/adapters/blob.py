@@ -1,4 +1,6 @@
-"""Blob Storage adapter for the raw archive: upload (overwrite), download, list, delete."""
+"""Blob Storage adapter: one container (the raw archive, or a container a lifecycle rule
+names): upload (overwrite), download, list with tiers, set a tier, delete. The one place
+that drives the Azure SDK's blob clients; everything else goes through BlobArchive."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry, RehydratePriority
 
 # The SDK's default (15 s initial backoff, growing) holds an invocation for a minute before
 # it fails; the host retries whole batches anyway, so fail within seconds and let it.
@@ -38,39 +40,73 @@ def service_client(connection_string: str | None = None, account_url: str | None
     raise ValueError("set AZURE_STORAGE_CONNECTION_STRING (local) or AZURE_STORAGE_ACCOUNT_URL (Azure)")
 
 
+ARCHIVE_TIER = "Archive"           # a blob there cannot be read until rehydrated
+
+
 class BlobArchive:
     def __init__(self, service: BlobServiceClient, container: str) -> None:
         self.service = service
         self.container_name = container
-        self.container: ContainerClient = service.get_container_client(container)
+        self._container: ContainerClient = service.get_container_client(container)
         self._container_checked = False
+
+    def exists(self) -> bool:
+        """Whether the container exists."""
+        return bool(self._container.exists())
+
+    def has(self, path: str) -> bool:
+        """Whether the blob exists."""
+        return bool(self._container.get_blob_client(path).exists())
 
     def ensure_container(self) -> None:
         if self._container_checked:
             return
         with contextlib.suppress(ResourceExistsError):
-            self.container.create_container()
+            self._container.create_container()
         self._container_checked = True
 
     def upload(self, path: str, data: bytes) -> None:
         """Idempotent: the same path is overwritten, so a retry never adds a file."""
         self.ensure_container()
         try:
-            self.container.upload_blob(path, data, overwrite=True)
+            self._container.upload_blob(path, data, overwrite=True)
         except ResourceNotFoundError:
             # container deleted behind our back (e.g. emulator restarted in memory): recreate once
             self._container_checked = False
             self.ensure_container()
-            self.container.upload_blob(path, data, overwrite=True)
+            self._container.upload_blob(path, data, overwrite=True)
 
     def download(self, path: str) -> bytes:
-        return bytes(self.container.download_blob(path).readall())
+        return bytes(self._container.download_blob(path).readall())
 
-    def delete(self, path: str) -> None:
+    def download_unless_archived(self, path: str) -> bytes | None:
+        """The blob's bytes, or None when it is in the archive tier (409 BlobArchived: it
+        must be rehydrated first)."""
+        try:
+            return self.download(path)
+        except HttpResponseError as exc:
+            if getattr(exc, "error_code", None) == "BlobArchived":
+                return None
+            raise
+
+    def delete(self, path: str, *, missing_ok: bool = True) -> None:
+        """Delete a blob; one already gone is fine unless `missing_ok` is False."""
+        if not missing_ok:
+            self._container.delete_blob(path)
+            return
         with contextlib.suppress(ResourceNotFoundError):
-            self.container.delete_blob(path)
+            self._container.delete_blob(path)
+
+    def set_tier(self, path: str, tier: str, *, rehydrate_priority: str | None = None) -> None:
+        """Move a blob to the Hot, Cool, Cold or Archive tier; out of Archive, Azure rehydrates
+        it at `rehydrate_priority` (Standard: up to 15 hours, High: under 1 hour)."""
+        blob = self._container.get_blob_client(path)
+        if rehydrate_priority is None:
+            blob.set_standard_blob_tier(tier)
+        else:
+            blob.set_standard_blob_tier(tier, rehydrate_priority=RehydratePriority(rehydrate_priority))
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        for b in self.container.list_blobs(name_starts_with=prefix or None):
+        for b in self._container.list_blobs(name_starts_with=prefix or None):
             yield BlobInfo(name=b.name, size=int(b.size), last_modified=b.last_modified,
                            tier=str(b.blob_tier) if b.blob_tier else None)

@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
+from azure.storage.blob import BlobServiceClient
 
 from .. import kpi
 from ..adapters import manifest
@@ -143,7 +144,7 @@ class ReportData:
 
 
 def collect(conn: psycopg.Connection, *, start: datetime, end: datetime, window: str | None = None,
-            catalog: Catalog | None = None, service: Any | None = None, policy: Any | None = None,
+            catalog: Catalog | None = None, service: BlobServiceClient | None = None, policy: Any | None = None,
             now: datetime | None = None) -> ReportData:
     """Everything the report shows for [start, end), in one read-only snapshot.
 
@@ -283,21 +284,20 @@ def _lake(conn: psycopg.Connection, data: ReportData) -> None:
     data.headline.raw_bytes = sum(d.bytes for d in data.lake)
 
 
-def retention_outlook(policy: Any, *, conn: psycopg.Connection, service: Any | None, now: datetime,
+def retention_outlook(policy: Any, *, conn: psycopg.Connection, service: BlobServiceClient | None, now: datetime,
                       horizons: tuple[int, ...] = HORIZON_DAYS) -> RetentionOutlook:
     """What the stack's retention will do next: `lifecycle.plan.make_plan` today, then by
     the end of UTC day +N for each horizon (cumulative: what will have been archived or
     deleted by then if nothing else changes). The blob inventory is listed once."""
-    from lifecycle.plan import make_plan
+    from lifecycle.plan import make_plans
 
-    listing = _ListedOnce(service) if service is not None else None
     labels: list[tuple[str, datetime]] = []
-    rows: dict[tuple[str, str, str, str], RetentionRow] = {}
-    for i, days in enumerate(horizons):
+    for days in horizons:
         at = now if days == 0 else datetime.combine(now.date() + timedelta(days=days + 1), datetime.min.time(),
                                                     tzinfo=UTC)
         labels.append(("today" if days == 0 else f"by {(at - timedelta(days=1)):%Y-%m-%d} (+{days} d)", at))
-        plan = make_plan(policy, at, service=listing, conn=conn)
+    rows: dict[tuple[str, str, str, str], RetentionRow] = {}
+    for i, plan in enumerate(make_plans(policy, [at for _, at in labels], service=service, conn=conn)):
         for r in plan.rows():
             if r["action"] == "none due":
                 continue
@@ -307,37 +307,6 @@ def retention_outlook(policy: Any, *, conn: psycopg.Connection, service: Any | N
     return RetentionOutlook(stack=policy.stack, files=tuple(policy.files), horizons=labels,
                             rows=sorted(rows.values(), key=lambda r: (r.store, r.target, r.action)),
                             blob_inventory=service is not None)
-
-
-class _ListedOnce:
-    """A BlobServiceClient stand-in for `make_plan` that lists each container once, however
-    many dates are planned (the plan only asks whether a container exists and lists it)."""
-
-    def __init__(self, service: Any) -> None:
-        self._service = service
-        self._containers: dict[str, _ContainerListedOnce] = {}
-
-    def get_container_client(self, name: str) -> _ContainerListedOnce:
-        if name not in self._containers:
-            self._containers[name] = _ContainerListedOnce(self._service.get_container_client(name))
-        return self._containers[name]
-
-
-class _ContainerListedOnce:
-    def __init__(self, container: Any) -> None:
-        self._container = container
-        self._exists: bool | None = None
-        self._listed: dict[str | None, list[Any]] = {}
-
-    def exists(self) -> bool:
-        if self._exists is None:
-            self._exists = bool(self._container.exists())
-        return self._exists
-
-    def list_blobs(self, name_starts_with: str | None = None) -> list[Any]:
-        if name_starts_with not in self._listed:
-            self._listed[name_starts_with] = list(self._container.list_blobs(name_starts_with=name_starts_with))
-        return self._listed[name_starts_with]
 
 
 def top_merchants(merchants: list[Merchant], n: int = TOP_MERCHANTS) -> list[Merchant]:
