@@ -148,6 +148,11 @@ class Catalog:
         return tuple(d for d in self.dimension_fields if d not in COLUMN_DIMENSIONS)
 
 
+def is_plain_field_path(name: str) -> bool:
+    """Letters, digits, _ and . only (ASCII): a name that may stand in SQL text as a jsonb key."""
+    return bool(name) and name.replace("_", "").replace(".", "").isalnum() and name.isascii()
+
+
 def lookup(document: dict[str, Any], path: str) -> Any:
     if "." not in path:          # the usual top-level field: no split, no loop
         return document.get(path)
