@@ -202,3 +202,18 @@ def test_readers_see_the_same_kpis_before_and_after_a_fold(ingest_fn: Callable[[
     db.execute("SELECT txm_fold_aggregates()")
     assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (0,)
     assert read() == before
+
+
+def test_emptying_the_aggregates_empties_the_pending_deltas_too(ingest_fn: Callable[[list[Any]], None],
+                                                               db: psycopg.Connection) -> None:
+    """A reset by TRUNCATE aggregate_histograms forgets the pending deltas as well: no reader
+    and no later fold brings the forgotten counts back."""
+    _ingest(ingest_fn, 12, 300)
+    db.execute("SELECT txm_fold_aggregates()")
+    _ingest(ingest_fn, 13, 300)
+    assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone()[0] > 0
+    db.execute("TRUNCATE aggregate_histograms")
+    assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM aggregate_histograms_current").fetchone() == (0,)
+    db.execute("SELECT txm_fold_aggregates()")
+    assert db.execute("SELECT count(*) FROM aggregate_histograms").fetchone() == (0,)

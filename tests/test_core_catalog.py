@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txmetrics.core.catalog import CatalogError, load_catalog, parse_catalog
 from txmetrics.settings import BUNDLED_CATALOG
@@ -93,3 +96,25 @@ def test_names_and_paths_are_matched_whole(metric: dict[str, str]) -> None:
 def test_text_and_huge_values_never_raise(value: object, expected: float | None) -> None:
     risk = parse_catalog({"metrics": [{"name": "risk", "kind": "value", "source": "risk"}]}).metrics[0]
     assert risk.extract({"risk": value}) == expected
+
+
+_VALUE = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+                   st.decimals(allow_nan=False, allow_infinity=False), st.text(max_size=8),  # as JSON decodes
+                   st.sampled_from(["1.5", " 2 ", "sNaN", "1e999", "approved", "-0"]),
+                   st.lists(st.integers(), max_size=1), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"x": _VALUE, "status": _VALUE, "a": st.one_of(
+    st.none(), st.fixed_dictionaries({"y": _VALUE}), _VALUE)}), max_size=8))
+def test_a_metrics_values_of_a_batch_equal_its_value_event_by_event(documents: list[dict[str, Any]]) -> None:
+    """Metric.values (one pass over the batch, used by ingest) gives exactly Metric.extract
+    of each document, for every kind of metric and every JSON value."""
+    catalog = parse_catalog({"metrics": [
+        {"name": "top", "kind": "value", "source": "x"}, {"name": "nested", "kind": "value", "source": "a.y"},
+        {"name": "flag_eq", "kind": "flag", "when": {"field": "status", "equals": "approved"}},
+        {"name": "flag_in", "kind": "flag", "when": {"field": "status", "in": ["approved", 1]}},
+        {"name": "flag_nested", "kind": "flag", "when": {"field": "a.y", "equals": 1}},
+        {"name": "flag_exists", "kind": "flag", "when": {"field": "x", "exists": True}}]})
+    for metric in catalog.metrics:
+        assert metric.values(documents) == [metric.extract(d) for d in documents], metric.name

@@ -73,9 +73,16 @@ def events_table(events: Sequence[PaymentEvent]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=raw_event_schema(declared))
 
 
+# Dictionary encoding pays for the few-valued columns only: for the ids and the payload, all
+# but unique, it costs time and bytes (measured on make run's events: zstd level 1 with these
+# dictionaries, 1.3 us and 78 bytes an event; level 3 with every column's, 1.8 us and 90 bytes).
+_DICTIONARY_COLUMNS = [*fields.COLUMN_DIMENSIONS, "partition_id"]
+
+
 def encode(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", compression_level=3, use_dictionary=True,
+    pq.write_table(table, sink, compression="zstd", compression_level=1,
+                   use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
                    write_statistics=True)
     return sink.getvalue()
 

@@ -62,6 +62,7 @@ class PostgresStore:
             self._conn = psycopg.connect(self._conninfo(), connect_timeout=self.connect_timeout,
                                          application_name="txmetrics")
             self._known_days.clear()
+            self._known_dimensions.clear()   # a new connection may follow a server crash: check again
             self._staging_ready = False
         return self._conn
 
@@ -109,6 +110,11 @@ class PostgresStore:
             return
         conn = self.connection()
         with conn.transaction():
+            # No need to wait for this commit to reach disk: the batch that uses these keys
+            # commits synchronously after it, and flushing its WAL flushes this record too.
+            # Only a server crash in between can lose it, and that breaks this connection,
+            # whose successor forgets every key it knew (connection()).
+            conn.execute("SET LOCAL synchronous_commit = off")
             conn.execute(
                 f"""INSERT INTO event_dimensions (dimension_key, {', '.join(DIMENSION_COLUMNS)})
                     SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],

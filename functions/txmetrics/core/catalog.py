@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -81,6 +82,23 @@ class Metric:
             return 1.0 if self.when.holds(document) else 0.0
         assert self.source is not None
         return _as_metric_value(lookup(document, self.source))
+
+    def values(self, documents: Sequence[dict[str, Any]]) -> list[float | None]:
+        """`extract` of each document, the usual forms without a call per document: a flag
+        comparing a top-level field, a top-level number (a float, or an int in the double
+        range, is its own value; anything else goes through `extract`'s conversion)."""
+        if self.kind == "flag":
+            assert self.when is not None
+            when = self.when
+            if when.op == "equals" and "." not in when.field:
+                field, operand = when.field, when.operand
+                return [1.0 if doc.get(field) == operand else 0.0 for doc in documents]
+            return [1.0 if when.holds(doc) else 0.0 for doc in documents]
+        assert self.source is not None
+        source = self.source
+        raw = [doc.get(source) for doc in documents] if "." not in source else [lookup(d, source) for d in documents]
+        convert = _as_metric_value
+        return [float(v) if type(v) is int and -_FLOAT_INT_LIMIT < v < _FLOAT_INT_LIMIT else convert(v) for v in raw]
 
 
 def _as_metric_value(value: Any) -> float | None:

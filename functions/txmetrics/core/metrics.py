@@ -198,18 +198,18 @@ def dimension_value(event: PaymentEvent, name: str) -> Any:
 
 
 def extract_metrics(events: Sequence[PaymentEvent], catalog: Catalog) -> MetricRows:
+    """The batch's metric rows: each metric's values for all events at once (one pass per
+    metric, `Metric.values`), then the rows event by event, in catalog order."""
     rows = MetricRows(events=events, metric_names=[m.name for m in catalog.metrics])
-    metrics = list(enumerate(catalog.metrics))
+    documents = [ev.document for ev in events]
+    per_metric = [metric.values(documents) for metric in catalog.metrics]
     values, metric_index, event_index = rows.value, rows.metric_index, rows.event_index
-    for ei, ev in enumerate(events):
-        document = ev.document
-        for mi, metric in metrics:
-            value = metric.extract(document)
-            if value is None:
-                continue
-            values.append(value)
-            metric_index.append(mi)
-            event_index.append(ei)
+    for ei, event_values in enumerate(zip(*per_metric, strict=True)):
+        for mi, value in enumerate(event_values):
+            if value is not None:
+                values.append(value)
+                metric_index.append(mi)
+                event_index.append(ei)
     return rows
 
 
