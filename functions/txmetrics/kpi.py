@@ -19,8 +19,7 @@ has a rate, not quantiles; amounts are per currency), which rows cannot tell; it
 scan of the range; and a refusal names the file to edit. The CLI must therefore run with
 the function's catalog (contract section 6); docs/read-side.md says so.
 
-Histograms are merged in SQL, set-based (unnest the bucket arrays and add counts by key),
-and quantiles are read from the merged histogram in Python with the same scheme as SQL.
+Histograms are merged in SQL, set-based (adapters/aggregates.py), and quantiles are read from the merged histogram in Python with the same scheme as SQL.
 """
 
 from __future__ import annotations
@@ -28,20 +27,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 
+from .adapters import aggregates
 from .core import histogram
-from .core.catalog import Catalog, Metric, load_catalog
+from .core.catalog import Catalog, Metric, is_plain_field_path, load_catalog
 from .errors import InvalidRequestError
 from .settings import metric_catalog_path
 
 WINDOWS = {"5m": 300, "1h": 3600, "1d": 86400}
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
-STORED_WINDOW = 300          # the 5-minute rows; daily rollups are window_seconds = 86400
 
 
 class KpiError(InvalidRequestError):
@@ -183,118 +182,20 @@ def _query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datet
     if start >= end:
         raise KpiError(f"the range is empty: start {start.isoformat()} is not before end {end.isoformat()}")
     chosen = plan(catalog or catalog_in_effect(), metric, list(group_by or []), filters)
-    source, params = histogram_rows(conn, metric=metric, dimension_set=chosen.dimension_set, start=start, end=end,
-                                    window=window, use_rollups=use_rollups)
-    where = []
-    for i, (name, value) in enumerate(chosen.filters.items()):
-        params[f"f{i}"] = value
-        where.append(f"dimensions ->> '{_safe(name)}' = %(f{i})s")
-    filtered = f"SELECT * FROM ({source}) AS candidates" + (f" WHERE {' AND '.join(where)}" if where else "")
-    group_cols = "bucket, " + (", ".join(f"dimensions -> '{k}'" for k in chosen.group_by) or "NULL::jsonb")
-    group_json = "jsonb_build_object(" + ", ".join(f"'{k}', dimensions -> '{k}'" for k in chosen.group_by) + ")"
-    # Bucket counts are added per group in two set-based passes (positive and negative
-    # values), then joined to the totals: each pass reads the candidate rows once, whatever
-    # the number of groups (a correlated subquery per group re-read them once per group).
-    # Stored counts are dense: the zeros between sparse buckets are skipped before adding.
-    buckets = """
-            SELECT bucket, g, jsonb_object_agg(k, c) AS counts FROM (
-                SELECT bucket, {g} AS g, {side}_offset + o::int - 1 AS k, sum(c)::bigint AS c
-                  FROM r, unnest({side}_counts) WITH ORDINALITY AS u(c, o)
-                 WHERE {side}_counts IS NOT NULL AND c > 0 GROUP BY {cols}, 3) AS keyed
-             GROUP BY bucket, g"""
-    same_group = "coalesce({a}.bucket, '-infinity') = coalesce(t.bucket, '-infinity') AND {a}.g = t.g"
-    sql = f"""
-        WITH r AS MATERIALIZED ({filtered}),
-        totals AS (
-            SELECT bucket, {group_json} AS g, sum(count)::bigint AS n, sum(sum) AS s, min(min) AS lo,
-                   max(max) AS hi, sum(zero_count)::bigint AS z
-              FROM r GROUP BY {group_cols}),
-        pos AS ({buckets.format(g=group_json, side="pos", cols=group_cols)}),
-        neg AS ({buckets.format(g=group_json, side="neg", cols=group_cols)})
-        SELECT t.bucket, t.g, t.n, t.s, t.lo, t.hi, t.z, p.counts, q.counts
-          FROM totals t
-          LEFT JOIN pos p ON {same_group.format(a="p")}
-          LEFT JOIN neg q ON {same_group.format(a="q")}
-         ORDER BY t.bucket NULLS FIRST, t.g"""
     out = []
-    for bucket, g, n, s, lo, hi, z, pos, neg in conn.execute(sql, params).fetchall():
-        group = dict(g or {})
-        row = KpiRow(kind=chosen.metric.kind, dimensions={k: group.get(k) for k in chosen.group_by},
-                     window_start=bucket, count=int(n), sum=Decimal(s), min=float(lo), max=float(hi))
+    for merged in aggregates.merged_histograms(
+            conn, metric=metric, dimension_set=chosen.dimension_set, group_by=chosen.group_by,
+            filters=chosen.filters, start=start, end=end,
+            window_seconds=WINDOWS[window] if window is not None else None, use_rollups=use_rollups):
+        row = KpiRow(kind=chosen.metric.kind, dimensions={k: merged.group.get(k) for k in chosen.group_by},
+                     window_start=merged.bucket, count=merged.count, sum=merged.sum, min=merged.min, max=merged.max)
         if chosen.metric.kind != "flag":      # quantiles of a 0/1 flag say nothing; its rate does
-            pos_off, pos_counts = _dense(pos)
-            neg_off, neg_counts = _dense(neg)
+            pos_off, pos_counts = _dense(merged.pos)
+            neg_off, neg_counts = _dense(merged.neg)
             for q in quantiles:
-                row.quantiles[q] = histogram.quantile(q, int(z), pos_off, pos_counts, neg_off, neg_counts,
+                row.quantiles[q] = histogram.quantile(q, merged.zero_count, pos_off, pos_counts, neg_off, neg_counts,
                                                       row.min, row.max)
         out.append(row)
-    return out
-
-
-def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tuple[str, ...], start: datetime,
-                   end: datetime, window: str | None, use_rollups: bool = True) -> tuple[str, dict[str, Any]]:
-    """The one source of histogram rows for KPIs: SQL (and its parameters) yielding
-    (bucket, dimensions, count, sum, min, max, zero_count, pos_offset, pos_counts,
-    neg_offset, neg_counts) for `metric`'s rows stored under exactly `dimension_set` in
-    [start, end); `bucket` is the window the row falls in (NULL without --window).
-
-    Full days with a fresh daily rollup are read from it (1 row instead of 288), the rest
-    from the 5-minute rows; rollups cannot serve sub-day windows. Every reader goes through
-    here, so rows from another place (e.g. pending per-batch deltas) are added once, here."""
-    keys = sorted(dimension_set)
-    bucket_expr = "NULL::timestamptz"
-    if window is not None:
-        bucket_expr = f"date_bin(interval '{WINDOWS[window]} seconds', window_start, timestamptz 'epoch')"
-    params: dict[str, Any] = {"metric": metric, "keys": keys}
-    rolled = sorted(_rolled_days(conn, start, end)) if use_rollups and window in (None, "1d") else []
-    where = """metric_name = %(metric)s
-                    AND dimensions ?& %(keys)s::text[]
-                    AND (SELECT count(*) FROM jsonb_object_keys(dimensions)) = cardinality(%(keys)s::text[])"""
-    columns = f"{bucket_expr} AS bucket, dimensions, count, sum, min, max, zero_count"
-    # 5-minute rows as every reader must see them: folded rows plus pending deltas
-    # (aggregate_histograms_current). A day with a fresh rollup: the rollup (folded rows only)
-    # plus that day's pending deltas.
-    current = f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms_current"
-    rollup = f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms"
-    pending = (f"SELECT {columns}, pos_keys[1], txm_hist_dense(pos_keys, pos_counts), neg_keys[1], "
-               "txm_hist_dense(neg_keys, neg_counts) FROM aggregate_deltas")
-    parts = []
-    if rolled:
-        params["rolled"] = [datetime.combine(d, datetime.min.time(), tzinfo=UTC) for d in rolled]
-        params["rolled_end"] = [t + timedelta(days=1) for t in params["rolled"]]
-        parts.append(f"{rollup} WHERE {where} AND window_seconds = 86400 "
-                     "AND window_start = ANY(%(rolled)s::timestamptz[])")
-        parts.append(f"{pending} WHERE {where} AND window_seconds = {STORED_WINDOW} AND EXISTS (SELECT 1 FROM "
-                     "unnest(%(rolled)s::timestamptz[], %(rolled_end)s::timestamptz[]) AS d(a, b) "
-                     "WHERE window_start >= d.a AND window_start < d.b)")
-    for i, (a, b) in enumerate(_subtract(start, end, rolled)):
-        params[f"a{i}"], params[f"b{i}"] = a, b
-        parts.append(f"{current} WHERE {where} AND window_seconds = {STORED_WINDOW} "
-                     f"AND window_start >= %(a{i})s AND window_start < %(b{i})s")
-    return " UNION ALL ".join(parts), params
-
-
-def _rolled_days(conn: psycopg.Connection, start: datetime, end: datetime) -> set[date]:
-    from .rollup import fresh_days
-
-    first = (start + timedelta(days=1) - timedelta(microseconds=1)).astimezone(UTC).date()   # first full day
-    last = (end.astimezone(UTC) - timedelta(days=1)).date()                                  # last full day
-    if last < first:
-        return set()
-    return fresh_days(conn, first, last)
-
-
-def _subtract(start: datetime, end: datetime, days: list[date]) -> list[tuple[datetime, datetime]]:
-    """[start, end) minus the given whole UTC days, as sorted intervals."""
-    out = []
-    cursor = start
-    for d in days:
-        a = datetime.combine(d, datetime.min.time(), tzinfo=UTC)
-        if a > cursor:
-            out.append((cursor, a))
-        cursor = max(cursor, a + timedelta(days=1))
-    if cursor < end:
-        out.append((cursor, end))
     return out
 
 
@@ -307,7 +208,8 @@ def _dense(buckets: dict[str, int] | None) -> tuple[int | None, list[int]]:
 
 
 def _safe(name: str) -> str:
-    """A dimension name goes into SQL as a jsonb key: only plain field paths are accepted."""
-    if not name or not name.replace("_", "").replace(".", "").isalnum() or not name.isascii():
+    """A dimension name goes into SQL as a jsonb key: only plain field paths are accepted
+    (refused here with the user's words; adapters/aggregates.py guards again where it builds SQL)."""
+    if not is_plain_field_path(name):
         raise KpiError(f"dimension name {name!r} is not a plain field path (letters, digits, _ and .)")
     return name
