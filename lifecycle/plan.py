@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from azure.storage.blob import BlobServiceClient
 
+from txmetrics.adapters import partitions
 from txmetrics.adapters.blob import BlobArchive, BlobInfo
 from txmetrics.core.tables import DAY_PARTITIONED, ROW_RETENTION
 
@@ -133,19 +134,12 @@ def plan_tables(policy: Policy, conn: psycopg.Connection, at: date) -> tuple[dic
     retention = table_retention(policy)
     dropped: dict[str, list[str]] = {}
     for table in DAY_PARTITIONED:
-        cutoff = at - timedelta(days=retention[table])
-        rows = conn.execute("SELECT txm_expired_partitions(%s::regclass, %s)", (table, cutoff)).fetchall()
-        dropped[table] = [r[0] for r in rows]
+        dropped[table] = partitions.expired_partitions(conn, table=table, cutoff=at - timedelta(days=retention[table]))
     deleted: dict[str, int] = {}
     for t in ROW_RETENTION:                # the rows txmetrics.retention.enforce deletes
-        if t.retention_key not in retention:
-            continue
-        cutoff = at - timedelta(days=retention[t.retention_key])
-        keep = f" AND {t.delete_only_where}" if t.delete_only_where else ""
-        row = conn.execute(f"SELECT count(*) FROM {t.name} WHERE {t.time_column} < "
-                           f"(%s::timestamp AT TIME ZONE 'UTC'){keep}", (cutoff,)).fetchone()
-        assert row is not None
-        deleted[t.name] = int(row[0])
+        if t.retention_key in retention:
+            deleted[t.name] = partitions.count_expired_rows(
+                conn, table=t, cutoff=at - timedelta(days=retention[t.retention_key]))
     return dropped, deleted
 
 

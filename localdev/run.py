@@ -182,8 +182,8 @@ def summary(database_url: str, container: str, connection_string: str, result: d
     from rich.table import Table
 
     from txmetrics import kpi
+    from txmetrics.adapters.aggregates import fold as fold_aggregates
     from txmetrics.adapters.blob import BlobArchive, service_client
-    from txmetrics.adapters.postgres import fold_aggregates
 
     def one(conn: psycopg.Connection, sql: str) -> Any:
         row = conn.execute(sql).fetchone()

@@ -80,7 +80,7 @@ def aggregates_fold() -> None:
     minute; readers (kpi, payment_metrics_5m) include pending deltas either way."""
     import time
 
-    from txmetrics.adapters.postgres import fold_aggregates
+    from txmetrics.adapters.aggregates import fold as fold_aggregates
 
     started = time.perf_counter()
     with context.connect(autocommit=True) as conn:
@@ -94,7 +94,7 @@ def aggregates_status() -> None:
     from datetime import UTC
     from datetime import datetime as dt
 
-    from txmetrics.adapters.postgres import pending_deltas
+    from txmetrics.adapters.aggregates import pending_deltas
 
     with context.connect() as conn:
         pending = pending_deltas(conn)

@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from .adapters import manifest, parquet
+from .adapters import manifest, parquet, partitions
 from .adapters.blob import BlobArchive
 from .adapters.manifest import ManifestFile
 from .adapters.postgres import PostgresStore
@@ -118,7 +118,7 @@ def backfill(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, me
         report.passes += 1
         state.files_total += len(planned)
         with conn.transaction():
-            with_rows = manifest.partition_days(conn, "dynamic_metrics", {f.event_date for f in planned})
+            with_rows = partitions.existing_days(conn, table="dynamic_metrics", days={f.event_date for f in planned})
         for read in read_ahead(archive, planned, lambda f: (f.path, f.outbox)):
             f = read.item
             day = report.day(f.event_date)

@@ -39,7 +39,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .adapters import manifest, parquet
+from .adapters import manifest, parquet, partitions
 from .adapters.blob import ARCHIVE_TIER, BlobArchive, BlobInfo
 from .adapters.manifest import RawFile
 from .adapters.postgres import PostgresStore
@@ -177,10 +177,10 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
     planned = _plan(store, archive, days, rows_since, ledger_since, report, shard)
     state.files_total = sum(1 for p in planned if p.mine)
     conn = store.connection()
-    manifest.ensure_partitions(conn, "ingested_events", {p.day for p in planned
-                                                         if ledger_since is None or p.day >= ledger_since})
-    manifest.ensure_partitions(conn, "dynamic_metrics", {p.day for p in planned
-                                                         if rows_since is None or p.day >= rows_since})
+    partitions.ensure_each_day(conn, table="ingested_events",
+                               days={p.day for p in planned if ledger_since is None or p.day >= ledger_since})
+    partitions.ensure_each_day(conn, table="dynamic_metrics",
+                               days={p.day for p in planned if rows_since is None or p.day >= rows_since})
     seen: dict[date, _SeenRows] = {}
     since_fold = 0
     for read in read_ahead(archive, planned, lambda p: (p.blob.name, None)):

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from .adapters import failed_items
 from .core.events import InboundEvent, Rejection, parse_event
 from .core.masking import mask_text
 from .errors import InvalidRequestError, NotFoundError
@@ -35,24 +36,14 @@ class ReplayOutcome:
 
 def list_items(conn: psycopg.Connection, *, error_code: str | None = None, include_done: bool = False,
                limit: int = 50) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        """SELECT id, error_code, event_id, partition_id, sequence_number, received_at, replayed, resolved,
-                  left(detail, 120)
-             FROM failed_items
-            WHERE (%(code)s::text IS NULL OR error_code = %(code)s)
-              AND (%(all)s OR (NOT replayed AND NOT resolved))
-            ORDER BY id LIMIT %(limit)s""", {"code": error_code, "all": include_done, "limit": limit}).fetchall()
-    keys = ("id", "error_code", "event_id", "partition_id", "sequence_number", "received_at", "replayed", "resolved",
-            "detail")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    return failed_items.list_items(conn, error_code=error_code, include_done=include_done, limit=limit)
 
 
 def show(conn: psycopg.Connection, item_id: int) -> dict[str, Any]:
-    cur = conn.execute("SELECT * FROM failed_items WHERE id = %s", (item_id,))
-    row = cur.fetchone()
-    if row is None:
+    item = failed_items.get(conn, item_id=item_id)
+    if item is None:
         raise NotFoundError(f"no failed item {item_id}: `txmetrics failed list --all` lists them")
-    return dict(zip([d.name for d in cur.description or []], row, strict=True))
+    return item
 
 
 def fix(conn: psycopg.Connection, item_id: int, payload: str, *, source: str = "the payload") -> None:
@@ -66,8 +57,7 @@ def fix(conn: psycopg.Connection, item_id: int, payload: str, *, source: str = "
     if not isinstance(document, dict):
         raise InvalidRequestError(f"{source} is JSON but not an object (an event is a JSON object); nothing was stored")
     with conn.transaction():
-        if conn.execute("UPDATE failed_items SET fixed_payload = %s WHERE id = %s",
-                        (mask_text(payload), item_id)).rowcount != 1:
+        if not failed_items.store_fix(conn, item_id=item_id, payload=mask_text(payload)):
             raise NotFoundError(f"no failed item {item_id}: `txmetrics failed list --all` lists them")
 
 
@@ -101,8 +91,7 @@ def _require(conn: psycopg.Connection, item_ids: list[int]) -> None:
     """NotFoundError naming the ids that are not failed items."""
     if not item_ids:
         return
-    found = {r[0] for r in conn.execute("SELECT id FROM failed_items WHERE id = ANY(%s)", (item_ids,)).fetchall()}
-    missing = sorted(set(item_ids) - found)
+    missing = sorted(set(item_ids) - failed_items.existing_ids(conn, item_ids=item_ids))
     if missing:
         raise NotFoundError(f"no failed item {', '.join(map(str, missing))}: `txmetrics failed list --all` lists them")
 
@@ -110,8 +99,7 @@ def _require(conn: psycopg.Connection, item_ids: list[int]) -> None:
 def resolve(conn: psycopg.Connection, item_ids: list[int], note: str = "resolved without replay") -> int:
     _require(conn, item_ids)
     with conn.transaction():
-        return conn.execute("UPDATE failed_items SET resolved = true, resolved_at = now(), replay_note = %s "
-                            "WHERE id = ANY(%s) AND NOT resolved", (note, item_ids)).rowcount
+        return failed_items.mark_resolved(conn, item_ids=item_ids, note=note)
 
 
 def replay(conn: psycopg.Connection, pipeline: Any, *, item_ids: list[int] | None = None,
@@ -120,37 +108,31 @@ def replay(conn: psycopg.Connection, pipeline: Any, *, item_ids: list[int] | Non
     if not item_ids and not error_code:
         raise InvalidRequestError("name the items to replay: ids or --code ERROR_CODE")
     _require(conn, list(item_ids or []))
-    rows = conn.execute(
-        """SELECT id, coalesce(fixed_payload, payload), replayed, error_code, fixed_payload IS NOT NULL
-             FROM failed_items
-            WHERE (id = ANY(%(ids)s) OR error_code = %(code)s) AND NOT resolved ORDER BY id""",
-        {"ids": item_ids or [], "code": error_code}).fetchall()
-    outcomes = []
-    for item_id, payload, replayed, code, fixed in rows:
-        if replayed and not force:
-            outcomes.append(ReplayOutcome(item_id, False, "already replayed"))
-            continue
-        if code in MASKED_IDENTIFIER_CODES and not fixed:
-            field = code.removeprefix("card_number_in_")
-            note = (f"not replayed: its {field} held a card number and is masked in the stored payload; "
-                    f"set the producer's real {field} first (failed fix / set)")
-            with conn.transaction():
-                conn.execute("UPDATE failed_items SET replay_note = %s WHERE id = %s", (note, item_id))
-            outcomes.append(ReplayOutcome(item_id, False, note))
-            continue
-        inbound = InboundEvent(body=payload.encode("utf-8"), partition_id=REPLAY_PARTITION,
-                               sequence_number=int(item_id))
-        parsed = parse_event(inbound)
-        if isinstance(parsed, Rejection):
-            note = f"still invalid: {parsed.error_code}: {parsed.detail}"
-            with conn.transaction():
-                conn.execute("UPDATE failed_items SET replay_note = %s WHERE id = %s", (note, item_id))
-            outcomes.append(ReplayOutcome(item_id, False, note))
-            continue
-        report = pipeline.process(REPLAY_PARTITION, [inbound])
-        note = "replayed" if report.new_events else "replayed (event already ingested: nothing added)"
-        with conn.transaction():
-            conn.execute("UPDATE failed_items SET replayed = true, replayed_at = coalesce(replayed_at, now()), "
-                         "replay_note = %s WHERE id = %s", (note, item_id))
-        outcomes.append(ReplayOutcome(item_id, True, note))
-    return outcomes
+    return [_replay_one(conn, pipeline, item, force=force)
+            for item in failed_items.replayable(conn, item_ids=item_ids or [], error_code=error_code)]
+
+
+def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Replayable, *, force: bool
+                ) -> ReplayOutcome:
+    if item.replayed and not force:
+        return ReplayOutcome(item.id, False, "already replayed")
+    if item.error_code in MASKED_IDENTIFIER_CODES and not item.fixed:
+        field = item.error_code.removeprefix("card_number_in_")
+        return _not_replayed(conn, item.id, f"not replayed: its {field} held a card number and is masked in the "
+                                            f"stored payload; set the producer's real {field} first (failed fix / set)")
+    inbound = InboundEvent(body=item.payload.encode("utf-8"), partition_id=REPLAY_PARTITION,
+                           sequence_number=int(item.id))
+    parsed = parse_event(inbound)
+    if isinstance(parsed, Rejection):
+        return _not_replayed(conn, item.id, f"still invalid: {parsed.error_code}: {parsed.detail}")
+    report = pipeline.process(REPLAY_PARTITION, [inbound])
+    note = "replayed" if report.new_events else "replayed (event already ingested: nothing added)"
+    with conn.transaction():
+        failed_items.mark_replayed(conn, item_id=item.id, note=note)
+    return ReplayOutcome(item.id, True, note)
+
+
+def _not_replayed(conn: psycopg.Connection, item_id: int, note: str) -> ReplayOutcome:
+    with conn.transaction():
+        failed_items.note(conn, item_id=item_id, note=note)
+    return ReplayOutcome(item_id, False, note)

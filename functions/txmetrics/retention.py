@@ -12,9 +12,8 @@ from datetime import date, timedelta
 
 import psycopg
 
+from .adapters import partitions
 from .core.tables import DAY_PARTITIONED, ROW_RETENTION
-
-DELETE_BATCH = 10_000
 
 
 @dataclass
@@ -33,25 +32,13 @@ def enforce(conn: psycopg.Connection, retention: dict[str, int], today: date, ah
     """Apply `retention` ({table: days}) as of `today`. `conn` must be in autocommit mode."""
     report = RetentionReport()
     for table in DAY_PARTITIONED:
-        row = conn.execute("SELECT txm_ensure_day_partitions(%s::regclass, %s, %s)",
-                           (table, today, today + timedelta(days=ahead_days))).fetchone()
-        report.created_partitions += int(row[0]) if row else 0
+        report.created_partitions += partitions.ensure_day_partitions(
+            conn, table=table, first=today, last=today + timedelta(days=ahead_days))
         if table in retention:
-            dropped = conn.execute("SELECT * FROM txm_drop_expired_partitions(%s::regclass, %s)",
-                                   (table, cutoff(today, retention[table]))).fetchall()
-            report.dropped_partitions += [str(r[0]) for r in dropped]
+            report.dropped_partitions += partitions.drop_expired(conn, table=table,
+                                                                 cutoff=cutoff(today, retention[table]))
     for t in ROW_RETENTION:
-        if t.retention_key not in retention:
-            continue
-        limit = cutoff(today, retention[t.retention_key])
-        keep = f" AND {t.delete_only_where}" if t.delete_only_where else ""
-        total = 0
-        while True:
-            cur = conn.execute(
-                f"DELETE FROM {t.name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t.name} "
-                f"WHERE {t.time_column} < (%s::timestamp AT TIME ZONE 'UTC'){keep} LIMIT {DELETE_BATCH}))", (limit,))
-            total += cur.rowcount
-            if cur.rowcount < DELETE_BATCH:
-                break
-        report.deleted_rows[t.name] = total
+        if t.retention_key in retention:
+            report.deleted_rows[t.name] = partitions.delete_expired_rows(
+                conn, table=t, cutoff=cutoff(today, retention[t.retention_key]))
     return report

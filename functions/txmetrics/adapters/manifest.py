@@ -12,7 +12,7 @@ none opens a transaction of its own, so each effect commits with the rows it rec
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -345,24 +345,3 @@ def finish_compaction(conn: psycopg.Connection, *, generation: str, state: str) 
         raise ValueError(f"a compaction finishes 'done' or 'aborted', not {state!r}")
     conn.execute("UPDATE raw_compactions SET state = %s, finished_at = now() WHERE generation = %s",
                  (state, generation))
-
-
-# ------------------------------------------------------------------ day partitions (backfill, rebuild)
-def partition_days(conn: psycopg.Connection, table: str, days: Iterable[date]) -> set[date]:
-    """The days among `days` whose day partition of `table` exists (retention drops them)."""
-    wanted = sorted(set(days))
-    if not wanted:
-        return set()
-    rows = conn.execute(
-        """SELECT d FROM unnest(%s::date[]) AS d
-            WHERE to_regclass(format('%%s_p%%s', %s::regclass::text, to_char(d, 'YYYYMMDD'))) IS NOT NULL""",
-        (wanted, table)).fetchall()
-    return {r[0] for r in rows}
-
-
-def ensure_partitions(conn: psycopg.Connection, table: str, days: Iterable[date]) -> None:
-    """Create `table`'s day partitions for `days` (each table on its own: a rebuild restores
-    the ledger and dynamic_metrics for different spans when their retention differs)."""
-    for day in sorted(set(days)):
-        with conn.transaction():
-            conn.execute("SELECT txm_ensure_day_partitions(%s::regclass, %s, %s)", (table, day, day))

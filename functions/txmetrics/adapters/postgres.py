@@ -20,8 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -30,7 +29,7 @@ from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, Aggregates, DimensionTuple, MetricRows
 from ..core.naming import datetime_to_us
 from ..core.tables import DAY_PARTITIONED
-from . import manifest, pgcopy
+from . import aggregates, failed_items, manifest, partitions, pgcopy
 
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 # Per-connection staging tables: rows arrive by COPY (an order of magnitude cheaper than
@@ -98,7 +97,7 @@ class PostgresStore:
         with conn.transaction():
             for table in DAY_PARTITIONED:
                 for first, last in _runs(missing):
-                    conn.execute("SELECT txm_ensure_day_partitions(%s::regclass, %s, %s)", (table, first, last))
+                    partitions.ensure_day_partitions(conn, table=table, first=first, last=last)
         self._known_days.update(missing)
 
     def ensure_dimensions(self, dimensions: dict[int, DimensionTuple]) -> None:
@@ -155,10 +154,10 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ aggregates
     def fold_aggregates(self) -> int:
-        """Merge every committed delta into aggregate_histograms (see `fold_aggregates`)."""
+        """Merge every committed delta into aggregate_histograms (`aggregates.fold`)."""
         conn = self.connection()
         with conn.transaction():
-            return fold_aggregates(conn)
+            return aggregates.fold(conn)
 
     # ------------------------------------------------------------------ outbox
     def pending_files(self, partition_id: str | None) -> list[tuple[int, str, bytes]]:
@@ -174,26 +173,6 @@ class PostgresStore:
         conn = self.connection()
         with conn.transaction():
             manifest.mark_uploaded(conn, file_ids=file_ids)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingDeltas:
-    deltas: int
-    oldest: datetime | None      # when the oldest pending delta was committed (None: none pending)
-
-
-def fold_aggregates(conn: psycopg.Connection) -> int:
-    """Merge every committed delta into aggregate_histograms: txm_fold_aggregates, one
-    statement, so all or nothing; concurrent folds take turns. Returns deltas folded."""
-    row = conn.execute("SELECT txm_fold_aggregates()").fetchone()
-    return int(row[0]) if row else 0
-
-
-def pending_deltas(conn: psycopg.Connection) -> PendingDeltas:
-    """How far the fold is behind: deltas not folded yet, and the commit time of the oldest."""
-    row = conn.execute("SELECT count(*), min(created_at) FROM aggregate_deltas").fetchone()
-    assert row is not None
-    return PendingDeltas(int(row[0]), row[1])
 
 
 def _metric_rows(rows: MetricRows) -> Iterator[bytes]:
@@ -300,16 +279,4 @@ class BatchTransaction:
         return len(aggregates)
 
     def record_failures(self, rejections: Sequence[Rejection]) -> int:
-        if not rejections:
-            return 0
-        r = sorted(rejections, key=lambda x: x.item_key)
-        cur = self.conn.execute(
-            """INSERT INTO failed_items (item_key, partition_id, sequence_number, enqueued_at, event_id, error_code,
-                                         detail, payload, payload_truncated)
-               SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[],
-                                    %s::text[], %s::text[], %s::bool[])
-               ON CONFLICT (item_key) DO NOTHING""",
-            ([x.item_key for x in r], [x.partition_id for x in r], [x.sequence_number for x in r],
-             [x.enqueued_at for x in r], [x.event_id for x in r], [x.error_code for x in r], [x.detail for x in r],
-             [x.payload for x in r], [x.payload_truncated for x in r]))
-        return cur.rowcount
+        return failed_items.record(self.conn, rejections=rejections)

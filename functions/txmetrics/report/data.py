@@ -23,7 +23,7 @@ import psycopg
 from azure.storage.blob import BlobServiceClient
 
 from .. import kpi
-from ..adapters import manifest
+from ..adapters import failed_items, manifest
 from ..adapters.manifest import ManifestDay
 from ..core.catalog import Catalog
 
@@ -252,22 +252,15 @@ def _merchants(data: ReportData, query: Query) -> None:
 
 
 def _failed_items(conn: psycopg.Connection, data: ReportData) -> None:
-    rows = conn.execute(
-        """SELECT date_bin(make_interval(secs => %(step)s), coalesce(enqueued_at, received_at), timestamptz 'epoch'),
-                  error_code, count(*), count(*) FILTER (WHERE replayed), count(*) FILTER (WHERE resolved)
-             FROM failed_items
-            WHERE coalesce(enqueued_at, received_at) >= %(start)s AND coalesce(enqueued_at, received_at) < %(end)s
-            GROUP BY 1, 2 ORDER BY 1, 2""",
-        {"step": kpi.WINDOWS[data.trend], "start": data.start, "end": data.end}).fetchall()
     per_code: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for bucket, code, items, replayed, resolved in rows:
-        data.failed.setdefault(code, {})[bucket] = items
-        if replayed:
-            data.failed_replayed[bucket] = data.failed_replayed.get(bucket, 0) + replayed
-        totals = per_code[code]
-        totals[0] += items
-        totals[1] += replayed
-        totals[2] += resolved
+    for c in failed_items.counts_by_window(conn, start=data.start, end=data.end, window_seconds=kpi.WINDOWS[data.trend]):
+        data.failed.setdefault(c.error_code, {})[c.window_start] = c.items
+        if c.replayed:
+            data.failed_replayed[c.window_start] = data.failed_replayed.get(c.window_start, 0) + c.replayed
+        totals = per_code[c.error_code]
+        totals[0] += c.items
+        totals[1] += c.replayed
+        totals[2] += c.resolved
     data.failed_by_code = sorted((FailedCode(code, *t) for code, t in per_code.items()),
                                  key=lambda c: (-c.items, c.error_code))
     data.headline.failed_items = sum(c.items for c in data.failed_by_code)
