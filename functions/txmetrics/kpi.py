@@ -24,8 +24,6 @@ Histograms are merged in SQL, set-based (adapters/aggregates.py), and quantiles 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -34,6 +32,7 @@ from typing import Any
 import psycopg
 
 from .adapters import aggregates
+from .adapters.postgres import read_snapshot
 from .core import histogram
 from .core.catalog import Catalog, Metric, is_plain_field_path, load_catalog
 from .errors import InvalidRequestError
@@ -159,19 +158,9 @@ def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: dateti
     Reads in one snapshot (a REPEATABLE READ transaction unless the caller's transaction is
     already open), so a fold running meanwhile cannot make an event count twice or not at
     all between the rollup check and the rows."""
-    with _one_snapshot(conn):
+    with read_snapshot(conn):
         return _query(conn, metric=metric, start=start, end=end, group_by=group_by, filters=filters, window=window,
                       quantiles=quantiles, use_rollups=use_rollups, catalog=catalog)
-
-
-@contextlib.contextmanager
-def _one_snapshot(conn: psycopg.Connection) -> Iterator[None]:
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        yield
-        return
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        yield
 
 
 def _query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime,

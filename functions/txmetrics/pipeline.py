@@ -33,7 +33,14 @@ from .adapters.postgres import BatchTransaction, PostgresStore
 from .core import histogram
 from .core.catalog import Catalog, load_catalog
 from .core.events import InboundEvent, PaymentEvent, Rejection, parse_event, unexpected_failure
-from .core.metrics import DimensionTuple, aggregate, dimension_key, dimension_tuple, extract_metrics_isolated
+from .core.metrics import (
+    DimensionTuple,
+    MetricRows,
+    aggregate,
+    dimension_key,
+    dimension_tuple,
+    extract_metrics_isolated,
+)
 from .core.naming import raw_file_path, utc_day
 from .settings import Settings
 
@@ -124,111 +131,104 @@ class Pipeline:
         return len(pending)
 
     def process(self, partition_id: str, inbound: Sequence[InboundEvent]) -> BatchReport:
+        """Steps 1-3 of the module docstring for one trigger batch; returns what it did."""
         report = BatchReport(partition_id=partition_id, received=len(inbound))
         if inbound:
             seqs = [e.sequence_number for e in inbound]
             report.seq_min, report.seq_max = min(seqs), max(seqs)
         timer = _Timer(report)
 
-        self.flush_outbox(partition_id)
+        self.flush_outbox(partition_id)                                   # step 1
         timer.lap("flush_outbox")
-
-        valid: list[PaymentEvent] = []
-        valid_items: list[InboundEvent] = []
-        rejections: list[Rejection] = []
-        batch_duplicates = 0
-        seen: set[tuple[str, int]] = set()
-        for item in inbound:
-            parsed = parse_event(item)      # never raises: bad content is a Rejection
-            if isinstance(parsed, Rejection):
-                rejections.append(parsed)
-                continue
-            key = (parsed.event_id, parsed.occurred_us)   # identifiers as sent, never masked
-            if key in seen:          # the same event twice in one batch counts once
-                batch_duplicates += 1
-                continue
-            seen.add(key)
-            valid.append(parsed)
-            valid_items.append(item)
+        sorted_batch = _sort_events(inbound)
         timer.lap("decode_validate")
-        # Metrics are extracted before the transaction, so that an event whose extraction
-        # fails (a bug no content should trigger) is refused alone, not claimed and stuck.
-        rows, broken = extract_metrics_isolated(valid, self.catalog)
-        if broken:
-            keep = [i for i in range(len(valid)) if i not in broken]
-            rejections += [unexpected_failure(valid_items[i], "extracting metrics", exc) for i, exc in broken.items()]
-            valid = [valid[i] for i in keep]
-        for rejection in rejections:
+        self._extract_metrics(sorted_batch)
+        for rejection in sorted_batch.rejections:
             report.failed_by_code[rejection.error_code] = report.failed_by_code.get(rejection.error_code, 0) + 1
-        report.failed = len(rejections)
-        report.valid = len(valid) + batch_duplicates
+        report.failed = len(sorted_batch.rejections)
+        report.valid = len(sorted_batch.valid) + sorted_batch.batch_duplicates
         timer.lap("metrics_extract")
-
-        by_day: dict[date, list[PaymentEvent]] = {}
-        for ev in valid:
-            by_day.setdefault(utc_day(ev.occurred_us), []).append(ev)
-        self.store.ensure_day_partitions(set(by_day))
-        extra_fields = self.catalog.extra_dimension_fields
-        dimensions: dict[int, DimensionTuple] = {}
-        keys: dict[int, int] = {}            # id(event) -> its dimension key
-        for ev in valid:
-            dims = dimension_tuple(ev, extra_fields)
-            keys[id(ev)] = dim_key = dimension_key(dims)
-            dimensions[dim_key] = dims
-        self.store.ensure_dimensions(dimensions)
+        self._prepare_storage(sorted_batch)
         timer.lap("partitions")
 
-        uploads: list[OutboxFile] = []
-
-        def work(tx: BatchTransaction) -> None:
-            uploads.clear()
-            days = sorted(by_day)
-            ids = dict(zip(days, manifest.allocate_ids(tx.conn, count=len(days)), strict=True))
-            batch = [ev for d in days for ev in by_day[d]]
-            claimed = tx.claim_events(batch, [ids[d] for d in days for _ in by_day[d]],
-                                      [keys[id(ev)] for ev in batch])
-            new_by_day = {d: kept for d in days
-                          if (kept := [ev for ev in by_day[d] if (ev.event_id, ev.occurred_us) in claimed])}
-            new = [ev for ev in valid if (ev.event_id, ev.occurred_us) in claimed]
-            report.new_events = len(new)
-            report.duplicates = report.valid - len(new)
-            timer.lap("claim")
-            files = self._build_files(tx, new_by_day, ids)
-            report.files = [(f.path, len(f.content)) for f in files]
-            timer.lap("parquet_encode")
-            manifest.record_pending(tx.conn, files=files, container=self.archive.container_name)
-            new_rows = rows if len(new) == len(valid) else rows.for_events(
-                [i for i, ev in enumerate(valid) if (ev.event_id, ev.occurred_us) in claimed])
-            report.metric_rows = tx.insert_metrics(new_rows)
-            timer.lap("metrics_write")
-            report.failed_new = tx.record_failures(rejections)
-            aggs = aggregate(new, new_rows, self.catalog)
-            timer.lap("aggregate_build")
-            report.aggregate_rows = tx.append_deltas(aggs, histogram.SCALE)
-            timer.lap("aggregate_append")
-            self._crash_point("before_commit")
-            uploads.extend(files)
-
-        try:
-            self.store.run_batch(work)
+        try:                                                              # step 2
+            written = self.store.run_batch(lambda tx: self._write(tx, sorted_batch, timer))
         except psycopg.errors.CheckViolation as exc:
             if "no partition" not in str(exc):
                 raise
             # a day partition this process knew of was dropped by retention (a late event):
             # create it again and retry once
             self.store.forget_partitions()
-            self.store.ensure_day_partitions(set(by_day))
-            self.store.run_batch(work)
+            self.store.ensure_day_partitions(set(sorted_batch.by_day))
+            written = self.store.run_batch(lambda tx: self._write(tx, sorted_batch, timer))
         timer.lap("commit")
         self._crash_point("after_commit")
+        report.new_events = written.new_events
+        report.duplicates = report.valid - written.new_events
+        report.metric_rows, report.aggregate_rows = written.metric_rows, written.aggregate_rows
+        report.failed_new = written.failed_new
+        report.files = [(f.path, len(f.content)) for f in written.files]
 
-        for f in uploads:
+        for f in written.files:                                           # step 3
             self.archive.upload(f.path, f.content)
         timer.lap("upload")
         self._crash_point("after_upload")
-        self.store.mark_uploaded([f.id for f in uploads])
+        self.store.mark_uploaded([f.id for f in written.files])
         timer.lap("mark_uploaded")
         return report
+
+    def _extract_metrics(self, batch: _SortedBatch) -> None:
+        """The metric rows of the valid events, before the transaction: an event whose
+        extraction fails (a bug no content should trigger) is refused alone, not claimed
+        and stuck."""
+        batch.rows, broken = extract_metrics_isolated(batch.valid, self.catalog)
+        if broken:
+            batch.rejections += [unexpected_failure(batch.valid_items[i], "extracting metrics", exc)
+                                 for i, exc in broken.items()]
+            batch.valid = [ev for i, ev in enumerate(batch.valid) if i not in broken]
+
+    def _prepare_storage(self, batch: _SortedBatch) -> None:
+        """Outside the batch transaction, each in a short one of its own: the day partitions
+        of the batch's days and the dimension tuples of its events."""
+        for ev in batch.valid:
+            batch.by_day.setdefault(utc_day(ev.occurred_us), []).append(ev)
+        self.store.ensure_day_partitions(set(batch.by_day))
+        extra_fields = self.catalog.extra_dimension_fields
+        dimensions: dict[int, DimensionTuple] = {}
+        for ev in batch.valid:
+            dims = dimension_tuple(ev, extra_fields)
+            batch.dimension_keys[id(ev)] = key = dimension_key(dims)
+            dimensions[key] = dims
+        self.store.ensure_dimensions(dimensions)
+
+    def _write(self, tx: BatchTransaction, batch: _SortedBatch, timer: _Timer) -> _Written:
+        """Step 2's transaction body (run again as a whole when PostgreSQL asks for a retry):
+        claim the events in the ledger; only the claimed ones (new) get files, metric rows
+        and histogram deltas; the batch's bad events go to failed_items."""
+        days = sorted(batch.by_day)
+        ids = dict(zip(days, manifest.allocate_ids(tx.conn, count=len(days)), strict=True))
+        events = [ev for d in days for ev in batch.by_day[d]]
+        claimed = tx.claim_events(events, [ids[d] for d in days for _ in batch.by_day[d]],
+                                  [batch.dimension_keys[id(ev)] for ev in events])
+        new_by_day = {d: kept for d in days
+                      if (kept := [ev for ev in batch.by_day[d] if (ev.event_id, ev.occurred_us) in claimed])}
+        new_index = [i for i, ev in enumerate(batch.valid) if (ev.event_id, ev.occurred_us) in claimed]
+        new = [batch.valid[i] for i in new_index]
+        timer.lap("claim")
+        files = self._build_files(tx, new_by_day, ids)
+        timer.lap("parquet_encode")
+        manifest.record_pending(tx.conn, files=files, container=self.archive.container_name)
+        new_rows = batch.rows if len(new) == len(batch.valid) else batch.rows.for_events(new_index)
+        metric_rows = tx.insert_metrics(new_rows)
+        timer.lap("metrics_write")
+        failed_new = tx.record_failures(batch.rejections)
+        aggs = aggregate(new, new_rows, self.catalog)
+        timer.lap("aggregate_build")
+        aggregate_rows = tx.append_deltas(aggs, histogram.SCALE)
+        timer.lap("aggregate_append")
+        self._crash_point("before_commit")
+        return _Written(new_events=len(new), metric_rows=metric_rows, aggregate_rows=aggregate_rows,
+                        failed_new=failed_new, files=files)
 
     def _build_files(self, tx: BatchTransaction, new_by_day: dict[date, list[PaymentEvent]],
                      ids: dict[date, int]) -> list[OutboxFile]:
@@ -251,3 +251,47 @@ class Pipeline:
                 occurred_max_us=max(ev.occurred_us for ev in events),
                 row_count=len(events), byte_size=len(content), metrics=self.catalog.metric_names)))
         return files
+
+
+@dataclass
+class _SortedBatch:
+    """A batch's events sorted by `_sort_events`, then filled in by the pipeline's steps."""
+
+    valid: list[PaymentEvent]                 # first sighting of each (event_id, occurred_at)
+    valid_items: list[InboundEvent]           # the inbound item of each valid event
+    rejections: list[Rejection]
+    batch_duplicates: int                     # repeats within this batch
+    rows: MetricRows = field(default_factory=lambda: MetricRows(events=[], metric_names=[]))
+    by_day: dict[date, list[PaymentEvent]] = field(default_factory=dict)
+    dimension_keys: dict[int, int] = field(default_factory=dict)      # id(event) -> its dimension key
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What the committed batch transaction stored."""
+
+    new_events: int
+    metric_rows: int
+    aggregate_rows: int
+    failed_new: int
+    files: list[OutboxFile]
+
+
+def _sort_events(inbound: Sequence[InboundEvent]) -> _SortedBatch:
+    """Decode and validate each item (never raises: bad content is a Rejection); the same
+    event twice in one batch counts once. Identifiers are compared as sent, never masked."""
+    batch = _SortedBatch(valid=[], valid_items=[], rejections=[], batch_duplicates=0)
+    seen: set[tuple[str, int]] = set()
+    for item in inbound:
+        parsed = parse_event(item)
+        if isinstance(parsed, Rejection):
+            batch.rejections.append(parsed)
+            continue
+        key = (parsed.event_id, parsed.occurred_us)
+        if key in seen:
+            batch.batch_duplicates += 1
+            continue
+        seen.add(key)
+        batch.valid.append(parsed)
+        batch.valid_items.append(item)
+    return batch

@@ -26,31 +26,28 @@ def apply_all(database_url: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[
     Concurrent appliers are safe: yoyo serialises them on its lock table, and the loser
     finds nothing left to apply.
     """
-    from yoyo import get_backend, read_migrations
-
-    backend = get_backend(yoyo_url(database_url))
-    try:
-        migrations = read_migrations(str(migrations_dir))
-        with backend.lock():
-            pending = backend.to_apply(migrations)
-            applied = [m.id for m in pending]
-            backend.apply_migrations(pending)
-        return applied
-    finally:
-        backend.connection.close()
+    return _under_yoyo_lock(database_url, migrations_dir, rollback=False)
 
 
 def rollback_all(database_url: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
+    """Roll back every applied migration, newest first; return the ids rolled back."""
+    return _under_yoyo_lock(database_url, migrations_dir, rollback=True)
+
+
+def _under_yoyo_lock(database_url: str, migrations_dir: Path, *, rollback: bool) -> list[str]:
     from yoyo import get_backend, read_migrations
 
     backend = get_backend(yoyo_url(database_url))
     try:
         migrations = read_migrations(str(migrations_dir))
         with backend.lock():
-            to_rollback = backend.to_rollback(migrations)
-            ids = [m.id for m in to_rollback]
-            backend.rollback_migrations(to_rollback)
-        return ids
+            if rollback:
+                chosen = backend.to_rollback(migrations)
+                backend.rollback_migrations(chosen)
+            else:
+                chosen = backend.to_apply(migrations)
+                backend.apply_migrations(chosen)
+        return [m.id for m in chosen]
     finally:
         backend.connection.close()
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date
+from typing import TypeVar
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -30,6 +31,8 @@ from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, Aggregates, Dimensi
 from ..core.naming import datetime_to_us
 from ..core.tables import DAY_PARTITIONED
 from . import aggregates, failed_items, manifest, partitions, pgcopy
+
+T = TypeVar("T")
 
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 # Per-connection staging tables: rows arrive by COPY (an order of magnitude cheaper than
@@ -139,12 +142,12 @@ class PostgresStore:
             self.close()
             raise
 
-    def run_batch(self, work: object, attempts: int = 3) -> object:
+    def run_batch(self, work: Callable[[BatchTransaction], T], attempts: int = 3) -> T:
         """Run `work(tx)` in a batch transaction, retrying deadlocks / serialization failures."""
         for attempt in range(1, attempts + 1):
             try:
                 with self.batch() as tx:
-                    return work(tx)  # type: ignore[operator]
+                    return work(tx)
             except psycopg.errors.Error as exc:
                 if exc.sqlstate in RETRYABLE_SQLSTATES and attempt < attempts:
                     time.sleep(0.05 * attempt)
@@ -280,3 +283,17 @@ class BatchTransaction:
 
     def record_failures(self, rejections: Sequence[Rejection]) -> int:
         return failed_items.record(self.conn, rejections=rejections)
+
+
+@contextlib.contextmanager
+def read_snapshot(conn: psycopg.Connection) -> Iterator[None]:
+    """One REPEATABLE READ, READ ONLY transaction for everything read inside (unless the
+    caller's transaction is already open, which then decides): a reader sees one committed
+    state, so a fold or a rollup committing meanwhile cannot make an event count twice or
+    not at all between two of its statements."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        yield
+        return
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield

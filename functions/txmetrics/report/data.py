@@ -11,9 +11,8 @@ received_at stands in), raw files by their UTC event date (the archive's date fo
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +24,7 @@ from azure.storage.blob import BlobServiceClient
 from .. import kpi
 from ..adapters import failed_items, manifest
 from ..adapters.manifest import ManifestDay
+from ..adapters.postgres import read_snapshot
 from ..core.catalog import Catalog
 
 REPORT_QUANTILES = (0.5, 0.95, 0.99)
@@ -177,7 +177,7 @@ def collect(conn: psycopg.Connection, *, start: datetime, end: datetime, window:
             data.unavailable.setdefault(section, str(exc))
             return []
 
-    with _snapshot(conn):
+    with read_snapshot(conn):
         _headline(data, query)
         _volume_and_approval(data, query)
         _percentiles(data, query)
@@ -190,18 +190,6 @@ def collect(conn: psycopg.Connection, *, start: datetime, end: datetime, window:
 
 
 Query = Callable[[str, str, list[str], str | None], list[kpi.KpiRow]]
-
-
-@contextlib.contextmanager
-def _snapshot(conn: psycopg.Connection) -> Iterator[None]:
-    """One REPEATABLE READ, READ ONLY transaction for the whole report (unless the caller
-    has one open): the headline, the charts and the tables see the same committed data."""
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        yield
-        return
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        yield
 
 
 def _headline(data: ReportData, query: Query) -> None:
