@@ -133,10 +133,39 @@ def load_policy(stack: str, directory: Path = LIFECYCLE_DIR, project_dir: Path =
 
 
 def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: tuple[str, ...]) -> Policy:
-    def fail(section: str, where: str, what: str, fix: str) -> LifecycleError:
-        return LifecycleError(f"{origin.get(section, files[-1])}: {where}: {what}; fix: {fix}")
+    """The Policy `raw` (the merged files of `stack`) describes, or LifecycleError naming the
+    file a section came from, the key, what is wrong and the fix: the storage account, the
+    minimum retentions, each blob rule, the tables."""
+    fail = _Refusal(origin, files)
+    redundancy, containers = _validate_storage(raw.get("storage") or {}, fail)
+    rules_raw = raw.get("blob_rules") or []
+    if not isinstance(rules_raw, list):
+        raise fail("blob_rules", "blob_rules", "must be a list of rules", "write '- name: ...' items")
+    if len(rules_raw) > MAX_RULES:
+        raise fail("blob_rules", "blob_rules", f"{len(rules_raw)} rules; Azure allows at most {MAX_RULES}",
+                   "merge rules that share a prefix")
+    minimums = _validate_minimums(raw.get("minimum_retention_days") or {}, fail)
+    rules: list[BlobRule] = []
+    for i, r in enumerate(rules_raw):
+        rules.append(_validate_rule(r, i, fail, redundancy=redundancy, containers=containers, minimums=minimums,
+                                    taken={rule.name for rule in rules}))
+    return Policy(stack=stack, files=files, redundancy=redundancy, containers=containers, blob_rules=tuple(rules),
+                  tables=_validate_tables(raw.get("tables") or {}, fail, minimums=minimums), minimums=minimums)
 
-    storage = raw.get("storage") or {}
+
+class _Refusal:
+    """Builds the LifecycleError of a section: `file: where: what; fix: fix`, the file being
+    the one the section came from (the stack's file overrides the base)."""
+
+    def __init__(self, origin: dict[str, str], files: tuple[str, ...]) -> None:
+        self.origin, self.files = origin, files
+
+    def __call__(self, section: str, where: str, what: str, fix: str) -> LifecycleError:
+        return LifecycleError(f"{self.origin.get(section, self.files[-1])}: {where}: {what}; fix: {fix}")
+
+
+def _validate_storage(storage: dict[str, Any], fail: _Refusal) -> tuple[str, tuple[str, ...]]:
+    """The account's redundancy and the containers the rules may act on."""
     unknown = set(storage) - STORAGE_KEYS
     if unknown:
         raise fail("storage", f"storage.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(STORAGE_KEYS))}")
@@ -152,83 +181,88 @@ def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: 
             raise fail("storage", "storage.containers", f"container {container!r} is not governed by lifecycle "
                        f"rules: {PROTECTED_CONTAINERS[container]}", f"remove {container!r} from storage.containers "
                        "(the Pulumi program creates it outside the data account)")
+    return redundancy, containers
 
-    rules_raw = raw.get("blob_rules") or []
-    if not isinstance(rules_raw, list):
-        raise fail("blob_rules", "blob_rules", "must be a list of rules", "write '- name: ...' items")
-    if len(rules_raw) > MAX_RULES:
-        raise fail("blob_rules", "blob_rules", f"{len(rules_raw)} rules; Azure allows at most {MAX_RULES}",
-                   "merge rules that share a prefix")
-    rules: list[BlobRule] = []
-    names: set[str] = set()
-    minimums = {k: int(v) for k, v in (raw.get("minimum_retention_days") or {}).items()}
-    unknown = set(minimums) - MINIMUM_KEYS
+
+def _validate_minimums(raw: Any, fail: _Refusal) -> dict[str, int]:
+    """The compliance floors: days below which no rule or table retention may go."""
+    if not isinstance(raw, dict):
+        raise fail("minimum_retention_days", "minimum_retention_days", "must be a mapping of name to days",
+                   "write e.g. minimum_retention_days: {raw_events: 2555}")
+    unknown = set(raw) - MINIMUM_KEYS
     if unknown:
         raise fail("minimum_retention_days", f"minimum_retention_days.{sorted(unknown)[0]}", "unknown key",
                    f"use only {', '.join(sorted(MINIMUM_KEYS))}")
-    for i, r in enumerate(rules_raw):
-        name = r.get("name") if isinstance(r, dict) else None
-        where = f"rule '{name}'" if name else f"blob_rules[{i}]"
-        if not isinstance(r, dict) or not isinstance(name, str) or not name:
-            raise fail("blob_rules", where, "every rule needs a name", "add 'name: <what the rule is for>'")
-        unknown = set(r) - RULE_KEYS
-        if unknown:
-            key = sorted(unknown)[0]
-            raise fail("blob_rules", where, f"unknown key '{key}'", f"use only {', '.join(sorted(RULE_KEYS))}")
-        if name in names:
-            raise fail("blob_rules", where, "the name is used twice", "give each rule a unique name")
-        names.add(name)
-        container = r.get("container")
-        if container in PROTECTED_CONTAINERS:
-            raise fail("blob_rules", where, f"container {container!r} may not have a lifecycle rule: "
-                       f"{PROTECTED_CONTAINERS[container]}", f"remove rule '{name}'; old packages need no rule "
-                       "(each publish replaces the package)")
-        if container not in containers:
-            raise fail("blob_rules", where, f"container {container!r} is not one of the account's containers "
-                       f"({', '.join(containers)})", "name an existing container, or add it to storage.containers")
-        prefix = r.get("prefix", "")
-        if not isinstance(prefix, str) or prefix.startswith("/"):
-            raise fail("blob_rules", where, f"prefix {prefix!r} must be a path inside the container",
-                       "write e.g. prefix: raw_events/ (no leading slash, no container name)")
-        days: dict[str, int] = {}
-        for tier in TIERS:
-            key = f"{tier}_after_days"
-            if key in r:
-                value = r[key]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise fail("blob_rules", where, f"{key} must be a whole number of days >= 0, got {value!r}",
-                               f"write e.g. {key}: 90")
-                days[tier] = value
-        if not days:
-            raise fail("blob_rules", where, "no action", "set at least one of " +
-                       ", ".join(f"{t}_after_days" for t in TIERS))
-        ordered = [t for t in TIERS if t in days]
-        for a, b in itertools.pairwise(ordered):
-            if days[a] >= days[b]:
-                raise fail("blob_rules", where, f"{a}_after_days ({days[a]}) must be less than {b}_after_days "
-                           f"({days[b]})", f"tiers go cool < cold < archive < delete; raise {b}_after_days above "
-                           f"{days[a]}")
-        if "archive" in days and redundancy in NO_ARCHIVE_REDUNDANCY:
-            raise fail("blob_rules", where, f"the archive tier is not available on {redundancy} accounts",
-                       "use Standard_LRS, Standard_GRS or Standard_RAGRS in storage.redundancy, or tier to cold "
-                       "instead of archive")
-        if "delete" in days and not r.get("allow_early_deletion", False):
-            for tier, minimum in EARLY_DELETION_DAYS.items():
-                if tier in days and days["delete"] - days[tier] < minimum:
-                    raise fail("blob_rules", where, f"deleting {days['delete'] - days[tier]} days after moving to "
-                               f"{tier} falls inside its {minimum}-day early-deletion window (charged as if kept "
-                               f"{minimum} days)", f"set delete_after_days >= {days[tier] + minimum}, or "
-                               "allow_early_deletion: true if the charge is intended")
-        if container == RAW_EVENTS_CONTAINER and prefix.startswith(RAW_PREFIX) and "delete" in days:
-            floor = minimums.get("raw_events")
-            if floor is not None and days["delete"] < floor:
-                raise fail("blob_rules", where, f"delete_after_days {days['delete']} is below the minimum retention "
-                           f"of {floor} days for raw events", f"keep raw events at least {floor} days, or lower "
-                           "minimum_retention_days.raw_events with the compliance owner's approval")
-        rules.append(BlobRule(name=name, container=container, prefix=prefix, days=days,
-                              enabled=bool(r.get("enabled", True))))
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise fail("minimum_retention_days", f"minimum_retention_days.{key}",
+                       f"must be a whole number of days >= 0, got {value!r}", f"write e.g. {key}: 365")
+    return dict(raw)
 
-    tables_raw = raw.get("tables") or {}
+
+def _validate_rule(r: Any, i: int, fail: _Refusal, *, redundancy: str, containers: tuple[str, ...],
+                   minimums: dict[str, int], taken: set[str]) -> BlobRule:
+    name = r.get("name") if isinstance(r, dict) else None
+    where = f"rule '{name}'" if name else f"blob_rules[{i}]"
+    if not isinstance(r, dict) or not isinstance(name, str) or not name:
+        raise fail("blob_rules", where, "every rule needs a name", "add 'name: <what the rule is for>'")
+    unknown = set(r) - RULE_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise fail("blob_rules", where, f"unknown key '{key}'", f"use only {', '.join(sorted(RULE_KEYS))}")
+    if name in taken:
+        raise fail("blob_rules", where, "the name is used twice", "give each rule a unique name")
+    container = r.get("container")
+    if container in PROTECTED_CONTAINERS:
+        raise fail("blob_rules", where, f"container {container!r} may not have a lifecycle rule: "
+                   f"{PROTECTED_CONTAINERS[container]}", f"remove rule '{name}'; old packages need no rule "
+                   "(each publish replaces the package)")
+    if container not in containers:
+        raise fail("blob_rules", where, f"container {container!r} is not one of the account's containers "
+                   f"({', '.join(containers)})", "name an existing container, or add it to storage.containers")
+    prefix = r.get("prefix", "")
+    if not isinstance(prefix, str) or prefix.startswith("/"):
+        raise fail("blob_rules", where, f"prefix {prefix!r} must be a path inside the container",
+                   "write e.g. prefix: raw_events/ (no leading slash, no container name)")
+    days: dict[str, int] = {}
+    for tier in TIERS:
+        key = f"{tier}_after_days"
+        if key in r:
+            value = r[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise fail("blob_rules", where, f"{key} must be a whole number of days >= 0, got {value!r}",
+                           f"write e.g. {key}: 90")
+            days[tier] = value
+    if not days:
+        raise fail("blob_rules", where, "no action", "set at least one of " +
+                   ", ".join(f"{t}_after_days" for t in TIERS))
+    ordered = [t for t in TIERS if t in days]
+    for a, b in itertools.pairwise(ordered):
+        if days[a] >= days[b]:
+            raise fail("blob_rules", where, f"{a}_after_days ({days[a]}) must be less than {b}_after_days "
+                       f"({days[b]})", f"tiers go cool < cold < archive < delete; raise {b}_after_days above "
+                       f"{days[a]}")
+    if "archive" in days and redundancy in NO_ARCHIVE_REDUNDANCY:
+        raise fail("blob_rules", where, f"the archive tier is not available on {redundancy} accounts",
+                   "use Standard_LRS, Standard_GRS or Standard_RAGRS in storage.redundancy, or tier to cold "
+                   "instead of archive")
+    if "delete" in days and not r.get("allow_early_deletion", False):
+        for tier, minimum in EARLY_DELETION_DAYS.items():
+            if tier in days and days["delete"] - days[tier] < minimum:
+                raise fail("blob_rules", where, f"deleting {days['delete'] - days[tier]} days after moving to "
+                           f"{tier} falls inside its {minimum}-day early-deletion window (charged as if kept "
+                           f"{minimum} days)", f"set delete_after_days >= {days[tier] + minimum}, or "
+                           "allow_early_deletion: true if the charge is intended")
+    if container == RAW_EVENTS_CONTAINER and prefix.startswith(RAW_PREFIX) and "delete" in days:
+        floor = minimums.get("raw_events")
+        if floor is not None and days["delete"] < floor:
+            raise fail("blob_rules", where, f"delete_after_days {days['delete']} is below the minimum retention "
+                       f"of {floor} days for raw events", f"keep raw events at least {floor} days, or lower "
+                       "minimum_retention_days.raw_events with the compliance owner's approval")
+    return BlobRule(name=name, container=container, prefix=prefix, days=days, enabled=bool(r.get("enabled", True)))
+
+
+def _validate_tables(tables_raw: dict[str, Any], fail: _Refusal, *, minimums: dict[str, int]) -> dict[str, int]:
     unknown = set(tables_raw) - set(TABLES)
     if unknown:
         raise fail("tables", f"tables.{sorted(unknown)[0]}", "unknown table", f"use only {', '.join(TABLES)}")
@@ -247,8 +281,7 @@ def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: 
         raise fail("tables", "tables.ingested_events", f"{tables['ingested_events']} days is shorter than "
                    f"dynamic_metrics ({tables['dynamic_metrics']}): redelivered events older than the ledger would "
                    "be counted twice", f"set ingested_events to at least {tables['dynamic_metrics']}")
-    return Policy(stack=stack, files=files, redundancy=redundancy, containers=containers, blob_rules=tuple(rules),
-                  tables=tables, minimums=minimums)
+    return tables
 
 
 def render_management_policy(policy: Policy) -> dict[str, Any]:

@@ -101,6 +101,13 @@ def test_retention_below_the_minimum_is_refused(tmp_path: Path) -> None:
     assert "delete_after_days 1000 is below the minimum retention of 2555 days for raw events" in msg
 
 
+def test_a_minimum_that_is_not_a_number_of_days_is_refused(tmp_path: Path) -> None:
+    """It used to escape as a bare ValueError from int("seven years")."""
+    msg = refused(tmp_path, stack={"minimum_retention_days": {"raw_events": "seven years"}})
+    assert f"{tmp_path / 'test.yaml'}: minimum_retention_days.raw_events: must be a whole number of days >= 0, " \
+           "got 'seven years'" in msg and "fix: write e.g. raw_events: 365" in msg
+
+
 def test_the_ledger_must_outlive_the_metrics(tmp_path: Path) -> None:
     msg = refused(tmp_path, stack={"tables": {"ingested_events": 20}})
     assert "tables.ingested_events: 20 days is shorter than dynamic_metrics (35)" in msg

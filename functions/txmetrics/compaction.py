@@ -101,28 +101,19 @@ def _metric_key(metrics: list[str] | None) -> tuple[str, ...] | None:
 def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, small: list[tuple[int, str]],
                    metrics: tuple[str, ...] | None, target_bytes: int, crash_point: CrashHook,
                    report: CompactionReport) -> str | None:
-    """Merge one group of the day's small files (same metric list). Returns why it stopped
-    without committing, or None once committed."""
+    """Merge one group of the day's small files (same metric list): 1. merge the inputs;
+    2. record the intent (the journal names the outputs); 3. upload the outputs; 4. commit
+    them to the manifest in place of the inputs, unless the inputs changed meanwhile (then
+    undo); 5. delete the inputs. Returns why it stopped without committing, or None."""
     input_ids = [file_id for file_id, _ in small]
-    tables = [parquet.decode(archive.download(path)) for _, path in small]
-    merged = pa.concat_tables(tables)
-    # each (partition, sequence number) once, even if an input was somehow duplicated
-    keys = pc.binary_join_element_wise(merged["partition_id"], pc.cast(merged["sequence_number"], pa.string()), "/")
-    _, first = np.unique(keys.to_numpy(zero_copy_only=False), return_index=True)
-    merged = merged.take(pa.array(sorted(first.tolist())))
-    merged = merged.sort_by([("occurred_at", "ascending"), ("partition_id", "ascending"),
-                             ("sequence_number", "ascending")])
-    # rows per output from the compressed size of a sample (small inputs carry much overhead)
-    sample = merged.slice(0, min(merged.num_rows, 20_000))
-    bytes_per_row = len(parquet.encode(sample)) / max(sample.num_rows, 1)
-    per_file = max(1, int(target_bytes / bytes_per_row))
-    n_out = -(-merged.num_rows // per_file)
+    merged = _merged_inputs(archive, [path for _, path in small])                    # 1
+    per_file = _rows_per_output(merged, target_bytes)
     generation = hashlib.sha256(",".join(map(str, input_ids)).encode()).hexdigest()[:16]
-    outputs = [compacted_file_path(day, generation, i) for i in range(n_out)]
-    manifest.start_compaction(conn, generation=generation, day=day, input_ids=input_ids, output_paths=outputs)
+    outputs = [compacted_file_path(day, generation, i) for i in range(-(-merged.num_rows // per_file))]
+    manifest.start_compaction(conn, generation=generation, day=day, input_ids=input_ids, output_paths=outputs)  # 2
     crash_point("after_intent")
 
-    written: list[tuple[str, pa.Table, bytes]] = []
+    written: list[tuple[str, pa.Table, bytes]] = []                                  # 3
     for i, path in enumerate(outputs):
         part = merged.slice(i * per_file, per_file)
         if part.num_rows == 0:
@@ -133,23 +124,7 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
         crash_point("after_upload")
     crash_point("before_commit")
 
-    with conn.transaction():
-        live = manifest.lock_uploaded(conn, file_ids=input_ids)
-        if len(live) != len(input_ids):
-            raise RuntimeError(f"compaction {generation}: inputs changed underneath (another compaction?); re-run")
-        changed = any(_metric_key(m) != metrics for _, m in live)
-        if not changed:
-            for path, part, data in written:
-                occurred = part["occurred_at"]
-                seqs = part["sequence_number"]
-                manifest.insert_uploaded(conn, container=archive.container_name, file=RawFile(
-                    path=path, partition_id="*", event_date=day, seq_min=pc.min(seqs).as_py(),
-                    seq_max=pc.max(seqs).as_py(), occurred_min_us=datetime_to_us(pc.min(occurred).as_py()),
-                    occurred_max_us=datetime_to_us(pc.max(occurred).as_py()), row_count=part.num_rows,
-                    byte_size=len(data), metrics=metrics, generation=generation))
-            manifest.supersede(conn, file_ids=input_ids, generation=generation)
-            manifest.commit_compaction(conn, generation=generation, output_paths=[p for p, _, _ in written])
-    if changed:
+    if not _commit(conn, archive.container_name, day, generation, input_ids, metrics, written):  # 4
         # a backfill added a metric to some inputs meanwhile: merging them now would blur which
         # events have it. Undo (outputs were never in the manifest); the next run regroups.
         for path, _, _ in written:
@@ -157,13 +132,55 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
         manifest.finish_compaction(conn, generation=generation, state="aborted")
         return f"{len(small)} file(s) left as they are: a backfill changed their metrics meanwhile; re-run"
     crash_point("after_commit")
-    for _, path in small:
+    for _, path in small:                                                            # 5
         archive.delete(path)
     manifest.finish_compaction(conn, generation=generation, state="done")
     report.inputs += len(small)
     report.outputs += [(p, len(d)) for p, _, d in written]
     report.rows += merged.num_rows
     return None
+
+
+def _merged_inputs(archive: BlobArchive, paths: list[str]) -> pa.Table:
+    """The inputs' rows, each (partition, sequence number) once (even if an input was somehow
+    duplicated), in event time order."""
+    merged = pa.concat_tables([parquet.decode(archive.download(path)) for path in paths])
+    keys = pc.binary_join_element_wise(merged["partition_id"], pc.cast(merged["sequence_number"], pa.string()), "/")
+    _, first = np.unique(keys.to_numpy(zero_copy_only=False), return_index=True)
+    merged = merged.take(pa.array(sorted(first.tolist())))
+    return merged.sort_by([("occurred_at", "ascending"), ("partition_id", "ascending"),
+                           ("sequence_number", "ascending")])
+
+
+def _rows_per_output(merged: pa.Table, target_bytes: int) -> int:
+    """Rows per output file from the compressed size of a sample (small inputs carry much
+    overhead, so their sizes say little)."""
+    sample = merged.slice(0, min(merged.num_rows, 20_000))
+    bytes_per_row = len(parquet.encode(sample)) / max(sample.num_rows, 1)
+    return max(1, int(target_bytes / bytes_per_row))
+
+
+def _commit(conn: psycopg.Connection, container: str, day: date, generation: str, input_ids: list[int],
+            metrics: tuple[str, ...] | None, written: list[tuple[str, pa.Table, bytes]]) -> bool:
+    """In one transaction, the outputs into the manifest and the inputs superseded; False
+    (nothing changed) when an input's metric list is no longer `metrics`."""
+    with conn.transaction():
+        live = manifest.lock_uploaded(conn, file_ids=input_ids)
+        if len(live) != len(input_ids):
+            raise RuntimeError(f"compaction {generation}: inputs changed underneath (another compaction?); re-run")
+        if any(_metric_key(m) != metrics for _, m in live):
+            return False
+        for path, part, data in written:
+            occurred = part["occurred_at"]
+            seqs = part["sequence_number"]
+            manifest.insert_uploaded(conn, container=container, file=RawFile(
+                path=path, partition_id="*", event_date=day, seq_min=pc.min(seqs).as_py(),
+                seq_max=pc.max(seqs).as_py(), occurred_min_us=datetime_to_us(pc.min(occurred).as_py()),
+                occurred_max_us=datetime_to_us(pc.max(occurred).as_py()), row_count=part.num_rows,
+                byte_size=len(data), metrics=metrics, generation=generation))
+        manifest.supersede(conn, file_ids=input_ids, generation=generation)
+        manifest.commit_compaction(conn, generation=generation, output_paths=[p for p, _, _ in written])
+    return True
 
 
 def days_to_compact(conn: psycopg.Connection, before: date, target_bytes: int = DEFAULT_TARGET_BYTES,

@@ -196,9 +196,10 @@ def load_catalog(path: str | Path) -> Catalog:
 
 
 def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
-    def fail(key: str, reason: str, fix: str) -> CatalogError:
-        return CatalogError(f"{path}: {key}: {reason}; fix: {fix}")
-
+    """The catalog `raw` (the parsed YAML of `path`) describes, or CatalogError naming the
+    file, the key, what is wrong and the fix: the top level, then each metric, the
+    dimension sets and the windows."""
+    fail = _Refusal(path)
     if not isinstance(raw, dict):
         raise fail("(top level)", "the catalog must be a mapping", "start the file with 'metrics:' and 'dimension_sets:'")
     unknown = set(raw) - _TOP_KEYS
@@ -208,42 +209,57 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
     if not isinstance(metrics_raw, list) or not metrics_raw:
         raise fail("metrics", "must be a non-empty list", "list at least one metric with name and kind")
     metrics: list[Metric] = []
-    names: set[str] = set()
     for i, m in enumerate(metrics_raw):
-        key = f"metrics[{i}]"
-        if not isinstance(m, dict):
-            raise fail(key, "must be a mapping", "give each metric 'name' and 'kind'")
-        unknown = set(m) - _METRIC_KEYS
-        if unknown:
-            raise fail(f"{key}.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(_METRIC_KEYS))}")
-        name = m.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise fail(f"{key}.name", f"{name!r} is not a valid metric name",
-                       "use lower case letters, digits and underscores, starting with a letter")
-        if name in names:
-            raise fail(f"{key}.name", f"metric {name!r} is defined twice", "give each metric a unique name")
-        names.add(name)
-        kind = m.get("kind")
-        if kind not in _KINDS:
-            raise fail(f"{key}.kind", f"{kind!r} is not a metric kind", f"use one of {', '.join(_KINDS)}")
-        source = m.get("source")
-        when: Condition | None = None
-        if kind == "value":
-            if not isinstance(source, str) or not _PATH.fullmatch(source):
-                raise fail(f"{key}.source", f"{source!r} is not a dotted field path",
-                           "name the event field to read, e.g. amount or attributes.risk_score")
-            if "when" in m:
-                raise fail(f"{key}.when", "a value metric takes no condition", "remove 'when' or use kind: flag")
-        else:
-            if source is not None:
-                raise fail(f"{key}.source", "a flag metric reads no source", "remove 'source' or use kind: value")
-            when = _parse_condition(m.get("when"), f"{key}.when", fail)
-        by = m.get("by", [])
-        if not isinstance(by, list) or not all(isinstance(d, str) and _PATH.fullmatch(d) for d in by):
-            raise fail(f"{key}.by", f"{by!r} is not a list of field paths", "write e.g. by: [currency]")
-        metrics.append(Metric(name=name, kind=kind, source=source, when=when, by=tuple(by)))
+        metrics.append(_parse_metric(m, f"metrics[{i}]", fail, taken={known.name for known in metrics}))
+    return Catalog(path=path, metrics=tuple(metrics),
+                   dimension_sets=_parse_dimension_sets(raw.get("dimension_sets", [[]]), fail),
+                   window_seconds=_parse_windows(raw.get("window_seconds", [300]), fail))
 
-    sets_raw = raw.get("dimension_sets", [[]])
+
+class _Refusal:
+    """Builds the CatalogError of one file: `file: key: reason; fix: fix`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, key: str, reason: str, fix: str) -> CatalogError:
+        return CatalogError(f"{self.path}: {key}: {reason}; fix: {fix}")
+
+
+def _parse_metric(m: Any, key: str, fail: _Refusal, *, taken: set[str]) -> Metric:
+    if not isinstance(m, dict):
+        raise fail(key, "must be a mapping", "give each metric 'name' and 'kind'")
+    unknown = set(m) - _METRIC_KEYS
+    if unknown:
+        raise fail(f"{key}.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(_METRIC_KEYS))}")
+    name = m.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise fail(f"{key}.name", f"{name!r} is not a valid metric name",
+                   "use lower case letters, digits and underscores, starting with a letter")
+    if name in taken:
+        raise fail(f"{key}.name", f"metric {name!r} is defined twice", "give each metric a unique name")
+    kind = m.get("kind")
+    if kind not in _KINDS:
+        raise fail(f"{key}.kind", f"{kind!r} is not a metric kind", f"use one of {', '.join(_KINDS)}")
+    source = m.get("source")
+    when: Condition | None = None
+    if kind == "value":
+        if not isinstance(source, str) or not _PATH.fullmatch(source):
+            raise fail(f"{key}.source", f"{source!r} is not a dotted field path",
+                       "name the event field to read, e.g. amount or attributes.risk_score")
+        if "when" in m:
+            raise fail(f"{key}.when", "a value metric takes no condition", "remove 'when' or use kind: flag")
+    else:
+        if source is not None:
+            raise fail(f"{key}.source", "a flag metric reads no source", "remove 'source' or use kind: value")
+        when = _parse_condition(m.get("when"), f"{key}.when", fail)
+    by = m.get("by", [])
+    if not isinstance(by, list) or not all(isinstance(d, str) and _PATH.fullmatch(d) for d in by):
+        raise fail(f"{key}.by", f"{by!r} is not a list of field paths", "write e.g. by: [currency]")
+    return Metric(name=name, kind=kind, source=source, when=when, by=tuple(by))
+
+
+def _parse_dimension_sets(sets_raw: Any, fail: _Refusal) -> tuple[tuple[str, ...], ...]:
     if not isinstance(sets_raw, list) or not sets_raw:
         raise fail("dimension_sets", "must be a non-empty list of lists", "write e.g. dimension_sets: [[], [payment_method]]")
     sets: list[tuple[str, ...]] = []
@@ -255,17 +271,18 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
         if len(s) > 4:
             raise fail(f"dimension_sets[{i}]", "has more than 4 dimensions", "split it: each set multiplies aggregate rows")
         sets.append(tuple(s))
+    return tuple(sets)
 
-    windows_raw = raw.get("window_seconds", [300])
+
+def _parse_windows(windows_raw: Any, fail: _Refusal) -> tuple[int, ...]:
     if not isinstance(windows_raw, list) or not windows_raw or not all(
             isinstance(w, int) and not isinstance(w, bool) and w > 0 and 86400 % w == 0 for w in windows_raw):
         raise fail("window_seconds", f"{windows_raw!r} is not a list of window lengths dividing a day",
                    "use e.g. [300] (5 minutes)")
-    return Catalog(path=path, metrics=tuple(metrics), dimension_sets=tuple(sets),
-                   window_seconds=tuple(sorted(set(windows_raw))))
+    return tuple(sorted(set(windows_raw)))
 
 
-def _parse_condition(raw: Any, key: str, fail: Any) -> Condition:
+def _parse_condition(raw: Any, key: str, fail: _Refusal) -> Condition:
     if not isinstance(raw, dict) or not isinstance(raw.get("field"), str) or not _PATH.fullmatch(raw["field"]):
         raise fail(key, "a flag metric needs a condition with a 'field'", "write e.g. when: {field: status, equals: approved}")
     ops = [op for op in raw if op != "field"]
