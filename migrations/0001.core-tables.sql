@@ -139,7 +139,8 @@ CREATE INDEX IF NOT EXISTS raw_files_pending_idx ON raw_files (partition_id) WHE
 
 -- Transactional outbox: a raw file's bytes are committed here in the same transaction as its
 -- metrics, then uploaded, then deleted. A crash between commit and upload is finished by the
--- next invocation (or `txmetrics archive flush`), so the archive never misses a committed event.
+-- next invocation on that partition (or the daily maintenance timer, which flushes every
+-- partition), so the archive never misses a committed event.
 CREATE TABLE IF NOT EXISTS raw_file_outbox (
     raw_file_id  bigint      PRIMARY KEY REFERENCES raw_files (id) ON DELETE CASCADE,
     content      bytea       NOT NULL,
