@@ -75,3 +75,33 @@ def test_the_rule_reader_sees_relative_and_function_level_imports(tmp_path: Path
     fake.write_text(source)
     found = breaks(imported(fake, tmp_path / "functions"), LAYERS["core"][1])
     assert "txmetrics.adapters.postgres" in found and "psycopg" in found
+
+
+# Where SQL may be written: the adapters (grouped by responsibility) and schema.py (the
+# migrations runner). Everything else asks an adapter, so a table change has one home.
+SQL_FREE = [*sorted(p for p in (FUNCTIONS / "txmetrics").rglob("*.py")
+                    if "adapters" not in p.parts and p.name != "schema.py"),
+            FUNCTIONS / "function_app.py", *sorted((ROOT / "lifecycle").glob("*.py")),
+            *sorted((ROOT / "txmetrics_cli").glob("*.py"))]
+SQL_CALLS = ("execute", "executemany", "copy", "cursor")
+
+
+def sql_calls(path: Path, root: Path = ROOT) -> list[str]:
+    """`x.execute(...)`-style calls in `path` (a database call written outside an adapter)."""
+    return [f"{path.relative_to(root)}:{node.lineno} .{node.func.attr}()"
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SQL_CALLS]
+
+
+def test_sql_lives_in_the_adapters() -> None:
+    assert len(SQL_FREE) > 30, "the file list is wrong: too few files checked"
+    found = [call for p in SQL_FREE for call in sql_calls(p)]
+    assert not found, f"database calls outside functions/txmetrics/adapters/: {found}"
+
+
+def test_the_sql_reader_sees_a_query(tmp_path: Path) -> None:
+    """The checker itself can fail: a query written in a service module is caught."""
+    fake = tmp_path / "kpi.py"
+    fake.write_text((FUNCTIONS / "txmetrics" / "kpi.py").read_text()
+                    + "\n\ndef _late(conn):\n    with conn.cursor() as cur:\n        cur.execute('SELECT 1')\n")
+    assert [c.split(" ", 1)[1] for c in sql_calls(fake, tmp_path)] == [".cursor()", ".execute()"]
