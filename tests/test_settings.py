@@ -1,0 +1,81 @@
+"""The one settings object (functions/txmetrics/settings.py): every documented setting is
+read, malformed ones are refused naming the setting and the fix, and nothing else in the
+function's package reads the environment."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from txmetrics import settings as settings_module
+from txmetrics.settings import BUNDLED_CATALOG, Settings, SettingsError
+
+FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
+
+# a value for each documented setting, and the attribute it must end up in
+GIVEN = {
+    "DATABASE_URL": ("postgresql://u@db:5432/x", "database_url", "postgresql://u@db:5432/x"),
+    "DATABASE_AUTH": ("Entra", "database_auth", "entra"),
+    "AZURE_STORAGE_CONNECTION_STRING": ("UseDevelopmentStorage=true", "storage_connection_string",
+                                        "UseDevelopmentStorage=true"),
+    "AZURE_STORAGE_ACCOUNT_URL": ("https://a.blob.core.windows.net", "storage_account_url",
+                                  "https://a.blob.core.windows.net"),
+    "AZURE_CLIENT_ID": ("0000-client", "managed_identity_client_id", "0000-client"),
+    "RAW_EVENTS_CONTAINER": ("archive-x", "raw_events_container", "archive-x"),
+    "METRIC_CATALOG": ("/etc/catalog.yaml", "metric_catalog", Path("/etc/catalog.yaml")),
+    "TXMETRICS_RETENTION": ('{"dynamic_metrics": 35}', "retention_days", {"dynamic_metrics": 35}),
+}
+
+
+def documented() -> set[str]:
+    """The settings the module's table documents (| NAME | meaning | default |)."""
+    return set(re.findall(r"^\| ([A-Z_]+) \|", settings_module.__doc__ or "", re.M))
+
+
+def test_every_documented_setting_is_read() -> None:
+    assert documented() == set(GIVEN), "the table in settings.py and this test name different settings"
+    defaults = Settings.from_env({})
+    for name, (value, attribute, expected) in GIVEN.items():
+        got = getattr(Settings.from_env({name: value}), attribute)
+        assert got == expected and got != getattr(defaults, attribute), name
+
+
+def test_defaults_and_blank_values() -> None:
+    s = Settings.from_env({"DATABASE_URL": "  ", "RAW_EVENTS_CONTAINER": ""})
+    assert (s.database_url, s.raw_events_container, s.metric_catalog, s.database_auth, s.retention_days) == \
+        (None, "raw-events", BUNDLED_CATALOG, "password", {})
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DATABASE_AUTH": "kerberos"}, "DATABASE_AUTH='kerberos': set 'entra'"),
+    ({"TXMETRICS_RETENTION": "[35]"}, "TXMETRICS_RETENTION is not a JSON object of table: days"),
+    ({"TXMETRICS_RETENTION": '{"dynamic_metrics": "a month"}'}, "TXMETRICS_RETENTION is not a JSON object"),
+])
+def test_a_malformed_setting_is_refused_with_its_name(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_env(env)
+
+
+def test_a_missing_service_is_refused_where_it_is_needed() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(SettingsError, match="DATABASE_URL is not set"):
+        s.require_database()
+    with pytest.raises(SettingsError, match="neither AZURE_STORAGE_CONNECTION_STRING nor AZURE_STORAGE_ACCOUNT_URL"):
+        s.require_storage()
+    assert Settings.from_env({"AZURE_STORAGE_ACCOUNT_URL": "https://a"}).require_storage() == (None, "https://a")
+
+
+def environment_reads(path: Path) -> list[int]:
+    """Lines of `path` that touch os.environ or call os.getenv."""
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os"
+            and node.attr in ("environ", "getenv")]
+
+
+def test_only_settings_reads_the_environment() -> None:
+    files = [*sorted((FUNCTIONS / "txmetrics").rglob("*.py")), FUNCTIONS / "function_app.py"]
+    readers = {str(p.relative_to(FUNCTIONS)): lines for p in files if (lines := environment_reads(p))}
+    assert set(readers) == {"txmetrics/settings.py"}, readers
