@@ -7,6 +7,7 @@ import multiprocessing as mp
 import psycopg
 
 from txmetrics import schema
+from txmetrics.core import tables
 
 ALL_MIGRATIONS = sorted(p.name[: -len(".sql")] for p in schema.MIGRATIONS_DIR.glob("*.sql")
                         if not p.name.endswith(".rollback.sql"))
@@ -47,6 +48,21 @@ def test_apply_all_creates_the_contract_tables(empty_db: str) -> None:
     view_columns = {c[1] for c in dump["columns"] if c[0] == "payment_metrics_5m"}
     assert {"window_start", "merchant_id", "payment_method", "transaction_count", "approved_count", "approval_rate",
             "amount_sum", "processing_ms_p50", "processing_ms_p95", "processing_ms_p99"} <= view_columns
+
+
+def test_the_table_registry_lists_exactly_the_tables_the_migrations_create(empty_db: str) -> None:
+    """core/tables.py is the one place retention, the lifecycle plan, the benchmark and the
+    tests' cleanup learn the tables from: a migration adding a table without registering it
+    (or a registry entry without its table) fails here."""
+    schema.apply_all(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        created = {r[0] for r in conn.execute(
+            """SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')
+                  AND NOT relispartition AND relname NOT LIKE '%yoyo%'""")}
+        partitioned = {r[0] for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'p'")}
+    assert created == {t.name for t in tables.TABLES}
+    assert partitioned == set(tables.DAY_PARTITIONED)
 
 
 def test_rollback_then_apply_gives_an_identical_schema_and_reapply_is_a_noop(empty_db: str) -> None:
