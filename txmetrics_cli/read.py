@@ -37,7 +37,7 @@ def _metric_names(incomplete: str) -> list[str]:
 
 
 def metric_option(help_text: str) -> Any:
-    """A required METRIC of the catalog in effect, completed from it (query, kpi, backfill)."""
+    """A required METRIC of the catalog in effect, completed from it (kpi, backfill)."""
     return typer.Option(metavar="METRIC", autocompletion=_metric_names, help=help_text)
 
 
@@ -89,7 +89,7 @@ def query_events(
     effective_limit = limit if limit is not None or fmt != "table" else TABLE_ROWS_DEFAULT
     archive = context.archive(container)
     result = QueryResult()
-    sink = _EventSink(fmt, out)         # --out is created before connecting, as before
+    sink = _EventSink(fmt, out)         # opens --out (if any) before connecting
     try:
         with context.connect() as conn:
             for table in run_query(conn, archive, start, end, result, limit=effective_limit, merchant_id=merchant,
@@ -111,7 +111,8 @@ class _EventSink:
         self.fmt = fmt
         self.out = out
         self._parquet: Any = None          # a pyarrow ParquetWriter, opened with the first table's schema
-        self._file = open(out, "w", encoding="utf-8", newline="") if out is not None and fmt != "parquet" else None  # noqa: SIM115
+        self._file = (open(out, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by close()
+                      if out is not None and fmt != "parquet" else None)
         self._rows = RowWriter(
             "json" if fmt == "jsonl" else fmt, file=self._file, jsonl=fmt == "jsonl",
             table=TableView(QUERY_TABLE_COLUMNS, lambda r: [cell(r.get(c)) for c in QUERY_TABLE_COLUMNS],
