@@ -32,6 +32,7 @@ import platform
 import resource
 import statistics
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -290,13 +291,116 @@ def _phase(results: list[dict[str, Any]], meter: _Meter, events: int) -> dict[st
             "wal_bytes_per_event": round(meter.wal / events, 1)}
 
 
-def _empty_tables(conn: Any) -> None:
-    """Back to an empty pipeline between rounds (the ledger would otherwise skip every event)."""
-    conn.execute(f"TRUNCATE {', '.join(t.name for t in TABLES)}, bench_floor_metrics")
+def empty_tables(conn: Any, *extra: str) -> None:
+    """Back to an empty pipeline between rounds (the ledger would otherwise skip every event):
+    every table of the registry, and the benchmark's own `extra` tables."""
+    conn.execute(f"TRUNCATE {', '.join([*(t.name for t in TABLES), *extra])}")
     conn.execute("VACUUM ANALYZE")
 
 
+# The SQL below measures (sizes, counts, the server version); the pipeline's own SQL is the
+# adapters' (the fold: txmetrics.adapters.aggregates).
+def scalar(conn: Any, sql: str) -> Any:
+    """The one value of a measurement query; a numeric sum (Decimal) as an int."""
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0]) if isinstance(row[0], Decimal) else row[0]
+
+
+def _create_baseline_tables(conn: Any) -> None:
+    """The floor's table (dynamic_metrics' four columns and its (former) primary key) and the
+    naive baseline's two."""
+    conn.execute("CREATE TABLE bench_floor_metrics (event_id text, metric_name text, value float8, "
+                 "occurred_at timestamptz, PRIMARY KEY (event_id, metric_name, occurred_at))")
+    conn.execute("CREATE TABLE bench_naive_metrics (event_id text, metric_name text, value float8, "
+                 "occurred_at timestamptz, merchant_id text, payment_method text, status text, currency text, "
+                 "PRIMARY KEY (event_id, metric_name, occurred_at))")
+    conn.execute("CREATE TABLE bench_naive_aggregates (metric_name text, window_us bigint, dimensions jsonb, "
+                 "count bigint, sum float8, PRIMARY KEY (metric_name, window_us, dimensions))")
+
+
+def _real_and_floor_rounds(conn: Any, roots: dict[str, int], env: dict[str, str], per: dict[str, list[Any]],
+                           events: int, repeats: int, console: Any
+                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`repeats` rounds of (real, floor), each on emptied tables: the phases of every round, and
+    the workers' results of the last real round (whose data stay for the fold and sizes)."""
+    real_args = [(env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b] for b in bl])
+                 for p, bl in per.items()]
+    floor_args = [(env, p, [[e.body for e in b] for b in bl]) for p, bl in per.items()]
+    rounds: list[dict[str, Any]] = []
+    real: list[dict[str, Any]] = []
+    for n in range(1, repeats + 1):
+        empty_tables(conn, "bench_floor_metrics")
+        console.print(f"round {n}/{repeats} real: the function entry ...")
+        with _Meter(conn, roots) as meter:
+            real = _parallel(_real_worker, real_args)
+        real_phase = _phase(real, meter, events)
+        console.print(f"round {n}/{repeats} floor: parse + Parquet upload + COPY of 3 rows per event ...")
+        with _Meter(conn, roots) as meter:
+            floor = _parallel(_floor_worker, floor_args)
+        floor_phase = _phase(floor, meter, events)
+        rounds.append({"real": real_phase, "floor": floor_phase,
+                       "ratio_to_floor": round(real_phase["seconds"] / floor_phase["seconds"], 3)})
+        console.print(f"  {real_phase['events_per_second']:,} events/s, floor {floor_phase['events_per_second']:,}"
+                      f", ratio {rounds[-1]['ratio_to_floor']:.2f}")
+    return rounds, real
+
+
+@dataclass
+class _Stored:
+    """After the last real round: the fold of everything pending, then what is stored."""
+
+    pending_deltas: int
+    folded: int
+    fold_seconds: float
+    processed: int
+    bytes_by_table: dict[str, int]
+    parquet_bytes: int
+    metric_rows: int
+    aggregate_rows: int
+    floor_rows: int
+    floor_events: int
+    pg_version: str
+
+
+def _fold_and_measure_storage(conn: Any) -> _Stored:
+    from txmetrics.adapters.aggregates import fold, pending_deltas
+
+    pending = pending_deltas(conn).deltas
+    t = time.perf_counter()
+    folded = fold(conn)
+    fold_seconds = time.perf_counter() - t
+    conn.execute("VACUUM ANALYZE")
+    sizes = {t: scalar(conn, f"""SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+                                WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
+                                  AND (c.relname = '{t}' OR c.relname LIKE '{t}\\_p%')""") for t in PIPELINE_TABLES}
+    return _Stored(
+        pending_deltas=pending, folded=folded, fold_seconds=fold_seconds,
+        processed=scalar(conn, "SELECT count(*) FROM ingested_events"), bytes_by_table=sizes,
+        parquet_bytes=scalar(conn, "SELECT coalesce(sum(byte_size), 0) FROM raw_files"),
+        metric_rows=scalar(conn, "SELECT count(*) FROM dynamic_metrics"),
+        aggregate_rows=scalar(conn, "SELECT count(*) FROM aggregate_histograms"),
+        floor_rows=scalar(conn, "SELECT count(*) FROM bench_floor_metrics"),
+        floor_events=scalar(conn, "SELECT count(DISTINCT (event_id, occurred_at)) FROM bench_floor_metrics"),
+        pg_version=scalar(conn, "SHOW server_version"))
+
+
+def _naive_seconds(env: dict[str, str], data: list[Any], naive_events: int, console: Any) -> float | None:
+    """The naive baseline, row at a time, on the first `naive_events` events (None: skipped)."""
+    if not naive_events:
+        return None
+    console.print(f"naive: row at a time on {naive_events:,} events ...")
+    naive_per: dict[str, list[bytes]] = {}
+    for e in data[:naive_events]:
+        naive_per.setdefault(e.partition_id, []).append(e.body)
+    naive = _parallel(_naive_worker, [(env, p, b) for p, b in naive_per.items()])
+    return float(max(r["end"] for r in naive) - min(r["start"] for r in naive))
+
+
 def run(events: int, partitions: int, batch_size: int, naive_events: int, repeats: int = 3) -> dict[str, Any]:
+    """The benchmark of the module docstring, on throwaway services: (1) the synthetic events;
+    (2) rounds of real and floor; (3) the fold and the storage after the last real round;
+    (4) the naive baseline; (5) the figures, medians over the rounds."""
     import psycopg
     from rich.console import Console
 
@@ -308,131 +412,86 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int, repeat
     gen = Generator(seed=42, partitions=partitions, start=START,
                     days=max(events / 40_000, 300) / 86_400)   # timestamps as at 40k events/s (>= 5 minutes)
     data = list(gen.events(events))
-    per = batches(data, batch_size)
     console.print(f"{len(data):,} events, {partitions} partitions, batches of {batch_size}")
     with running(ephemeral_services()) as services, psycopg.connect(services.database_url, autocommit=True) as conn:
         schema.apply_all(services.database_url)
         env = {**services.env(), "RAW_EVENTS_CONTAINER": RAW_EVENTS_CONTAINER}
         roots = service_roots(services)      # none for services given by URL: their CPU is not ours to read
-        # the floor's table: dynamic_metrics' four columns and its (former) primary key
-        conn.execute("CREATE TABLE bench_floor_metrics (event_id text, metric_name text, value float8, "
-                     "occurred_at timestamptz, PRIMARY KEY (event_id, metric_name, occurred_at))")
-        conn.execute("CREATE TABLE bench_naive_metrics (event_id text, metric_name text, value float8, "
-                     "occurred_at timestamptz, merchant_id text, payment_method text, status text, currency text, "
-                     "PRIMARY KEY (event_id, metric_name, occurred_at))")
-        conn.execute("CREATE TABLE bench_naive_aggregates (metric_name text, window_us bigint, dimensions jsonb, "
-                     "count bigint, sum float8, PRIMARY KEY (metric_name, window_us, dimensions))")
+        _create_baseline_tables(conn)
+        rounds, real = _real_and_floor_rounds(conn, roots, env, batches(data, batch_size), events, repeats, console)
+        stored = _fold_and_measure_storage(conn)
+        naive_seconds = _naive_seconds(env, data, naive_events, console)
+    config = {"events": events, "partitions": partitions, "batch_size": batch_size, "naive_events": naive_events,
+              "repeats": repeats}
+    return _figures(config, rounds, real, stored, naive_seconds)
 
-        real_args = [(env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b] for b in bl])
-                     for p, bl in per.items()]
-        floor_args = [(env, p, [[e.body for e in b] for b in bl]) for p, bl in per.items()]
-        rounds: list[dict[str, Any]] = []
-        real: list[dict[str, Any]] = []
-        for n in range(1, repeats + 1):
-            _empty_tables(conn)
-            console.print(f"round {n}/{repeats} real: the function entry ...")
-            with _Meter(conn, roots) as meter:
-                real = _parallel(_real_worker, real_args)
-            real_phase = _phase(real, meter, events)
-            console.print(f"round {n}/{repeats} floor: parse + Parquet upload + COPY of 3 rows per event ...")
-            with _Meter(conn, roots) as meter:
-                floor = _parallel(_floor_worker, floor_args)
-            floor_phase = _phase(floor, meter, events)
-            rounds.append({"real": real_phase, "floor": floor_phase,
-                           "ratio_to_floor": round(real_phase["seconds"] / floor_phase["seconds"], 3)})
-            console.print(f"  {real_phase['events_per_second']:,} events/s, floor {floor_phase['events_per_second']:,}"
-                          f", ratio {rounds[-1]['ratio_to_floor']:.2f}")
 
-        # after the last real round: the fold of everything pending, then what is stored
-        def q(sql: str) -> Any:
-            row = conn.execute(sql).fetchone()
-            assert row is not None
-            return int(row[0]) if isinstance(row[0], Decimal) else row[0]
+def _median(rounds: list[dict[str, Any]], *path: str) -> Any:
+    """The median over the rounds of one figure (None if a round has none)."""
+    values = []
+    for r in rounds:
+        v: Any = r
+        for k in path:
+            v = v[k]
+        values.append(v)
+    return statistics.median(values) if None not in values else None
 
-        pending = int(q("SELECT count(*) FROM aggregate_deltas"))
-        t = time.perf_counter()
-        folded = int(q("SELECT txm_fold_aggregates()"))
-        fold_seconds = time.perf_counter() - t
-        conn.execute("VACUUM ANALYZE")
 
-        processed = q("SELECT count(*) FROM ingested_events")
-        sizes = {t: q(f"""SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
-                          WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
-                            AND (c.relname = '{t}' OR c.relname LIKE '{t}\\_p%')""") for t in PIPELINE_TABLES}
-        parquet_bytes = q("SELECT coalesce(sum(byte_size), 0) FROM raw_files")
-        metric_rows = q("SELECT count(*) FROM dynamic_metrics")
-        aggregate_rows = q("SELECT count(*) FROM aggregate_histograms")
-        pg_version = q("SHOW server_version")
-        floor_rows = q("SELECT count(*) FROM bench_floor_metrics")
-        floor_events = q("SELECT count(DISTINCT (event_id, occurred_at)) FROM bench_floor_metrics")
-
-        naive_seconds = None
-        if naive_events:
-            console.print(f"naive: row at a time on {naive_events:,} events ...")
-            naive_per: dict[str, list[bytes]] = {}
-            for e in data[:naive_events]:
-                naive_per.setdefault(e.partition_id, []).append(e.body)
-            naive = _parallel(_naive_worker, [(env, p, b) for p, b in naive_per.items()])
-            naive_seconds = max(r["end"] for r in naive) - min(r["start"] for r in naive)
-
-    def median(path: tuple[str, ...]) -> Any:
-        values = []
-        for r in rounds:
-            v: Any = r
-            for k in path:
-                v = v[k]
-            values.append(v)
-        return statistics.median(values) if None not in values else None
-
-    latencies = sorted(x for r in real for x in r["latencies"])
+def _time_breakdown(real: list[dict[str, Any]]) -> dict[str, float]:
+    """Percent of the function's batch time per step, largest first, over the real workers."""
     steps: dict[str, float] = {}
     for r in real:
-        for t_ in r["timings"]:
-            for k, v in t_.items():
+        for timing in r["timings"]:
+            for k, v in timing.items():
                 steps[k] = steps.get(k, 0.0) + v
     total_ms = sum(steps.values())
-    breakdown = {k: round(100 * v / total_ms, 1) for k, v in sorted(steps.items(), key=lambda kv: -kv[1])}
-    real_seconds = median(("real", "seconds"))
-    floor_seconds = median(("floor", "seconds"))
-    ratio = median(("ratio_to_floor",))
-    pg_bytes = sum(sizes.values())
+    return {k: round(100 * v / total_ms, 1) for k, v in sorted(steps.items(), key=lambda kv: -kv[1])}
+
+
+def _figures(config: dict[str, int], rounds: list[dict[str, Any]], real: list[dict[str, Any]], stored: _Stored,
+             naive_seconds: float | None) -> dict[str, Any]:
+    events = config["events"]
+    latencies = sorted(x for r in real for x in r["latencies"])
+    ratio = _median(rounds, "ratio_to_floor")
+    processed = max(stored.processed, 1)
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {**machine(), "postgresql": pg_version, "services": "embedded PostgreSQL + Azurite on the same cores"},
-        "config": {"events": events, "partitions": partitions, "batch_size": batch_size, "naive_events": naive_events,
-                   "repeats": repeats},
-        "events_per_second": round(events / real_seconds),
-        "floor_events_per_second": round(events / floor_seconds),
+        "machine": {**machine(), "postgresql": stored.pg_version,
+                    "services": "embedded PostgreSQL + Azurite on the same cores"},
+        "config": config,
+        "events_per_second": round(events / _median(rounds, "real", "seconds")),
+        "floor_events_per_second": round(events / _median(rounds, "floor", "seconds")),
         "ratio_to_floor": round(ratio, 2),
-        "naive_events_per_second": round(naive_events / naive_seconds) if naive_seconds else None,
+        "naive_events_per_second": round(config["naive_events"] / naive_seconds) if naive_seconds else None,
         "cpu_us_per_event": {
-            "function_workers": median(("real", "workers_cpu_us_per_event")),
-            "postgres": median(("real", "postgres_cpu_us_per_event")),
-            "azurite": median(("real", "azurite_cpu_us_per_event")),
-            "machine": median(("real", "machine_cpu_us_per_event")),
-            "floor_workers": median(("floor", "workers_cpu_us_per_event")),
-            "floor_postgres": median(("floor", "postgres_cpu_us_per_event")),
-            "floor_machine": median(("floor", "machine_cpu_us_per_event"))},
-        "wal_bytes_per_event": {"real": median(("real", "wal_bytes_per_event")),
-                                "floor": median(("floor", "wal_bytes_per_event"))},
+            "function_workers": _median(rounds, "real", "workers_cpu_us_per_event"),
+            "postgres": _median(rounds, "real", "postgres_cpu_us_per_event"),
+            "azurite": _median(rounds, "real", "azurite_cpu_us_per_event"),
+            "machine": _median(rounds, "real", "machine_cpu_us_per_event"),
+            "floor_workers": _median(rounds, "floor", "workers_cpu_us_per_event"),
+            "floor_postgres": _median(rounds, "floor", "postgres_cpu_us_per_event"),
+            "floor_machine": _median(rounds, "floor", "machine_cpu_us_per_event")},
+        "wal_bytes_per_event": {"real": _median(rounds, "real", "wal_bytes_per_event"),
+                                "floor": _median(rounds, "floor", "wal_bytes_per_event")},
         "rounds": rounds,
         "batch_latency_ms": {"p50": round(1000 * statistics.median(latencies), 1),
                              "p99": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1)},
         "peak_memory_mb_per_worker": round(max(r["max_rss_mb"] for r in real), 1),
-        "fold": {"pending_deltas": pending, "folded": folded, "seconds": round(fold_seconds, 3)},
-        "parquet_bytes_per_event": round(parquet_bytes / max(processed, 1), 1),
-        "postgres_bytes_per_event": round(pg_bytes / max(processed, 1), 1),
-        "postgres_bytes_per_event_by_table": {k: round(v / max(processed, 1), 1) for k, v in sizes.items()},
-        "metric_rows": metric_rows, "aggregate_rows": aggregate_rows, "processed": processed,
-        "floor_rows": floor_rows, "floor_events": floor_events,
-        "time_breakdown_percent": breakdown,
+        "fold": {"pending_deltas": stored.pending_deltas, "folded": stored.folded,
+                 "seconds": round(stored.fold_seconds, 3)},
+        "parquet_bytes_per_event": round(stored.parquet_bytes / processed, 1),
+        "postgres_bytes_per_event": round(sum(stored.bytes_by_table.values()) / processed, 1),
+        "postgres_bytes_per_event_by_table": {k: round(v / processed, 1) for k, v in stored.bytes_by_table.items()},
+        "metric_rows": stored.metric_rows, "aggregate_rows": stored.aggregate_rows, "processed": stored.processed,
+        "floor_rows": stored.floor_rows, "floor_events": stored.floor_events,
+        "time_breakdown_percent": _time_breakdown(real),
     }
     result["targets"] = {
         "events_per_second >= 25000": result["events_per_second"] >= 25_000,
         "ratio_to_floor <= 2": ratio <= 2,
         "postgres_bytes_per_event <= 400": result["postgres_bytes_per_event"] <= 400,
         "function_worker_cpu_us_per_event <= 40": (result["cpu_us_per_event"]["function_workers"] or 0) <= 40,
-        "fold_seconds <= 60": fold_seconds <= 60,
+        "fold_seconds <= 60": stored.fold_seconds <= 60,
         "peak_memory_mb < 256": result["peak_memory_mb_per_worker"] < 256,
     }
     return result

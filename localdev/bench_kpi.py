@@ -16,21 +16,25 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from txmetrics.core.histogram import Histogram
 
+if TYPE_CHECKING:
+    import psycopg
+
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
-def fill(conn: object, days: int, merchants: int, seed: int = 3) -> tuple[int, np.ndarray]:
+def fill(conn: psycopg.Connection, days: int, merchants: int, seed: int = 3) -> tuple[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     start = datetime(2026, 3, 1, tzinfo=UTC)
     methods = ["card", "wallet", "bank_transfer", "bnpl"]
     rows = 0
     all_values = []
-    with conn.cursor().copy(  # type: ignore[attr-defined]
+    with conn.cursor().copy(
             "COPY aggregate_histograms (metric_name, window_seconds, window_start, dimensions, count, sum, min, max, "
             "zero_count, scale, pos_offset, pos_counts) FROM STDIN") as copy:
         for w in range(days * 288):

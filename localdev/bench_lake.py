@@ -33,10 +33,19 @@ from typing import Any
 
 import yaml
 
-from localdev.bench import RESULTS, START, _Meter, _parallel, _phase, _real_worker, machine, service_roots
-
-DATA_TABLES = ("dynamic_metrics", "ingested_events", "event_dimensions", "aggregate_histograms", "aggregate_deltas",
-               "failed_items", "raw_file_outbox", "raw_files", "raw_compactions", "aggregate_rollups")
+from localdev.bench import (
+    RESULTS,
+    START,
+    _Meter,
+    _parallel,
+    _phase,
+    _real_worker,
+    empty_tables,
+    machine,
+    scalar,
+    service_roots,
+)
+from txmetrics.adapters.aggregates import fold
 
 
 def catalogs_before_and_after(directory: Path) -> tuple[Path, Path]:
@@ -54,7 +63,8 @@ def catalogs_before_and_after(directory: Path) -> tuple[Path, Path]:
 
 
 def _fingerprint(conn: Any) -> dict[str, Any]:
-    conn.execute("SELECT txm_fold_aggregates()")
+    """What a rebuild must restore, after the fold (counts: measurement SQL, not the pipeline's)."""
+    fold(conn)
     row = conn.execute(
         """SELECT (SELECT count(*) FROM ingested_events), (SELECT count(*) FROM dynamic_metrics),
                   (SELECT count(*) FROM dynamic_metrics WHERE metric_name = 'risk_score'),
@@ -92,8 +102,7 @@ def run(events: int, partitions: int, batch_size: int, repeats: int, rebuild_wor
         for n in range(1, repeats + 1):
             container = f"bench-lake-{n}"
             env = {**services.env(), "RAW_EVENTS_CONTAINER": container, "METRIC_CATALOG": str(old)}
-            conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)}")
-            conn.execute("VACUUM ANALYZE")
+            empty_tables(conn)
             console.print(f"round {n}/{repeats} ingest: the function entry, {partitions} worker processes ...")
             args = [(env, p, [[(e.body, e.sequence_number, e.enqueued_at) for e in b] for b in bl])
                     for p, bl in per.items()]
@@ -102,7 +111,7 @@ def run(events: int, partitions: int, batch_size: int, repeats: int, rebuild_wor
             ingest = _phase(workers, meter, events)
             ingest["events_per_second_valid"] = round(valid / ingest["seconds"])
             t = time.perf_counter()
-            conn.execute("SELECT txm_fold_aggregates()")         # what the minute timer does after ingest
+            fold(conn)         # what the minute timer does after ingest
             ingest["fold_seconds"] = round(time.perf_counter() - t, 3)
             ingest["events_per_second_with_fold"] = round(events / (ingest["seconds"] + ingest["fold_seconds"]))
             conn.execute("VACUUM ANALYZE")
@@ -119,8 +128,7 @@ def run(events: int, partitions: int, batch_size: int, repeats: int, rebuild_wor
             backfilled = _summary(report.events, report.files, seconds, cpu, meter)
             before = _fingerprint(conn)
 
-            conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)}")
-            conn.execute("VACUUM ANALYZE")
+            empty_tables(conn)
             console.print(f"round {n}/{repeats} rebuild: one process ...")
             with _Meter(conn, roots) as meter:
                 t = time.perf_counter()
@@ -149,7 +157,7 @@ def run(events: int, partitions: int, batch_size: int, repeats: int, rebuild_wor
             console.print(f"  ingest {ingest['events_per_second']:,} events/s ({ingest['events_per_second_valid']:,} "
                           f"valid), backfill {backfilled['events_per_second']:,}, rebuild "
                           f"{rebuilt['events_per_second']:,}; rebuild equal: {all(same.values())}")
-        pg_version = conn.execute("SHOW server_version").fetchone()[0]   # type: ignore[index]
+        pg_version = scalar(conn, "SHOW server_version")
 
     def median(phase: str, key: str) -> Any:
         return statistics.median(r[phase][key] for r in rounds)

@@ -63,10 +63,11 @@ def main() -> None:
     import psycopg
     from rich.console import Console
 
-    from localdev.bench import machine
+    from localdev.bench import machine, scalar
     from localdev.run import RunConfig, run
     from localdev.services import ephemeral_services, running
     from txmetrics import schema
+    from txmetrics.adapters.aggregates import fold
     from txmetrics.adapters.blob import service_client
     from txmetrics.rollup import roll_day
 
@@ -81,13 +82,13 @@ def main() -> None:
         env = {**services.env(), "RAW_EVENTS_CONTAINER": RAW_EVENTS_CONTAINER}
         ingest, ingest_s = _timed(run, config, env, console=Console(file=io.StringIO()))
         with psycopg.connect(services.database_url, autocommit=True) as conn:
-            (folded,), fold_s = _timed(lambda: conn.execute("SELECT txm_fold_aggregates()").fetchone())
+            folded, fold_s = _timed(fold, conn)
             t = time.perf_counter()
             rolled = sum(roll_day(conn, (START + timedelta(days=d)).date()) for d in range(args.days))
             rollup_s = time.perf_counter() - t
             conn.execute("UPDATE failed_items SET replayed = true, replayed_at = now() WHERE id % 3 = 0")
             conn.execute("VACUUM ANALYZE")
-            counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+            counts = {table: scalar(conn, f"SELECT count(*) FROM {table}")
                       for table in ("aggregate_histograms", "failed_items", "raw_files", "dynamic_metrics")}
             service = service_client(services.storage_connection_string)
             blobs = sum(1 for _ in service.get_container_client(RAW_EVENTS_CONTAINER).list_blobs())

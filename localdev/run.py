@@ -28,12 +28,15 @@ FUNCTIONS_DIR = ROOT / "functions"
 
 @dataclass
 class RunConfig:
-    events: int = 50_000
-    days: float = 1.0
-    seed: int = 7
-    partitions: int = 4
-    batch_size: int = 1000
-    bad_rate: float = 0.03
+    """What `make run` generates (localdev.synth.Generator) and how it feeds the function; the
+    options of `txmetrics run`."""
+
+    events: int = 50_000            # synthetic events in all
+    days: float = 1.0               # the time they span, from `start`
+    seed: int = 7                   # same seed, same events
+    partitions: int = 4             # Event Hubs partitions, one worker process each
+    batch_size: int = 1000          # events per trigger batch
+    bad_rate: float = 0.03          # share of events made invalid (one of synth.BAD_KINDS)
     start: datetime = field(default_factory=lambda: datetime(2026, 3, 1, tzinfo=UTC))
 
 

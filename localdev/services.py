@@ -340,6 +340,12 @@ class LocalServices:
     def storage_connection_string(self) -> str:
         return self.storage.connection_string
 
+    @property
+    def blob_endpoint(self) -> str:
+        """Where the Blob service is, for messages: what follows BlobEndpoint= in the connection
+        string (Azurite's always has one)."""
+        return self.storage_connection_string.split("BlobEndpoint=")[-1].rstrip(";")
+
     def start(self) -> LocalServices:
         _register_cleanup(self)
         self.postgres.start()

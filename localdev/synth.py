@@ -104,6 +104,7 @@ class Generator:
         if rng.random() < 0.03:
             processing *= rng.paretovariate(1.5)
         when = occurred.astimezone(IST) if currency == "INR" else occurred
+        attributes: dict[str, object]
         event: dict[str, object] = {
             # underscores, not dashes: a dash joins digit runs, and a 13+ digit run that passes
             # Luhn would be masked as a card number (as the contract requires)
@@ -118,7 +119,9 @@ class Generator:
             "event_type": _pick(rng, EVENT_TYPES),
             "processing_ms": int(processing),
             "country": country,
-            "attributes": {"channel": rng.choice(["web", "app", "pos"]), "risk_score": round(rng.betavariate(2, 8), 4)},
+            # drawn here, in this order: the same seed gives the same events
+            "attributes": (attributes := {"channel": rng.choice(["web", "app", "pos"]),
+                                          "risk_score": round(rng.betavariate(2, 8), 4)}),
         }
         if method == "card":
             network, prefix = rng.choice(NETWORKS)
@@ -129,7 +132,7 @@ class Generator:
             pan = luhn_complete("4", 16, rng)
             sep = rng.choice(["", " ", "-"])
             written = sep.join(pan[i:i + 4] for i in range(0, 16, 4))
-            event["attributes"] = {**event["attributes"], "note": f"customer read card {written} on the phone"}  # type: ignore[dict-item]
+            attributes["note"] = f"customer read card {written} on the phone"
         return event, has_pan
 
     def bad_body(self, occurred: datetime) -> tuple[bytes, str]:

@@ -1,4 +1,7 @@
-"""Run the Pulumi program in-process under pulumi.runtime.set_mocks (no CLI, no Azure)."""
+"""Run the Pulumi program in-process under pulumi.runtime.set_mocks (no CLI, no Azure).
+
+The infra tests import `dev` and `prod` (module-scoped fixtures: the whole program built once
+per test module for that stack) and pick one with `stack_of` in tests parametrized by stack."""
 
 from __future__ import annotations
 
@@ -9,10 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pytest
 import yaml
 from pulumi.runtime.mocks import MockMonitor
 
+from infra.bundle import Bundle
+
 ROOT = Path(__file__).resolve().parent.parent
+# the function's zip as the program receives it; under mocks its path is never read
+BUNDLE = Bundle(path=Path("/nonexistent/function.zip"), sha256="0" * 64)
+PG = "azure-native:dbforpostgresql"
 
 
 @dataclass
@@ -172,6 +181,23 @@ def run_program(stack: str, bundle: Any, overrides: dict[str, str | None] | None
     resolved["_secret_settings"] = {k: bool(_sync_await(pulumi.Output.from_input(v).is_secret()))
                                     for k, v in resolved["_raw_settings"].items()}
     return mocks, resolved
+
+
+StackRun = tuple["RecordingMocks", dict[str, Any]]     # run_program's answer: the resources and the outputs
+
+
+@pytest.fixture(scope="module")
+def dev() -> StackRun:
+    return run_program("dev", BUNDLE)
+
+
+@pytest.fixture(scope="module")
+def prod() -> StackRun:
+    return run_program("prod", BUNDLE)
+
+
+def stack_of(stack: str, dev: StackRun, prod: StackRun) -> StackRun:
+    return dev if stack == "dev" else prod
 
 
 def dumps(value: Any) -> str:

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from infra.bundle import Bundle
 from infra.operations import (
     BATCH_LINES,
     CONSUMER_LAG_GROWING,
@@ -26,30 +25,16 @@ from infra.operations import (
     render_workbook,
 )
 from localdev.eventhub import make_batch
-from tests.infra_mocks import RecordingMocks, run_program
+from tests import infra_mocks
+from tests.infra_mocks import BUNDLE, PG, RecordingMocks, run_program, stack_of
 
-BUNDLE = Bundle(path=Path("/nonexistent/function.zip"), sha256="0" * 64)
-PG = "azure-native:dbforpostgresql"
-
-
-@pytest.fixture(scope="module")
-def dev() -> tuple[RecordingMocks, dict[str, Any]]:
-    return run_program("dev", BUNDLE)
-
-
-@pytest.fixture(scope="module")
-def prod() -> tuple[RecordingMocks, dict[str, Any]]:
-    return run_program("prod", BUNDLE)
-
-
-def stack_of(stack: str, dev: Any, prod: Any) -> tuple[RecordingMocks, dict[str, Any]]:
-    return dev if stack == "dev" else prod  # type: ignore[no-any-return]
-
+dev, prod = infra_mocks.dev, infra_mocks.prod     # fixtures: each stack's program under mocks, once per module
 
 def workbook_items(mocks: RecordingMocks) -> list[dict[str, Any]]:
     document = json.loads(mocks.one("azure-native:applicationinsights:Workbook").inputs["serializedData"])
     assert document["version"] == "Notebook/1.0"
-    return document["items"]  # type: ignore[no-any-return]
+    items: list[dict[str, Any]] = document["items"]
+    return items
 
 
 def queries(mocks: RecordingMocks) -> dict[str, str]:
@@ -135,7 +120,8 @@ def test_the_action_group_mails_the_configured_addresses() -> None:
 
 
 def criterion(alert: Any) -> dict[str, Any]:
-    return alert.inputs["criteria"]["allOf"][0]  # type: ignore[no-any-return]
+    first: dict[str, Any] = alert.inputs["criteria"]["allOf"][0]
+    return first
 
 
 def test_default_thresholds(dev: Any, prod: Any) -> None:

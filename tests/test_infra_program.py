@@ -7,32 +7,24 @@ from __future__ import annotations
 
 import itertools
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.bundle import Bundle
 from lifecycle.policy import load_policy, render_management_policy
-from tests.infra_mocks import SERVICE_PRINCIPAL_CLAIMS, USER_CLAIMS, RecordingMocks, dumps, run_program
+from tests import infra_mocks
+from tests.infra_mocks import (
+    BUNDLE,
+    PG,
+    SERVICE_PRINCIPAL_CLAIMS,
+    USER_CLAIMS,
+    RecordingMocks,
+    dumps,
+    run_program,
+    stack_of,
+)
 
-BUNDLE = Bundle(path=Path("/nonexistent/function.zip"), sha256="0" * 64)
-PG = "azure-native:dbforpostgresql"
-
-
-@pytest.fixture(scope="module")
-def dev() -> tuple[RecordingMocks, dict[str, Any]]:
-    return run_program("dev", BUNDLE)
-
-
-@pytest.fixture(scope="module")
-def prod() -> tuple[RecordingMocks, dict[str, Any]]:
-    return run_program("prod", BUNDLE)
-
-
-def stack_of(stack: str, dev: Any, prod: Any) -> tuple[RecordingMocks, dict[str, Any]]:
-    return dev if stack == "dev" else prod  # type: ignore[no-any-return]
-
+dev, prod = infra_mocks.dev, infra_mocks.prod     # fixtures: each stack's program under mocks, once per module
 
 EXPECTED_TYPES = {
     "azure-native:resources:ResourceGroup": 1,

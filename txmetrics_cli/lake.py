@@ -18,8 +18,8 @@ import typer
 
 from . import context
 from .output import FormatOption, emit, note
-from .parsing import parse_day, parse_time
-from .read import _metric_names
+from .parsing import EndOption, StartOption, parse_day
+from .read import metric_option
 from .retention import _stacks
 
 if TYPE_CHECKING:
@@ -121,12 +121,10 @@ def _interrupted(done_files: int) -> typer.Exit:
 
 @app.command("backfill")
 def backfill_command(
-        metric: Annotated[str, typer.Option(metavar="METRIC", autocompletion=_metric_names,
-                                            help="a metric of the catalog in effect (METRIC_CATALOG), e.g. risk_score")],
-        start: Annotated[datetime, typer.Option(
-            parser=parse_time, metavar="TIME",
-            help="start, inclusive: 2026-03-01 or 2026-03-01T10:00 (UTC unless an offset is given)")],
-        end: Annotated[datetime, typer.Option(parser=parse_time, metavar="TIME", help="end, exclusive")],
+        metric: Annotated[str, metric_option(
+            "a metric of the catalog in effect (METRIC_CATALOG), e.g. risk_score")],
+        start: StartOption,
+        end: EndOption,
         rehydrate: RehydrateOption = None,
         container: ContainerOption = "raw-events",
         fmt: FormatOption = "table") -> None:

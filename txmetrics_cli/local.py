@@ -130,8 +130,7 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
             schema.apply_all(services.database_url)
             container = context.settings().raw_events_container
             env = {**services.env(), "RAW_EVENTS_CONTAINER": container}
-            out.print(f"PostgreSQL: {services.database_url}   Blob Storage: "
-                      f"{services.storage_connection_string.split('BlobEndpoint=')[-1].rstrip(';')}")
+            out.print(f"PostgreSQL: {services.database_url}   Blob Storage: {services.blob_endpoint}")
             result = run_ingest(config, env, console=out)
             summary(services.database_url, container, services.storage_connection_string, result, config, out)
             write_report(services.database_url, services.storage_connection_string, config,

@@ -1,10 +1,12 @@
 """Option values users type: times and dates (UTC unless an offset is given), DIM=VALUE
 filters. A value that does not parse is a usage error (typer.BadParameter: one line, exit
-code 2, naming the option)."""
+code 2, naming the option). StartOption and EndOption: the required time range, the same
+in every command that takes one."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
 import typer
 
@@ -38,3 +40,9 @@ def parse_filter(value: str) -> tuple[str, str]:
         raise typer.BadParameter(f"{value!r} is not DIM=VALUE: write e.g. payment_method=card",
                                  param_hint="'--where'")
     return name.strip(), wanted
+
+
+StartOption = Annotated[datetime, typer.Option(
+    parser=parse_time, metavar="TIME",
+    help="start, inclusive: 2026-03-01 or 2026-03-01T10:00 (UTC unless an offset is given)")]
+EndOption = Annotated[datetime, typer.Option(parser=parse_time, metavar="TIME", help="end, exclusive")]

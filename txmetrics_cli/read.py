@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -15,7 +15,13 @@ from txmetrics.core.naming import RAW_EVENTS_CONTAINER
 
 from . import context
 from .output import FormatOption, RowWriter, TableView, cell, emit, note
-from .parsing import parse_filter, parse_time
+from .parsing import EndOption, StartOption, parse_filter, parse_time
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from txmetrics.adapters.blob import BlobArchive
+    from txmetrics.query import QueryResult
 
 app = typer.Typer()
 
@@ -28,6 +34,11 @@ def _metric_names(incomplete: str) -> list[str]:
         return [m.name for m in context.catalog().metrics if m.name.startswith(incomplete)]
     except Exception:  # completion must never fail loudly
         return []
+
+
+def metric_option(help_text: str) -> Any:
+    """A required METRIC of the catalog in effect, completed from it (kpi, backfill)."""
+    return typer.Option(metavar="METRIC", autocompletion=_metric_names, help=help_text)
 
 
 def _dimension_names(incomplete: str) -> list[str]:
@@ -68,11 +79,8 @@ def query_events(
 
     A time range (and filters), or one event by --event-id. Only the files that can match are read; files in the archive tier are
     named on stderr instead of failing the query."""
-    import pyarrow.parquet as pq
-
     from txmetrics.query import QueryResult
     from txmetrics.query import query_events as run_query
-    from txmetrics.query import rehydrate as request_rehydration
 
     if fmt == "parquet" and out is None:
         raise typer.BadParameter("parquet output needs --out FILE", param_hint="'--out'")
@@ -81,28 +89,61 @@ def query_events(
     effective_limit = limit if limit is not None or fmt != "table" else TABLE_ROWS_DEFAULT
     archive = context.archive(container)
     result = QueryResult()
-    parquet: pq.ParquetWriter | None = None
-    sink = open(out, "w", encoding="utf-8", newline="") if out is not None and fmt != "parquet" else None  # noqa: SIM115
-    writer = RowWriter("json" if fmt == "jsonl" else fmt, file=sink, jsonl=fmt == "jsonl",
-                       table=TableView(QUERY_TABLE_COLUMNS, lambda r: [cell(r.get(c)) for c in QUERY_TABLE_COLUMNS],
-                                       right=frozenset({"amount"})))
+    sink = _EventSink(fmt, out)         # opens --out (if any) before connecting
     try:
         with context.connect() as conn:
             for table in run_query(conn, archive, start, end, result, limit=effective_limit, merchant_id=merchant,
                                    status=status, payment_method=payment_method, currency=currency,
                                    event_id=event_id, transaction_id=transaction_id):
-                if fmt == "parquet":
-                    parquet = parquet or pq.ParquetWriter(str(out), table.schema, compression="zstd")
-                    parquet.write_table(table)
-                else:
-                    writer.write(table.to_pylist())
-        if fmt != "parquet":
-            writer.close(columns=[f.name for f in _schema()])
+                sink.write(table)
+        sink.finish()
     finally:
-        if parquet is not None:
-            parquet.close()
-        if sink is not None:
-            sink.close()
+        sink.close()
+    _query_notes(result, effective_limit, archive, rehydrate)
+
+
+class _EventSink:
+    """Where `query` writes its events: one Parquet file (--out), or rows as a table, json,
+    csv or jsonl to --out or stdout. `finish` ends the rows (the table is drawn, the json
+    array closed) after a query that succeeded; `close` always closes the files."""
+
+    def __init__(self, fmt: str, out: Path | None) -> None:
+        self.fmt = fmt
+        self.out = out
+        self._parquet: Any = None          # a pyarrow ParquetWriter, opened with the first table's schema
+        self._file = (open(out, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by close()
+                      if out is not None and fmt != "parquet" else None)
+        self._rows = RowWriter(
+            "json" if fmt == "jsonl" else fmt, file=self._file, jsonl=fmt == "jsonl",
+            table=TableView(QUERY_TABLE_COLUMNS, lambda r: [cell(r.get(c)) for c in QUERY_TABLE_COLUMNS],
+                            right=frozenset({"amount"})))
+
+    def write(self, table: pa.Table) -> None:
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            self._parquet = self._parquet or pq.ParquetWriter(str(self.out), table.schema, compression="zstd")
+            self._parquet.write_table(table)
+        else:
+            self._rows.write(table.to_pylist())
+
+    def finish(self) -> None:
+        if self.fmt != "parquet":
+            self._rows.close(columns=[f.name for f in _schema()])
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def _query_notes(result: QueryResult, effective_limit: int | None, archive: BlobArchive,
+                 rehydrate: str | None) -> None:
+    """On stderr: how many events from how many files, and the files in the archive tier (with
+    their rehydration, when asked for)."""
+    from txmetrics.query import rehydrate as request_rehydration
+
     note(f"{result.rows:,} event(s) from {len(result.files_opened)} of {len(result.files_planned)} planned file(s)"
          + (f"; stopped at the limit of {effective_limit:,} (--limit N to change)" if result.limited else ""))
     if result.archived:
@@ -121,12 +162,9 @@ def _schema() -> Any:
 
 @app.command("kpi")
 def kpi_command(
-        metric: Annotated[str, typer.Option(metavar="METRIC", autocompletion=_metric_names,
-                                            help="a metric of the catalog in effect, e.g. amount, approved")],
-        start: Annotated[datetime, typer.Option(
-            parser=parse_time, metavar="TIME",
-            help="start, inclusive: 2026-03-01 or 2026-03-01T10:00 (UTC unless an offset is given)")],
-        end: Annotated[datetime, typer.Option(parser=parse_time, metavar="TIME", help="end, exclusive")],
+        metric: Annotated[str, metric_option("a metric of the catalog in effect, e.g. amount, approved")],
+        start: StartOption,
+        end: EndOption,
         by: Annotated[list[str] | None, typer.Option(
             metavar="DIM", autocompletion=_dimension_names,
             help="group by a dimension (repeatable); the metric's own split (currency for amount) is always "

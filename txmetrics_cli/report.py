@@ -3,7 +3,6 @@ txmetrics.report; this command parses options, finds the services and writes the
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,7 +10,7 @@ import typer
 
 from . import context
 from .output import note
-from .parsing import parse_time
+from .parsing import EndOption, StartOption
 from .retention import StackOption
 
 app = typer.Typer()
@@ -19,10 +18,8 @@ app = typer.Typer()
 
 @app.command("report")
 def report_command(
-        start: Annotated[datetime, typer.Option(
-            parser=parse_time, metavar="TIME",
-            help="start, inclusive: 2026-03-01 or 2026-03-01T10:00 (UTC unless an offset is given)")],
-        end: Annotated[datetime, typer.Option(parser=parse_time, metavar="TIME", help="end, exclusive")],
+        start: StartOption,
+        end: EndOption,
         out: Annotated[Path, typer.Option(dir_okay=False, writable=True, metavar="FILE",
                                           help="the HTML file to write")] = Path("report.html"),
         stack: StackOption = "dev",

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from azure.functions import _eventhub
@@ -57,44 +57,51 @@ def _parse_datetime(cls: type, datetime_str: str | None) -> datetime | None:
                                 int((fraction or "0")[:6].ljust(6, "0")), tzinfo=UTC)
             except ValueError:
                 pass  # e.g. month 13: the library's parser raises its own error below
-    return library_parse_datetime(datetime_str)  # type: ignore[no-any-return]
+    return library_parse_datetime(datetime_str)
 
 
-def library_parse_datetime(datetime_str: str | None) -> Any:
+def library_parse_datetime(datetime_str: str | None) -> datetime | None:
     """The library's own parser."""
-    return _LIBRARY_PARSE(datetime_str)
+    return cast("datetime | None", _LIBRARY_PARSE(datetime_str))
 
 
 _LIBRARY_DECODE_MANY: Any = EventHubTriggerConverter.__dict__.get("decode_multiple_events")
 
 
+def _library_decode_many(cls: Any, data: Any, trigger_metadata: Any) -> list[Any]:
+    """The library's own batch decoding (its classmethod, called for our class)."""
+    return cast("list[Any]", _LIBRARY_DECODE_MANY.__func__(cls, data, trigger_metadata))
+
+
 def _decode_multiple_events(cls: Any, data: Any, trigger_metadata: Any) -> list[Any]:
     sys_props = trigger_metadata.get("SystemPropertiesArray") if data.type == "collection_bytes" else None
     if sys_props is None:
-        return _LIBRARY_DECODE_MANY.__func__(cls, data, trigger_metadata)  # type: ignore[no-any-return]
+        return _library_decode_many(cls, data, trigger_metadata)
     bodies = data.value.bytes
     try:
         props = msgspec.json.decode(sys_props.value)   # 3x json.loads; anything it refuses: the library's way
     except (msgspec.DecodeError, TypeError):
-        return _LIBRARY_DECODE_MANY.__func__(cls, data, trigger_metadata)  # type: ignore[no-any-return]
+        return _library_decode_many(cls, data, trigger_metadata)
     if type(props) is not list or len(props) != len(bodies):
-        return _LIBRARY_DECODE_MANY.__func__(cls, data, trigger_metadata)  # type: ignore[no-any-return]
+        return _library_decode_many(cls, data, trigger_metadata)
     events = []
     parse = cls._parse_datetime
     for body, p in zip(bodies, props, strict=True):
         if type(p) is not dict:
-            return _LIBRARY_DECODE_MANY.__func__(cls, data, trigger_metadata)  # type: ignore[no-any-return]
+            return _library_decode_many(cls, data, trigger_metadata)
         key, seq, offset = p.get("PartitionKey"), p.get("SequenceNumber"), p.get("Offset")
         # the library's typed decoding: str (or absent) for the key, int (or absent) for the numbers;
         # anything else is refused by it, with its own error
         if not ((key is None or isinstance(key, str)) and (seq is None or isinstance(seq, int))
                 and (offset is None or isinstance(offset, int))):
-            return _LIBRARY_DECODE_MANY.__func__(cls, data, trigger_metadata)  # type: ignore[no-any-return]
+            return _library_decode_many(cls, data, trigger_metadata)
         iothub = {f[7:]: v for f, v in p.items() if f.startswith("iothub-")}
         events.append(_eventhub.EventHubEvent(
             body=body, trigger_metadata=trigger_metadata, enqueued_time=parse(p.get("EnqueuedTimeUtc")),
-            # the library passes the offset as an int too (typed decoding with python_type=int)
-            partition_key=key, sequence_number=seq, offset=offset, iothub_metadata=iothub))  # type: ignore[arg-type]
+            partition_key=key, sequence_number=seq, iothub_metadata=iothub,
+            # EventHubEvent annotates the offset as str, but the library's own decoding passes an int
+            # (typed decoding with python_type=int): we pass what it passes
+            offset=offset))  # type: ignore[arg-type]  # the library's annotation, not its behaviour (above)
     return events
 
 
@@ -107,8 +114,11 @@ def install() -> bool:
         log.warning("azure-functions' EventHubTriggerConverter is not the one trigger_decode was written for; "
                     "its own timestamp parsing stays in use")
         return False
-    EventHubTriggerConverter._parse_datetime = classmethod(_parse_datetime)  # type: ignore[method-assign,assignment]
+    # Replacing the converter's methods at run time is what this module is for; mypy refuses
+    # assigning to a method (method-assign) and a classmethod of another signature (assignment).
+    EventHubTriggerConverter._parse_datetime = classmethod(  # type: ignore[method-assign,assignment]  # see above
+        _parse_datetime)
     if isinstance(_LIBRARY_DECODE_MANY, classmethod) and callable(getattr(_eventhub, "EventHubEvent", None)):
-        EventHubTriggerConverter.decode_multiple_events = classmethod(  # type: ignore[method-assign,assignment]
+        EventHubTriggerConverter.decode_multiple_events = classmethod(  # type: ignore[method-assign,assignment]  # see above
             _decode_multiple_events)
     return True
