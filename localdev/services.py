@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from txmetrics.errors import describe_storage
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_DIR_VARIABLE = "TXMETRICS_LOCAL_DIR"     # where `make up` / `make run` keep data and state; default .local/
 
@@ -342,9 +344,9 @@ class LocalServices:
 
     @property
     def blob_endpoint(self) -> str:
-        """Where the Blob service is, for messages: what follows BlobEndpoint= in the connection
-        string (Azurite's always has one)."""
-        return self.storage_connection_string.split("BlobEndpoint=")[-1].rstrip(";")
+        """Where the Blob service is, for messages, never with the account key (the connection
+        string may be a real account's, given by AZURE_STORAGE_CONNECTION_STRING)."""
+        return describe_storage(self.storage_connection_string, None)
 
     def start(self) -> LocalServices:
         _register_cleanup(self)

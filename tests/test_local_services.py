@@ -96,3 +96,18 @@ def test_missing_node_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.M
         services_mod.azurite_binary()
     message = str(err.value)
     assert "\n" not in message and "Node.js" in message and "npm" in message
+
+
+def test_the_endpoint_shown_for_a_real_account_never_holds_its_key() -> None:
+    """`txmetrics run` prints where the Blob service is; given a real account's connection
+    string (no BlobEndpoint field) it printed everything, the account key included."""
+    real = ("DefaultEndpointsProtocol=https;AccountName=txmprod;AccountKey=c2VjcmV0LWtleQ==;"
+            "EndpointSuffix=core.windows.net")
+    shown = services_mod.LocalServices(postgres=services_mod.ExternalPostgres("postgresql://u:pw@db/x"),
+                                       storage=services_mod.ExternalStorage(real)).blob_endpoint
+    assert shown == "https://txmprod.blob.core.windows.net" and "c2VjcmV0" not in shown
+    azurite = services_mod.LocalServices(postgres=services_mod.ExternalPostgres("postgresql://u@db/x"),
+                                         storage=services_mod.ExternalStorage(
+                                             "AccountName=devstoreaccount1;AccountKey=k;"
+                                             "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"))
+    assert azurite.blob_endpoint == "http://127.0.0.1:10000/devstoreaccount1"

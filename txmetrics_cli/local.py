@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from txmetrics.errors import describe_database
+
 from . import context
 from .output import FormatOption, console, emit, note
 from .parsing import parse_day
@@ -130,7 +132,7 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
             schema.apply_all(services.database_url)
             container = context.settings().raw_events_container
             env = {**services.env(), "RAW_EVENTS_CONTAINER": container}
-            out.print(f"PostgreSQL: {services.database_url}   Blob Storage: {services.blob_endpoint}")
+            out.print(f"PostgreSQL: {describe_database(services.database_url)}   Blob Storage: {services.blob_endpoint}")
             result = run_ingest(config, env, console=out)
             summary(services.database_url, container, services.storage_connection_string, result, config, out)
             write_report(services.database_url, services.storage_connection_string, config,
