@@ -18,9 +18,8 @@ import typer
 
 from . import context
 from .output import FormatOption, emit, note
-from .parsing import EndOption, StartOption, parse_day
+from .parsing import EndOption, StartOption, complete_stack, parse_day
 from .read import metric_option
-from .retention import _stacks
 
 if TYPE_CHECKING:
     from txmetrics.adapters.blob import BlobArchive
@@ -186,7 +185,7 @@ def rebuild_command(
         end: Annotated[datetime, typer.Option(parser=parse_day, metavar="DATE",
                                               help="UTC day after the last one to restore (exclusive)")],
         stack: Annotated[str | None, typer.Option(
-            metavar="STACK", autocompletion=_stacks,
+            metavar="STACK", autocompletion=complete_stack,
             help="restore the ledger and dynamic_metrics only for the days this stack's retention keeps "
                  "(default: the TXMETRICS_RETENTION setting, else every day)")] = None,
         workers: Annotated[int, typer.Option(

@@ -46,3 +46,10 @@ StartOption = Annotated[datetime, typer.Option(
     parser=parse_time, metavar="TIME",
     help="start, inclusive: 2026-03-01 or 2026-03-01T10:00 (UTC unless an offset is given)")]
 EndOption = Annotated[datetime, typer.Option(parser=parse_time, metavar="TIME", help="end, exclusive")]
+
+
+def complete_stack(incomplete: str) -> list[str]:
+    """Shell completion of --stack: the Pulumi stacks of this project (Pulumi.<stack>.yaml)."""
+    from lifecycle.policy import PROJECT_DIR, known_stacks
+
+    return [s for s in known_stacks(PROJECT_DIR) if s.startswith(incomplete)]

@@ -13,7 +13,7 @@ import typer
 
 from . import context
 from .output import FormatOption, TableView, cell, emit, note
-from .parsing import parse_day
+from .parsing import complete_stack, parse_day
 
 if TYPE_CHECKING:
     from lifecycle.policy import Policy
@@ -26,14 +26,8 @@ retention_app = typer.Typer(no_args_is_help=True, help="PostgreSQL retention (th
 PLAN_COLUMNS = ("store", "rule", "target", "action", "count", "bytes", "items")
 
 
-def _stacks(incomplete: str) -> list[str]:
-    from lifecycle.policy import PROJECT_DIR, known_stacks
-
-    return [s for s in known_stacks(PROJECT_DIR) if s.startswith(incomplete)]
-
-
 StackOption = Annotated[str, typer.Option(
-    metavar="STACK", autocompletion=_stacks, help="a Pulumi stack of this project (dev, prod, ...)")]
+    metavar="STACK", autocompletion=complete_stack, help="a Pulumi stack of this project (dev, prod, ...)")]
 
 
 def _policy(stack: str) -> Policy:
