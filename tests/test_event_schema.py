@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from localdev.eventhub import make_batch
-from tests.conftest import archive_rows
+from tests.helpers import archive_rows
 from txmetrics.adapters import parquet
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.compaction import compact_day

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localdev.eventhub import make_batch
-from tests.conftest import DATA_TABLES
-from tests.test_core_hostile_input import CODES, HOSTILE, hostile_body
+from tests.helpers import empty_tables
+from tests.hostile_input import CODES, HOSTILE, hostile_body
 from txmetrics.core import catalog as catalog_module
 
 
@@ -80,7 +80,7 @@ def test_bad_events_never_stop_a_batch(ingest_fn: Callable[[list[Any]], None], d
     # hypothesis reuses the function's fixtures across examples, and replays an example (same
     # generated event_id) while shrinking: start each example from an empty ledger, or a
     # replayed valid event is rightly a duplicate and neither processed nor failed
-    db.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+    empty_tables(db)
     caplog.clear()
     caplog.set_level(logging.INFO, logger="txmetrics.ingest")
     partition = f"hyp-{uuid.uuid4().hex[:12]}"

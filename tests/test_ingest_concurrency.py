@@ -12,7 +12,7 @@ import psycopg
 
 from localdev.synth import Generator
 from tests.aggregate_check import recompute_and_compare
-from tests.conftest import archive_rows
+from tests.helpers import archive_rows
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.core.catalog import load_catalog
 from txmetrics.settings import BUNDLED_CATALOG

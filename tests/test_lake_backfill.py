@@ -22,12 +22,12 @@ import pytest
 from typer.testing import CliRunner
 
 from localdev.services import LocalServices
+from tests.helpers import empty_tables
 from tests.lake_helpers import (
     RANGE,
     Batch,
     archive_for,
     corpus,
-    empty_tables,
     folded_aggregates,
     ingest,
     late_batches,

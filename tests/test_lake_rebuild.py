@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from localdev.eventhub import make_batch
 from localdev.services import LocalServices
-from tests.conftest import DATA_TABLES, archive_rows
-from tests.lake_helpers import RANGE, Batch, corpus, empty_tables, folded_aggregates, snapshot
+from tests.helpers import archive_rows, empty_tables
+from tests.lake_helpers import RANGE, Batch, corpus, folded_aggregates, snapshot
 from txmetrics import kpi
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.adapters.postgres import PostgresStore
@@ -121,7 +121,7 @@ def run(services: LocalServices, archive: BlobArchive, **kwargs: Any) -> Rebuild
 def test_rebuild_restores_kpis_and_rows_and_redelivery_adds_nothing(
         original: dict[str, Any], services: LocalServices, archive: BlobArchive, db: psycopg.Connection,
         ingest_fn: Callable[[list[Any]], None]) -> None:
-    db.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")       # PostgreSQL lost
+    empty_tables(db)       # PostgreSQL lost
     assert all(v == 0 for v in counts(db).values())
 
     report = run(services, archive)

@@ -19,6 +19,7 @@ from lifecycle.plan import make_plan, simulate
 from lifecycle.policy import load_policy, table_retention
 from localdev.eventhub import make_batch
 from localdev.services import LocalServices
+from tests.helpers import partitions
 from txmetrics.retention import enforce
 
 
@@ -78,11 +79,6 @@ def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient, 
     assert err.value.error_code == "BlobArchived"
     again = make_plan(policy, datetime.now(UTC) + timedelta(days=100), service=service)
     assert again.blob_actions == []                          # already done: nothing more to do
-
-
-def partitions(conn: psycopg.Connection, table: str) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                       "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,)).fetchall()]
 
 
 def test_retention_drops_exactly_the_expired_partitions(db: psycopg.Connection) -> None:
