@@ -80,7 +80,7 @@ def archive_rows(archive: BlobArchive) -> list[tuple[Any, ...]]:
     """All rows of all Parquet files in the archive, as (partition, seq, event_id, payload)."""
     from txmetrics.adapters import parquet
 
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for blob in archive.list("raw_events/"):
         table = parquet.decode(archive.download(blob.name))
         rows.extend(zip(table["partition_id"].to_pylist(), table["sequence_number"].to_pylist(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,11 +21,11 @@ EVENTS, PARTITIONS = 3000, 2
 
 
 @pytest.fixture(scope="module")
-def result() -> dict[str, object]:
+def result() -> dict[str, Any]:
     return bench.run(EVENTS, PARTITIONS, batch_size=500, naive_events=200, repeats=1)
 
 
-def test_every_valid_event_goes_through_the_function(result: dict[str, object]) -> None:
+def test_every_valid_event_goes_through_the_function(result: dict[str, Any]) -> None:
     data = list(Generator(seed=42, partitions=PARTITIONS, start=bench.START,
                           days=max(EVENTS / 40_000, 300) / 86_400).events(EVENTS))
     valid: dict[tuple[str, int], PaymentEvent] = {}
@@ -37,14 +38,14 @@ def test_every_valid_event_goes_through_the_function(result: dict[str, object]) 
     assert result["metric_rows"] == len(extract_metrics(list(valid.values()), load_catalog(BUNDLED_CATALOG)))
 
 
-def test_it_reports_the_figures_the_issue_asks_for(result: dict[str, object]) -> None:
+def test_it_reports_the_figures_the_issue_asks_for(result: dict[str, Any]) -> None:
     rounds = result["rounds"]
     assert isinstance(rounds, list) and len(rounds) == 1
     real, floor = rounds[0]["real"], rounds[0]["floor"]
     assert real["seconds"] > 0 and floor["seconds"] > 0
     assert result["ratio_to_floor"] == round(real["seconds"] / floor["seconds"], 2)
     # the floor really stored its rows: three per parsed event
-    assert result["floor_rows"] == 3 * result["floor_events"]  # type: ignore[operator]
+    assert result["floor_rows"] == 3 * result["floor_events"]
     cpu = result["cpu_us_per_event"]
     assert isinstance(cpu, dict)
     assert cpu["function_workers"] > 0
@@ -62,22 +63,22 @@ def test_it_reports_the_figures_the_issue_asks_for(result: dict[str, object]) ->
     assert abs(sum(breakdown.values()) - 100) < 1
     latency = result["batch_latency_ms"]
     assert isinstance(latency, dict) and 0 < latency["p50"] <= latency["p99"]
-    assert 0 < result["peak_memory_mb_per_worker"] < 1024  # type: ignore[operator]
-    assert result["parquet_bytes_per_event"] > 0 and result["postgres_bytes_per_event"] > 0  # type: ignore[operator]
+    assert 0 < result["peak_memory_mb_per_worker"] < 1024
+    assert result["parquet_bytes_per_event"] > 0 and result["postgres_bytes_per_event"] > 0
     fold = result["fold"]
     assert isinstance(fold, dict) and fold["folded"] == fold["pending_deltas"] > 0
     by_table = result["postgres_bytes_per_event_by_table"]
     assert isinstance(by_table, dict)
-    assert abs(sum(by_table.values()) - result["postgres_bytes_per_event"]) < 1  # type: ignore[operator]
+    assert abs(sum(by_table.values()) - result["postgres_bytes_per_event"]) < 1
     assert by_table["aggregate_histograms"] > 0 and by_table["dynamic_metrics"] > 0
 
 
-def test_results_are_recorded_as_json_and_no_doc_is_rewritten(result: dict[str, object], tmp_path: Path,
+def test_results_are_recorded_as_json_and_no_doc_is_rewritten(result: dict[str, Any], tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     docs = {p: p.read_text() for p in (bench.ROOT / "docs").glob("*.md")}
-    path = bench.record(result)  # type: ignore[arg-type]
+    path = bench.record(result)
     assert path.parent == tmp_path / "results"
     assert json.loads(path.read_text())["events_per_second"] == result["events_per_second"]
     assert {p: p.read_text() for p in (bench.ROOT / "docs").glob("*.md")} == docs
-    assert "time vs floor" in bench.summary(result)  # type: ignore[arg-type]
+    assert "time vs floor" in bench.summary(result)
