@@ -93,7 +93,7 @@ def test_compaction_killed_at_any_step_and_rerun(step: str, ingest_fn: Callable[
 
 
 def test_compaction_while_batches_for_the_day_arrive(ingest_fn: Callable[..., None], db: psycopg.Connection,
-                                                     archive: BlobArchive, env: dict[str, str]) -> None:
+                                                     archive: BlobArchive) -> None:
     many_small_files(ingest_fn, 80)
     errors: list[BaseException] = []
 

@@ -231,7 +231,7 @@ def test_files_before_and_after_a_new_field_read_together_by_pyarrow_and_duckdb(
 
 
 def test_compaction_of_a_day_that_mixes_them(mixed_day: dict[str, Any], archive: BlobArchive,
-                                             db: psycopg.Connection, tmp_path: Path) -> None:
+                                             db: psycopg.Connection) -> None:
     before = archive_rows(archive)
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
         report = compact_day(conn, archive, date(2026, 3, 5), target_bytes=1 << 30)

@@ -46,7 +46,7 @@ def upload(service: BlobServiceClient) -> dict[str, int]:
     return sizes
 
 
-def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient, db: psycopg.Connection) -> None:
+def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient) -> None:
     sizes = upload(service)
     policy = load_policy("dev")     # cool 30, archive 90, delete 270 for raw events; the package: never
     now = datetime.now(UTC)
@@ -64,7 +64,7 @@ def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient, db: 
     assert delete is not None and delete.count == 5
 
 
-def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient, db: psycopg.Connection) -> None:
+def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient) -> None:
     sizes = upload(service)
     policy = load_policy("dev")
     plan = make_plan(policy, datetime.now(UTC) + timedelta(days=100), service=service)
