@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from localdev.eventhub import make_batch
-from tests.helpers import archive_rows
+from tests.helpers import ROOT, archive_rows
 from txmetrics.adapters import parquet
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.compaction import compact_day
@@ -31,7 +31,6 @@ from txmetrics.core.fields import Column, EventSchema
 from txmetrics.errors import InvalidRequestError
 from txmetrics.query import query_events
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE = {"transaction_id": "t-1", "occurred_at": "2026-03-05T10:00:00Z", "merchant_id": "m-1", "amount": "12.30",
         "currency": "EUR", "payment_method": "card", "status": "approved"}
 # The archive's columns as first published (contract section 3) and their types: a reader

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from localdev.services import LocalServices
-from tests.helpers import empty_tables
+from tests.helpers import ROOT, empty_tables
 from tests.lake_helpers import (
     RANGE,
     Batch,
@@ -44,7 +44,6 @@ from txmetrics.core.catalog import load_catalog
 from txmetrics.errors import InvalidRequestError
 from txmetrics_cli.main import app
 
-ROOT = Path(__file__).resolve().parent.parent
 START, END = RANGE
 
 
