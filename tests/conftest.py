@@ -4,7 +4,7 @@ Services come from localdev.services (DATABASE_URL / AZURE_STORAGE_CONNECTION_ST
 set, else testcontainers when Docker answers, else embedded PostgreSQL and Azurite from
 npm) and are stopped at the end of the session, also on failure or interruption.
 Each test gets empty tables and its own blob container. Plain helpers (no fixtures) are in
-tests/helpers.py; tests/README.md lists the fixtures and the helper modules.
+tests/helpers.py; docs/testing.md lists the fixtures and the helper modules.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 What the pipeline stored, read back the way the assertions compare it (`table_snapshot`,
 `archive_rows`, `scalar`), the tests' cleanup (`empty_tables`), and synthetic event corpora
-cut into trigger batches and sent to the function (`synthetic`, `by_partition`, `cut`, `send_batch`). See tests/README.md for the other helper modules.
+cut into trigger batches and sent to the function (`synthetic`, `by_partition`, `cut`, `send_batch`).
+The other helper modules are listed in docs/testing.md.
 """
 
 from __future__ import annotations
