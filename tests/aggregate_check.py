@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from tests.helpers import scalar
 from txmetrics.core.catalog import Catalog
 from txmetrics.core.histogram import Histogram
 
@@ -15,7 +16,7 @@ def recompute_and_compare(conn: psycopg.Connection, catalog: Catalog, *, fold: b
     """Assert the aggregates equal a recomputation from dynamic_metrics: first as every
     reader sees them (aggregate_histograms_current: folded rows + pending deltas), then,
     after a fold (unless `fold` is False), in aggregate_histograms itself with no delta
-    left. Returns the rows checked."""
+    left. Returns the rows checked (at least one: a comparison of nothing proves nothing)."""
     expected: dict[tuple[str, Any, str], list[float]] = defaultdict(list)
     for metric in catalog.metrics:
         for dims in catalog.sets_for(metric):
@@ -27,7 +28,7 @@ def recompute_and_compare(conn: psycopg.Connection, catalog: Catalog, *, fold: b
                 expected[(metric.name, w, d)].append(v)
     normalised = {}
     for key in expected:
-        d = conn.execute("SELECT %s::jsonb::text", (key[2],)).fetchone()[0]  # type: ignore[index]
+        d = scalar(conn, "SELECT %s::jsonb::text", (key[2],))
         normalised[(key[0], key[1], d)] = expected[key]
     checked = _compare(conn, "aggregate_histograms_current", normalised)
     if fold:
@@ -42,6 +43,7 @@ def _compare(conn: psycopg.Connection, source: str, normalised: dict[tuple[str, 
         "SELECT metric_name, window_start, dimensions::text, count, sum, min, max, zero_count, pos_offset, pos_counts, "
         f"neg_offset, neg_counts FROM {source} WHERE window_seconds = 300").fetchall()
     assert len(stored) == len(normalised), (source, len(stored), len(normalised))
+    assert stored, f"{source} and dynamic_metrics are both empty: nothing was compared"
     for m, w, d, count, total, lo, hi, zero, po, pc, no, nc in stored:
         values = normalised[(m, w, d)]
         h = Histogram.of(values)

@@ -3,7 +3,8 @@
 Services come from localdev.services (DATABASE_URL / AZURE_STORAGE_CONNECTION_STRING if
 set, else testcontainers when Docker answers, else embedded PostgreSQL and Azurite from
 npm) and are stopped at the end of the session, also on failure or interruption.
-Each test gets empty tables and its own blob container.
+Each test gets empty tables and its own blob container. Plain helpers (no fixtures) are in
+tests/helpers.py; docs/testing.md lists the fixtures and the helper modules.
 """
 
 from __future__ import annotations
@@ -13,24 +14,18 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "functions"))
+from localdev.eventhub import make_batch
+from localdev.services import LocalServices, ephemeral_services
+from tests.helpers import ROOT, empty_tables, with_database
+from txmetrics import runtime, schema
+from txmetrics.adapters.blob import BlobArchive, service_client
 
-from localdev.eventhub import make_batch  # noqa: E402
-from localdev.services import LocalServices, ephemeral_services  # noqa: E402
-from txmetrics import runtime, schema  # noqa: E402
-from txmetrics.adapters.blob import BlobArchive, service_client  # noqa: E402
-from txmetrics.core.tables import TABLES  # noqa: E402
-
-# every table a test can fill: each test starts from an empty pipeline, whatever ran before it
-DATA_TABLES = tuple(t.name for t in TABLES)
+sys.path.insert(0, str(ROOT / "functions"))     # function_app (the Functions entry point) lives there
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +41,9 @@ def services() -> Iterator[LocalServices]:
 
 @pytest.fixture
 def db(services: LocalServices) -> Iterator[psycopg.Connection]:
+    """A connection (autocommit) to the test database, every data table emptied first."""
     with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+        empty_tables(conn)
         yield conn
 
 
@@ -61,7 +57,9 @@ def container_name() -> str:
 
 @pytest.fixture
 def env(services: LocalServices, db: psycopg.Connection, container_name: str,
-        monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The function's settings in the environment: the test's services, its own container,
+    the bundled catalog; empty tables (through `db`), a fresh runtime before and after."""
     values = {**services.env(), "RAW_EVENTS_CONTAINER": container_name}
     for k, v in values.items():
         monkeypatch.setenv(k, v)
@@ -81,7 +79,8 @@ def ingest_fn(env: dict[str, str]) -> Callable[[list[Any]], None]:
     """The real function entry point, called as the Functions host calls it."""
     from localdev.run import load_function
 
-    return load_function()  # type: ignore[no-any-return]
+    function: Callable[[list[Any]], None] = load_function()
+    return function
 
 
 @pytest.fixture
@@ -94,11 +93,6 @@ def deliver(ingest_fn: Callable[[list[Any]], None]) -> Callable[..., None]:
     return _deliver
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.fixture
 def empty_db(services: LocalServices) -> Iterator[str]:
     """URL of a new, empty database on the test server (dropped afterwards)."""
@@ -108,37 +102,6 @@ def empty_db(services: LocalServices) -> Iterator[str]:
     yield with_database(services.database_url, name)
     with psycopg.connect(services.database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-def table_snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every data table, in a stable order, without volatile columns."""
-    return {
-        "dynamic_metrics": conn.execute(
-            "SELECT event_id, metric_name, value, occurred_at, merchant_id, payment_method, status, currency, country, "
-            "event_type, dimensions FROM dynamic_metrics_wide ORDER BY 1, 2, 4").fetchall(),
-        # as readers see them: folded rows + pending deltas (however the batches were cut)
-        "aggregate_histograms": conn.execute(
-            "SELECT metric_name, window_seconds, window_start, dimensions, count, sum, min, max, zero_count, "
-            "pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms_current "
-            "ORDER BY 1, 2, 3, 4").fetchall(),
-        "failed_items": conn.execute(
-            "SELECT item_key, partition_id, sequence_number, error_code, detail, payload FROM failed_items "
-            "ORDER BY 1").fetchall(),
-        "ingested_events": conn.execute(
-            "SELECT event_id, occurred_at, dimension_key FROM ingested_events ORDER BY 1, 2").fetchall(),
-    }
-
-
-def archive_rows(archive: BlobArchive) -> list[tuple[Any, ...]]:
-    """All rows of all Parquet files in the archive, as (partition, seq, event_id, payload)."""
-    from txmetrics.adapters import parquet
-
-    rows = []
-    for blob in archive.list("raw_events/"):
-        table = parquet.decode(archive.download(blob.name))
-        rows.extend(zip(table["partition_id"].to_pylist(), table["sequence_number"].to_pylist(),
-                        table["event_id"].to_pylist(), table["payload"].to_pylist(), strict=True))
-    return sorted(rows)
 
 
 def pytest_configure(config: pytest.Config) -> None:

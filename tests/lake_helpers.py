@@ -14,8 +14,8 @@ import psycopg
 
 from localdev.bench_lake import catalogs_before_and_after
 from localdev.services import LocalServices
-from localdev.synth import Generator, SyntheticEvent
-from tests.conftest import DATA_TABLES, table_snapshot
+from localdev.synth import Generator
+from tests.helpers import by_partition, table_snapshot
 from txmetrics.adapters.blob import BlobArchive, service_client
 from txmetrics.adapters.postgres import PostgresStore
 from txmetrics.core.catalog import Catalog, load_catalog
@@ -38,11 +38,8 @@ def corpus(n: int = 1200, *, seed: int = 15, partitions: int = 2, batch: int = 6
     cut into trigger batches per partition."""
     gen = Generator(seed=seed, partitions=partitions, merchants=12, bad_rate=0.02, card_number_rate=0.02,
                     start=start, days=hours / 24)
-    per: dict[str, list[SyntheticEvent]] = {}
-    for e in gen.events(n):
-        per.setdefault(e.partition_id, []).append(e)
     out: list[Batch] = []
-    for p, events in sorted(per.items()):
+    for p, events in sorted(by_partition(gen.events(n)).items()):
         for i in range(0, len(events), batch):
             out.append((p, [InboundEvent(e.body, p, e.sequence_number, e.sequence_number * 512, e.enqueued_at)
                             for e in events[i:i + batch]]))
@@ -70,10 +67,6 @@ def pipeline(services: LocalServices, archive: BlobArchive, catalog: Path | Cata
 def ingest(p: Pipeline, batches: Sequence[Batch]) -> None:
     for partition, events in batches:
         p.process(partition, events)
-
-
-def empty_tables(conn: psycopg.Connection) -> None:
-    conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
 
 
 def manifest_rows(conn: psycopg.Connection) -> list[tuple[Any, ...]]:

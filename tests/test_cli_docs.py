@@ -17,9 +17,9 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from tests.helpers import ROOT
 from txmetrics_cli.main import app
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ROOT_COMMAND: Any = typer.main.get_command(app)
 

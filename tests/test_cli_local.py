@@ -23,7 +23,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 TXMETRICS = str(Path(sys.executable).with_name("txmetrics"))
 SETTINGS = ("DATABASE_URL", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_URL", "RAW_EVENTS_CONTAINER",
             "METRIC_CATALOG", "TXMETRICS_DEBUG")

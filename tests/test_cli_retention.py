@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_lifecycle_plan_and_retention import partitions
+from tests.helpers import partitions
 from txmetrics_cli.main import app
 
 

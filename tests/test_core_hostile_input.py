@@ -5,7 +5,6 @@ time, and never lets a card number through. No I/O."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from decimal import Decimal
 from typing import Any
@@ -13,26 +12,14 @@ from typing import Any
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
+from tests.hostile_input import CODES, HOSTILE, body, hostile_body
 from txmetrics.core import events as events_module
 from txmetrics.core.bounded_json import MAX_DEPTH, nesting_exceeds
 from txmetrics.core.catalog import parse_catalog
 from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
 from txmetrics.core.masking import mask_json_text, mask_value
 from txmetrics.core.metrics import extract_metrics
-
-VALID = ('"event_id": "e-1", "transaction_id": "t-1", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m-1", '
-         '"currency": "USD", "payment_method": "card", "status": "approved"')
-# every code parse_event may give for bad content; internal_error (a bug) must never appear
-CODES = re.compile(r"body_(not_utf8|not_json|not_object|too_large|too_deep)|number_out_of_range|"
-                   r"(missing|invalid)_[a-z_]+|card_number_in_(event_id|transaction_id|merchant_id|amount|processing_ms)")
-
-
-def body(**raw: str) -> bytes:
-    """A valid event with fields given as raw JSON text (numbers exactly as written)."""
-    fields = {"amount": "1", **raw}
-    return ("{" + VALID + "".join(f', "{k}": {v}' for k, v in fields.items()) + "}").encode()
 
 
 def parse_timed(raw: bytes) -> tuple[PaymentEvent | Rejection, float]:
@@ -56,36 +43,6 @@ def assert_no_card_number(result: PaymentEvent | Rejection) -> None:
 
 
 _CHECK_DECODER = msgspec.json.Decoder(float_hook=lambda t: Decimal(t) if len(t) <= 100 else t)
-
-HOSTILE = [
-    # issue 11, item 3: decimal.InvalidOperation, ValueError (int string limit), minutes of int()
-    ("amount 1e999999999999999999999", body(amount="1e999999999999999999999"), "number_out_of_range"),
-    ("processing_ms 1E+100000", body(processing_ms="1E+100000"), "number_out_of_range"),
-    ("processing_ms 1E+99999999", body(processing_ms="1E+99999999"), "number_out_of_range"),
-    ("processing_ms 1E+1000000", body(processing_ms="1E+1000000"), "number_out_of_range"),
-    ("attributes 1E+99999999", body(attributes='{"x": 1E+99999999}'), "number_out_of_range"),
-    ("a 5,000-character number", body(attributes='{"x": 1.' + "5" * 5000 + "}"), "number_out_of_range"),
-    ("an integer of 4,301 digits", body(attributes='{"x": ' + "7" * 4301 + "}"), "number_out_of_range"),
-    ("processing_ms 1E+500", body(processing_ms="1E+500"), "invalid_processing_ms"),
-    ("processing_ms 1E-500", body(processing_ms="1E-500"), "invalid_processing_ms"),
-    ("amount 1E+500", body(amount="1E+500"), "invalid_amount"),
-    ("amount -1E+500", body(amount="-1E+500"), "invalid_amount"),
-    ("amount 1E-500", body(amount="1E-500"), "invalid_amount"),
-    # nesting: RecursionError at 1,000 levels (about 500 through masking with a digit run)
-    ("1,000 nested arrays", body(attributes='{"x": ' + "[" * 1000 + "]" * 1000 + "}"), "body_too_deep"),
-    ("500 nested with a card", body(attributes='{"x": ' + "[" * 500 + '"4111111111111111"' + "]" * 500 + "}"),
-     "body_too_deep"),
-    ("100,000 nested objects", body(attributes='{"x": ' + '{"a":' * 100_000 + "1" + "}" * 100_000 + "}"),
-     "body_too_deep"),
-    ("an unclosed 500,000", b"[" * 500_000, "body_too_deep"),
-    ("an unterminated string of escaped quotes", b'[' * 100 + b'"' + b'\\"' * 400_000, "body_too_deep"),
-    ("a body of quotes", b'{"a": ' + b'"' * 1_000_000, "body_not_json"),
-    # issue 11: sane times only, refused per event (ValueError in the UTC-day helper before)
-    ("year 1 with an offset", body(occurred_at='"0001-01-01T00:00:00+00:01"'), "invalid_occurred_at"),
-    ("year 9999 with an offset", body(occurred_at='"9999-12-31T23:59:59-00:01"'), "invalid_occurred_at"),
-    ("the last microsecond of 9999", body(occurred_at='"9999-12-31T23:59:59.999999Z"'), "invalid_occurred_at"),
-]
-
 
 @pytest.mark.parametrize("raw, code", [(r, c) for _, r, c in HOSTILE], ids=[name for name, _, _ in HOSTILE])
 def test_hostile_bodies_are_refused_with_a_code_in_bounded_time(raw: bytes, code: str) -> None:
@@ -178,56 +135,6 @@ def test_a_catalog_value_that_is_no_finite_number_has_no_row(value: Any) -> None
     assert isinstance(good, PaymentEvent)
     good.document["attributes"]["risk"] = value
     assert len(extract_metrics([good], catalog)) == 0
-
-
-# --- fuzz --------------------------------------------------------------------------------------
-
-def number_text() -> st.SearchStrategy[str]:
-    """JSON numbers of any size: long integer parts, long fractions, huge exponents."""
-    digits = st.one_of(st.integers(0, 10**40).map(str), st.integers(1, 6000).map(lambda n: "9" * n))
-    exponent = st.one_of(st.just(""), st.tuples(st.sampled_from("eE"), st.sampled_from(["", "+", "-"]),
-                                                st.integers(0, 10**25)).map(lambda t: f"{t[0]}{t[1]}{t[2]}"))
-    fraction = st.one_of(st.just(""), st.integers(0, 10**30).map(lambda n: f".{n}"))
-    return st.tuples(st.sampled_from(["", "-"]), digits, fraction, exponent).map(lambda t: "".join(t))
-
-
-def luhn_number() -> st.SearchStrategy[str]:
-    def complete(prefix: str) -> str:
-        from txmetrics.core.masking import luhn_ok
-        return next(prefix + c for c in "0123456789" if luhn_ok(prefix + c))
-    return st.integers(10**11, 10**18 - 1).map(lambda n: complete(str(n)))
-
-
-def json_text(value: str) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-any_string = st.one_of(st.text(max_size=60), st.text(alphabet="0123456789 -.+eE_x", max_size=40),
-                       luhn_number().map(lambda p: f"card {p}"), luhn_number())
-raw_value = st.one_of(number_text(), any_string.map(json_text), luhn_number(),
-                      luhn_number().map(lambda p: f"{p}.0"), luhn_number().map(lambda p: f"-{p}"),
-                      luhn_number().map(lambda p: f"{p[0]}.{p[1:]}e{len(p) - 1}"),
-                      st.sampled_from(["null", "true", "[]", "{}"]))
-FIELDS = ["event_id", "transaction_id", "merchant_id", "occurred_at", "amount", "currency", "payment_method",
-          "status", "event_type", "processing_ms", "country", "unknown", "attributes"]
-
-
-@st.composite
-def hostile_body(draw: st.DrawFn) -> bytes:
-    field = draw(st.sampled_from(FIELDS))
-    value = draw(raw_value)
-    depth = draw(st.one_of(st.just(0), st.integers(0, 80), st.integers(0, 3000)))
-    opener, closer = draw(st.sampled_from([("[", "]"), ('{"k":', "}")]))
-    value = opener * depth + value + closer * depth
-    if field == "attributes":
-        value = '{"x": ' + value + "}"
-    raw = body(**{field: value})
-    pad = draw(st.sampled_from([0, 0, 0, 1000, 200_000, 1024 * 1024 - len(raw) - 20, 1024 * 1024]))
-    if pad > 0:
-        raw = raw[:-1] + b', "pad": "' + b"x" * pad + b'"}'
-    if draw(st.booleans()):    # cut anywhere: not JSON any more
-        raw = raw[: draw(st.integers(0, len(raw)))]
-    return raw
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

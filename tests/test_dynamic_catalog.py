@@ -15,9 +15,8 @@ import pytest
 import yaml
 
 from localdev.eventhub import make_batch
+from tests.helpers import ROOT
 from txmetrics.settings import BUNDLED_CATALOG
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_new_metric_from_the_catalog_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from localdev.eventhub import make_batch
-from tests.conftest import archive_rows
+from tests.helpers import ROOT, archive_rows
 from txmetrics.adapters import parquet
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.compaction import compact_day
@@ -31,7 +31,6 @@ from txmetrics.core.fields import Column, EventSchema
 from txmetrics.errors import InvalidRequestError
 from txmetrics.query import query_events
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE = {"transaction_id": "t-1", "occurred_at": "2026-03-05T10:00:00Z", "merchant_id": "m-1", "amount": "12.30",
         "currency": "EUR", "payment_method": "card", "status": "approved"}
 # The archive's columns as first published (contract section 3) and their types: a reader
@@ -231,7 +230,7 @@ def test_files_before_and_after_a_new_field_read_together_by_pyarrow_and_duckdb(
 
 
 def test_compaction_of_a_day_that_mixes_them(mixed_day: dict[str, Any], archive: BlobArchive,
-                                             db: psycopg.Connection, tmp_path: Path) -> None:
+                                             db: psycopg.Connection) -> None:
     before = archive_rows(archive)
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
         report = compact_day(conn, archive, date(2026, 3, 5), target_bytes=1 << 30)

@@ -71,12 +71,12 @@ def test_sql_quantile_function_matches_python(db: psycopg.Connection) -> None:
 
 
 def test_sparse_buckets_become_the_stored_dense_form(db: psycopg.Connection) -> None:
-    """txm_hist_dense (writers send sparse buckets) agrees with the Python dense form."""
-    from txmetrics.core.metrics import _dense
-
-    for keys, counts in (((5,), (3,)), ((-2, 0, 7), (1, 4, 2)), ((100, 101), (9, 1))):
+    """txm_hist_dense (writers send sparse buckets) gives the stored dense form: the counts from
+    the lowest key to the highest, a zero for every key in between."""
+    for keys, counts, dense in (((5,), (3,), (3,)), ((-2, 0, 7), (1, 4, 2), (1, 0, 4, 0, 0, 0, 0, 0, 0, 2)),
+                                ((100, 101), (9, 1), (9, 1))):
         stored = db.execute("SELECT txm_hist_dense(%s::int[], %s::bigint[])", (list(keys), list(counts))).fetchone()
-        assert stored is not None and tuple(stored[0]) == _dense(keys, counts)
+        assert stored is not None and tuple(stored[0]) == dense
     assert db.execute("SELECT txm_hist_dense('{}'::int[], '{}'::bigint[])").fetchone() == (None,)
     with pytest.raises(psycopg.errors.RaiseException, match="2 keys but 1 counts"):
         db.execute("SELECT txm_hist_dense('{1,2}'::int[], '{1}'::bigint[])")

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localdev.eventhub import make_batch
-from tests.conftest import DATA_TABLES
-from tests.test_core_hostile_input import CODES, HOSTILE, hostile_body
+from tests.helpers import empty_tables
+from tests.hostile_input import CODES, HOSTILE, hostile_body
 from txmetrics.core import catalog as catalog_module
 
 
@@ -50,9 +50,11 @@ bad_specs = st.lists(st.one_of(mutated, missing, raw_bytes, non_object, hostile)
 def build(spec: tuple[str, Any], i: int) -> bytes:
     kind, arg = spec
     if kind == "bytes":
-        return arg  # type: ignore[no-any-return]
+        assert isinstance(arg, bytes)
+        return arg
     if kind == "hostile":    # its own event_id, unless the generated field replaced it
-        return arg.replace(b'"e-1"', f'"hostile-{i}-{uuid.uuid4().hex}"'.encode(), 1)  # type: ignore[no-any-return]
+        assert isinstance(arg, bytes)
+        return arg.replace(b'"e-1"', f'"hostile-{i}-{uuid.uuid4().hex}"'.encode(), 1)
     if kind == "non_object":
         return json.dumps(arg).encode()
     event = valid_event(f"bad{i}")
@@ -68,7 +70,8 @@ def batch_line(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
     """The fields of the function's one log line for the last batch."""
     lines = [r.getMessage() for r in caplog.records if r.name == "txmetrics.ingest" and
              r.getMessage().startswith("batch ")]
-    return json.loads(lines[-1][len("batch "):])  # type: ignore[no-any-return]
+    fields: dict[str, Any] = json.loads(lines[-1][len("batch "):])
+    return fields
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -80,7 +83,7 @@ def test_bad_events_never_stop_a_batch(ingest_fn: Callable[[list[Any]], None], d
     # hypothesis reuses the function's fixtures across examples, and replays an example (same
     # generated event_id) while shrinking: start each example from an empty ledger, or a
     # replayed valid event is rightly a duplicate and neither processed nor failed
-    db.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+    empty_tables(db)
     caplog.clear()
     caplog.set_level(logging.INFO, logger="txmetrics.ingest")
     partition = f"hyp-{uuid.uuid4().hex[:12]}"

@@ -12,7 +12,7 @@ import psycopg
 
 from localdev.synth import Generator
 from tests.aggregate_check import recompute_and_compare
-from tests.conftest import archive_rows
+from tests.helpers import archive_rows, by_partition
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.core.catalog import load_catalog
 from txmetrics.settings import BUNDLED_CATALOG
@@ -87,9 +87,7 @@ def test_concurrent_invocations_in_one_worker_process(ingest_fn: Any, db: psycop
     gen = Generator(seed=5, partitions=4, merchants=6, bad_rate=0.0,
                     start=datetime(2026, 3, 1, 12, 0, tzinfo=UTC), days=1 / 96)
     events = list(gen.events(2000))
-    per: dict[str, list[Any]] = {}
-    for e in events:
-        per.setdefault(e.partition_id, []).append(e)
+    per = by_partition(events)
     errors: list[BaseException] = []
 
     def run(partition: str, evs: list[Any]) -> None:

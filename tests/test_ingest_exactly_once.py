@@ -4,42 +4,15 @@ event in another partition, and crashes at every step between the first byte and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
-from localdev.eventhub import make_batch
-from localdev.synth import Generator, SyntheticEvent
-from tests.conftest import archive_rows, table_snapshot
+from localdev.synth import SyntheticEvent
+from tests.helpers import archive_rows, cut, empty_tables, send_batch, synthetic, table_snapshot
 from txmetrics import runtime
 from txmetrics.adapters.blob import BlobArchive
-
-Batch = list[SyntheticEvent]
-
-
-def synthetic(n: int = 1200, partitions: int = 3, seed: int = 5) -> dict[str, list[SyntheticEvent]]:
-    gen = Generator(seed=seed, partitions=partitions, merchants=20, bad_rate=0.05, card_number_rate=0.02,
-                    start=datetime(2026, 3, 1, 23, 0, tzinfo=UTC), days=2 / 24)   # spans midnight
-    per: dict[str, list[SyntheticEvent]] = {}
-    for e in gen.events(n):
-        per.setdefault(e.partition_id, []).append(e)
-    return per
-
-
-def cut(events: list[SyntheticEvent], size: int, offset: int = 0) -> list[Batch]:
-    """Consecutive batches of `size`, the first one `offset` events shorter (re-cut boundaries)."""
-    first = size - offset if offset else size
-    out = [events[:first]]
-    out += [events[i:i + size] for i in range(first, len(events), size)]
-    return [b for b in out if b]
-
-
-def send(fn: Callable[[list[Any]], None], partition: str, batch: Batch) -> None:
-    fn(make_batch([e.body for e in batch], partition_id=partition,
-                  sequence_numbers=[e.sequence_number for e in batch],
-                  enqueued_times=[e.enqueued_at for e in batch]))
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +21,7 @@ def data() -> dict[str, list[SyntheticEvent]]:
 
 
 @pytest.fixture(scope="module")
-def reference(services: Any, data: dict[str, list[SyntheticEvent]],
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def reference(services: Any, data: dict[str, list[SyntheticEvent]]) -> Iterator[dict[str, Any]]:
     """Tables and archive after one clean delivery of every batch (computed once)."""
     import os
 
@@ -61,13 +33,11 @@ def reference(services: Any, data: dict[str, list[SyntheticEvent]],
     os.environ.update({**services.env(), "RAW_EVENTS_CONTAINER": container})
     runtime.reset()
     with psycopg.connect(services.database_url, autocommit=True) as conn:
-        from tests.conftest import DATA_TABLES
-
-        conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+        empty_tables(conn)
         fn = load_function()
         for p, events in data.items():
             for b in cut(events, 200):
-                send(fn, p, b)
+                send_batch(fn, p, b)
         snap = table_snapshot(conn)
     arch = BlobArchive(service_client(services.storage_connection_string), container)
     rows = archive_rows(arch)
@@ -105,8 +75,8 @@ def test_every_batch_delivered_twice(ingest_fn: Callable[..., None], db: psycopg
                                      data: dict[str, list[SyntheticEvent]], reference: dict[str, Any]) -> None:
     for p, events in data.items():
         for b in cut(events, 200):
-            send(ingest_fn, p, b)
-            send(ingest_fn, p, b)
+            send_batch(ingest_fn, p, b)
+            send_batch(ingest_fn, p, b)
     assert_same_as_reference(db, archive, reference)
 
 
@@ -115,9 +85,9 @@ def test_redelivery_recut_at_other_boundaries(ingest_fn: Callable[..., None], db
                                               reference: dict[str, Any]) -> None:
     for p, events in data.items():
         for b in cut(events, 200):
-            send(ingest_fn, p, b)
+            send_batch(ingest_fn, p, b)
         for b in cut(events, 150, offset=70):       # longer and shorter, overlapping the first cut
-            send(ingest_fn, p, b)
+            send_batch(ingest_fn, p, b)
     assert_same_as_reference(db, archive, reference)
 
 
@@ -127,9 +97,9 @@ def test_first_delivery_partial_then_recut_redelivery(ingest_fn: Callable[..., N
     for p, events in data.items():
         batches = cut(events, 200)
         for b in batches[::2]:                       # every other batch first
-            send(ingest_fn, p, b)
+            send_batch(ingest_fn, p, b)
         for b in cut(events, 333, offset=100):       # then everything, cut differently
-            send(ingest_fn, p, b)
+            send_batch(ingest_fn, p, b)
     assert_same_as_reference(db, archive, reference)
 
 
@@ -168,14 +138,14 @@ def test_crash_at_each_step_then_retry_gives_exactly_once(step: str, ingest_fn: 
     for p, events in data.items():
         for i, b in enumerate(cut(events, 200)):
             try:
-                send(ingest_fn, p, b)
+                send_batch(ingest_fn, p, b)
             except Crash:
                 crashes += 1
                 # the host retries; every other time the redelivery is shorter (re-cut)
                 retry = b if i % 2 else b[: len(b) // 2]
-                send(ingest_fn, p, retry)
+                send_batch(ingest_fn, p, retry)
                 if retry is not b:
-                    send(ingest_fn, p, b)
+                    send_batch(ingest_fn, p, b)
     pipeline.crash_hook = None
     assert crashes >= 3
     assert_same_as_reference(db, archive, reference)
@@ -199,12 +169,12 @@ def test_crash_inside_the_commit_rolls_back_everything(ingest_fn: Callable[..., 
     pipeline.crash_hook = hook
     first_partition = next(iter(data))
     with pytest.raises(psycopg.OperationalError):
-        send(ingest_fn, first_partition, cut(data[first_partition], 200)[0])
+        send_batch(ingest_fn, first_partition, cut(data[first_partition], 200)[0])
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (0,)
     pipeline.crash_hook = None
     for p, events in data.items():
         for b in cut(events, 200):
-            send(ingest_fn, p, b)
+            send_batch(ingest_fn, p, b)
     assert_same_as_reference(db, archive, reference)
 
 

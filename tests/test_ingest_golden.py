@@ -138,6 +138,9 @@ def test_an_empty_batch_is_a_no_op(deliver: Callable[..., None], db: psycopg.Con
                                    archive: BlobArchive) -> None:
     deliver([], partition_id="1")
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM raw_files").fetchone() == (0,)
+    archive.ensure_container()
+    assert list(archive.list()) == []
 
 
 def test_a_batch_of_only_bad_events_writes_no_file(deliver: Callable[..., None], db: psycopg.Connection,

@@ -11,10 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from localdev.eventhub import make_batch
 from localdev.services import EmbeddedPostgres, LocalServices, NpmAzurite
-from tests.conftest import archive_rows
-from tests.test_ingest_exactly_once import cut, synthetic
+from tests.helpers import archive_rows, cut, send_batch, synthetic
 from txmetrics import runtime, schema
 from txmetrics.adapters.blob import BlobArchive, service_client
 
@@ -43,9 +41,7 @@ def test_outage_of_postgres_then_of_azurite(own_services: LocalServices) -> None
     batches = cut(events, 150)
 
     def send(batch: list[Any]) -> None:
-        fn(make_batch([e.body for e in batch], partition_id=partition,
-                      sequence_numbers=[e.sequence_number for e in batch],
-                      enqueued_times=[e.enqueued_at for e in batch]))
+        send_batch(fn, partition, batch)
 
     send(batches[0])
     send(batches[1])

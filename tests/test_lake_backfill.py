@@ -22,12 +22,12 @@ import pytest
 from typer.testing import CliRunner
 
 from localdev.services import LocalServices
+from tests.helpers import ROOT, empty_tables
 from tests.lake_helpers import (
     RANGE,
     Batch,
     archive_for,
     corpus,
-    empty_tables,
     folded_aggregates,
     ingest,
     late_batches,
@@ -44,7 +44,6 @@ from txmetrics.core.catalog import load_catalog
 from txmetrics.errors import InvalidRequestError
 from txmetrics_cli.main import app
 
-ROOT = Path(__file__).resolve().parent.parent
 START, END = RANGE
 
 
@@ -77,7 +76,18 @@ def lake(services: LocalServices, db: psycopg.Connection) -> Iterator[dict[str, 
     store.close()
 
 
-def run(services: LocalServices, lake: dict[str, Any], catalog: Path, **kwargs: Any) -> BackfillReport:
+def ingested_without_the_metric(services: LocalServices, catalogs: tuple[Path, Path],
+                                lake: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """corpus() ingested into the test's lake on the old catalog (no risk_score); returns the
+    new catalog and the reference: the same corpus ingested with risk_score from the start."""
+    old, new = catalogs
+    batches = corpus()
+    ref = reference(services, new, "corpus", batches)        # first: it empties the tables
+    ingest(pipeline(services, lake["archive"], old), batches)
+    return new, ref
+
+
+def run(lake: dict[str, Any], catalog: Path, **kwargs: Any) -> BackfillReport:
     return backfill(store=lake["store"], archive=lake["archive"], catalog=load_catalog(catalog), metric="risk_score",
                     start=START, end=END, **kwargs)
 
@@ -109,14 +119,11 @@ def backfill_thread(services: LocalServices, archive: BlobArchive, catalog: Path
 def test_backfill_equals_what_ingest_would_have_produced_and_twice_adds_nothing(
         services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any], db: psycopg.Connection,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    old, new = catalogs
-    batches = corpus()
-    ref = reference(services, new, "corpus", batches)
+    new, ref = ingested_without_the_metric(services, catalogs, lake)
     assert ref["counts"]["risk_score"] > 1000
-    ingest(pipeline(services, lake["archive"], old), batches)
     assert "risk_score" not in metric_counts(db)
 
-    report = run(services, lake, new)
+    report = run(lake, new)
     files = db.execute("SELECT count(*) FROM raw_files").fetchone()[0]
     assert report.files == files and report.events == ref["counts"]["risk_score"] == report.rows
     assert {d.mode for d in report.days.values()} == {"rows + aggregates"} and len(report.days) == 2
@@ -139,7 +146,7 @@ def test_an_unknown_metric_is_refused_naming_the_catalogs_metrics(
     old, _ = catalogs
     with pytest.raises(InvalidRequestError, match=r"unknown metric 'risk_score': the catalog in effect .* defines "
                                                   r"amount, processing_ms, approved"):
-        run(services, lake, old)
+        run(lake, old)
     monkeypatch.setenv("DATABASE_URL", services.database_url)
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", services.storage_connection_string)
     monkeypatch.setenv("METRIC_CATALOG", str(old))
@@ -169,7 +176,7 @@ def test_backfill_beside_late_events_and_another_backfill_stays_exactly_once(
             ingest(live_new, late[:2] if state.files_done == 2 else late[2:3])
             ingest(live_old, late[3:4] if state.files_done == 2 else late[4:5])
 
-    first = run(services, lake, new, progress=after_each_file)
+    first = run(lake, new, progress=after_each_file)
     assert arrived == [2, 5] and first.passes >= 2        # the old-catalog late files were picked up by a pass
 
     # then truly concurrent: two backfills in threads while late events arrive
@@ -183,7 +190,7 @@ def test_backfill_beside_late_events_and_another_backfill_stays_exactly_once(
     for t in threads:
         t.join(timeout=300)
     assert not errors
-    run(services, lake, new)          # the old-catalog files written after both planned
+    run(lake, new)          # the old-catalog files written after both planned
     assert snapshot(db) == ref["snapshot"]
     assert folded_aggregates(db) == ref["folded"]
 
@@ -192,10 +199,7 @@ def test_two_backfills_racing_for_the_same_file_write_it_once(
         services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any], db: psycopg.Connection) -> None:
     """The second run planned the file while the first was writing it: it waits for the
     first's lock on the manifest row, then sees the metric there and skips the file."""
-    old, new = catalogs
-    batches = corpus()
-    ref = reference(services, new, "corpus", batches)
-    ingest(pipeline(services, lake["archive"], old), batches)
+    new, ref = ingested_without_the_metric(services, catalogs, lake)
     second: list[BackfillReport] = []
     errors: list[BaseException] = []
     thread = backfill_thread(services, lake["archive"], new, second, errors)
@@ -211,7 +215,7 @@ def test_two_backfills_racing_for_the_same_file_write_it_once(
             time.sleep(0.05)
         raise AssertionError("the second run never waited for the file")
 
-    first = run(services, lake, new, crash_hook=first_file_not_committed_yet)
+    first = run(lake, new, crash_hook=first_file_not_committed_yet)
     thread.join(timeout=300)
     assert not errors
     files = db.execute("SELECT count(*) FROM raw_files").fetchone()[0]
@@ -249,10 +253,7 @@ backfill(store=PostgresStore({db!r}), archive=BlobArchive(service_client({storag
 def test_backfill_killed_then_resumed_completes_exactly_once(
         where: str, services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any],
         db: psycopg.Connection) -> None:
-    old, new = catalogs
-    batches = corpus()
-    ref = reference(services, new, "corpus", batches)
-    ingest(pipeline(services, lake["archive"], old), batches)
+    new, ref = ingested_without_the_metric(services, catalogs, lake)
     files = db.execute("SELECT count(*) FROM raw_files").fetchone()[0]
     script = _KILLED_RUN.format(functions=str(ROOT / "functions"), kill_at=7, kill_between=where == "between_files",
                                 db=services.database_url, storage=services.storage_connection_string,
@@ -263,7 +264,7 @@ def test_backfill_killed_then_resumed_completes_exactly_once(
     assert done == (7 if where == "between_files" else 6)      # the file in flight was rolled back
     assert db.execute("SELECT count(*) FROM dynamic_metrics WHERE metric_name = 'risk_score'").fetchone()[0] > 0
 
-    resumed = run(services, lake, new)
+    resumed = run(lake, new)
     assert resumed.files == files - done
     assert snapshot(db) == ref["snapshot"]
     assert folded_aggregates(db) == ref["folded"]
@@ -272,10 +273,7 @@ def test_backfill_killed_then_resumed_completes_exactly_once(
 def test_days_past_retention_get_aggregates_only_and_the_command_says_so(
         services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any], db: psycopg.Connection,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    old, new = catalogs
-    batches = corpus()
-    ref = reference(services, new, "corpus", batches)
-    ingest(pipeline(services, lake["archive"], old), batches)
+    new, ref = ingested_without_the_metric(services, catalogs, lake)
     # retention drops day 1's partitions (the ledger's and dynamic_metrics')
     db.execute("DROP TABLE dynamic_metrics_p20260301, ingested_events_p20260301")
     cli_env(monkeypatch, services, lake["archive"], new)
@@ -291,7 +289,7 @@ def test_days_past_retention_get_aggregates_only_and_the_command_says_so(
     ref_day2 = [r for r in ref["snapshot"]["dynamic_metrics"] if r[3] >= datetime(2026, 3, 2, tzinfo=UTC)]
     assert snapshot(db)["dynamic_metrics"] == ref_day2
     assert folded_aggregates(db) == ref["folded"]
-    again = run(services, lake, new)
+    again = run(lake, new)
     assert again.files == 0 and folded_aggregates(db) == ref["folded"]
 
 
@@ -309,10 +307,10 @@ def test_files_written_before_the_per_file_record_are_backfilled_event_by_event(
     with psycopg.connect(services.database_url, autocommit=True) as conn:
         assert compact_day(conn, lake["archive"], datetime(2026, 3, 2).date(), target_bytes=1 << 30).inputs > 2
     expected_rows = ref["counts"]["risk_score"] - metric_counts(db)["risk_score"]
-    report = run(services, lake, new)
+    report = run(lake, new)
     assert report.rows == expected_rows > 0
     assert ref["counts"] == metric_counts(db)
-    twice = run(services, lake, new)            # looked at again, event by event: nothing left to add
+    twice = run(lake, new)            # looked at again, event by event: nothing left to add
     assert twice.rows == 0 and ref["counts"] == metric_counts(db)
     assert snapshot(db)["dynamic_metrics"] == ref["snapshot"]["dynamic_metrics"]
     # aggregates: exact but for sums, which compaction re-groups (float additions in another order)
@@ -320,7 +318,7 @@ def test_files_written_before_the_per_file_record_are_backfilled_event_by_event(
 
 
 def _same_histograms(got: list[tuple[Any, ...]], expected: list[tuple[Any, ...]]) -> None:
-    assert len(got) == len(expected)
+    assert len(got) == len(expected) > 0
     for g, e in zip(got, expected, strict=True):
         assert g[:5] == e[:5] and g[6:] == e[6:], (g, e)
         assert abs(float(g[5]) - float(e[5])) <= 1e-9 * max(1.0, abs(float(e[5])))
@@ -338,7 +336,7 @@ def test_compaction_keeps_metric_lists_apart_until_the_backfill(
         first = compact_day(conn, lake["archive"], day, target_bytes=1 << 30)
     lists = db.execute("SELECT metrics FROM raw_files WHERE event_date = %s AND state = 'uploaded'", (day,)).fetchall()
     assert len(first.outputs) == 2 and sorted(len(m) for (m,) in lists) == [3, 4]
-    run(services, lake, new)
+    run(lake, new)
     assert ref["counts"] == metric_counts(db)
     assert snapshot(db)["dynamic_metrics"] == ref["snapshot"]["dynamic_metrics"]
     _same_histograms(folded_aggregates(db), ref["folded"])
@@ -348,14 +346,14 @@ def test_compaction_keeps_metric_lists_apart_until_the_backfill(
 
 
 def test_a_backfill_between_a_compactions_plan_and_its_commit_makes_it_stand_down(
-        services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any], db: psycopg.Connection) -> None:
+        services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any]) -> None:
     old, new = catalogs
     ingest(pipeline(services, lake["archive"], old), corpus())
     day = datetime(2026, 3, 2).date()
 
     def backfill_meanwhile(step: str) -> None:
         if step == "before_commit":
-            run(services, lake, new)
+            run(lake, new)
 
     with psycopg.connect(services.database_url, autocommit=True) as conn:
         report = compact_day(conn, lake["archive"], day, target_bytes=1 << 30, crash_hook=backfill_meanwhile)
@@ -393,14 +391,13 @@ def test_the_progress_callback_counts_files_and_events(
     old, new = catalogs
     ingest(pipeline(services, lake["archive"], old), corpus(n=300))
     seen: list[tuple[int, int, int]] = []
-    report = run(services, lake, new, progress=lambda s: seen.append((s.files_done, s.files_total, s.events)))
+    report = run(lake, new, progress=lambda s: seen.append((s.files_done, s.files_total, s.events)))
     files, events = db.execute("SELECT count(*), sum(row_count) FROM raw_files").fetchone()
     assert [s[0] for s in seen] == list(range(1, files + 1)) and {s[1] for s in seen} == {files}
     assert seen[-1][2] == events == report.events
 
 
-def test_an_empty_range_is_refused(services: LocalServices, catalogs: tuple[Path, Path],
-                                   lake: dict[str, Any]) -> None:
+def test_an_empty_range_is_refused(catalogs: tuple[Path, Path], lake: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequestError, match="the range is empty"):
         backfill(store=lake["store"], archive=lake["archive"], catalog=load_catalog(catalogs[1]), metric="risk_score",
                  start=END, end=START)

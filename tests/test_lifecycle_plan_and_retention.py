@@ -19,6 +19,7 @@ from lifecycle.plan import make_plan, simulate
 from lifecycle.policy import load_policy, table_retention
 from localdev.eventhub import make_batch
 from localdev.services import LocalServices
+from tests.helpers import partitions
 from txmetrics.retention import enforce
 
 
@@ -45,7 +46,7 @@ def upload(service: BlobServiceClient) -> dict[str, int]:
     return sizes
 
 
-def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient, db: psycopg.Connection) -> None:
+def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient) -> None:
     sizes = upload(service)
     policy = load_policy("dev")     # cool 30, archive 90, delete 270 for raw events; the package: never
     now = datetime.now(UTC)
@@ -59,10 +60,11 @@ def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient, db: 
     assert archive is not None and archive.count == 5 and archive.bytes == sum(sizes.values())
     assert archive.prefix == "raw-events/raw_events/"
     gone = make_plan(policy, now + timedelta(days=300), service=service)
-    assert gone.action("raw-events-tiering", "delete").count == 5  # type: ignore[union-attr]
+    delete = gone.action("raw-events-tiering", "delete")
+    assert delete is not None and delete.count == 5
 
 
-def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient, db: psycopg.Connection) -> None:
+def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient) -> None:
     sizes = upload(service)
     policy = load_policy("dev")
     plan = make_plan(policy, datetime.now(UTC) + timedelta(days=100), service=service)
@@ -78,11 +80,6 @@ def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient, 
     assert err.value.error_code == "BlobArchived"
     again = make_plan(policy, datetime.now(UTC) + timedelta(days=100), service=service)
     assert again.blob_actions == []                          # already done: nothing more to do
-
-
-def partitions(conn: psycopg.Connection, table: str) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                       "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,)).fetchall()]
 
 
 def test_retention_drops_exactly_the_expired_partitions(db: psycopg.Connection) -> None:

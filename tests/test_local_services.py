@@ -14,8 +14,7 @@ import pytest
 
 import localdev.services as services_mod
 from localdev.services import EmbeddedPostgres, NpmAzurite, ServiceError
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 CHILD = textwrap.dedent("""
     import sys, time

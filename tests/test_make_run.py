@@ -10,6 +10,7 @@ from rich.console import Console
 
 from localdev.run import RunConfig, run, summary
 from localdev.services import LocalServices
+from tests.helpers import scalar
 
 
 def test_a_rerun_counts_as_duplicates_not_new_events(services: LocalServices, db: psycopg.Connection,
@@ -19,8 +20,8 @@ def test_a_rerun_counts_as_duplicates_not_new_events(services: LocalServices, db
     out = io.StringIO()
     console = Console(file=out, width=200)
     first = run(config, env, console=console)
-    valid = db.execute("SELECT count(*) FROM ingested_events").fetchone()[0]  # type: ignore[index]
-    failed = db.execute("SELECT count(*) FROM failed_items").fetchone()[0]  # type: ignore[index]
+    valid = scalar(db, "SELECT count(*) FROM ingested_events")
+    failed = scalar(db, "SELECT count(*) FROM failed_items")
     assert first["new"] == valid and first["duplicates"] == 0 and valid + failed == config.events
     again = run(config, env, console=console)
     assert again["new"] == 0 and again["duplicates"] == valid

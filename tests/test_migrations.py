@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from typing import Any
 
 import psycopg
 
@@ -78,7 +79,7 @@ def test_rollback_then_apply_gives_an_identical_schema_and_reapply_is_a_noop(emp
     assert schema_dump(empty_db) == first
 
 
-def _apply(url: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+def _apply(url: str, queue: mp.Queue[tuple[str, Any]]) -> None:
     try:
         queue.put(("ok", schema.apply_all(url)))
     except Exception as exc:  # reported to the parent, which fails the test

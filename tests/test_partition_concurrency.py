@@ -85,6 +85,6 @@ def test_new_day_partitions_under_concurrent_writers(env: dict[str, str], db: ps
                             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
                             (table,)).fetchall()
         touched = db.execute(f"SELECT count(DISTINCT (occurred_at AT TIME ZONE 'UTC')::date) FROM {table}").fetchone()
-        assert touched is not None and len(bounds) == touched[0]
+        assert touched is not None and len(bounds) == touched[0] > 0
         assert all(b[0].startswith("FOR VALUES FROM ('2026-05-") for b in bounds), bounds
     recompute_and_compare(db, load_catalog(BUNDLED_CATALOG))
