@@ -151,6 +151,49 @@ def test_crash_at_each_step_then_retry_gives_exactly_once(step: str, ingest_fn: 
     assert_same_as_reference(db, archive, reference)
 
 
+def test_a_batch_transaction_postgresql_asks_to_retry_is_written_once(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        data: dict[str, list[SyntheticEvent]], reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch's transaction fails once with a deadlock (40P01) just before its commit, after
+    all its writes: PostgresStore.run_batch rolls it back and runs the whole body again. The
+    second attempt stores exactly what one clean delivery stores, and the batch's report counts
+    that attempt only (not the rolled-back one's files, events or rows)."""
+    pipeline = runtime.get_pipeline()
+    attempts = {"n": 0}
+
+    def hook(name: str) -> None:
+        if name == "before_commit":
+            attempts["n"] += 1
+            if attempts["n"] % 2 == 1:                  # each batch's first attempt
+                raise psycopg.errors.DeadlockDetected("deadlock detected (injected by the test)")
+
+    reports: list[Any] = []
+    process = pipeline.process
+
+    def recorded(partition_id: str, inbound: Any) -> Any:
+        reports.append(report := process(partition_id, inbound))
+        return report
+
+    monkeypatch.setattr(pipeline, "process", recorded)
+    pipeline.crash_hook = hook
+    batches = 0
+    for p, events in data.items():
+        for b in cut(events, 200):
+            send_batch(ingest_fn, p, b)
+            batches += 1
+    pipeline.crash_hook = None
+    assert attempts["n"] == 2 * batches and len(reports) == batches
+    assert_same_as_reference(db, archive, reference)
+    tables = reference["tables"]
+    assert sum(r.new_events for r in reports) == len(tables["ingested_events"])
+    assert sum(r.duplicates for r in reports) == 0
+    assert sum(r.metric_rows for r in reports) == len(tables["dynamic_metrics"])
+    assert sum(r.failed_new for r in reports) == len(tables["failed_items"])
+    files = [f for r in reports for f in r.files]
+    assert sorted(path for path, _ in files) == sorted(
+        str(row[0]) for row in db.execute("SELECT path FROM raw_files").fetchall())
+
+
 def test_crash_inside_the_commit_rolls_back_everything(ingest_fn: Callable[..., None], db: psycopg.Connection,
                                                        archive: BlobArchive, data: dict[str, list[SyntheticEvent]],
                                                        reference: dict[str, Any], services: Any) -> None:
