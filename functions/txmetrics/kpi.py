@@ -19,7 +19,8 @@ has a rate, not quantiles; amounts are per currency), which rows cannot tell; it
 scan of the range; and a refusal names the file to edit. The CLI must therefore run with
 the function's catalog (contract section 6); docs/read-side.md says so.
 
-Histograms are merged in SQL, set-based (adapters/aggregates.py), and quantiles are read from the merged histogram in Python with the same scheme as SQL.
+Histograms are merged in SQL, set-based (adapters/aggregates.py), and quantiles are read
+from the merged histogram in Python with the same scheme as SQL.
 """
 
 from __future__ import annotations
