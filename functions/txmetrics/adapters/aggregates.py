@@ -4,8 +4,8 @@ that merges them into the 5-minute rows (aggregate_histograms), the daily rollup
 KPI reader goes through (docs/read-side.md).
 
 Functions take the connection the caller's transaction runs on and keyword-only arguments;
-none opens a transaction of its own (kpi.py and rollup.py decide those), except `fold`,
-which is one statement.
+none opens a transaction of its own (kpi.py and rollup.py decide those); `fold` is one
+statement, so it is all or nothing in whatever transaction runs it.
 """
 
 from __future__ import annotations
