@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -23,7 +23,7 @@ from azure.storage.blob import BlobServiceClient
 
 from txmetrics.adapters import partitions
 from txmetrics.adapters.blob import BlobArchive, BlobInfo
-from txmetrics.core.tables import DAY_PARTITIONED, ROW_RETENTION
+from txmetrics.retention import expiry
 
 from .policy import ACCESS_TIER, ARM_ACTION, TIERS, Policy, table_retention
 
@@ -131,15 +131,10 @@ def plan_blobs(policy: Policy, listed: Inventory, at: datetime) -> tuple[list[Bl
 
 
 def plan_tables(policy: Policy, conn: psycopg.Connection, at: date) -> tuple[dict[str, list[str]], dict[str, int]]:
-    retention = table_retention(policy)
-    dropped: dict[str, list[str]] = {}
-    for table in DAY_PARTITIONED:
-        dropped[table] = partitions.expired_partitions(conn, table=table, cutoff=at - timedelta(days=retention[table]))
-    deleted: dict[str, int] = {}
-    for t in ROW_RETENTION:                # the rows txmetrics.retention.enforce deletes
-        if t.retention_key in retention:
-            deleted[t.name] = partitions.count_expired_rows(
-                conn, table=t, cutoff=at - timedelta(days=retention[t.retention_key]))
+    due = expiry(table_retention(policy), at)         # what txmetrics.retention.enforce will act on
+    dropped = {table: partitions.expired_partitions(conn, table=table, cutoff=before)
+               for table, before in due.partitions.items()}
+    deleted = {t.name: partitions.count_expired_rows(conn, table=t, cutoff=before) for t, before in due.rows.items()}
     return dropped, deleted
 
 

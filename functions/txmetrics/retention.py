@@ -13,7 +13,7 @@ from datetime import date, timedelta
 import psycopg
 
 from .adapters import partitions
-from .core.tables import DAY_PARTITIONED, ROW_RETENTION
+from .core.tables import DAY_PARTITIONED, ROW_RETENTION, Table
 
 
 @dataclass
@@ -28,17 +28,32 @@ def cutoff(today: date, days: int) -> date:
     return today - timedelta(days=days)
 
 
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """What `retention` expires as of a day: the cutoff of each day-partitioned table (its
+    partitions wholly before it are dropped) and of each other table with a retention (its
+    rows before it are deleted). The one reading of the retention for `enforce` and for the
+    lifecycle plan, which predicts what `enforce` will do."""
+
+    partitions: dict[str, date]
+    rows: dict[Table, date]
+
+
+def expiry(retention: dict[str, int], today: date) -> Expiry:
+    return Expiry(partitions={table: cutoff(today, retention[table]) for table in DAY_PARTITIONED if table in retention},
+                  rows={t: cutoff(today, retention[t.retention_key]) for t in ROW_RETENTION
+                        if t.retention_key is not None and t.retention_key in retention})
+
+
 def enforce(conn: psycopg.Connection, retention: dict[str, int], today: date, ahead_days: int = 7) -> RetentionReport:
     """Apply `retention` ({table: days}) as of `today`. `conn` must be in autocommit mode."""
     report = RetentionReport()
+    due = expiry(retention, today)
     for table in DAY_PARTITIONED:
         report.created_partitions += partitions.ensure_day_partitions(
             conn, table=table, first=today, last=today + timedelta(days=ahead_days))
-        if table in retention:
-            report.dropped_partitions += partitions.drop_expired(conn, table=table,
-                                                                 cutoff=cutoff(today, retention[table]))
-    for t in ROW_RETENTION:
-        if t.retention_key in retention:
-            report.deleted_rows[t.name] = partitions.delete_expired_rows(
-                conn, table=t, cutoff=cutoff(today, retention[t.retention_key]))
+        if table in due.partitions:
+            report.dropped_partitions += partitions.drop_expired(conn, table=table, cutoff=due.partitions[table])
+    for t, before in due.rows.items():
+        report.deleted_rows[t.name] = partitions.delete_expired_rows(conn, table=t, cutoff=before)
     return report
