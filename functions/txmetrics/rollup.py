@@ -20,8 +20,6 @@ import psycopg
 from .adapters import aggregates
 from .core.histogram import SCALE, Histogram
 
-DAY = aggregates.DAY
-
 
 def days_to_roll(conn: psycopg.Connection, before: date, lookback_days: int = 7) -> list[date]:
     """Finished days with 5-minute rows and no fresh rollup."""
