@@ -73,8 +73,16 @@ def table_snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]
             "SELECT item_key, partition_id, sequence_number, error_code, detail, payload FROM failed_items "
             "ORDER BY 1").fetchall(),
         "ingested_events": conn.execute(
-            "SELECT event_id, occurred_at, dimension_key FROM ingested_events ORDER BY 1, 2").fetchall(),
+            "SELECT event_key, occurred_at, dimension_key FROM ingested_events ORDER BY 1, 2").fetchall(),
     }
+
+
+def ledger_event_ids(conn: psycopg.Connection, candidates: Iterable[str]) -> set[str]:
+    """Which of `candidates` the ledger holds (it stores their keys, txm_event_key, not the
+    ids); the ledger holding no other event is for the caller to check by count."""
+    return {r[0] for r in conn.execute(
+        "SELECT c FROM unnest(%s::text[]) AS c WHERE EXISTS "
+        "(SELECT 1 FROM ingested_events WHERE event_key = txm_event_key(c))", (list(candidates),))}
 
 
 def archive_rows(archive: BlobArchive) -> list[tuple[Any, ...]]:

@@ -13,6 +13,7 @@ from azure.storage.blob import BlobServiceClient
 from pyarrow import fs
 
 from localdev.services import AZURITE_ACCOUNT, AZURITE_KEY, LocalServices
+from txmetrics.core.naming import event_key
 
 
 def test_parquet_uploaded_with_the_sdk_reads_back_through_pyarrow_azure_filesystem(
@@ -48,12 +49,23 @@ def _metric(conn: psycopg.Connection, **overrides: object) -> None:
 def test_a_second_ledger_row_for_an_event_is_refused_by_the_database(db: psycopg.Connection) -> None:
     """The ledger's key is what makes every effect of an event happen once."""
     db.execute("SELECT txm_ensure_day_partitions('ingested_events', '2026-03-01', '2026-03-01')")
-    insert = ("INSERT INTO ingested_events (event_id, occurred_at, raw_file_id, dimension_key) "
-              "VALUES ('e1', '2026-03-01T00:00:00Z', 1, 1)")
+    insert = ("INSERT INTO ingested_events (event_key, occurred_at, dimension_key) "
+              "VALUES (txm_event_key('e1'), '2026-03-01T00:00:00Z', 1)")
     db.execute(insert)
     with pytest.raises(psycopg.errors.UniqueViolation):
         db.execute(insert)
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (1,)
+
+
+def test_the_ledger_key_is_the_same_in_python_and_in_sql(db: psycopg.Connection) -> None:
+    """The writer keys the ledger with naming.event_key; SQL readers (the wide view, `txmetrics
+    query --event-id`, the migration of existing rows) with txm_event_key: one key per id, or
+    lookups would miss events and redeliveries of migrated events would count again."""
+    ids = ["e1", "E1", "e1 ", "1d87daa6-40de-80cc-eb20-48041771665b", "ünïcødé-€-订单-🙂", "x" * 128, "a'b\\c\"d",
+           "tab\tnew\nline"]
+    sql = db.execute("SELECT i, txm_event_key(i) FROM unnest(%s::text[]) AS i", (ids,)).fetchall()
+    assert {i: k.bytes for i, k in sql} == {i: event_key(i) for i in ids}
+    assert len({event_key(i) for i in ids}) == len(ids)
 
 
 @pytest.mark.parametrize("overrides", [

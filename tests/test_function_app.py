@@ -69,8 +69,8 @@ def test_hand_made_events_without_trigger_metadata_are_processed(ingest_fn: Call
     ingest_fn([event(1), event(2)])
     ingest_fn([event(3), event(4)])          # same made-up sequence numbers 0 and 1
     ingest_fn([event(1)])                    # a redelivery
-    assert db.execute("SELECT count(*), min(f.partition_id) FROM ingested_events e "
-                      "JOIN raw_files f ON f.id = e.raw_file_id").fetchone() == (4, "unknown")
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (4,)
+    assert db.execute("SELECT DISTINCT partition_id FROM raw_files").fetchall() == [("unknown",)]
     assert db.execute("SELECT count(*) FROM raw_files").fetchone() == (2,)
 
 

@@ -9,6 +9,7 @@ import psycopg
 
 from txmetrics import schema
 from txmetrics.core import tables
+from txmetrics.core.naming import event_key
 
 ALL_MIGRATIONS = sorted(p.name[: -len(".sql")] for p in schema.MIGRATIONS_DIR.glob("*.sql")
                         if not p.name.endswith(".rollback.sql"))
@@ -154,8 +155,15 @@ def test_the_wide_view_returns_the_rows_the_wide_table_held(empty_db: str) -> No
         assert conn.execute(f"SELECT {wide} FROM dynamic_metrics_wide ORDER BY 1, 2").fetchall() == before
         # one stored tuple per distinct set of dimensions; the event without metric rows keeps no key
         assert conn.execute("SELECT count(*) FROM event_dimensions").fetchone() == (2,)
-        assert conn.execute("SELECT event_id FROM ingested_events WHERE dimension_key IS NULL").fetchall() == [
-            ("no-metrics",)]
+        assert conn.execute("SELECT event_key = txm_event_key('no-metrics') FROM ingested_events "
+                            "WHERE dimension_key IS NULL").fetchall() == [(True,)]
+        # 0011: the ledger keeps each event's key (as the writer computes it), not its id
+        ledger = conn.execute("SELECT event_key FROM ingested_events").fetchall()
+        assert {k.bytes for (k,) in ledger} == {event_key(e) for e in ("e1", "e2", "e3", "no-metrics")}
+        assert len(ledger) == 4
+        ledger_columns = {c[0] for c in conn.execute("SELECT column_name FROM information_schema.columns "
+                                                     "WHERE table_name = 'ingested_events'").fetchall()}
+        assert ledger_columns == {"event_key", "occurred_at", "dimension_key"}
         columns = {c[0] for c in conn.execute("SELECT column_name FROM information_schema.columns "
                                               "WHERE table_name = 'dynamic_metrics'").fetchall()}
         assert columns == {"event_id", "metric_name", "value", "occurred_at"}

@@ -208,8 +208,7 @@ class Pipeline:
         days = sorted(batch.by_day)
         ids = dict(zip(days, manifest.allocate_ids(tx.conn, count=len(days)), strict=True))
         events = [ev for d in days for ev in batch.by_day[d]]
-        claimed = tx.claim_events(events, [ids[d] for d in days for _ in batch.by_day[d]],
-                                  [batch.dimension_keys[id(ev)] for ev in events])
+        claimed = tx.claim_events(events, [batch.dimension_keys[id(ev)] for ev in events])
         new_by_day = {d: kept for d in days
                       if (kept := [ev for ev in batch.by_day[d] if (ev.event_id, ev.occurred_us) in claimed])}
         new_index = [i for i, ev in enumerate(batch.valid) if (ev.event_id, ev.occurred_us) in claimed]

@@ -41,7 +41,7 @@ class QueryResult:
 def plan_files(conn: psycopg.Connection, start: datetime | None, end: datetime | None,
                event_id: str | None = None) -> list[PlannedRead]:
     """The live files that can hold events in [start, end), from the manifest. With
-    `event_id` the range is optional: the ledger knows the event's file."""
+    `event_id` the range is optional: the ledger knows the event's time."""
     if event_id is not None:
         return manifest.files_of_event(conn, event_id=event_id, start=start, end=end)
     if start is None or end is None:

@@ -170,21 +170,22 @@ def files_in_range(conn: psycopg.Connection, *, start: datetime, end: datetime) 
 
 def files_of_event(conn: psycopg.Connection, *, event_id: str, start: datetime | None, end: datetime | None
                    ) -> list[PlannedRead]:
-    """The live files that hold the event (its ledger row names its file; after compaction,
-    the files of the generation that replaced it), within [start, end) when given."""
+    """The live files that can hold the event, within [start, end) when given: its ledger row
+    gives its time, and the live files of that day whose time range covers it are the
+    candidates (the file that took it, or the compacted file that replaced that one, plus any
+    other batch's file spanning the same instant; the reader filters on event_id)."""
     rows = conn.execute(
-        """SELECT DISTINCT f.path, f.state, o.content
+        """SELECT DISTINCT f.path, f.state, o.content, f.event_date, f.occurred_min
              FROM ingested_events e
-             JOIN raw_files orig ON orig.id = e.raw_file_id
-             JOIN raw_files f ON (f.id = orig.id AND orig.superseded_by IS NULL)
-                              OR (f.generation = orig.superseded_by)
+             JOIN raw_files f ON f.event_date = (e.occurred_at AT TIME ZONE 'UTC')::date
+                             AND e.occurred_at BETWEEN f.occurred_min AND f.occurred_max
              LEFT JOIN raw_file_outbox o ON o.raw_file_id = f.id
-            WHERE e.event_id = %(id)s
+            WHERE e.event_key = txm_event_key(%(id)s)
               AND (%(start)s::timestamptz IS NULL OR e.occurred_at >= %(start)s)
               AND (%(end)s::timestamptz IS NULL OR e.occurred_at < %(end)s)
               AND f.state IN ('uploaded', 'pending')
-            ORDER BY f.path""", {"id": event_id, "start": start, "end": end}).fetchall()
-    return _planned(rows)
+            ORDER BY f.event_date, f.occurred_min, f.path""", {"id": event_id, "start": start, "end": end}).fetchall()
+    return _planned([r[:3] for r in rows])
 
 
 def files_per_day(conn: psycopg.Connection, *, first: date, last: date) -> list[ManifestDay]:

@@ -42,6 +42,11 @@ def text(value: str | None) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+def uuid(value: bytes) -> bytes:
+    """uuid's binary form: its 16 bytes."""
+    return b"\x00\x00\x00\x10" + value
+
+
 def jsonb(value: str | None) -> bytes:
     """jsonb's binary form: a version byte (1) and the JSON text."""
     if value is None:

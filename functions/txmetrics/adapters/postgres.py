@@ -4,7 +4,8 @@ Within one transaction a batch
 1. claims its events in the `ingested_events` ledger (COPY, sorted by key; on a key that is
    already there, INSERT .. ON CONFLICT DO NOTHING instead): only events whose ledger row
    is really inserted go further, so a redelivered event, in this batch or another, adds
-   nothing anywhere. The ledger row carries the event's dimension key;
+   nothing anywhere. The ledger row is the event's key (16 bytes of its id's SHA-256), its
+   time and its dimension key;
 2. records the batch's raw files in the manifest, their bytes in the outbox (manifest.py);
 3. COPYs the new events' metric rows into dynamic_metrics (narrow, append-only);
 4. COPYs their histograms into aggregate_deltas (append-only: no writer updates a shared
@@ -28,7 +29,7 @@ from psycopg.conninfo import make_conninfo
 
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, Aggregates, DimensionTuple, MetricRows
-from ..core.naming import datetime_to_us
+from ..core.naming import datetime_to_us, event_key
 from ..core.tables import DAY_PARTITIONED
 from . import aggregates, failed_items, manifest, partitions, pgcopy
 
@@ -39,8 +40,8 @@ RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization fai
 # binding parameter arrays from Python), then one INSERT .. SELECT does the real work in
 # the server. Created once per connection, emptied at every commit: no catalog churn.
 _STAGING_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS txm_stage_events (
-    event_id text, occurred_at timestamptz, raw_file_id bigint, dimension_key bigint) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS txm_stage_ledger (
+    event_key uuid, occurred_at timestamptz, dimension_key bigint) ON COMMIT DELETE ROWS;
 """
 
 
@@ -225,43 +226,45 @@ class BatchTransaction:
         with self.conn.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
             copy.write(pgcopy.payload(rows))
 
-    def claim_events(self, events: Sequence[PaymentEvent], file_ids: Sequence[int],
-                     dimension_keys: Sequence[int]) -> set[tuple[str, int]]:
+    def claim_events(self, events: Sequence[PaymentEvent], dimension_keys: Sequence[int]) -> set[tuple[str, int]]:
         """Insert ledger rows; return the (event_id, occurred_us) keys really inserted.
 
-        Fast path: COPY straight into ingested_events in a savepoint: a batch of new events
-        (the usual case) costs one COPY. When a key is already there (a redelivery), the
-        savepoint is rolled back and the rows go through a staging table with ON CONFLICT
-        DO NOTHING, and only the keys that were already there come back. Rows go in sorted
-        by key in both paths, so two writers claiming overlapping events lock them in the
-        same order and wait for each other instead of deadlocking. `events` must not repeat
-        a key."""
+        The ledger holds each event's key (`naming.event_key`: 16 bytes of SHA-256 of its id),
+        its time and its dimension key. Fast path: COPY straight into ingested_events in a
+        savepoint: a batch of new events (the usual case) costs one COPY. When a key is
+        already there (a redelivery), the savepoint is rolled back and the rows go through a
+        staging table with ON CONFLICT DO NOTHING, and only the keys that were already there
+        come back. Rows go in sorted by key in both paths, so two writers claiming
+        overlapping events lock them in the same order and wait for each other instead of
+        deadlocking. `events` must not repeat a key."""
         if not events:
             return set()
-        order = sorted(range(len(events)), key=lambda i: (events[i].event_id, events[i].occurred_us))
-        four = pgcopy.field_count(4)
-        rows = [four + pgcopy.text(events[i].event_id) + pgcopy.timestamptz(events[i].occurred_us)
-                + pgcopy.int8(file_ids[i]) + pgcopy.int8(dimension_keys[i]) for i in order]
-        keys = {(ev.event_id, ev.occurred_us) for ev in events}
+        ledger_keys = [(event_key(ev.event_id), ev.occurred_us) for ev in events]
+        order = sorted(range(len(events)), key=ledger_keys.__getitem__)
+        three = pgcopy.field_count(3)
+        rows = [three + pgcopy.uuid(ledger_keys[i][0]) + pgcopy.timestamptz(ledger_keys[i][1])
+                + pgcopy.int8(dimension_keys[i]) for i in order]
+        claimed = {(ev.event_id, ev.occurred_us) for ev in events}
         try:
             with self.conn.transaction():
-                self._copy_binary("ingested_events (event_id, occurred_at, raw_file_id, dimension_key)", rows)
-            return keys
+                self._copy_binary("ingested_events (event_key, occurred_at, dimension_key)", rows)
+            return claimed
         except psycopg.errors.UniqueViolation:
             pass
-        self._copy_binary("txm_stage_events", rows)
+        self._copy_binary("txm_stage_ledger", rows)
         taken = self.conn.execute(
             """WITH inserted AS (
-                   INSERT INTO ingested_events (event_id, occurred_at, raw_file_id, dimension_key)
-                   SELECT event_id, occurred_at, raw_file_id, dimension_key FROM txm_stage_events
-                    ORDER BY event_id, occurred_at
+                   INSERT INTO ingested_events (event_key, occurred_at, dimension_key)
+                   SELECT event_key, occurred_at, dimension_key FROM txm_stage_ledger
+                    ORDER BY event_key, occurred_at
                    ON CONFLICT DO NOTHING
-                   RETURNING event_id, occurred_at)
-               SELECT s.event_id, s.occurred_at FROM txm_stage_events s
-                WHERE NOT EXISTS (SELECT 1 FROM inserted i WHERE i.event_id = s.event_id
+                   RETURNING event_key, occurred_at)
+               SELECT s.event_key, s.occurred_at FROM txm_stage_ledger s
+                WHERE NOT EXISTS (SELECT 1 FROM inserted i WHERE i.event_key = s.event_key
                                      AND i.occurred_at = s.occurred_at)"""
         ).fetchall()
-        return keys - {(str(e), datetime_to_us(t)) for e, t in taken}
+        event_of = {key: (ev.event_id, ev.occurred_us) for key, ev in zip(ledger_keys, events, strict=True)}
+        return claimed - {event_of[(k.bytes, datetime_to_us(t))] for k, t in taken}
 
     def insert_metrics(self, rows: MetricRows) -> int:
         """Metric rows of the newly claimed events, by COPY. dynamic_metrics has no unique
