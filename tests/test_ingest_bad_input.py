@@ -9,6 +9,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -20,6 +21,7 @@ from localdev.eventhub import make_batch
 from tests.helpers import empty_tables, ledger_event_ids
 from tests.hostile_input import CODES, HOSTILE, hostile_body
 from txmetrics.core import catalog as catalog_module
+from txmetrics.core.events import MAX_FAILED_PAYLOAD
 
 
 def valid_event(tag: str) -> dict[str, Any]:
@@ -185,5 +187,32 @@ def test_an_event_that_breaks_metric_extraction_fails_alone(deliver: Callable[..
     row = db.execute("SELECT sequence_number, error_code, detail, payload FROM failed_items").fetchone()
     assert row[:2] == (1, "internal_error") and "ZeroDivisionError" in row[2] and "extracting metrics" in row[2]
     assert "4111 1111 1111 1111" not in row[3] and "**** **** **** 1111" in row[3]
-    assert {r[0] for r in db.execute("SELECT event_id FROM ingested_events")} == {e["event_id"] for e in good}
+    assert ledger_event_ids(db, [e["event_id"] for e in bodies]) == {e["event_id"] for e in good}
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (len(good),)
     assert db.execute("SELECT count(DISTINCT event_id) FROM dynamic_metrics").fetchone() == (3,)
+
+
+def test_a_failed_item_keeps_where_and_when_it_came_from(ingest_fn: Callable[..., None],
+                                                          db: psycopg.Connection) -> None:
+    """What an operator needs to find and replay a bad event, column by column, for the
+    ways a batch can bring one: the host's batch (aware enqueued times), and hand-made
+    events with a naive enqueued time (read as UTC, as the database reads one) or none."""
+    from azure.functions import EventHubEvent
+
+    at = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    bad = {**valid_event("w"), "amount": -1}
+    long_garbage = b"{" + b"x" * (MAX_FAILED_PAYLOAD + 10)
+    ingest_fn(make_batch([bad, long_garbage], partition_id="p-7", first_sequence=41,
+                         enqueued_times=[at, at + timedelta(milliseconds=1)]))
+    ingest_fn([EventHubEvent(body=b"[]", sequence_number=5, enqueued_time=datetime(2026, 3, 1, 12, 0)),
+               EventHubEvent(body=b"7", sequence_number=6)])
+    rows = db.execute("SELECT partition_id, sequence_number, enqueued_at, event_id, error_code, payload_truncated, "
+                      "length(payload), received_at IS NOT NULL, replayed, resolved FROM failed_items "
+                      "ORDER BY sequence_number").fetchall()
+    assert rows == [
+        ("unknown", 5, datetime(2026, 3, 1, 12, 0, tzinfo=UTC), None, "body_not_object", False, 2, True, False, False),
+        ("unknown", 6, None, None, "body_not_object", False, 1, True, False, False),
+        ("p-7", 41, at, bad["event_id"], "invalid_amount", False, len(json.dumps(bad)), True, False, False),
+        ("p-7", 42, at + timedelta(milliseconds=1), None, "body_not_json", True, MAX_FAILED_PAYLOAD, True, False,
+         False),
+    ]

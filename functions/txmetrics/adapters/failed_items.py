@@ -10,32 +10,61 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from ..core.events import Rejection
+from ..core.naming import datetime_to_us
+from . import pgcopy
 
 LISTED = ("id", "error_code", "event_id", "partition_id", "sequence_number", "received_at", "replayed", "resolved",
           "detail")
 
 
+_RECORDED = ("item_key, partition_id, sequence_number, enqueued_at, event_id, error_code, detail, payload, "
+             "payload_truncated")
+
+
 def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection]) -> int:
     """Insert the batch's refused events; an item already recorded (a retried batch: same
-    item key) is left as it is. Returns how many were new."""
+    item key) is left as it is. Returns how many were new.
+
+    As the ledger claim: one binary COPY in a savepoint (binding nine parameter arrays cost
+    about 50 us of worker CPU per item); on an item key already there, the savepoint is rolled
+    back and the items go in with ON CONFLICT DO NOTHING."""
     if not rejections:
         return 0
     r = sorted(rejections, key=lambda x: x.item_key)        # one lock order for concurrent retries
+    try:
+        with conn.transaction(), conn.cursor().copy(f"COPY failed_items ({_RECORDED}) FROM STDIN (FORMAT binary)"
+                                                    ) as copy:
+            copy.write(pgcopy.payload(_binary_row(x) for x in r))
+        return len(r)
+    except psycopg.errors.UniqueViolation:
+        pass
     return conn.execute(
-        """INSERT INTO failed_items (item_key, partition_id, sequence_number, enqueued_at, event_id, error_code,
-                                     detail, payload, payload_truncated)
+        f"""INSERT INTO failed_items ({_RECORDED})
            SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[],
                                 %s::text[], %s::text[], %s::bool[])
            ON CONFLICT (item_key) DO NOTHING""",
         ([x.item_key for x in r], [x.partition_id for x in r], [x.sequence_number for x in r],
          [x.enqueued_at for x in r], [x.event_id for x in r], [x.error_code for x in r], [x.detail for x in r],
          [x.payload for x in r], [x.payload_truncated for x in r])).rowcount
+
+
+def _binary_row(x: Rejection) -> bytes:
+    enqueued = x.enqueued_at
+    if enqueued is not None and enqueued.tzinfo is None:
+        enqueued = enqueued.replace(tzinfo=UTC)       # as the database reads a naive time: UTC
+    return (_NINE + pgcopy.text(x.item_key) + pgcopy.text(x.partition_id) + pgcopy.int8(x.sequence_number)
+            + (pgcopy.NULL if enqueued is None else pgcopy.timestamptz(datetime_to_us(enqueued)))
+            + pgcopy.text(x.event_id) + pgcopy.text(x.error_code) + pgcopy.text(x.detail) + pgcopy.text(x.payload)
+            + pgcopy.boolean(x.payload_truncated))
+
+
+_NINE = pgcopy.field_count(9)
 
 
 def list_items(conn: psycopg.Connection, *, error_code: str | None, include_done: bool, limit: int

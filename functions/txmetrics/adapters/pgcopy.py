@@ -63,6 +63,10 @@ def int4(value: int | None) -> bytes:
     return NULL if value is None else _INT4.pack(4, value)
 
 
+def boolean(value: bool) -> bytes:
+    return b"\x00\x00\x00\x01\x01" if value else b"\x00\x00\x00\x01\x00"
+
+
 def float8(value: float) -> bytes:
     return _FLOAT8.pack(8, value)
 
