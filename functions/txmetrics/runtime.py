@@ -9,6 +9,7 @@ not share a connection. The cache is keyed on the settings: when the environment
 
 from __future__ import annotations
 
+import gc
 import threading
 
 from .pipeline import Pipeline
@@ -17,6 +18,7 @@ from .settings import Settings
 _local = threading.local()
 _lock = threading.Lock()
 _all: list[Pipeline] = []
+_frozen = False
 
 
 def get_pipeline() -> Pipeline:
@@ -26,10 +28,25 @@ def get_pipeline() -> Pipeline:
         if current is not None:
             _forget(current[1])
         pipeline = Pipeline.from_settings(settings)
+        _freeze_long_lived_objects()
         with _lock:
             _all.append(pipeline)
         _local.current = current = (settings, pipeline)
     return current[1]
+
+
+def _freeze_long_lived_objects() -> None:
+    """Once per process, after its first pipeline is built: what exists then (the modules, the
+    catalog, the pipeline and its clients) lives as long as the worker. gc.freeze moves it out
+    of the cyclic collector's generations, so the collections that each batch's short-lived
+    objects set off stop walking it every time (Python docs, gc.freeze). Measured in the
+    profile harness: time in the collector 1.7 -> 0.8 us per event (docs/benchmarks.md)."""
+    global _frozen
+    with _lock:
+        if not _frozen:
+            gc.collect()        # garbage of the start-up, freed now rather than kept for good
+            gc.freeze()
+            _frozen = True
 
 
 def _forget(pipeline: Pipeline) -> None:

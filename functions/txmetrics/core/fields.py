@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, Literal
 
 from .masking import CardLikeNumber, card_digits_of_decimal, card_digits_of_int
@@ -102,7 +103,7 @@ class EventSchema:
     def event_fields(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.origin == "event")
 
-    @property
+    @cached_property      # read for every event (declared_problem): worked out once
     def added_fields(self) -> tuple[Column, ...]:
         """Fields added by versions after 1: checked and read generically, by their type."""
         return tuple(c for c in self.columns if c.origin == "event" and c.since > 1)
