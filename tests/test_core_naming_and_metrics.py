@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from txmetrics.core.catalog import load_catalog
+from txmetrics.core.catalog import load_catalog, parse_catalog
 from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
 from txmetrics.core.histogram import Histogram
 from txmetrics.core.metrics import aggregate, extract_metrics
@@ -93,3 +93,20 @@ def test_aggregates_equal_a_recomputation_group_by_group(specs: list[tuple[Any, 
         assert a.sum == pytest.approx(h.sum, rel=1e-12, abs=1e-9), key
         assert (a.pos_offset, list(a.pos_counts)) == (h.pos_offset, h.pos_counts), key
         assert (a.neg_offset, list(a.neg_counts)) == (h.neg_offset, h.neg_counts), key
+
+
+def test_optional_column_dimensions_slice_absent_values_apart() -> None:
+    """country and event_type may be absent: an absent value is its own slice (null in the
+    JSON), never merged with a present one, and each slice counts exactly its events."""
+    cat = parse_catalog({"metrics": [{"name": "approved", "kind": "flag", "when": {"field": "status", "equals": "approved"}}],
+                         "dimension_sets": [["country"], ["event_type", "status"]]})
+    specs = [("DE", None, "approved"), (None, "capture", "declined"), ("DE", "capture", "approved"),
+             (None, None, "approved"), ("FR", None, "declined"), (None, None, "approved")]
+    events = [_event(i, **({"country": c} if c else {}), **({"event_type": t} if t else {}), status=s_)
+              for i, (c, t, s_) in enumerate(specs)]
+    got = {(a.dimensions, a.count, a.sum) for a in aggregate(events, extract_metrics(events, cat), cat).rows()}
+    assert got == {
+        ('{"country":"DE"}', 2, 2.0), ('{"country":null}', 3, 2.0), ('{"country":"FR"}', 1, 0.0),
+        ('{"event_type":null,"status":"approved"}', 3, 3.0), ('{"event_type":"capture","status":"declined"}', 1, 0.0),
+        ('{"event_type":"capture","status":"approved"}', 1, 1.0), ('{"event_type":null,"status":"declined"}', 1, 0.0),
+    }

@@ -127,9 +127,9 @@ _LENIENT_DECODER = msgspec.json.Decoder(float_hook=_number_or_text)
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)     # not frozen: one is built per event, and frozen ones build 3x slower
 class InboundEvent:
-    """One Event Hubs event as the trigger delivers it."""
+    """One Event Hubs event as the trigger delivers it (never changed once built)."""
 
     body: bytes
     partition_id: str

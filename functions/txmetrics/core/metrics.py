@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, getitem
 from typing import Any
 
 import numpy as np
@@ -253,6 +253,8 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
     g_window: list[npt.NDArray[np.int64]] = []
     g_start: list[npt.NDArray[np.int64]] = []
     g_dims: list[str] = []
+    # a slice's JSON per (dimensions, value codes): the metrics share most slices of a batch
+    slice_json: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
     for mi, metric in enumerate(catalog.metrics):
         sel = np.flatnonzero(metric_index == mi)
         if not sel.size:
@@ -276,8 +278,11 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
                 part_codes.reverse()
                 label_sets = [labels[d] for d in dims]
                 for parts in zip(*part_codes, strict=True) if dims else [()] * len(uniq):
-                    g_dims.append(_dimensions_json(dims, tuple(
-                        (type(v).__name__, v) for v in (ls[c] for ls, c in zip(label_sets, parts, strict=True)))))
+                    text = slice_json.get((dims, parts))
+                    if text is None:
+                        text = slice_json[(dims, parts)] = _dimensions_json(dims, tuple(
+                            (type(v).__name__, v) for v in map(getitem, label_sets, parts)))
+                    g_dims.append(text)
                 group_of.append(inverse.reshape(-1) + offset)
                 value_parts.append(val_sel)
                 g_metric.append(np.full(len(uniq), mi, dtype=np.int64))
@@ -316,6 +321,14 @@ def _factorise(events: Sequence[PaymentEvent], fields: Sequence[str]
     codes: dict[str, npt.NDArray[np.int64]] = {}
     labels: dict[str, list[Any]] = {}
     for f in fields:
+        if f in COLUMN_DIMENSIONS:
+            # a validated column: str or None only, so the value alone tells slices apart, and
+            # three C-level passes (values, distinct values in order, their codes) do the work
+            values = list(map(attrgetter(f), events))
+            labels[f] = distinct = list(dict.fromkeys(values))
+            code_of = {v: i for i, v in enumerate(distinct)}
+            codes[f] = np.fromiter(map(code_of.__getitem__, values), dtype=np.int64, count=len(values))
+            continue
         table: dict[tuple[str, Any], int] = {}
         column = [table.setdefault((type(v).__name__, v), len(table)) for v in (dimension_value(ev, f) for ev in events)]
         codes[f] = np.asarray(column, dtype=np.int64)
