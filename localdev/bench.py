@@ -150,8 +150,8 @@ def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[b
     payloads = [host_payload([b for b, _, _ in batch], partition_id=partition, sequence_numbers=[s for _, s, _ in batch],
                              enqueued_times=[t for _, _, t in batch]) for batch in batches]
     # Built before the clock starts, as the floor's connection is: the pipeline (its lazy
-    # imports, the catalog, the PostgreSQL connection with its staging tables), which a
-    # host's worker builds at its first invocation, long before any steady-state batch.
+    # imports, the catalog, the PostgreSQL connection), which a host's worker builds at its
+    # first invocation, long before any steady-state batch.
     from txmetrics.runtime import get_pipeline
 
     get_pipeline().store.connection()

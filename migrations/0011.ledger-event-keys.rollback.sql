@@ -1,8 +1,9 @@
--- The ledger with event ids and raw file ids again. A key is one-way: each event's id comes
--- back from its metric rows (dynamic_metrics keeps it), and an event with none of them
--- within dynamic_metrics' retention gets 'event_key:<key>' (its real id is in the Parquet
--- archive; `txmetrics rebuild` restores a day's ledger from it). raw_file_id names a live
--- file of the event's day whose time range covers it (0 when the manifest has none).
+-- The ledger with event ids and raw file ids again, as far as they can come back: a key is
+-- one-way. Each event's id comes back from its metric rows (dynamic_metrics keeps it); an
+-- event with none of them left gets the placeholder 'event_key:<key>', so a redelivery of
+-- that event after the rollback counts as new. raw_file_id names a live file of the event's
+-- day whose time range covers it, which may be another partition's (0 when the manifest has
+-- none), so the old `query --event-id` may open the wrong file.
 DROP VIEW IF EXISTS dynamic_metrics_wide;
 
 ALTER TABLE ingested_events ADD COLUMN IF NOT EXISTS event_id text;

@@ -12,9 +12,11 @@
 --     and failed_items, so nothing that was stored is lost.
 --   * raw_file_id goes: which files hold an event is answered from the manifest's time
 --     ranges (raw_files.occurred_min/max, indexed), as `txmetrics query --event-id` does.
--- Existing rows get their key in place (one pass over the ledger; VACUUM afterwards to
--- reclaim the rewritten rows' space). Statements are idempotent (yoyo records a migration in
--- a second transaction).
+-- Existing rows get their key by one rewrite of each ledger partition (ALTER COLUMN .. TYPE ..
+-- USING: no second version of every row, as an UPDATE would leave behind, and the partitions
+-- shrink at once), under an ACCESS EXCLUSIVE lock on the ledger: stop ingest while it runs
+-- (docs/ingest.md, "The ledger").
+-- Statements are idempotent (yoyo records a migration in a second transaction).
 
 CREATE OR REPLACE FUNCTION txm_event_key(event_id text) RETURNS uuid
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
@@ -23,14 +25,17 @@ $$;
 
 DROP VIEW IF EXISTS dynamic_metrics_wide;
 
-ALTER TABLE ingested_events ADD COLUMN IF NOT EXISTS event_key uuid;
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM information_schema.columns
                 WHERE table_schema = current_schema() AND table_name = 'ingested_events'
                   AND column_name = 'event_id') THEN
-        UPDATE ingested_events SET event_key = txm_event_key(event_id) WHERE event_key IS NULL;
-        ALTER TABLE ingested_events DROP COLUMN event_id;     -- and the primary key built on it
+        ALTER TABLE ingested_events DROP CONSTRAINT IF EXISTS ingested_events_event_id_check;
+        ALTER TABLE ingested_events DROP COLUMN IF EXISTS raw_file_id;
+        -- one rewrite of each partition: every id becomes its key in place (the primary key
+        -- is rebuilt on it), and the dropped column is stored as null from now on
+        ALTER TABLE ingested_events ALTER COLUMN event_id TYPE uuid USING txm_event_key(event_id);
+        ALTER TABLE ingested_events RENAME COLUMN event_id TO event_key;
     END IF;
 END
 $$;
@@ -45,10 +50,13 @@ BEGIN
 END
 $$;
 
--- Today's wide rows for analysts, as before: each metric row with its event's dimensions.
+-- Today's wide rows for analysts, as before (each metric row with its event's dimensions),
+-- and the ledger's key last: one event's rows are found through the ledger's primary key with
+-- WHERE event_key = txm_event_key('...') AND event_id = '...' (a filter on event_id alone
+-- reads every metric row of the range: dynamic_metrics has no index on it).
 CREATE OR REPLACE VIEW dynamic_metrics_wide AS
 SELECT m.event_id, m.metric_name, m.value, m.occurred_at, d.merchant_id, d.payment_method, d.status, d.currency,
-       d.country, d.event_type, d.dimensions
+       d.country, d.event_type, d.dimensions, l.event_key
   FROM dynamic_metrics m
   JOIN ingested_events l ON l.event_key = txm_event_key(m.event_id) AND l.occurred_at = m.occurred_at
   LEFT JOIN event_dimensions d ON d.dimension_key = l.dimension_key;

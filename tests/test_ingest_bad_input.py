@@ -216,3 +216,22 @@ def test_a_failed_item_keeps_where_and_when_it_came_from(ingest_fn: Callable[...
         ("p-7", 42, at + timedelta(milliseconds=1), None, "body_not_json", True, MAX_FAILED_PAYLOAD, True, False,
          False),
     ]
+
+
+def test_a_naive_enqueued_time_is_utc_on_both_ways_failed_items_are_written(db: psycopg.Connection) -> None:
+    """failed_items.record writes by COPY, and by INSERT .. ON CONFLICT when an item is already
+    there (a retried batch); both read a naive time as UTC, whatever the session's TimeZone."""
+    from txmetrics.adapters import failed_items
+    from txmetrics.core.events import InboundEvent, Rejection, parse_event
+
+    def rejection(seq: int) -> Rejection:
+        bad = parse_event(InboundEvent(body=b"[]", partition_id="tz", sequence_number=seq,
+                                       enqueued_at=datetime(2026, 3, 1, 12, seq)))
+        assert isinstance(bad, Rejection)
+        return bad
+
+    db.execute("SET TimeZone = 'America/New_York'")
+    assert failed_items.record(db, rejections=[rejection(1)]) == 1                   # COPY
+    assert failed_items.record(db, rejections=[rejection(1), rejection(2)]) == 1     # the fallback
+    rows = db.execute("SELECT sequence_number, enqueued_at FROM failed_items ORDER BY 1").fetchall()
+    assert rows == [(1, datetime(2026, 3, 1, 12, 1, tzinfo=UTC)), (2, datetime(2026, 3, 1, 12, 2, tzinfo=UTC))]

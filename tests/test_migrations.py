@@ -164,6 +164,12 @@ def test_the_wide_view_returns_the_rows_the_wide_table_held(empty_db: str) -> No
         ledger_columns = {c[0] for c in conn.execute("SELECT column_name FROM information_schema.columns "
                                                      "WHERE table_name = 'ingested_events'").fetchall()}
         assert ledger_columns == {"event_key", "occurred_at", "dimension_key"}
+        assert conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'p' "
+                            "AND conrelid = 'ingested_events'::regclass").fetchone() == (
+            "PRIMARY KEY (event_key, occurred_at)",)
+        # one event's wide rows through the ledger's key (the lookup docs/ingest.md shows)
+        assert conn.execute("SELECT metric_name FROM dynamic_metrics_wide WHERE event_key = txm_event_key('e1') "
+                            "AND event_id = 'e1' ORDER BY 1").fetchall() == [("amount",), ("approved",)]
         columns = {c[0] for c in conn.execute("SELECT column_name FROM information_schema.columns "
                                               "WHERE table_name = 'dynamic_metrics'").fetchall()}
         assert columns == {"event_id", "metric_name", "value", "occurred_at"}

@@ -39,8 +39,10 @@ def _freeze_long_lived_objects() -> None:
     """Once per process, after its first pipeline is built: what exists then (the modules, the
     catalog, the pipeline and its clients) lives as long as the worker. gc.freeze moves it out
     of the cyclic collector's generations, so the collections that each batch's short-lived
-    objects set off stop walking it every time (Python docs, gc.freeze). Measured in the
-    profile harness: time in the collector 1.7 -> 0.8 us per event (docs/benchmarks.md)."""
+    objects set off stop walking it every time (Python docs, gc.freeze). Frozen objects are
+    still freed by reference counting; only cycles among them are never collected. Measured
+    in the profile harness: time in the collector 1.7 -> 0.6-0.8 us per event
+    (docs/decisions.md, "Collector in the function worker")."""
     global _frozen
     with _lock:
         if not _frozen:

@@ -37,10 +37,11 @@ def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection]) -> int:
     if not rejections:
         return 0
     r = sorted(rejections, key=lambda x: x.item_key)        # one lock order for concurrent retries
+    enqueued = [_as_utc(x.enqueued_at) for x in r]
     try:
         with conn.transaction(), conn.cursor().copy(f"COPY failed_items ({_RECORDED}) FROM STDIN (FORMAT binary)"
                                                     ) as copy:
-            copy.write(pgcopy.payload(_binary_row(x) for x in r))
+            copy.write(pgcopy.payload(_binary_row(x, at) for x, at in zip(r, enqueued, strict=True)))
         return len(r)
     except psycopg.errors.UniqueViolation:
         pass
@@ -50,14 +51,17 @@ def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection]) -> int:
                                 %s::text[], %s::text[], %s::bool[])
            ON CONFLICT (item_key) DO NOTHING""",
         ([x.item_key for x in r], [x.partition_id for x in r], [x.sequence_number for x in r],
-         [x.enqueued_at for x in r], [x.event_id for x in r], [x.error_code for x in r], [x.detail for x in r],
+         enqueued, [x.event_id for x in r], [x.error_code for x in r], [x.detail for x in r],
          [x.payload for x in r], [x.payload_truncated for x in r])).rowcount
 
 
-def _binary_row(x: Rejection) -> bytes:
-    enqueued = x.enqueued_at
-    if enqueued is not None and enqueued.tzinfo is None:
-        enqueued = enqueued.replace(tzinfo=UTC)       # as the database reads a naive time: UTC
+def _as_utc(moment: datetime | None) -> datetime | None:
+    """A naive enqueued time (hand-made batches; the host's are aware) as UTC, on both paths
+    of `record`, whatever the session's TimeZone."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _binary_row(x: Rejection, enqueued: datetime | None) -> bytes:
     return (_NINE + pgcopy.text(x.item_key) + pgcopy.text(x.partition_id) + pgcopy.int8(x.sequence_number)
             + (pgcopy.NULL if enqueued is None else pgcopy.timestamptz(datetime_to_us(enqueued)))
             + pgcopy.text(x.event_id) + pgcopy.text(x.error_code) + pgcopy.text(x.detail) + pgcopy.text(x.payload)

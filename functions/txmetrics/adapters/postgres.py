@@ -10,7 +10,8 @@ Within one transaction a batch
 3. COPYs the new events' metric rows into dynamic_metrics (narrow, append-only);
 4. COPYs their histograms into aggregate_deltas (append-only: no writer updates a shared
    row, so partitions never wait for each other; `fold_aggregates` merges them later);
-5. records bad events in failed_items (ON CONFLICT DO NOTHING on their item key).
+5. records bad events in failed_items (COPY; on an item key already there, ON CONFLICT DO
+   NOTHING instead: failed_items.record).
 After the commit the caller uploads the files and marks them uploaded (outbox pattern).
 Day partitions and dimension tuples are created before the batch, each in a short
 transaction of its own, so the batch transaction takes no lock beyond its own rows.
