@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from txmetrics.core.catalog import load_catalog, parse_catalog
 from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
 from txmetrics.core.histogram import Histogram
-from txmetrics.core.metrics import aggregate, extract_metrics
+from txmetrics.core.metrics import aggregate, dimension_key, dimension_keys, dimension_tuple, extract_metrics
 from txmetrics.core.naming import date_folder, raw_file_path
 from txmetrics.settings import BUNDLED_CATALOG
 
@@ -110,3 +110,15 @@ def test_optional_column_dimensions_slice_absent_values_apart() -> None:
         ('{"event_type":null,"status":"approved"}', 3, 3.0), ('{"event_type":"capture","status":"declined"}', 1, 0.0),
         ('{"event_type":"capture","status":"approved"}', 1, 1.0), ('{"event_type":null,"status":"declined"}', 1, 0.0),
     }
+
+
+def test_a_batch_gets_each_event_s_own_dimension_key() -> None:
+    """dimension_keys (the batch path) keys each event as dimension_key(dimension_tuple(event))
+    does, with and without dimensions beyond the typed columns, and keeps one tuple per key."""
+    events = [_event(1), _event(2, country="DE"), _event(3, attributes={"channel": "web"}), _event(4, country="DE"),
+              _event(5, event_type="refund", payment_method="wallet")]
+    for extra in ((), ("attributes.channel",)):
+        keys, tuples = dimension_keys(events, extra)
+        assert keys == [dimension_key(dimension_tuple(ev, extra)) for ev in events]
+        assert tuples == {dimension_key(dimension_tuple(ev, extra)): dimension_tuple(ev, extra) for ev in events}
+        assert len(set(keys)) == (3 if not extra else 4)      # 1 and 3 differ by the channel only

@@ -33,14 +33,7 @@ from .adapters.postgres import BatchTransaction, PostgresStore
 from .core import histogram
 from .core.catalog import Catalog, load_catalog
 from .core.events import InboundEvent, PaymentEvent, Rejection, parse_event, unexpected_failure
-from .core.metrics import (
-    DimensionTuple,
-    MetricRows,
-    aggregate,
-    dimension_key,
-    dimension_tuple,
-    extract_metrics_isolated,
-)
+from .core.metrics import MetricRows, aggregate, dimension_keys, extract_metrics_isolated
 from .core.naming import raw_file_path, utc_day
 from .settings import Settings
 
@@ -193,12 +186,8 @@ class Pipeline:
         for ev in batch.valid:
             batch.by_day.setdefault(utc_day(ev.occurred_us), []).append(ev)
         self.store.ensure_day_partitions(set(batch.by_day))
-        extra_fields = self.catalog.extra_dimension_fields
-        dimensions: dict[int, DimensionTuple] = {}
-        for ev in batch.valid:
-            dims = dimension_tuple(ev, extra_fields)
-            batch.dimension_keys[id(ev)] = key = dimension_key(dims)
-            dimensions[key] = dims
+        keys, dimensions = dimension_keys(batch.valid, self.catalog.extra_dimension_fields)
+        batch.dimension_keys = dict(zip(map(id, batch.valid), keys, strict=True))
         self.store.ensure_dimensions(dimensions)
 
     def _write(self, tx: BatchTransaction, batch: _SortedBatch, timer: _Timer) -> _Written:

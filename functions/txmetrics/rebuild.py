@@ -51,8 +51,7 @@ from .core.metrics import (
     DimensionTuple,
     MetricRows,
     aggregate,
-    dimension_key,
-    dimension_tuple,
+    dimension_keys,
     extract_metrics,
 )
 from .core.naming import date_folder
@@ -308,11 +307,7 @@ def _prepare(catalog: Catalog, item: _Planned, table: pa.Table, *, ledger: bool,
     keys: list[int] = []
     dimensions: dict[int, DimensionTuple] = {}
     if ledger:
-        extra = catalog.extra_dimension_fields
-        for ev in events:
-            dims = dimension_tuple(ev, extra)
-            keys.append(k := dimension_key(dims))
-            dimensions[k] = dims
+        keys, dimensions = dimension_keys(events, catalog.extra_dimension_fields)
     pids = pc.unique(table.column("partition_id")).to_pylist()
     record = RawFile(
         path=item.blob.name, partition_id=pids[0] if len(pids) == 1 else "*",

@@ -70,6 +70,18 @@ def dimension_tuple(event: PaymentEvent, extra_fields: Sequence[str]) -> Dimensi
     return (*_TYPED_DIMENSIONS(event), extra)
 
 
+def dimension_keys(events: Sequence[PaymentEvent], extra_fields: Sequence[str]
+                   ) -> tuple[list[int], dict[int, DimensionTuple]]:
+    """Each event's dimension key, and the distinct tuples by key (event_dimensions' rows).
+    Without extra fields the tuples are the typed columns read by one C-level pass."""
+    if extra_fields:
+        tuples = [dimension_tuple(ev, extra_fields) for ev in events]
+    else:
+        tuples = [(*typed, None) for typed in map(_TYPED_DIMENSIONS, events)]
+    keys = list(map(dimension_key, tuples))
+    return keys, dict(zip(keys, tuples, strict=True))
+
+
 _DIMENSION_KEYS: dict[DimensionTuple, int] = {}
 
 
