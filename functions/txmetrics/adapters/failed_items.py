@@ -38,13 +38,9 @@ def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection]) -> int:
         return 0
     r = sorted(rejections, key=lambda x: x.item_key)        # one lock order for concurrent retries
     enqueued = [_as_utc(x.enqueued_at) for x in r]
-    try:
-        with conn.transaction(), conn.cursor().copy(f"COPY failed_items ({_RECORDED}) FROM STDIN (FORMAT binary)"
-                                                    ) as copy:
-            copy.write(pgcopy.payload(_binary_row(x, at) for x, at in zip(r, enqueued, strict=True)))
+    if pgcopy.copy_new(conn, f"failed_items ({_RECORDED})",
+                       (_binary_row(x, at) for x, at in zip(r, enqueued, strict=True))):
         return len(r)
-    except psycopg.errors.UniqueViolation:
-        pass
     return conn.execute(
         f"""INSERT INTO failed_items ({_RECORDED})
            SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[],

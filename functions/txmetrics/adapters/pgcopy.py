@@ -9,6 +9,9 @@ server parses no text (no float or timestamp parsing) either.
 Format (PostgreSQL docs, "COPY", Binary Format): an 11-byte signature, a 32-bit flags field
 and a 32-bit header-extension length; per row a 16-bit field count, then per field a 32-bit
 length (-1 for NULL) and the value in the type's binary send format; a 16-bit -1 trailer.
+
+`copy_in` sends such rows; `copy_new` sends them where a unique key decides what is new (the
+ledger, failed_items).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+import psycopg
 
 from ..core.metrics import Aggregates, Buckets
 
@@ -90,6 +94,24 @@ def int_array(values: Sequence[int], *, wide: bool) -> bytes:
 def payload(rows: Iterable[bytes]) -> bytes:
     """A whole COPY stream from already-encoded rows."""
     return b"".join((HEADER, *rows, TRAILER))
+
+
+def copy_in(conn: psycopg.Connection, target: str, rows: Iterable[bytes]) -> None:
+    """COPY already-encoded rows into `target` (a table and its column list)."""
+    with conn.cursor().copy(f"COPY {target} FROM STDIN (FORMAT binary)") as copy:
+        copy.write(payload(rows))
+
+
+def copy_new(conn: psycopg.Connection, target: str, rows: Iterable[bytes]) -> bool:
+    """COPY the rows in a savepoint: True when they all went in; False, with nothing in (the
+    savepoint rolled back), when one hit a unique key already there, for the caller to insert
+    them with ON CONFLICT instead. A batch of new rows, the usual case, costs one COPY."""
+    try:
+        with conn.transaction():
+            copy_in(conn, target, rows)
+        return True
+    except psycopg.errors.UniqueViolation:
+        return False
 
 
 # aggregate_deltas rows, built column-wise: the fixed-width fields of all rows are one numpy

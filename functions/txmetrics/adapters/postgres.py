@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from typing import TypeVar
 
@@ -217,16 +217,6 @@ class BatchTransaction:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
 
-    def _copy(self, table: str, rows: Iterable[Sequence[object]]) -> None:
-        with self.conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-
-    def _copy_binary(self, table: str, rows: Iterable[bytes]) -> None:
-        """COPY rows already in PostgreSQL's binary format (pgcopy): the hot path's tables."""
-        with self.conn.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
-            copy.write(pgcopy.payload(rows))
-
     def claim_events(self, events: Sequence[PaymentEvent], dimension_keys: Sequence[int]) -> set[tuple[str, int]]:
         """Insert ledger rows; return the (event_id, occurred_us) keys really inserted.
 
@@ -246,13 +236,9 @@ class BatchTransaction:
         rows = [three + pgcopy.uuid(ledger_keys[i][0]) + pgcopy.timestamptz(ledger_keys[i][1])
                 + pgcopy.int8(dimension_keys[i]) for i in order]
         claimed = {(ev.event_id, ev.occurred_us) for ev in events}
-        try:
-            with self.conn.transaction():
-                self._copy_binary("ingested_events (event_key, occurred_at, dimension_key)", rows)
+        if pgcopy.copy_new(self.conn, "ingested_events (event_key, occurred_at, dimension_key)", rows):
             return claimed
-        except psycopg.errors.UniqueViolation:
-            pass
-        self._copy_binary("txm_stage_ledger", rows)
+        pgcopy.copy_in(self.conn, "txm_stage_ledger", rows)
         taken = self.conn.execute(
             """WITH inserted AS (
                    INSERT INTO ingested_events (event_key, occurred_at, dimension_key)
@@ -272,7 +258,7 @@ class BatchTransaction:
         index to check: the ledger claim in this same transaction made these events new."""
         if not len(rows):
             return 0
-        self._copy_binary(f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", _metric_rows(rows))
+        pgcopy.copy_in(self.conn, f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", _metric_rows(rows))
         return len(rows)
 
     def append_deltas(self, aggregates: Aggregates, scale: int) -> int:
@@ -280,7 +266,7 @@ class BatchTransaction:
         to aggregate_deltas by binary COPY (sparse: non-empty bucket keys and their counts)."""
         if not len(aggregates):
             return 0
-        self._copy_binary("aggregate_deltas (metric_name, window_seconds, window_start, dimensions, count, sum, min, "
+        pgcopy.copy_in(self.conn, "aggregate_deltas (metric_name, window_seconds, window_start, dimensions, count, sum, min, "
                           "max, zero_count, scale, pos_keys, pos_counts, neg_keys, neg_counts)",
                           pgcopy.delta_rows(aggregates, scale))
         return len(aggregates)
