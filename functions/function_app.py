@@ -22,6 +22,7 @@ import azure.functions as func
 from txmetrics import trigger_decode
 from txmetrics.core.catalog import load_catalog
 from txmetrics.core.events import InboundEvent
+from txmetrics.core.naming import as_utc
 from txmetrics.runtime import get_pipeline
 from txmetrics.settings import Settings
 
@@ -93,7 +94,7 @@ def consumer_lag_seconds(events: list[func.EventHubEvent]) -> float | None:
     enqueued = [e.enqueued_time for e in events if e.enqueued_time is not None]
     if not enqueued:
         return None
-    oldest = min(t if t.tzinfo else t.replace(tzinfo=UTC) for t in enqueued)
+    oldest = min(map(as_utc, enqueued))
     return round(max(0.0, (datetime.now(UTC) - oldest).total_seconds()), 1)
 
 

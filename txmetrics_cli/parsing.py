@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from txmetrics.core.naming import as_utc
+
 
 def parse_time(value: str | datetime) -> datetime:
     """2026-03-01, 2026-03-01T10:00, 2026-03-01 10:00:00Z or with an offset (+05:30)."""
@@ -20,7 +22,7 @@ def parse_time(value: str | datetime) -> datetime:
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a date or time: write e.g. 2026-03-01 or 2026-03-01T10:00 "
                          "(UTC unless an offset such as +05:30 is given)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return as_utc(moment)
 
 
 def parse_day(value: str | datetime) -> datetime:

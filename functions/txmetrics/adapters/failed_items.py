@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from ..core.events import Rejection
-from ..core.naming import datetime_to_us
+from ..core.naming import as_utc, datetime_to_us
 from . import pgcopy
 
 LISTED = ("id", "error_code", "event_id", "partition_id", "sequence_number", "received_at", "replayed", "resolved",
@@ -37,7 +37,9 @@ def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection]) -> int:
     if not rejections:
         return 0
     r = sorted(rejections, key=lambda x: x.item_key)        # one lock order for concurrent retries
-    enqueued = [_as_utc(x.enqueued_at) for x in r]
+    # a naive enqueued time (hand-made batches; the host's are aware) is UTC on both paths
+    # below, whatever the session's TimeZone
+    enqueued = [None if x.enqueued_at is None else as_utc(x.enqueued_at) for x in r]
     if pgcopy.copy_new(conn, f"failed_items ({_RECORDED})",
                        (_binary_row(x, at) for x, at in zip(r, enqueued, strict=True))):
         return len(r)
@@ -49,12 +51,6 @@ def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection]) -> int:
         ([x.item_key for x in r], [x.partition_id for x in r], [x.sequence_number for x in r],
          enqueued, [x.event_id for x in r], [x.error_code for x in r], [x.detail for x in r],
          [x.payload for x in r], [x.payload_truncated for x in r])).rowcount
-
-
-def _as_utc(moment: datetime | None) -> datetime | None:
-    """A naive enqueued time (hand-made batches; the host's are aware) as UTC, on both paths
-    of `record`, whatever the session's TimeZone."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def _binary_row(x: Rejection, enqueued: datetime | None) -> bytes:

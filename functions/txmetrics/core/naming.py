@@ -51,6 +51,11 @@ def us_to_datetime(us: int) -> datetime:
     return datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """An aware time as it is; a naive one read as UTC (as PostgreSQL with TimeZone UTC would)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def datetime_to_us(moment: datetime) -> int:
     """Epoch microseconds of an aware datetime, exactly (no float rounding)."""
     delta = moment - _EPOCH
