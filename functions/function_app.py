@@ -59,13 +59,13 @@ def partition_id_of(events: list[func.EventHubEvent]) -> str:
 def to_inbound(events: list[func.EventHubEvent], partition_id: str) -> list[InboundEvent]:
     inbound = []
     for index, event in enumerate(events):
+        raw_offset = event.offset
+        offset = int(raw_offset) if raw_offset is not None else None
         seq = event.sequence_number
         if seq is None:  # never from the real host; keeps hand-made batches processable
-            seq = int(event.offset) if event.offset is not None else index
+            seq = offset if offset is not None else index
         enqueued: datetime | None = event.enqueued_time
-        offset = int(event.offset) if event.offset is not None else None
-        inbound.append(InboundEvent(body=event.get_body(), partition_id=partition_id, sequence_number=int(seq),
-                                    offset=offset, enqueued_at=enqueued))
+        inbound.append(InboundEvent(event.get_body(), partition_id, int(seq), offset, enqueued))
     return inbound
 
 

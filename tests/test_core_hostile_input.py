@@ -12,13 +12,20 @@ from typing import Any
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.hostile_input import CODES, HOSTILE, body, hostile_body
 from txmetrics.core import events as events_module
 from txmetrics.core.bounded_json import MAX_DEPTH, nesting_exceeds
 from txmetrics.core.catalog import parse_catalog
-from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
-from txmetrics.core.masking import mask_json_text, mask_value
+from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event, parse_events
+from txmetrics.core.masking import (
+    bodies_with_card_characters,
+    digit_run_possible,
+    has_escaped_card_characters,
+    mask_json_text,
+    mask_value,
+)
 from txmetrics.core.metrics import extract_metrics
 
 
@@ -149,3 +156,38 @@ def test_fuzzed_bodies_are_accepted_or_refused_in_bounded_time(raw: bytes) -> No
         assert isinstance(result, PaymentEvent)
         assert 0 <= result.occurred_us < 4102444800 * 10**6
     assert_no_card_number(result)
+
+
+def _same(a: PaymentEvent | Rejection, b: PaymentEvent | Rejection) -> bool:
+    return a == b if type(a) is type(b) else False
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(raws=st.lists(hostile_body(), min_size=1, max_size=6))
+def test_a_batch_is_parsed_exactly_as_its_items_one_by_one(raws: list[bytes]) -> None:
+    """parse_events runs the card pre-filters once over the whole batch: every item's result
+    is still the one parse_event gives it alone (masked, refused, error code and all)."""
+    items = [InboundEvent(body=raw, partition_id="0", sequence_number=i) for i, raw in enumerate(raws)]
+    together = parse_events(items)
+    assert len(together) == len(items)
+    for item, result in zip(items, together, strict=True):
+        assert _same(result, parse_event(item)), item.body[:200]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=40) | st.text(alphabet=st.sampled_from("0123456789 -\\u003dx\n\"{}"), max_size=40)
+                .map(str.encode), max_size=8))
+def test_the_batch_prefilter_flags_the_bodies_the_per_body_prefilters_flag(bodies: list[bytes]) -> None:
+    """bodies_with_card_characters joins the batch: no run of digits, spaces and dashes and no
+    escape may be found across two bodies, and none within one may be missed."""
+    expected = {i for i, b in enumerate(bodies) if digit_run_possible(b) or has_escaped_card_characters(b)}
+    assert bodies_with_card_characters(bodies) == expected
+
+
+def test_the_batch_prefilter_on_runs_that_only_a_join_could_make() -> None:
+    six, seven = b'{"a":"123456', b'7890123"}'            # 6 + 7 digits: 13 only if joined without a separator
+    assert bodies_with_card_characters([six, seven]) == set()
+    assert bodies_with_card_characters([b'x\\u00', b'34"}']) == set()     # an escape cut in two
+    card = b'{"note":"4111 1111 1111 1111"}'
+    escaped = b'{"note":"\\u0034"}'
+    assert bodies_with_card_characters([six, card, seven, escaped, b""]) == {1, 3}

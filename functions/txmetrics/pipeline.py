@@ -32,7 +32,7 @@ from .adapters.manifest import OutboxFile, RawFile
 from .adapters.postgres import BatchTransaction, PostgresStore
 from .core import histogram
 from .core.catalog import Catalog, load_catalog
-from .core.events import InboundEvent, PaymentEvent, Rejection, parse_event, unexpected_failure
+from .core.events import InboundEvent, PaymentEvent, Rejection, parse_events, unexpected_failure
 from .core.metrics import MetricRows, aggregate, dimension_keys, extract_metrics_isolated
 from .core.naming import raw_file_path, utc_day
 from .settings import Settings
@@ -197,16 +197,19 @@ class Pipeline:
         days = sorted(batch.by_day)
         ids = dict(zip(days, manifest.allocate_ids(tx.conn, count=len(days)), strict=True))
         events = [ev for d in days for ev in batch.by_day[d]]
-        claimed = tx.claim_events(events, [batch.dimension_keys[id(ev)] for ev in events])
-        new_by_day = {d: kept for d in days
-                      if (kept := [ev for ev in batch.by_day[d] if (ev.event_id, ev.occurred_us) in claimed])}
-        new_index = [i for i, ev in enumerate(batch.valid) if (ev.event_id, ev.occurred_us) in claimed]
-        new = [batch.valid[i] for i in new_index]
+        taken = tx.claim_events(events, [batch.dimension_keys[id(ev)] for ev in events])
+        if taken:      # a redelivery: only the events not claimed before get files, rows and deltas
+            new_by_day = {d: kept for d in days
+                          if (kept := [ev for ev in batch.by_day[d] if (ev.event_id, ev.occurred_us) not in taken])}
+            new_index = [i for i, ev in enumerate(batch.valid) if (ev.event_id, ev.occurred_us) not in taken]
+            new = [batch.valid[i] for i in new_index]
+            new_rows = batch.rows.for_events(new_index)
+        else:
+            new_by_day, new, new_rows = batch.by_day, batch.valid, batch.rows
         timer.lap("claim")
         files = self._build_files(tx, new_by_day, ids)
         timer.lap("parquet_encode")
         manifest.record_pending(tx.conn, files=files, container=self.archive.container_name)
-        new_rows = batch.rows if len(new) == len(batch.valid) else batch.rows.for_events(new_index)
         metric_rows = tx.insert_metrics(new_rows)
         timer.lap("metrics_write")
         failed_new = tx.record_failures(batch.rejections)
@@ -270,8 +273,7 @@ def _sort_events(inbound: Sequence[InboundEvent]) -> _SortedBatch:
     event twice in one batch counts once. Identifiers are compared as sent, never masked."""
     batch = _SortedBatch(valid=[], valid_items=[], rejections=[], batch_duplicates=0)
     seen: set[tuple[str, int]] = set()
-    for item in inbound:
-        parsed = parse_event(item)
+    for item, parsed in zip(inbound, parse_events(inbound), strict=True):
         if isinstance(parsed, Rejection):
             batch.rejections.append(parsed)
             continue

@@ -333,9 +333,9 @@ def _write(store: PostgresStore, catalog: Catalog, p: _Prepared, container: str,
             return None                                   # restored by another run
         new, metric_rows, aggregates = p.events, p.metric_rows, p.aggregates
         if p.ledger:
-            claimed = tx.claim_events(p.events, p.keys)
-            if len(claimed) < len(p.events):             # some claimed before (rare): only the others count
-                new = [e for e in p.events if (e.event_id, e.occurred_us) in claimed]
+            taken = tx.claim_events(p.events, p.keys)
+            if taken:                                     # some claimed before (rare): only the others count
+                new = [e for e in p.events if (e.event_id, e.occurred_us) not in taken]
                 metric_rows = extract_metrics(new, catalog)
                 aggregates = aggregate(new, metric_rows, catalog)
         written = tx.insert_metrics(metric_rows) if p.rows else 0

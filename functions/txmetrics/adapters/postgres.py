@@ -218,7 +218,9 @@ class BatchTransaction:
         self.conn = conn
 
     def claim_events(self, events: Sequence[PaymentEvent], dimension_keys: Sequence[int]) -> set[tuple[str, int]]:
-        """Insert ledger rows; return the (event_id, occurred_us) keys really inserted.
+        """Insert ledger rows; return the (event_id, occurred_us) keys that were already
+        there (claimed by an earlier delivery): empty in the usual case, so callers filter
+        nothing unless a redelivery brought some.
 
         The ledger holds each event's key (`naming.event_key`: 16 bytes of SHA-256 of its id),
         its time and its dimension key. Fast path: COPY straight into ingested_events in a
@@ -235,9 +237,8 @@ class BatchTransaction:
         three = pgcopy.field_count(3)
         rows = [three + pgcopy.uuid(ledger_keys[i][0]) + pgcopy.timestamptz(ledger_keys[i][1])
                 + pgcopy.int8(dimension_keys[i]) for i in order]
-        claimed = {(ev.event_id, ev.occurred_us) for ev in events}
         if pgcopy.copy_new(self.conn, "ingested_events (event_key, occurred_at, dimension_key)", rows):
-            return claimed
+            return set()
         pgcopy.copy_in(self.conn, "txm_stage_ledger", rows)
         taken = self.conn.execute(
             """WITH inserted AS (
@@ -251,7 +252,7 @@ class BatchTransaction:
                                      AND i.occurred_at = s.occurred_at)"""
         ).fetchall()
         event_of = {key: (ev.event_id, ev.occurred_us) for key, ev in zip(ledger_keys, events, strict=True)}
-        return claimed - {event_of[(k.bytes, datetime_to_us(t))] for k, t in taken}
+        return {event_of[(k.bytes, datetime_to_us(t))] for k, t in taken}
 
     def insert_metrics(self, rows: MetricRows) -> int:
         """Metric rows of the newly claimed events, by COPY. dynamic_metrics has no unique

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -48,6 +49,7 @@ from .bounded_json import (
 from .fields import declared_problem
 from .masking import (
     CardLikeNumber,
+    bodies_with_card_characters,
     card_digits_of_decimal,
     card_digits_of_int,
     card_digits_of_number,
@@ -196,15 +198,28 @@ def item_key(partition_id: str, sequence_number: int, body: bytes) -> str:
     return h.hexdigest()
 
 
-def parse_event(inbound: InboundEvent) -> PaymentEvent | Rejection:
-    """The event, validated and masked, or its Rejection. Never raises."""
+def parse_event(inbound: InboundEvent, *, card_characters: bool = True) -> PaymentEvent | Rejection:
+    """The event, validated and masked, or its Rejection. Never raises. `card_characters`
+    False says the body has neither a run of 13 digits, spaces and dashes nor an escaped one
+    (`masking.bodies_with_card_characters`, run over a whole batch by `parse_events`); True
+    leaves the body's own check to decide."""
     try:
-        return _parse(inbound)
+        return _parse(inbound, card_characters)
     except Exception as exc:   # a bug, not bad input: refuse this event alone, never its batch
         return unexpected_failure(inbound, "parsing", exc)
 
 
-def _parse(inbound: InboundEvent) -> PaymentEvent | Rejection:
+def parse_events(items: Sequence[InboundEvent]) -> list[PaymentEvent | Rejection]:
+    """`parse_event` of each item, with the card-number pre-filters run once for the batch.
+    Bodies over the size limit are left out of that pass (they are refused unread)."""
+    try:
+        flagged = bodies_with_card_characters([b if len(b := item.body) <= MAX_BODY_BYTES else b"" for item in items])
+    except Exception:          # a bug here must not cost the batch: each body checks itself instead
+        return [parse_event(item) for item in items]
+    return [parse_event(item, card_characters=i in flagged) for i, item in enumerate(items)]
+
+
+def _parse(inbound: InboundEvent, card_characters: bool = True) -> PaymentEvent | Rejection:
     body = inbound.body
     text: str | None = None
     doc: Any = None
@@ -222,7 +237,8 @@ def _parse(inbound: InboundEvent) -> PaymentEvent | Rejection:
             raise _Invalid("body_not_object", f"body is a JSON {_json_type(doc)}, not an object")
         # Can a string hold a card number: a digit run in the text, or one spelt with \uXXXX
         # escapes no text scan sees? Usually not, and then no string needs a look.
-        strings_may_hold_one = (digit_run_possible(body) and might_contain_pan(text)) or has_escaped_card_characters(body)
+        strings_may_hold_one = card_characters and (
+            (digit_run_possible(body) and might_contain_pan(text)) or has_escaped_card_characters(body))
         event = _validate(doc, text, inbound, strings_may_hold_one)
         problem = declared_problem(doc)    # schema_version, fields added by later versions (core/fields.py)
         if problem is not None:
