@@ -51,6 +51,10 @@ HOSTILE = [
     ("year 1 with an offset", body(occurred_at='"0001-01-01T00:00:00+00:01"'), "invalid_occurred_at"),
     ("year 9999 with an offset", body(occurred_at='"9999-12-31T23:59:59-00:01"'), "invalid_occurred_at"),
     ("the last microsecond of 9999", body(occurred_at='"9999-12-31T23:59:59.999999Z"'), "invalid_occurred_at"),
+    # a bare \u (a body cut inside an escape) once made raw-text masking raise: internal_error
+    ("a card, then a bare \\u", b"4111111111111111 \\u", "body_not_json"),
+    ("cut inside an escape after a card", b'{"n": "4111111111111111", "x": "\\u', "body_not_json"),
+    ("1 MiB of escaped digits, cut", b'{"n": "' + b"\\u0030" * 174_760 + b"\\u00", "body_not_json"),
 ]
 
 

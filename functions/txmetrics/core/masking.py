@@ -67,7 +67,9 @@ def _escape_view(escape: str) -> str:
     """Same length as `escape`, showing the character it stands for at both ends."""
     kind = escape[1]
     if kind == "u":
-        ch = chr(int(escape[2:], 16))
+        # a bare "\\u" (cut short, or not JSON) stands for no character: seen as neither a
+        # letter nor a digit, so it glues nothing to a card number next to it
+        ch = chr(int(escape[2:], 16)) if len(escape) == 6 else "\x00"
     elif kind == "x":
         ch = "\x00"                      # a byte that is not UTF-8: no letter, no digit
     else:
@@ -302,7 +304,11 @@ def bodies_with_card_characters(bodies: Sequence[bytes]) -> set[int]:
         flagged.add(body)
         at = runs.find(_RUN_13, starts[body + 1])     # on from the next body
     if b"\\u" in joined:
-        flagged.update(bisect.bisect_right(starts, m.start()) - 1 for m in _ESCAPED_CARD_BYTE.finditer(joined))
+        escape = _ESCAPED_CARD_BYTE.search(joined)
+        while escape is not None:         # one hit per body is enough: a body of escapes stays cheap
+            body = bisect.bisect_right(starts, escape.start()) - 1
+            flagged.add(body)
+            escape = _ESCAPED_CARD_BYTE.search(joined, starts[body + 1])
     return flagged
 
 
