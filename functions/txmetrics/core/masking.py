@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from itertools import accumulate
 from typing import Any
@@ -296,20 +296,24 @@ def bodies_with_card_characters(bodies: Sequence[bytes]) -> set[int]:
     so every run and escape found lies within one body."""
     joined = b"\n".join(bodies)
     starts = list(accumulate((len(b) + 1 for b in bodies), initial=0))   # the last is past the end
-    flagged: set[int] = set()
     runs = joined.translate(_RUN_TABLE)
-    at = runs.find(_RUN_13)               # bytes.find, not a regex: "0" is everywhere in `runs`
+    # bytes.find, not a regex, for the runs: "0" is everywhere in `runs`
+    flagged = set(_bodies_hit(lambda pos: runs.find(_RUN_13, pos), starts))
+    if b"\\u" in joined:
+        flagged.update(_bodies_hit(
+            lambda pos: m.start() if (m := _ESCAPED_CARD_BYTE.search(joined, pos)) is not None else -1, starts))
+    return flagged
+
+
+def _bodies_hit(find: Callable[[int], int], starts: list[int]) -> Iterator[int]:
+    """Each body (index into `starts`, the bodies' offsets) in which `find(from)` finds
+    something, once: after a hit, the search goes on from the next body, so a body full of
+    hits costs one search."""
+    at = find(0)
     while at >= 0:
         body = bisect.bisect_right(starts, at) - 1
-        flagged.add(body)
-        at = runs.find(_RUN_13, starts[body + 1])     # on from the next body
-    if b"\\u" in joined:
-        escape = _ESCAPED_CARD_BYTE.search(joined)
-        while escape is not None:         # one hit per body is enough: a body of escapes stays cheap
-            body = bisect.bisect_right(starts, escape.start()) - 1
-            flagged.add(body)
-            escape = _ESCAPED_CARD_BYTE.search(joined, starts[body + 1])
-    return flagged
+        yield body
+        at = find(starts[body + 1])
 
 
 def might_contain_pan(text: str) -> bool:
