@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -145,7 +145,7 @@ class Pipeline:
         timer.lap("partitions")
 
         try:                                                              # step 2
-            written = self.store.run_batch(lambda tx: self._write(tx, sorted_batch, timer))
+            written = self.store.run_batch(lambda tx: self._write(tx, sorted_batch, timer), optimistic=True)
         except psycopg.errors.CheckViolation as exc:
             if "no partition" not in str(exc):
                 raise
@@ -153,7 +153,7 @@ class Pipeline:
             # create it again and retry once
             self.store.forget_partitions()
             self.store.ensure_day_partitions(set(sorted_batch.by_day))
-            written = self.store.run_batch(lambda tx: self._write(tx, sorted_batch, timer))
+            written = self.store.run_batch(lambda tx: self._write(tx, sorted_batch, timer), optimistic=True)
         timer.lap("commit")
         self._crash_point("after_commit")
         report.new_events = written.new_events
@@ -195,7 +195,6 @@ class Pipeline:
         claim the events in the ledger; only the claimed ones (new) get files, metric rows
         and histogram deltas; the batch's bad events go to failed_items."""
         days = sorted(batch.by_day)
-        ids = dict(zip(days, manifest.allocate_ids(tx.conn, count=len(days)), strict=True))
         events = [ev for d in days for ev in batch.by_day[d]]
         taken = tx.claim_events(events, [batch.dimension_keys[id(ev)] for ev in events])
         if taken:      # a redelivery: only the events not claimed before get files, rows and deltas
@@ -207,9 +206,8 @@ class Pipeline:
         else:
             new_by_day, new, new_rows = batch.by_day, batch.valid, batch.rows
         timer.lap("claim")
-        files = self._build_files(tx, new_by_day, ids)
+        files = self._record_files(tx, new_by_day)
         timer.lap("parquet_encode")
-        manifest.record_pending(tx.conn, files=files, container=self.archive.container_name)
         metric_rows = tx.insert_metrics(new_rows)
         timer.lap("metrics_write")
         failed_new = tx.record_failures(batch.rejections)
@@ -221,26 +219,27 @@ class Pipeline:
         return _Written(new_events=len(new), metric_rows=metric_rows, aggregate_rows=aggregate_rows,
                         failed_new=failed_new, files=files)
 
-    def _build_files(self, tx: BatchTransaction, new_by_day: dict[date, list[PaymentEvent]],
-                     ids: dict[date, int]) -> list[OutboxFile]:
-        """One Parquet file per UTC date of the batch's new events."""
+    def _record_files(self, tx: BatchTransaction, new_by_day: dict[date, list[PaymentEvent]]) -> list[OutboxFile]:
+        """One Parquet file per UTC date of the batch's new events, entered in the manifest
+        (pending) with its bytes in the outbox."""
         files = []
         for day in sorted(new_by_day):
             events = new_by_day[day]
             first = min(ev.sequence_number for ev in events)
             partition_id = events[0].partition_id
-            path = raw_file_path(partition_id, first, day)
-            attempt = 0
-            while manifest.paths_in_manifest(tx.conn, paths=[path]):
-                attempt += 1
-                path = raw_file_path(partition_id, first, day, attempt)
             content = parquet.encode(parquet.events_table(events))
-            files.append(OutboxFile(id=ids[day], content=content, file=RawFile(
-                path=path, partition_id=partition_id, event_date=day,
+            file = RawFile(
+                path=raw_file_path(partition_id, first, day), partition_id=partition_id, event_date=day,
                 seq_min=first, seq_max=max(ev.sequence_number for ev in events),
                 occurred_min_us=min(ev.occurred_us for ev in events),
                 occurred_max_us=max(ev.occurred_us for ev in events),
-                row_count=len(events), byte_size=len(content), metrics=self.catalog.metric_names)))
+                row_count=len(events), byte_size=len(content), metrics=self.catalog.metric_names)
+            attempt = 0
+            while (file_id := manifest.record_pending(tx.conn, file=file, content=content,
+                                                      container=self.archive.container_name)) is None:
+                attempt += 1     # the name is taken (see naming.raw_file_path): the next one
+                file = replace(file, path=raw_file_path(partition_id, first, day, attempt))
+            files.append(OutboxFile(id=file_id, content=content, file=file))
         return files
 
 

@@ -27,21 +27,26 @@ _RECORDED = ("item_key, partition_id, sequence_number, enqueued_at, event_id, er
              "payload_truncated")
 
 
-def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection]) -> int:
+def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection], fresh: bool = False) -> int:
     """Insert the batch's refused events; an item already recorded (a retried batch: same
     item key) is left as it is. Returns how many were new.
 
     As the ledger claim: one binary COPY in a savepoint (binding nine parameter arrays cost
     about 50 us of worker CPU per item); on an item key already there, the savepoint is rolled
-    back and the items go in with ON CONFLICT DO NOTHING."""
+    back and the items go in with ON CONFLICT DO NOTHING. `fresh` (the caller expects every
+    item key to be new, see postgres.BatchTransaction): no savepoint, and a key already there
+    raises UniqueViolation, rolling back the caller's transaction."""
     if not rejections:
         return 0
     r = sorted(rejections, key=lambda x: x.item_key)        # one lock order for concurrent retries
     # a naive enqueued time (hand-made batches; the host's are aware) is UTC on both paths
     # below, whatever the session's TimeZone
     enqueued = [None if x.enqueued_at is None else as_utc(x.enqueued_at) for x in r]
-    if pgcopy.copy_new(conn, f"failed_items ({_RECORDED})",
-                       (_binary_row(x, at) for x, at in zip(r, enqueued, strict=True))):
+    rows = (_binary_row(x, at) for x, at in zip(r, enqueued, strict=True))
+    if fresh:
+        pgcopy.copy_in(conn, f"failed_items ({_RECORDED})", rows)
+        return len(r)
+    if pgcopy.copy_new(conn, f"failed_items ({_RECORDED})", rows):
         return len(r)
     return conn.execute(
         f"""INSERT INTO failed_items ({_RECORDED})

@@ -104,14 +104,6 @@ def _planned(rows: list[tuple[Any, ...]]) -> list[PlannedRead]:
 
 
 # ------------------------------------------------------------------ ingest (in the batch transaction)
-def allocate_ids(conn: psycopg.Connection, *, count: int) -> list[int]:
-    """`count` new file ids (from raw_files' sequence)."""
-    if count == 0:
-        return []
-    rows = conn.execute("SELECT nextval('raw_files_id_seq') FROM generate_series(1, %s)", (count,)).fetchall()
-    return [int(r[0]) for r in rows]
-
-
 def paths_in_manifest(conn: psycopg.Connection, *, paths: Sequence[str]) -> set[str]:
     """The paths among `paths` the manifest has (live or not)."""
     if not paths:
@@ -120,18 +112,24 @@ def paths_in_manifest(conn: psycopg.Connection, *, paths: Sequence[str]) -> set[
     return {str(r[0]) for r in rows}
 
 
-def record_pending(conn: psycopg.Connection, *, files: Sequence[OutboxFile], container: str) -> None:
-    """Enter a batch's files in the manifest as 'pending', their bytes in the outbox."""
-    for f in files:
-        r = f.file
-        conn.execute(
-            """INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max,
+def record_pending(conn: psycopg.Connection, *, file: RawFile, content: bytes, container: str) -> int | None:
+    """Enter one of a batch's files in the manifest as 'pending' and its bytes in the outbox;
+    its new id, or None, with nothing written, when the manifest already has a file of that
+    path (live or not): the caller then picks another name. One statement, one round trip:
+    the path check, the id, the manifest row and the outbox row."""
+    row = conn.execute(
+        """WITH f AS (
+               INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max,
                                       occurred_min, occurred_max, row_count, byte_size, state, metrics)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)""",
-            (f.id, r.path, container, r.partition_id, r.event_date, r.seq_min, r.seq_max,
-             us_to_datetime(r.occurred_min_us), us_to_datetime(r.occurred_max_us), r.row_count, r.byte_size,
-             None if r.metrics is None else list(r.metrics)))
-        conn.execute("INSERT INTO raw_file_outbox (raw_file_id, content) VALUES (%s, %s)", (f.id, f.content))
+               VALUES (nextval('raw_files_id_seq'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)
+               ON CONFLICT (path) DO NOTHING
+               RETURNING id),
+             o AS (INSERT INTO raw_file_outbox (raw_file_id, content) SELECT id, %s FROM f)
+           SELECT id FROM f""",
+        (file.path, container, file.partition_id, file.event_date, file.seq_min, file.seq_max,
+         us_to_datetime(file.occurred_min_us), us_to_datetime(file.occurred_max_us), file.row_count, file.byte_size,
+         None if file.metrics is None else list(file.metrics), content)).fetchone()
+    return None if row is None else int(row[0])
 
 
 # ------------------------------------------------------------------ the outbox (after the batch commits)
@@ -152,9 +150,10 @@ def mark_uploaded(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> None:
     # file is still 'pending' and the next flush uploads the same bytes to the same
     # name again. Saves one WAL flush per batch on the hot path.
     conn.execute("SET LOCAL synchronous_commit = off")
-    conn.execute("UPDATE raw_files SET state = 'uploaded', uploaded_at = now() "
-                 "WHERE id = ANY(%s) AND state = 'pending'", (list(file_ids),))
-    conn.execute("DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%s)", (list(file_ids),))
+    # one statement: a data-modifying WITH runs to completion whether or not it is read
+    conn.execute("""WITH emptied AS (DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%(ids)s))
+                    UPDATE raw_files SET state = 'uploaded', uploaded_at = now()
+                     WHERE id = ANY(%(ids)s) AND state = 'pending'""", {"ids": list(file_ids)})
 
 
 # ------------------------------------------------------------------ reading the lake

@@ -1,0 +1,105 @@
+"""The batch transaction's round trips: an all-new batch is written without savepoints (the
+first attempt assumes every key is new), a redelivery is rolled back and written again
+with the checks, and a file name already in the manifest moves to the next name. Each test
+also holds the stored result to what one delivery stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.helpers import archive_rows
+from txmetrics import runtime
+from txmetrics.adapters.blob import BlobArchive
+from txmetrics.adapters.postgres import BatchTransaction, PostgresStore
+
+BASE = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": 2,
+        "currency": "USD", "payment_method": "card", "status": "approved"}
+
+
+@pytest.fixture
+def attempts(ingest_fn: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """`fresh` of every batch transaction the pipeline runs, in order."""
+    pipeline = runtime.get_pipeline()
+    seen: list[bool] = []
+    write = pipeline._write
+
+    def recorded(tx: BatchTransaction, *args: Any) -> Any:
+        seen.append(tx.fresh)
+        return write(tx, *args)
+
+    monkeypatch.setattr(pipeline, "_write", recorded)
+    return seen
+
+
+def test_a_new_batch_is_written_in_one_optimistic_attempt_and_a_redelivery_again_with_checks(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive, attempts: list[bool]) -> None:
+    batch = [{**BASE, "event_id": "a"}, {**BASE, "event_id": "b"}, b"not json"]
+    deliver(batch, partition_id="0", first_sequence=0)
+    assert attempts == [True]
+    deliver(batch, partition_id="0", first_sequence=0)
+    # the redelivery's optimistic attempt hits the ledger keys, is rolled back, and runs again checking
+    assert attempts == [True, True, False]
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (2,)
+    assert db.execute("SELECT count(*) FROM dynamic_metrics").fetchone() == (4,)
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM raw_files").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM raw_file_outbox").fetchone() == (0,)
+    assert [r[2] for r in archive_rows(archive)] == ["a", "b"]
+
+
+def test_a_bad_event_recorded_before_makes_the_batch_check_and_its_new_events_are_stored_once(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive, attempts: list[bool]) -> None:
+    """The ledger keys are all new, but the failed item is already there (same partition, sequence
+    number and bytes): the optimistic attempt fails late, after its files and rows, and all of
+    that is rolled back before the checked attempt writes them once."""
+    deliver([b"not json"], partition_id="0", first_sequence=7)
+    deliver([b"not json", {**BASE, "event_id": "c"}], partition_id="0", first_sequence=7)
+    assert attempts == [True, True, False]
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (1,)
+    assert db.execute("SELECT event_id, metric_name FROM dynamic_metrics ORDER BY 2").fetchall() == [
+        ("c", "amount"), ("c", "approved")]
+    assert db.execute("SELECT count(*) FROM raw_files").fetchone() == (1,)
+    assert [r[2] for r in archive_rows(archive)] == ["c"]
+    assert db.execute("SELECT sum(count) FROM aggregate_histograms_current WHERE metric_name = 'approved' "
+                      "AND dimensions = '{}'").fetchone() == (1,)
+
+
+def test_a_unique_violation_of_the_checked_attempt_is_raised(services: Any) -> None:
+    """Only the optimistic attempt is retried on a unique violation; the checked one's is a real
+    error and reaches the caller (the host retries the batch)."""
+    store = PostgresStore(services.database_url)
+    calls: list[bool] = []
+
+    def work(tx: BatchTransaction) -> None:
+        calls.append(tx.fresh)
+        raise psycopg.errors.UniqueViolation("duplicate key (injected by the test)")
+
+    try:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            store.run_batch(work, optimistic=True)
+        assert calls == [True, False]
+        calls.clear()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            store.run_batch(work)
+        assert calls == [False]
+    finally:
+        store.close()
+
+
+def test_a_file_name_already_in_the_manifest_moves_to_the_next_name(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """Two different event sets under the same partition and first sequence number (a producer
+    reusing sequence numbers; impossible in Event Hubs): the second file takes the name with
+    `-1`, in the manifest, the outbox and the archive, and the first file is left as it was."""
+    deliver([{**BASE, "event_id": "d"}], partition_id="0", first_sequence=3)
+    deliver([{**BASE, "event_id": "e"}, {**BASE, "event_id": "f"}], partition_id="0", first_sequence=3)
+    files = db.execute("SELECT path, row_count, state FROM raw_files ORDER BY path").fetchall()
+    assert [(p.rsplit("/", 1)[1], n, s) for p, n, s in files] == [
+        ("part-0-seq-00000000000000000003-20260301-1.parquet", 2, "uploaded"),
+        ("part-0-seq-00000000000000000003-20260301.parquet", 1, "uploaded")]
+    assert sorted((r[2], r[1]) for r in archive_rows(archive)) == [("d", 3), ("e", 3), ("f", 4)]
+    assert db.execute("SELECT count(*) FROM raw_file_outbox").fetchone() == (0,)
