@@ -170,3 +170,54 @@ def test_the_usual_event_path_agrees_with_the_rule_by_rule_path(changes: dict[st
     if usual is None:
         return          # declined: the rule-by-rule path is what parse_event uses then
     assert usual == careful
+
+
+def _occurred(parse: Any, value: str) -> int | str:
+    from txmetrics.core.events import _Invalid
+
+    try:
+        return int(parse(value))
+    except _Invalid as bad:
+        return f"{bad.code}: {bad.detail}"
+
+
+def _two_digits(low: int, high: int) -> st.SearchStrategy[str]:
+    """In range half the time, any two digits otherwise."""
+    return st.one_of(st.integers(low, high), st.integers(0, 99)).map("{:02d}".format)
+
+
+_DIGITS2 = st.integers(0, 99).map("{:02d}".format)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(year=st.one_of(st.integers(1969, 2100), st.integers(0, 9999)).map("{:04d}".format), month=_two_digits(1, 12),
+       day=_two_digits(1, 31), hour=_two_digits(0, 23), minute=_two_digits(0, 59), second=_two_digits(0, 59),
+       fraction=st.text("0123456789", max_size=8).map(lambda f: f".{f}" if f else ""),
+       separator=st.sampled_from("TTTt "), offset=st.one_of(st.sampled_from(["Z", "z", "+00:00", "-00:00"]), st.tuples(
+           st.sampled_from("+-"), _DIGITS2, _DIGITS2).map(lambda t: f"{t[0]}{t[1]}:{t[2]}")))
+@example(year="2026", month="03", day="01", hour="23", minute="59", second="60", fraction="", separator="T", offset="Z")
+@example(year="9999", month="12", day="31", hour="23", minute="59", second="59", fraction="", separator="T",
+         offset="-00:01")
+def test_the_usual_time_form_reads_as_the_general_path_does(year: str, month: str, day: str, hour: str, minute: str,
+                                                            second: str, fraction: str, separator: str,
+                                                            offset: str) -> None:
+    """occurred_at's fast path (upper-case T and Z, up to six fractional digits, read by
+    datetime.fromisoformat as it is) gives the general path's instant, or hands the value to it:
+    the same result or the same error, for valid and impossible dates, fractions of any length,
+    every offset and both cases of T and Z."""
+    from txmetrics.core.events import _parse_occurred_at, _parse_occurred_at_general
+
+    value = f"{year}-{month}-{day}{separator}{hour}:{minute}:{second}{fraction}{offset}"
+    assert _occurred(_parse_occurred_at, value) == _occurred(_parse_occurred_at_general, value)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(moment=st.datetimes(), offset_minutes=st.integers(-23 * 60 - 59, 23 * 60 + 59), digits=st.integers(0, 6))
+def test_valid_times_of_the_usual_form_read_as_the_general_path_does(moment: Any, offset_minutes: int,
+                                                                     digits: int) -> None:
+    from txmetrics.core.events import _parse_occurred_at, _parse_occurred_at_general
+
+    sign, minutes = ("-" if offset_minutes < 0 else "+"), abs(offset_minutes)
+    fraction = f".{moment.microsecond:06d}"[:digits + 1] if digits else ""
+    value = f"{moment:%Y-%m-%dT%H:%M:%S}{fraction}{'Z' if not offset_minutes else f'{sign}{minutes // 60:02d}:{minutes % 60:02d}'}"
+    assert _occurred(_parse_occurred_at, value) == _occurred(_parse_occurred_at_general, value)
