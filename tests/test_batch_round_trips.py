@@ -103,3 +103,29 @@ def test_a_file_name_already_in_the_manifest_moves_to_the_next_name(
         ("part-0-seq-00000000000000000003-20260301.parquet", 1, "uploaded")]
     assert sorted((r[2], r[1]) for r in archive_rows(archive)) == [("d", 3), ("e", 3), ("f", 4)]
     assert db.execute("SELECT count(*) FROM raw_file_outbox").fetchone() == (0,)
+
+
+def test_a_file_a_crashed_attempt_left_pending_is_uploaded_by_the_partitions_next_batch(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """Batch 1 commits and its process dies before the upload; batch 2 of the same partition
+    holds other events. Marking batch 2's file uploaded counts the partition's other pending
+    files in the same statement, finds batch 1's, and uploads it too. A batch of another
+    partition leaves it alone."""
+    pipeline = runtime.get_pipeline()
+
+    def crash(step: str) -> None:
+        if step == "after_commit":
+            raise RuntimeError("the process dies (injected by the test)")
+
+    pipeline.crash_hook = crash
+    with pytest.raises(RuntimeError):
+        deliver([{**BASE, "event_id": "g"}], partition_id="0", first_sequence=0)
+    pipeline.crash_hook = None
+    assert db.execute("SELECT state FROM raw_files").fetchall() == [("pending",)]
+    deliver([{**BASE, "event_id": "h"}], partition_id="1", first_sequence=0)
+    assert [r[2] for r in archive_rows(archive)] == ["h"]
+    assert db.execute("SELECT count(*) FROM raw_file_outbox").fetchone() == (1,)
+    deliver([{**BASE, "event_id": "i"}], partition_id="0", first_sequence=1)
+    assert sorted(r[2] for r in archive_rows(archive)) == ["g", "h", "i"]
+    assert db.execute("SELECT count(*) FROM raw_file_outbox").fetchone() == (0,)
+    assert db.execute("SELECT DISTINCT state FROM raw_files").fetchall() == [("uploaded",)]

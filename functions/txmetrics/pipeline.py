@@ -7,12 +7,13 @@ It raises when PostgreSQL or Blob Storage fails, so that the host retries the ba
 a retry (or any redelivery, however the batch is re-cut) has the effect of one delivery.
 
 Order of effects (the transactional-outbox pattern):
-  1. finish uploads a crashed earlier attempt on this partition left behind;
-  2. one PostgreSQL transaction: claim events in the ledger, manifest + Parquet bytes in
+  1. one PostgreSQL transaction: claim events in the ledger, manifest + Parquet bytes in
      the outbox, metric rows, histogram deltas, failed items; commit;
-  3. upload the Parquet files (overwrite), then mark them uploaded and empty the outbox.
-A crash before 2 commits leaves nothing; after 2, the next attempt finishes step 3 from
-the outbox. Blobs are written only for committed files, so no orphan or duplicate file
+  2. upload the Parquet files (overwrite), then mark them uploaded and empty the outbox;
+     the same statement counts the files of this partition still pending (a crashed
+     earlier attempt's), and when there are any, uploads and marks them too.
+A crash before 1 commits leaves nothing; after 1, the next batch on the partition (the
+redelivery) finishes step 2 from the outbox, and so does the maintenance timer. Blobs are written only for committed files, so no orphan or duplicate file
 can appear, even when the redelivered batch is longer or shorter than the first.
 """
 
@@ -124,15 +125,13 @@ class Pipeline:
         return len(pending)
 
     def process(self, partition_id: str, inbound: Sequence[InboundEvent]) -> BatchReport:
-        """Steps 1-3 of the module docstring for one trigger batch; returns what it did."""
+        """Steps 1-2 of the module docstring for one trigger batch; returns what it did."""
         report = BatchReport(partition_id=partition_id, received=len(inbound))
         if inbound:
             seqs = [e.sequence_number for e in inbound]
             report.seq_min, report.seq_max = min(seqs), max(seqs)
         timer = _Timer(report)
 
-        self.flush_outbox(partition_id)                                   # step 1
-        timer.lap("flush_outbox")
         sorted_batch = _sort_events(inbound)
         timer.lap("decode_validate")
         self._extract_metrics(sorted_batch)
@@ -144,7 +143,7 @@ class Pipeline:
         self._prepare_storage(sorted_batch)
         timer.lap("partitions")
 
-        try:                                                              # step 2
+        try:                                                              # step 1
             written = self.store.run_batch(lambda tx: self._write(tx, sorted_batch, timer), optimistic=True)
         except psycopg.errors.CheckViolation as exc:
             if "no partition" not in str(exc):
@@ -162,12 +161,15 @@ class Pipeline:
         report.failed_new = written.failed_new
         report.files = [(f.path, len(f.content)) for f in written.files]
 
-        for f in written.files:                                           # step 3
+        for f in written.files:                                           # step 2
             self.archive.upload(f.path, f.content)
         timer.lap("upload")
         self._crash_point("after_upload")
-        self.store.mark_uploaded([f.id for f in written.files])
+        left_behind = self.store.mark_uploaded([f.id for f in written.files], partition_id=partition_id)
         timer.lap("mark_uploaded")
+        if left_behind:
+            self.flush_outbox(partition_id)
+            timer.lap("flush_outbox")
         return report
 
     def _extract_metrics(self, batch: _SortedBatch) -> None:

@@ -143,17 +143,25 @@ def pending_uploads(conn: psycopg.Connection, *, partition_id: str | None) -> li
     return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
 
-def mark_uploaded(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> None:
+def mark_uploaded(conn: psycopg.Connection, *, file_ids: Sequence[int], partition_id: str | None = None) -> int:
     """The files are in Blob Storage: state 'uploaded', their outbox rows gone. Call inside
-    a transaction (it relaxes that transaction's synchronous_commit)."""
+    a transaction (it relaxes that transaction's synchronous_commit). With `partition_id`,
+    returns how many other files of that partition still wait for their upload (left by a
+    crashed attempt), in the same statement; else 0."""
     # No need to wait for this commit to reach disk: should a server crash lose it, the
     # file is still 'pending' and the next flush uploads the same bytes to the same
     # name again. Saves one WAL flush per batch on the hot path.
     conn.execute("SET LOCAL synchronous_commit = off")
-    # one statement: a data-modifying WITH runs to completion whether or not it is read
-    conn.execute("""WITH emptied AS (DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%(ids)s))
-                    UPDATE raw_files SET state = 'uploaded', uploaded_at = now()
-                     WHERE id = ANY(%(ids)s) AND state = 'pending'""", {"ids": list(file_ids)})
+    # one statement: data-modifying WITHs run to completion whether or not they are read, and
+    # the count sees the rows as they were before them (so the marked files are left out by id)
+    row = conn.execute(
+        """WITH emptied AS (DELETE FROM raw_file_outbox WHERE raw_file_id = ANY(%(ids)s)),
+                marked AS (UPDATE raw_files SET state = 'uploaded', uploaded_at = now()
+                            WHERE id = ANY(%(ids)s) AND state = 'pending')
+           SELECT count(*) FROM raw_files
+            WHERE %(p)s::text IS NOT NULL AND partition_id = %(p)s AND state = 'pending' AND id <> ALL(%(ids)s)""",
+        {"ids": list(file_ids), "p": partition_id}).fetchone()
+    return int(row[0]) if row else 0
 
 
 # ------------------------------------------------------------------ reading the lake

@@ -2,8 +2,8 @@
 
 Within one transaction a batch
 1. claims its events in the `ingested_events` ledger (COPY, sorted by key; on a key that is
-   already there, INSERT .. ON CONFLICT DO NOTHING instead): only events whose ledger row
-   is really inserted go further, so a redelivered event, in this batch or another, adds
+   already there, INSERT .. ON CONFLICT DO NOTHING instead, after the optimistic first
+   attempt is rolled back: run_batch): only events whose ledger row is really inserted go further, so a redelivered event, in this batch or another, adds
    nothing anywhere. The ledger row is the event's key (16 bytes of its id's SHA-256), its
    time and its dimension key;
 2. records the batch's raw files in the manifest, their bytes in the outbox (manifest.py);
@@ -183,13 +183,14 @@ class PostgresStore:
         with conn.transaction():
             return manifest.pending_uploads(conn, partition_id=partition_id)
 
-    def mark_uploaded(self, file_ids: Sequence[int]) -> None:
-        """The files are in Blob Storage (manifest.mark_uploaded), in a transaction of its own."""
-        if not file_ids:
-            return
+    def mark_uploaded(self, file_ids: Sequence[int], *, partition_id: str | None = None) -> int:
+        """The files are in Blob Storage (manifest.mark_uploaded), in a transaction of its own;
+        with `partition_id`, how many other files of that partition are still pending."""
+        if not file_ids and partition_id is None:
+            return 0
         conn = self.connection()
         with conn.transaction():
-            manifest.mark_uploaded(conn, file_ids=file_ids)
+            return manifest.mark_uploaded(conn, file_ids=file_ids, partition_id=partition_id)
 
 
 def _metric_rows(rows: MetricRows) -> Iterator[bytes]:
