@@ -267,6 +267,7 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
     g_dims: list[str] = []
     # a slice's JSON per (dimensions, value codes): the metrics share most slices of a batch
     slice_json: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
+    label_keys = _label_keys(labels)
     for mi, metric in enumerate(catalog.metrics):
         sel = np.flatnonzero(metric_index == mi)
         if not sel.size:
@@ -289,11 +290,12 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
                     part_codes.append(code.tolist())
                 part_codes.reverse()
                 label_sets = [labels[d] for d in dims]
+                key_sets = [label_keys[d] for d in dims]
                 for parts in zip(*part_codes, strict=True) if dims else [()] * len(uniq):
                     text = slice_json.get((dims, parts))
                     if text is None:
-                        text = slice_json[(dims, parts)] = _dimensions_json(dims, tuple(
-                            (type(v).__name__, v) for v in map(getitem, label_sets, parts)))
+                        text = slice_json[(dims, parts)] = _dimensions_json(
+                            dims, tuple(map(getitem, key_sets, parts)), label_sets, parts)
                     g_dims.append(text)
                 group_of.append(inverse.reshape(-1) + offset)
                 value_parts.append(val_sel)
@@ -348,18 +350,29 @@ def _factorise(events: Sequence[PaymentEvent], fields: Sequence[str]
     return codes, labels
 
 
-_DIMENSIONS_JSON: dict[tuple[tuple[str, ...], tuple[tuple[str, Any], ...]], str] = {}
+def _label_keys(labels: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Per dimension, a key for each of its values that tells apart what JSON tells apart:
+    the value itself for a typed column (str or None only), the value with its type for any
+    other dimension (True and 1, 1 and 1.0 are different slices). Strings keep their cached
+    hash, so a slice's key hashes cheaply batch after batch."""
+    return {f: values if f in COLUMN_DIMENSIONS else [(type(v).__name__, v) for v in values]
+            for f, values in labels.items()}
 
 
-def _dimensions_json(dims: tuple[str, ...], typed_values: tuple[tuple[str, Any], ...]) -> str:
-    """Canonical JSON of one slice's dimensions, memoised: the same (merchant, method)
-    slices recur batch after batch. Keyed with the values' types (True and 1 differ)."""
-    key = (dims, typed_values)
+_DIMENSIONS_JSON: dict[tuple[tuple[str, ...], tuple[Any, ...]], str] = {}
+
+
+def _dimensions_json(dims: tuple[str, ...], keys: tuple[Any, ...], label_sets: Sequence[Sequence[Any]],
+                     parts: tuple[int, ...]) -> str:
+    """Canonical JSON of one slice's dimensions (the values at `parts` of `label_sets`),
+    memoised by the values' keys (`_label_keys`): the same (merchant, method) slices recur
+    batch after batch."""
+    key = (dims, keys)
     text = _DIMENSIONS_JSON.get(key)
     if text is None:
         if len(_DIMENSIONS_JSON) >= 20_000:   # bounded (a few MB): a long tail of merchants must not grow it
             _DIMENSIONS_JSON.clear()
-        text = json.dumps({d: v for d, (_, v) in zip(dims, typed_values, strict=True)},
+        text = json.dumps(dict(zip(dims, map(getitem, label_sets, parts), strict=True)),
                           sort_keys=True, separators=(",", ":"))
         _DIMENSIONS_JSON[key] = text
     return text
