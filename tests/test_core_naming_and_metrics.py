@@ -122,3 +122,24 @@ def test_a_batch_gets_each_event_s_own_dimension_key() -> None:
         assert keys == [dimension_key(dimension_tuple(ev, extra)) for ev in events]
         assert tuples == {dimension_key(dimension_tuple(ev, extra)): dimension_tuple(ev, extra) for ev in events}
         assert len(set(keys)) == (3 if not extra else 4)      # 1 and 3 differ by the channel only
+
+
+def test_extra_dimension_values_equal_in_python_but_not_in_json_are_apart_within_and_across_batches() -> None:
+    """True and 1 (equal and of equal hash in Python), 1 and "1", null and "None": different
+    JSON, so different slices, in one batch and when the slices' names are memoised from an
+    earlier batch holding the other value."""
+    cat = parse_catalog({"metrics": [{"name": "approved", "kind": "flag", "when": {"field": "status", "equals": "approved"}}],
+                         "dimension_sets": [["attributes.flag"]]})
+    values: list[Any] = [True, 1, "1", None, "None", False, 0, 1.5]
+
+    def slices(batch: list[Any]) -> set[tuple[str, int]]:
+        events = [_event(i, attributes={} if v is None else {"flag": v}) for i, v in enumerate(batch)]
+        return {(a.dimensions, a.count) for a in aggregate(events, extract_metrics(events, cat), cat).rows()}
+
+    expected_one = {'{"attributes.flag":true}', '{"attributes.flag":1}', '{"attributes.flag":"1"}',
+                    '{"attributes.flag":null}', '{"attributes.flag":"None"}', '{"attributes.flag":false}',
+                    '{"attributes.flag":0}', '{"attributes.flag":"1.5"}'}
+    assert slices(values) == {(name, 1) for name in expected_one}
+    for first, second in [(1, True), (True, 1), (0, False), (False, 0), ("1", 1)]:
+        assert {name for name, _ in slices([first])} == {json.dumps({"attributes.flag": first}, separators=(",", ":"))}
+        assert slices([second, second]) == {(json.dumps({"attributes.flag": second}, separators=(",", ":")), 2)}
