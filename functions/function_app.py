@@ -94,7 +94,10 @@ def consumer_lag_seconds(events: list[func.EventHubEvent]) -> float | None:
     enqueued = [e.enqueued_time for e in events if e.enqueued_time is not None]
     if not enqueued:
         return None
-    oldest = min(map(as_utc, enqueued))
+    try:
+        oldest = as_utc(min(enqueued))     # the host's times are all aware: one conversion, not one per event
+    except TypeError:                      # naive and aware mixed (hand-made batches): naive ones are UTC
+        oldest = min(map(as_utc, enqueued))
     return round(max(0.0, (datetime.now(UTC) - oldest).total_seconds()), 1)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -96,3 +96,27 @@ def test_daily_timer_functions(ingest_fn: Callable[..., None], db: psycopg.Conne
     assert db.execute("SELECT count(*) FROM dynamic_metrics").fetchone() == (0,)      # older than 1 day
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("maintenance ") for m in messages) and any(m.startswith("retention ") for m in messages)
+
+
+def test_consumer_lag_is_measured_from_the_oldest_instant() -> None:
+    """lag_s (the consumer-lag alert's input) comes from the earliest enqueued instant, whatever
+    the time zones the times are written in; naive times, in hand-made batches, are UTC."""
+    import azure.functions as func
+
+    indexed_functions()
+    import function_app
+
+    now = datetime.now(UTC)
+    plus_two = timezone(timedelta(hours=2))
+
+    def lag(*times: datetime | None) -> float | None:
+        return function_app.consumer_lag_seconds([func.EventHubEvent(body=b"{}", enqueued_time=t) for t in times])
+
+    # 09:00+02:00 is 07:00 UTC: the oldest instant though its wall-clock time is the latest
+    oldest = (now - timedelta(seconds=600)).astimezone(plus_two)
+    lag_s = lag(now - timedelta(seconds=300), oldest, None, now - timedelta(seconds=60))
+    assert lag_s is not None and 599 <= lag_s <= 610
+    naive_oldest = (now - timedelta(seconds=900)).replace(tzinfo=None)
+    lag_s = lag(now - timedelta(seconds=60), naive_oldest)
+    assert lag_s is not None and 899 <= lag_s <= 910
+    assert lag(None, None) is None

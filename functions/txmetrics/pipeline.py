@@ -35,7 +35,7 @@ from .core import histogram
 from .core.catalog import Catalog, load_catalog
 from .core.events import InboundEvent, PaymentEvent, Rejection, parse_events, unexpected_failure
 from .core.metrics import MetricRows, aggregate, dimension_keys, extract_metrics_isolated
-from .core.naming import raw_file_path, utc_day
+from .core.naming import US_PER_DAY, raw_file_path, utc_day
 from .settings import Settings
 
 # Test hook: called with a step name at each crash-relevant point ("before_commit",
@@ -185,8 +185,10 @@ class Pipeline:
     def _prepare_storage(self, batch: _SortedBatch) -> None:
         """Outside the batch transaction, each in a short one of its own: the day partitions
         of the batch's days and the dimension tuples of its events."""
+        by_day_number: dict[int, list[PaymentEvent]] = {}     # the day's number, then its date once
         for ev in batch.valid:
-            batch.by_day.setdefault(utc_day(ev.occurred_us), []).append(ev)
+            by_day_number.setdefault(ev.occurred_us // US_PER_DAY, []).append(ev)
+        batch.by_day = {utc_day(n * US_PER_DAY): events for n, events in by_day_number.items()}
         self.store.ensure_day_partitions(set(batch.by_day))
         keys, dimensions = dimension_keys(batch.valid, self.catalog.extra_dimension_fields)
         batch.dimension_keys = dict(zip(map(id, batch.valid), keys, strict=True))

@@ -78,7 +78,8 @@ def dimension_keys(events: Sequence[PaymentEvent], extra_fields: Sequence[str]
         tuples = [dimension_tuple(ev, extra_fields) for ev in events]
     else:
         tuples = [(*typed, None) for typed in map(_TYPED_DIMENSIONS, events)]
-    keys = list(map(dimension_key, tuples))
+    known = _DIMENSION_KEYS.get        # the memo read inline: a call per event costs more than the lookup
+    keys = [key if (key := known(dims)) is not None else dimension_key(dims) for dims in tuples]
     return keys, dict(zip(keys, tuples, strict=True))
 
 

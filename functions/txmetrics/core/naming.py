@@ -65,5 +65,8 @@ def datetime_to_us(moment: datetime) -> int:
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
+US_PER_DAY = 86_400_000_000
+
+
 def utc_day(us: int) -> date:
-    return date.fromordinal(_EPOCH_ORDINAL + us // 86_400_000_000)   # floor division: right before 1970 too
+    return date.fromordinal(_EPOCH_ORDINAL + us // US_PER_DAY)   # floor division: right before 1970 too
