@@ -213,17 +213,16 @@ def dimension_value(event: PaymentEvent, name: str) -> Any:
 def extract_metrics(events: Sequence[PaymentEvent], catalog: Catalog) -> MetricRows:
     """The batch's metric rows: each metric's values for all events at once (one pass per
     metric, `Metric.values`), then the rows event by event, in catalog order."""
-    rows = MetricRows(events=events, metric_names=[m.name for m in catalog.metrics])
+    names = [m.name for m in catalog.metrics]
+    if not events or not names:
+        return MetricRows(events=events, metric_names=names)
     documents = [ev.document for ev in events]
-    per_metric = [metric.values(documents) for metric in catalog.metrics]
-    values, metric_index, event_index = rows.value, rows.metric_index, rows.event_index
-    for ei, event_values in enumerate(zip(*per_metric, strict=True)):
-        for mi, value in enumerate(event_values):
-            if value is not None:
-                values.append(value)
-                metric_index.append(mi)
-                event_index.append(ei)
-    return rows
+    # events x metrics, None as NaN (a metric value is never NaN: _as_metric_value), then the
+    # rows event by event in catalog order: the non-NaN cells in row-major order
+    grid = np.array([metric.values(documents) for metric in catalog.metrics], dtype=np.float64).T
+    event_index, metric_index = np.nonzero(~np.isnan(grid))
+    return MetricRows(events=events, metric_names=names, value=grid[event_index, metric_index].tolist(),
+                      metric_index=metric_index.tolist(), event_index=event_index.tolist())
 
 
 def extract_metrics_isolated(events: Sequence[PaymentEvent], catalog: Catalog
