@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,17 +82,20 @@ def to_inbound(events: list[func.EventHubEvent], partition_id: str) -> list[Inbo
 def ingest(events: list[func.EventHubEvent]) -> None:
     started = time.perf_counter()
     partition_id = partition_id_of(events)
-    report = get_pipeline().process(partition_id, to_inbound(events, partition_id))
+    inbound = to_inbound(events, partition_id)
+    report = get_pipeline().process(partition_id, inbound)
     # duration_ms and lag_s feed the operations workbook and the consumer-lag alert (infra/operations.py)
     fields = {**report.log_fields(), "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-              "lag_s": consumer_lag_seconds(events)}
+              "lag_s": consumer_lag_seconds(e.enqueued_at for e in inbound)}
     log.info("batch %s", json.dumps(fields, sort_keys=True))
 
 
-def consumer_lag_seconds(events: list[func.EventHubEvent]) -> float | None:
-    """How far this partition's consumer is behind: seconds from the oldest event's enqueued time to now.
-    (Event Hubs Standard has no consumer-lag metric; growing values mean the function falls behind.)"""
-    enqueued = [e.enqueued_time for e in events if e.enqueued_time is not None]
+def consumer_lag_seconds(enqueued_times: Iterable[datetime | None]) -> float | None:
+    """How far this partition's consumer is behind: seconds from the oldest enqueued time of the
+    batch's events to now. (Event Hubs Standard has no consumer-lag metric; growing values mean
+    the function falls behind.) Read from the InboundEvents: EventHubEvent's properties cost
+    about 0.3 us an event."""
+    enqueued = [t for t in enqueued_times if t is not None]
     if not enqueued:
         return None
     try:

@@ -110,7 +110,9 @@ def test_consumer_lag_is_measured_from_the_oldest_instant() -> None:
     plus_two = timezone(timedelta(hours=2))
 
     def lag(*times: datetime | None) -> float | None:
-        return function_app.consumer_lag_seconds([func.EventHubEvent(body=b"{}", enqueued_time=t) for t in times])
+        # the events' times as ingest hands them on (InboundEvent.enqueued_at, from the trigger's events)
+        inbound = function_app.to_inbound([func.EventHubEvent(body=b"{}", enqueued_time=t) for t in times], "0")
+        return function_app.consumer_lag_seconds(e.enqueued_at for e in inbound)
 
     # 09:00+02:00 is 07:00 UTC: the oldest instant though its wall-clock time is the latest
     oldest = (now - timedelta(seconds=600)).astimezone(plus_two)
