@@ -195,7 +195,9 @@ class Pipeline:
         self.store.ensure_dimensions(dimensions)
 
     def _write(self, tx: BatchTransaction, batch: _SortedBatch, timer: _Timer) -> _Written:
-        """Step 2's transaction body (run again as a whole when PostgreSQL asks for a retry):
+        """Step 1's transaction body, run again as a whole when PostgreSQL asks for a retry
+        and when the optimistic first attempt meets a key already there (run_batch; the
+        timings then add up both attempts):
         claim the events in the ledger; only the claimed ones (new) get files, metric rows
         and histogram deltas; the batch's bad events go to failed_items."""
         days = sorted(batch.by_day)

@@ -150,8 +150,9 @@ class PostgresStore:
         `optimistic`: the first attempt assumes every key it writes is new (`BatchTransaction`
         `fresh`: plain COPY, no savepoint). Should a key already be there (a redelivery), the
         unique violation rolls that attempt back whole and `work` runs again with the usual
-        checks: the same result, paid only by redeliveries, and four round trips fewer for
-        every other batch."""
+        checks: the same result, paid only when a key is already there (a redelivery, the same
+        event on two partitions, a failed item recorded before), and two round trips fewer
+        for every other batch (four when it has failed items)."""
         fresh = optimistic
         attempt = 1
         while True:
@@ -242,8 +243,9 @@ class BatchTransaction:
         nothing unless a redelivery brought some.
 
         The ledger holds each event's key (`naming.event_key`: 16 bytes of SHA-256 of its id),
-        its time and its dimension key. Fast path: COPY straight into ingested_events in a
-        savepoint: a batch of new events (the usual case) costs one COPY. When a key is
+        its time and its dimension key. Fast path: COPY straight into ingested_events (`fresh`:
+        no savepoint, a key already there raises; else in a savepoint): a batch of new events
+        (the usual case) costs one COPY. When a key is
         already there (a redelivery), the savepoint is rolled back and the rows go through a
         staging table with ON CONFLICT DO NOTHING, and only the keys that were already there
         come back. Rows go in sorted by key in both paths, so two writers claiming

@@ -167,10 +167,12 @@ class PaymentEvent:
         return us_to_datetime(self.occurred_us)
 
 
-# The order _validate_usual builds PaymentEvents in, positionally.
-assert tuple(PaymentEvent.__dataclass_fields__) == (
-    "event_id", "transaction_id", "occurred_us", "merchant_id", "amount", "currency", "payment_method", "status",
-    "event_type", "processing_ms", "country", "document", "payload", "partition_id", "sequence_number", "enqueued_at")
+# The order _validate_usual builds PaymentEvents in, positionally (checked also under python -O).
+if tuple(PaymentEvent.__dataclass_fields__) != (
+        "event_id", "transaction_id", "occurred_us", "merchant_id", "amount", "currency", "payment_method", "status",
+        "event_type", "processing_ms", "country", "document", "payload", "partition_id", "sequence_number",
+        "enqueued_at"):
+    raise RuntimeError("PaymentEvent's fields changed order: update _validate_usual's positional call")
 
 
 @dataclass(slots=True)
