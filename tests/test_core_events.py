@@ -88,6 +88,8 @@ def test_a_valid_event_is_normalised() -> None:
     (valid(occurred_at="1969-12-31T23:59:59.999999Z"), "invalid_occurred_at"),
     (valid(occurred_at="2100-01-01T00:00:00Z"), "invalid_occurred_at"),
     (valid(occurred_at="2026-03-01T12:00:00+99:00"), "invalid_occurred_at"),
+    (valid(occurred_at="2026-03-01T12:00:00+05:99"), "invalid_occurred_at"),   # RFC 3339: offset minutes 00-59
+    (valid(occurred_at="2026-03-01T12:00:00.5-00:60"), "invalid_occurred_at"),
     (valid(occurred_at="\uff12\uff10\uff12\uff16-03-01T12:00:00Z"), "invalid_occurred_at"),   # full-width digits
     # `$` matched before a trailing newline (issue 11): fullmatch
     (valid(occurred_at="2026-03-01T12:00:00Z\n"), "invalid_occurred_at"),

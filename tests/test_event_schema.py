@@ -125,6 +125,7 @@ def version_2(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventSchema]:
     ({"risk_band": 2.5}, "invalid_risk_band"),
     ({"risk_band": 4111111111111111}, "card_number_in_risk_band"),
     ({"settled_at": "2026-03-05T11:00:00"}, "invalid_settled_at"),        # no offset
+    ({"settled_at": "2026-03-05T11:00:00+01:75"}, "invalid_settled_at"),  # offset minutes beyond 59
     ({"fee": "0.25"}, "invalid_fee"),
     ({"recurring": "yes"}, "invalid_recurring"),
 ])

@@ -50,7 +50,7 @@ MAX_ADDED_TEXT = 256          # as the hand-checked identifiers (core/events.py 
 _INT64_RANGE = (-(2**63), 2**63 - 1)
 _FLOAT_LIMIT = Decimal("1.7976931348623157e308")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-5][0-9])")
 
 
 @dataclass(frozen=True, slots=True)
