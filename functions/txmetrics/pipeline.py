@@ -12,9 +12,10 @@ Order of effects (the transactional-outbox pattern):
   2. upload the Parquet files (overwrite), then mark them uploaded and empty the outbox;
      the same statement counts the files of this partition still pending (a crashed
      earlier attempt's), and when there are any, uploads and marks them too.
-A crash before 1 commits leaves nothing; after 1, the next batch on the partition (the
-redelivery) finishes step 2 from the outbox, and so does the maintenance timer. Blobs are written only for committed files, so no orphan or duplicate file
-can appear, even when the redelivered batch is longer or shorter than the first.
+A crash before 1 commits leaves nothing; after 1, the partition's next batch that reaches
+its mark (usually the redelivery) finishes step 2 from the outbox, and so does the daily
+maintenance timer. Blobs are written only for committed files, so no orphan or duplicate
+file can appear, even when the redelivered batch is longer or shorter than the first.
 """
 
 from __future__ import annotations
