@@ -42,11 +42,8 @@ def record(conn: psycopg.Connection, *, rejections: Sequence[Rejection], fresh: 
     # a naive enqueued time (hand-made batches; the host's are aware) is UTC on both paths
     # below, whatever the session's TimeZone
     enqueued = [None if x.enqueued_at is None else as_utc(x.enqueued_at) for x in r]
-    rows = (_binary_row(x, at) for x, at in zip(r, enqueued, strict=True))
-    if fresh:
-        pgcopy.copy_in(conn, f"failed_items ({_RECORDED})", rows)
-        return len(r)
-    if pgcopy.copy_new(conn, f"failed_items ({_RECORDED})", rows):
+    if pgcopy.copy_new(conn, f"failed_items ({_RECORDED})",
+                       (_binary_row(x, at) for x, at in zip(r, enqueued, strict=True)), fresh=fresh):
         return len(r)
     return conn.execute(
         f"""INSERT INTO failed_items ({_RECORDED})

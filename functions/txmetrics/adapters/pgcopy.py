@@ -102,10 +102,17 @@ def copy_in(conn: psycopg.Connection, target: str, rows: Iterable[bytes]) -> Non
         copy.write(payload(rows))
 
 
-def copy_new(conn: psycopg.Connection, target: str, rows: Iterable[bytes]) -> bool:
+def copy_new(conn: psycopg.Connection, target: str, rows: Iterable[bytes], *, fresh: bool = False) -> bool:
     """COPY the rows in a savepoint: True when they all went in; False, with nothing in (the
     savepoint rolled back), when one hit a unique key already there, for the caller to insert
-    them with ON CONFLICT instead. A batch of new rows, the usual case, costs one COPY."""
+    them with ON CONFLICT instead. A batch of new rows, the usual case, costs one COPY.
+
+    `fresh`: the caller expects every key to be new (postgres.BatchTransaction): no
+    savepoint (two round trips fewer), and a key already there raises UniqueViolation,
+    rolling back the caller's transaction; True otherwise."""
+    if fresh:
+        copy_in(conn, target, rows)
+        return True
     try:
         with conn.transaction():
             copy_in(conn, target, rows)

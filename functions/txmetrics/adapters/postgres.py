@@ -3,9 +3,10 @@
 Within one transaction a batch
 1. claims its events in the `ingested_events` ledger (COPY, sorted by key; on a key that is
    already there, INSERT .. ON CONFLICT DO NOTHING instead, after the optimistic first
-   attempt is rolled back: run_batch): only events whose ledger row is really inserted go further, so a redelivered event, in this batch or another, adds
-   nothing anywhere. The ledger row is the event's key (16 bytes of its id's SHA-256), its
-   time and its dimension key;
+   attempt is rolled back: run_batch): only events whose ledger row is really inserted go
+   further, so a redelivered event, in this batch or another, adds nothing anywhere. The
+   ledger row is the event's key (16 bytes of its id's SHA-256), its time and its
+   dimension key;
 2. records the batch's raw files in the manifest, their bytes in the outbox (manifest.py);
 3. COPYs the new events' metric rows into dynamic_metrics (narrow, append-only);
 4. COPYs their histograms into aggregate_deltas (append-only: no writer updates a shared
@@ -243,11 +244,10 @@ class BatchTransaction:
         nothing unless a redelivery brought some.
 
         The ledger holds each event's key (`naming.event_key`: 16 bytes of SHA-256 of its id),
-        its time and its dimension key. Fast path: COPY straight into ingested_events (`fresh`:
-        no savepoint, a key already there raises; else in a savepoint): a batch of new events
-        (the usual case) costs one COPY. When a key is
-        already there (a redelivery), the savepoint is rolled back and the rows go through a
-        staging table with ON CONFLICT DO NOTHING, and only the keys that were already there
+        its time and its dimension key. Fast path: COPY straight into ingested_events
+        (`pgcopy.copy_new`; `fresh`: no savepoint, and a key already there raises): a batch of
+        new events (the usual case) costs one COPY. When a key is already there (a
+        redelivery), the savepoint is rolled back and the rows go through a staging table with ON CONFLICT DO NOTHING, and only the keys that were already there
         come back. Rows go in sorted by key in both paths, so two writers claiming
         overlapping events lock them in the same order and wait for each other instead of
         deadlocking. `events` must not repeat a key."""
@@ -258,10 +258,8 @@ class BatchTransaction:
         three = pgcopy.field_count(3)
         rows = [three + pgcopy.uuid(ledger_keys[i][0]) + pgcopy.timestamptz(ledger_keys[i][1])
                 + pgcopy.int8(dimension_keys[i]) for i in order]
-        if self.fresh:
-            pgcopy.copy_in(self.conn, "ingested_events (event_key, occurred_at, dimension_key)", rows)
-            return set()
-        if pgcopy.copy_new(self.conn, "ingested_events (event_key, occurred_at, dimension_key)", rows):
+        if pgcopy.copy_new(self.conn, "ingested_events (event_key, occurred_at, dimension_key)", rows,
+                           fresh=self.fresh):
             return set()
         pgcopy.copy_in(self.conn, "txm_stage_ledger", rows)
         taken = self.conn.execute(
