@@ -21,6 +21,7 @@ from typing import Any
 import azure.functions as func
 
 from txmetrics import trigger_decode
+from txmetrics.collector import collector_paused
 from txmetrics.core.catalog import load_catalog
 from txmetrics.core.events import InboundEvent
 from txmetrics.core.naming import as_utc
@@ -81,9 +82,10 @@ def to_inbound(events: list[func.EventHubEvent], partition_id: str) -> list[Inbo
                                cardinality=func.Cardinality.MANY, data_type="binary")
 def ingest(events: list[func.EventHubEvent]) -> None:
     started = time.perf_counter()
-    partition_id = partition_id_of(events)
-    inbound = to_inbound(events, partition_id)
-    report = get_pipeline().process(partition_id, inbound)
+    with collector_paused():      # the batch's objects are freed by reference counting (txmetrics/collector.py)
+        partition_id = partition_id_of(events)
+        inbound = to_inbound(events, partition_id)
+        report = get_pipeline().process(partition_id, inbound)
     # duration_ms and lag_s feed the operations workbook and the consumer-lag alert (infra/operations.py)
     fields = {**report.log_fields(), "duration_ms": round((time.perf_counter() - started) * 1000, 1),
               "lag_s": consumer_lag_seconds(e.enqueued_at for e in inbound)}
