@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pytest
@@ -223,3 +223,47 @@ def test_valid_times_of_the_usual_form_read_as_the_general_path_does(moment: Any
     fraction = f".{moment.microsecond:06d}"[:digits + 1] if digits else ""
     value = f"{moment:%Y-%m-%dT%H:%M:%S}{fraction}{'Z' if not offset_minutes else f'{sign}{minutes // 60:02d}:{minutes % 60:02d}'}"
     assert _occurred(_parse_occurred_at, value) == _occurred(_parse_occurred_at_general, value)
+
+
+_DECIMAL_TEXT = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False).map(str),
+    st.tuples(st.integers(-10**20, 10**20), st.integers(-14, 14)).map(lambda t: f"{t[0]}e{t[1]}"),
+    st.tuples(st.integers(0, 10**13), st.text("0123456789", min_size=1, max_size=12)).map(lambda t: f"{t[0]}.{t[1]}"),
+    st.sampled_from(["0.0", "-0.0", "1e11", "9.99999999999e11", "1e12", "4111111111111111.0", "4111111111111.1111",
+                     "1.0000000000", "1.000000001", "1.0000000001", "999999999999.999999999", "4222222222222.5",
+                     "4222222222222", " 1.5", "1.5 ", "01.50", "+1", "1.", ".5", "1,5", "١٢", "000000000000.000000000"]))
+
+
+def _amount(parse: Any, value: Any) -> tuple[Any, Any]:
+    from txmetrics.core.events import _Invalid
+
+    try:
+        amount = parse(value)
+        return (str(amount), type(amount))
+    except _Invalid as bad:
+        return (bad.code, bad.detail)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=_DECIMAL_TEXT)
+def test_the_usual_amount_reads_as_the_general_path_does(text: str) -> None:
+    """amount's fast paths (a decoded Decimal or a plain decimal string, 0 <= amount < 10^12, at
+    most nine places) give the general path's value or hand the amount to it: the same value or
+    the same error, for any number the decoder can make, card-number-like ones included, for
+    Decimals made directly, and for the same texts sent as strings."""
+    from txmetrics.core.events import (
+        NumberOutOfRange,
+        _marked_number,
+        _number,
+        _parse_amount,
+        _parse_amount_general,
+    )
+
+    # the usual decoder's numbers, the marking decoder's, a Decimal from anywhere else, the text as a string
+    for hook in (_number, _marked_number, Decimal, str):
+        try:
+            value = hook(text)
+        except Exception as exc:                 # not a number, out of range, a card number in the usual decoder
+            assert isinstance(exc, NumberOutOfRange | InvalidOperation) or type(exc).__name__ == "_CardNumberInNumber"
+            continue
+        assert _amount(_parse_amount, value) == _amount(_parse_amount_general, value)

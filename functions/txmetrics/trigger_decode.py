@@ -83,6 +83,10 @@ def _decode_multiple_events(cls: Any, data: Any, trigger_metadata: Any) -> list[
         return _library_decode_many(cls, data, trigger_metadata)
     if type(props) is not list or len(props) != len(bodies):
         return _library_decode_many(cls, data, trigger_metadata)
+    # No key starts with "iothub-" unless the text says so, or spells a key with \u escapes
+    # (the host sends neither for an Event Hub): then the events' IoT Hub metadata is empty
+    raw = sys_props.value
+    iothub_possible = not isinstance(raw, str) or "iothub-" in raw or "\\u" in raw
     events = []
     parse = cls._parse_datetime
     for body, p in zip(bodies, props, strict=True):
@@ -94,7 +98,7 @@ def _decode_multiple_events(cls: Any, data: Any, trigger_metadata: Any) -> list[
         if not ((key is None or isinstance(key, str)) and (seq is None or isinstance(seq, int))
                 and (offset is None or isinstance(offset, int))):
             return _library_decode_many(cls, data, trigger_metadata)
-        iothub = {f[7:]: v for f, v in p.items() if f.startswith("iothub-")}
+        iothub = {f[7:]: v for f, v in p.items() if f.startswith("iothub-")} if iothub_possible else {}
         events.append(_eventhub.EventHubEvent(
             body=body, trigger_metadata=trigger_metadata, enqueued_time=parse(p.get("EnqueuedTimeUtc")),
             partition_key=key, sequence_number=seq, iothub_metadata=iothub,
