@@ -20,11 +20,12 @@ def collector_paused() -> Iterator[None]:
     A batch allocates some ten containers per event (documents, events, rows) that live
     until it ends: a 1,000-event batch set off about 11 young and one older collection, each
     walking every container still alive, to find no cycle; reference counting frees them all
-    at the end anyway. Measured in the profile harness: 1.2-1.5 us per event of collector
-    time, 1.5-1.9 us of worker CPU per event saved (docs/decisions.md, "Collector in the
-    function worker"). The same reasoning is why `timeit` turns the collector off. What a
-    batch leaves in cycles (none is known) is collected after it, by the one young collection
-    its first allocation then sets off. A collector someone else turned off stays off."""
+    at the end anyway. Measured: time in the collector 1.5 -> 0.5 us per event in the profile
+    harness; in `make bench`'s interleaved pairs the workers' CPU fell by a median 0.5 us
+    per event (docs/benchmarks.md, round 6). `timeit` turns the collector off for the same
+    reason. What a batch leaves in cycles (none is known) is collected after it, by the one
+    young collection its first allocation then sets off. A collector someone else turned
+    off stays off."""
     global _pauses, _paused_by_us
     with _lock:
         if _pauses == 0:
