@@ -134,6 +134,15 @@ def processes() -> list[tuple[int, int, str]]:
     return rows
 
 
+def _as_a_foreground_job() -> None:
+    """What an interactive shell gives a foreground job: its own process group, and SIGINT at
+    its default even when the suite itself runs with SIGINT ignored (a background job of a
+    non-interactive shell, `cmd &`, starts so; make keeps an ignored SIGINT ignored, and
+    Ctrl-C would then not stop it at all)."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("via", ["txmetrics", "make"])
 def test_the_first_ctrl_c_stops_workers_and_services_in_one_line(via: str) -> None:
     with local_directory() as directory:
@@ -146,7 +155,7 @@ def interrupt_a_run(via: str, directory: Path) -> None:
     command = [TXMETRICS, "run", *args.split()] if via == "txmetrics" else [
         "make", "--no-print-directory", "run", f"RUN_ARGS={args}"]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)       # its own process group, as a shell's foreground job
+                            preexec_fn=_as_a_foreground_job)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
