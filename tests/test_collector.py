@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 
 from localdev.eventhub import decode, host_payload
-from txmetrics import runtime
+from txmetrics import collector, runtime
 from txmetrics.collector import collector_paused
 
 BASE = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": 1,
@@ -101,6 +102,62 @@ def test_overlapping_batches_turn_it_on_when_the_last_one_ends() -> None:
     assert gc.isenabled()
     with pytest.raises(ValueError), collector_paused():
         raise ValueError("a batch fails")
+    assert gc.isenabled()
+
+
+class _Cycle:
+    """Cyclic garbage once dropped: only the collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+class _LongBatch:
+    """A batch running in another thread until released (another partition's, under load)."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with collector_paused():
+            self.started.set()
+            self.release.wait(30)
+
+    def __enter__(self) -> _LongBatch:
+        self.thread.start()
+        assert self.started.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release.set()
+        self.thread.join(10)
+
+
+def test_overlapping_batches_still_collect_what_each_leaves_behind() -> None:
+    """Under load some batch is always running, so the collector is never back on: each batch
+    end that leaves another running collects the young generation itself (before, cyclic
+    garbage piled up for as long as the load lasted)."""
+    with _LongBatch():
+        with collector_paused():
+            garbage = weakref.ref(_Cycle())            # a cycle this batch leaves behind
+        assert garbage() is None and not gc.isenabled()
+
+
+def test_garbage_that_outlived_a_batch_end_is_collected_within_ten_more() -> None:
+    """A cycle still in use at one batch end (so moved to an older generation) and dropped
+    later is collected by the middle generation's collection, at most MIDDLE_EVERY ends on."""
+    with _LongBatch():
+        with collector_paused():
+            kept = _Cycle()
+        garbage = weakref.ref(kept)
+        del kept                                       # dropped after the young collection moved it
+        ends = 0
+        while garbage() is not None and ends < collector.MIDDLE_EVERY:
+            with collector_paused():
+                pass
+            ends += 1
+        assert garbage() is None and not gc.isenabled()
     assert gc.isenabled()
 
 

@@ -451,13 +451,14 @@ def _parse_occurred_at_general(value: Any) -> int:
 def _parse_amount(value: Any) -> Decimal:
     """The amount as an exact Decimal within the contract's rules, or _Invalid.
 
-    The usual one, a number the decoder made a Decimal (finite, exponent bounded), at least 0
-    and below 10^12, with at most nine decimal places, is the general path's answer as it is:
-    below 10^12 its integer part cannot be a card number, and below 10^18 the rest cannot
-    fail. So is a decimal string of at most 12 integer digits and 9 places, nothing around it.
-    Anything else takes the general path (tests/test_core_events.py compares the two)."""
+    The usual one, a finite Decimal at least 0 and below 10^12 with at most nine decimal
+    places, is the general path's answer as it is. Its exact type is Decimal, so it is not a
+    number the decoder marked as a card number (CardLikeNumber), and below 10^12 its integer
+    part has too few digits to be one; below 10^18 none of the other checks can fail. So is
+    a decimal string of at most 12 integer digits and 9 places, nothing around it. Anything
+    else takes the general path (tests/test_core_events.py compares the two)."""
     if type(value) is Decimal:
-        if value >= 0 and value.adjusted() < 12 and value == value.quantize(_AMOUNT_QUANTUM):
+        if value.is_finite() and value >= 0 and value.adjusted() < 12 and value == value.quantize(_AMOUNT_QUANTUM):
             return value
     elif type(value) is str and _USUAL_DECIMAL_STRING.fullmatch(value) is not None:
         return Decimal(value)
