@@ -46,7 +46,7 @@ from .bounded_json import (
     bounded_decimal,
     nesting_exceeds,
 )
-from .fields import declared_problem
+from .fields import RFC3339, declared_problem
 from .masking import (
     CardLikeNumber,
     bodies_with_card_characters,
@@ -79,9 +79,6 @@ OCCURRED_END = datetime(2100, 1, 1, tzinfo=UTC)
 _OCCURRED_MIN_US = datetime_to_us(OCCURRED_MIN)
 _OCCURRED_END_US = datetime_to_us(OCCURRED_END)
 
-_RFC3339 = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-5][0-9])"
-)
 _RFC3339_USUAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-5][0-9])")
 _DECIMAL_STRING = re.compile(r"[0-9]+(\.[0-9]+)?")
 _USUAL_DECIMAL_STRING = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")   # below 10^12, at most AMOUNT_SCALE places
@@ -430,7 +427,7 @@ def _parse_occurred_at_general(value: Any) -> int:
         raise _Invalid("missing_occurred_at", "required field 'occurred_at' is missing")
     if not isinstance(value, str):
         raise _Invalid("invalid_occurred_at", f"'occurred_at' must be an RFC 3339 string, got {_kind(value)}")
-    m = _RFC3339.fullmatch(value)
+    m = RFC3339.fullmatch(value)
     if m is None:
         raise _Invalid("invalid_occurred_at",
                        f"'occurred_at' {_shown(value)} is not RFC 3339 with an offset (e.g. 2026-03-01T12:00:00Z)")

@@ -50,7 +50,11 @@ MAX_ADDED_TEXT = 256          # as the hand-checked identifiers (core/events.py 
 _INT64_RANGE = (-(2**63), 2**63 - 1)
 _FLOAT_LIMIT = Decimal("1.7976931348623157e308")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-5][0-9])")
+# RFC 3339 with an offset (minutes 00-59), for occurred_at (core/events.py) and every added
+# timestamp field alike: date, time, fraction, offset
+RFC3339 = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-5][0-9])"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +283,7 @@ def _type_problem(column: Column, value: Any) -> tuple[str, str] | None:
                                               "storing it in a typed column")
         return None
     if kind == "timestamp":
-        if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        if not isinstance(value, str) or not RFC3339.fullmatch(value):
             return code, f"'{name}' must be an RFC 3339 time with an offset, got {_shown(value)}; {fits}"
         try:
             _parse_time(value)
