@@ -247,10 +247,11 @@ class BatchTransaction:
         its time and its dimension key. Fast path: COPY straight into ingested_events
         (`pgcopy.copy_new`; `fresh`: no savepoint, and a key already there raises): a batch of
         new events (the usual case) costs one COPY. When a key is already there (a
-        redelivery), the savepoint is rolled back and the rows go through a staging table with ON CONFLICT DO NOTHING, and only the keys that were already there
-        come back. Rows go in sorted by key in both paths, so two writers claiming
-        overlapping events lock them in the same order and wait for each other instead of
-        deadlocking. `events` must not repeat a key."""
+        redelivery), the savepoint is rolled back and the rows go through a staging table
+        with ON CONFLICT DO NOTHING, and only the keys that were already there come back.
+        Rows go in sorted by key in both paths, so two writers claiming overlapping events
+        lock them in the same order and wait for each other instead of deadlocking. `events`
+        must not repeat a key."""
         if not events:
             return set()
         ledger_keys = [(event_key(ev.event_id), ev.occurred_us) for ev in events]

@@ -563,7 +563,7 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
     occurred_us = _parse_occurred_at(g("occurred_at"))
     amount = _parse_amount(g("amount"))
     processing_ms = _parse_processing_ms(g("processing_ms"))
-    # positional: half the cost of keywords for a 16-field dataclass (the order is checked below it)
+    # positional: half the cost of keywords for a 16-field dataclass (the order is checked below its class)
     return PaymentEvent(event_id, transaction_id, occurred_us, merchant_id, amount, currency, payment_method, status,
                         event_type, processing_ms, country, doc, text, inbound.partition_id, inbound.sequence_number,
                         inbound.enqueued_at)
