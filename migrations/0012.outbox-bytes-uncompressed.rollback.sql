@@ -1,0 +1,1 @@
+ALTER TABLE raw_file_outbox ALTER COLUMN content SET STORAGE EXTENDED;
