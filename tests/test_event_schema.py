@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,22 @@ def test_the_values_columns_store(version_2: EventSchema) -> None:
         {"event_id": "e-1", "schema_version": 1, "channel": None, "risk_band": None, "settled_at": None, "fee": None,
          "recurring": None}]
     assert json.loads(table["payload"][1].as_py())["channel"] == {"not": "typed in version 1"}
+    # a batch in which no event sends a version (the usual one) stores 1 for each
+    only_v1 = parquet.events_table([v1, parsed({**BASE, "event_id": "e-3"}, seq=3)])
+    assert only_v1["schema_version"].to_pylist() == [1, 1]
+
+
+def test_amounts_are_stored_with_nine_places_and_more_would_raise_not_round() -> None:
+    """pyarrow rescales each amount to the column's 9 places (events_table hands it the
+    Decimals as validated); a Decimal with more places, which validation never lets
+    through, makes it raise instead of silently rounding."""
+    event = parsed({**BASE, "event_id": "a-1", "amount": "12.5"})
+    assert isinstance(event, PaymentEvent)
+    stored = parquet.decode(parquet.encode(parquet.events_table([event])))["amount"]
+    assert stored.type == pa.decimal128(38, 9) and str(stored[0].as_py()) == "12.500000000"
+    event.amount = Decimal("0.1234567891")
+    with pytest.raises(pa.ArrowInvalid):
+        parquet.events_table([event])
 
 
 # ----------------------------------------------------------------------------- files before and after
