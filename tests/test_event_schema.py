@@ -10,7 +10,6 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -156,17 +155,20 @@ def test_the_values_columns_store(version_2: EventSchema) -> None:
     assert only_v1["schema_version"].to_pylist() == [1, 1]
 
 
-def test_amounts_are_stored_with_nine_places_and_more_would_raise_not_round() -> None:
-    """pyarrow rescales each amount to the column's 9 places (events_table hands it the
-    Decimals as validated); a Decimal with more places, which validation never lets
-    through, makes it raise instead of silently rounding."""
-    event = parsed({**BASE, "event_id": "a-1", "amount": "12.5"})
-    assert isinstance(event, PaymentEvent)
-    stored = parquet.decode(parquet.encode(parquet.events_table([event])))["amount"]
-    assert stored.type == pa.decimal128(38, 9) and str(stored[0].as_py()) == "12.500000000"
-    event.amount = Decimal("0.1234567891")
-    with pytest.raises(pa.ArrowInvalid):
-        parquet.events_table([event])
+def test_amounts_are_stored_with_nine_places_however_they_were_written(
+        deliver: Callable[..., None], archive: BlobArchive, db: psycopg.Connection) -> None:
+    """Valid amounts written with an exponent or more digits than decimal128(38, 9) holds
+    are stored at 9 places and never make the batch fail (pyarrow refuses such Decimals
+    unless they are quantized first)."""
+    amounts = {"a-1": "0", "a-2": '"12.5"', "a-3": "0e30", "a-4": "1." + "0" * 40, "a-5": '"12.34' + "0" * 30 + '"'}
+    head = json.dumps(BASE)[:-1].replace('"amount": "12.30", ', "")
+    deliver([f'{head}, "event_id": "{k}", "amount": {v}}}'.encode() for k, v in amounts.items()],
+            partition_id="0", first_sequence=0)
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (0,)
+    table = pa.concat_tables(parquet.decode(archive.download(b.name)) for b in archive.list("raw_events/"))
+    stored = dict(zip(table["event_id"].to_pylist(), map(str, table["amount"].to_pylist()), strict=True))
+    assert stored == {"a-1": "0E-9", "a-2": "12.500000000", "a-3": "0E-9", "a-4": "1.000000000",
+                      "a-5": "12.340000000"}
 
 
 # ----------------------------------------------------------------------------- files before and after

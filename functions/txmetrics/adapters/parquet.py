@@ -12,6 +12,7 @@ import dataclasses
 import io
 from collections.abc import Sequence
 from datetime import UTC
+from decimal import Decimal
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any
@@ -43,6 +44,8 @@ def _arrow_schema(declared: fields.EventSchema) -> pa.Schema:
 # The schema in effect when the module was imported (the CLI's column list).
 RAW_EVENT_SCHEMA = raw_event_schema(fields.SCHEMA)
 
+_QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
+
 
 def events_table(events: Sequence[PaymentEvent]) -> pa.Table:
     """One row per event, one column per declared column: typed fields from the event's
@@ -56,10 +59,10 @@ def events_table(events: Sequence[PaymentEvent]) -> pa.Table:
             if column.type == "timestamp" and column.attribute.endswith("_us"):
                 columns[column.name] = pa.array(values, type=pa.int64()).cast(UTC_US)
             elif column.type == "decimal":
-                # pyarrow rescales each Decimal to the column's 9 places itself, 3x faster than
-                # quantizing them here; validation allows at most 9, and one with more would
-                # make pyarrow raise, never round (tests/test_event_schema.py)
-                columns[column.name] = values
+                # Quantized here, not left to pyarrow: a valid amount may be written with more
+                # places or digits than decimal128(38, 9) holds (0E+30, 1. and 40 zeros), which
+                # pyarrow refuses, failing the whole batch (tests/test_event_schema.py)
+                columns[column.name] = [v.quantize(_QUANTUM) for v in values]
             else:
                 columns[column.name] = values
         else:
