@@ -11,6 +11,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
+from tests.helpers import archive_rows
 from txmetrics.adapters import parquet
 from txmetrics.adapters.blob import BlobArchive
 
@@ -97,3 +98,38 @@ def test_no_card_number_in_blobs_tables_or_logs(deliver: Callable[..., None], db
     assert (payloads["p11"]["n"], payloads["p11"]["m"], payloads["p11"]["e"]) == (
         "************1111", "-************5559", "************9424")
     assert payloads["p3"]["event_type"] == "tx ****-******-*0005"
+
+
+def test_a_repeated_key_cannot_carry_a_card_number_into_storage(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """JSON decoders keep the last value of a repeated key, so masking the decoded document
+    never sees the earlier ones; a payload kept as sent would carry them. Accepted and refused
+    events alike: the stored payload is then the masked document, whose values it shows."""
+    caplog.set_level(logging.DEBUG)
+    valid = '{"event_id": "%s", "currency": "USD", ' + BASE_JSON + ", %s}"
+    deliver([
+        (valid % ("r1", f'"note": "{PANS[0]}", "note": "x"')).encode(),
+        (valid % ("r2", f'"attributes": {{"k": "{WRITTEN[1]}"}}, "attributes": {{}}')).encode(),
+        (valid % ("r3", f'"n": {PANS[3]}, "n": 1')).encode(),
+        (valid % ("r4", f'"note": "{escaped(PANS[4])}", "note": "w"')).encode(),
+        (valid % ("r5", f'"card": {{"number": "{WRITTEN[2]}", "number": "****"}}')).encode(),
+        # refused events: a bad currency, and a number out of range (decoded leniently for the payload)
+        (valid.replace('"USD"', '"usd"') % ("r6", f'"note": "{PANS[0]}", "note": "y"')).encode(),
+        (valid % ("r7", f'"big": 1e99999, "note": "{PANS[1]}", "note": "z"')).encode(),
+    ], partition_id="0")
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (5,)
+    assert dict(db.execute("SELECT event_id, error_code FROM failed_items").fetchall()) == {
+        "r6": "invalid_currency", "r7": "number_out_of_range"}
+    raw = b"".join(archive.download(b.name) for b in archive.list())
+    payloads = {json.loads(p)["event_id"]: json.loads(p) for _, _, _, p in archive_rows(archive)}
+    failed = {e: json.loads(p) for e, p in db.execute("SELECT event_id, payload FROM failed_items").fetchall()}
+    stored = "\n".join(map(json.dumps, [*payloads.values(), *failed.values()])) + all_text(db) + caplog.text
+    for pan in PANS:
+        assert pan.encode() not in raw and escaped(pan).encode() not in raw and pan not in stored
+    for written in WRITTEN:
+        assert written not in stored
+    # the payload shows the values the event was validated with (the last of each key)
+    assert (payloads["r1"]["note"], payloads["r2"]["attributes"], payloads["r3"]["n"], payloads["r4"]["note"],
+            payloads["r5"]["card"]) == ("x", {}, 1, "w", {"number": "****"})
+    assert (failed["r6"]["note"], failed["r7"]["note"]) == ("y", "z")

@@ -29,6 +29,7 @@ card_number_in_<field> for fields added by later schema versions.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,10 +252,11 @@ def _parse(inbound: InboundEvent, card_characters: bool = True) -> PaymentEvent 
         problem = declared_problem(doc)    # schema_version, fields added by later versions (core/fields.py)
         if problem is not None:
             raise _Invalid(*problem)
-        # The decoded document is masked; the payload is re-encoded only when that changed something.
+        # The decoded document is masked; the payload is re-encoded only when that changed
+        # something, or when the text repeats a key (it then holds values the document lacks).
         if card_numbers or strings_may_hold_one:
             masked = mask_value(doc)
-            if masked != doc:
+            if masked != doc or repeats_a_key(text):
                 event.document = masked
                 event.payload = _ENCODER.encode(masked).decode()
         return event
@@ -276,6 +278,37 @@ def _decode(text: str) -> tuple[Any, bool]:
         raise _Invalid("number_out_of_range", f"body holds a number out of range ({exc})") from None
     except msgspec.DecodeError as exc:
         raise _Invalid("body_not_json", f"body is not JSON: {exc}") from None
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> None:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise _RepeatedKey
+
+
+def repeats_a_key(text: str) -> bool:
+    """True when an object in the JSON text repeats a key (or the text cannot be read again).
+
+    msgspec, like most decoders, keeps the last value of a repeated key, so masking the
+    document never sees the others; the text still holds them all. A text kept as sent
+    (the archived payload, a failed item's payload) would then carry a card number in an
+    earlier copy. Asked only of texts that may hold one (the pre-filters flagged them):
+    the standard library's decoder sees every pair, at about 20 us a body."""
+    try:
+        json.loads(text, object_pairs_hook=_no_repeats, parse_float=str, parse_int=str, parse_constant=str)
+    except _RepeatedKey:
+        return True
+    except (ValueError, RecursionError):     # read differently from msgspec: do not keep it as sent
+        return True
+    return False
+
+
+def _text_may_hold_card(body: bytes, text: str) -> bool:
+    """The pre-filters of `_parse` for one body: False means no card number is written in it."""
+    return (digit_run_possible(body) and might_contain_pan(text)) or has_escaped_card_characters(body)
 
 
 def document_of_payload(payload: str) -> dict[str, Any]:
@@ -301,7 +334,8 @@ def _reject(inbound: InboundEvent, code: str, detail: str, text: str | None = No
             doc = None
     if doc is not None and text is not None:
         masked = mask_value(doc)
-        full = text if masked == doc else _ENCODER.encode(masked).decode()
+        kept_as_sent = masked == doc and not (_text_may_hold_card(inbound.body, text) and repeats_a_key(text))
+        full = text if kept_as_sent else _ENCODER.encode(masked).decode()
         payload, truncated = full[:MAX_FAILED_PAYLOAD], len(full) > MAX_FAILED_PAYLOAD
     else:
         payload, truncated = _masked_raw_payload(inbound.body)
