@@ -94,9 +94,16 @@ class FunctionApp(pulumi.ComponentResource):
                     maximum_instance_count=cfg.function_maximum_instances)),
             # Flex VNet integration: outbound traffic to storage, Event Hubs and PostgreSQL through the VNet
             virtual_network_subnet_id=subnet_id,
-            site_config=web.SiteConfigArgs(
-                app_settings=[web.NameValuePairArgs(name=k, value=v) for k, v in settings.items()],
-                min_tls_version="1.2", ftps_state="Disabled", http20_enabled=True),
+            # A dict, not web.SiteConfigArgs: the SDK's class adds netFrameworkVersion "v4.6" to
+            # every site config, which Flex Consumption refuses with 400 (ExtendedCode 51021,
+            # "...for Flex Consumption sites is invalid"), as it refuses ftpsState (Flex has no
+            # FTP; One Deploy only): pulumi/pulumi-azure-native#4168,
+            # microsoft/azure-pipelines-tasks#21032 (West Europe), Learn functions-app-settings
+            # "Flex Consumption plan deprecations". tests/test_infra_program.py holds the payload
+            # to the properties Flex accepts.
+            site_config=web.SiteConfigArgsDict(
+                app_settings=[web.NameValuePairArgsDict(name=k, value=v) for k, v in settings.items()],
+                min_tls_version="1.2", http20_enabled=True),
             tags={"stack": cfg.stack},
             # private stacks: the host reaches its storage only through the endpoints and their DNS records
             opts=pulumi.ResourceOptions(parent=self, depends_on=app_depends_on or []))
