@@ -33,6 +33,17 @@ def test_quantiles_within_one_percent(dist: str) -> None:
         assert abs(est - ex) <= 0.01 * abs(ex) + 1e-12, (q, est, ex)
 
 
+@pytest.mark.parametrize("top", [1e18, 2.0**53])
+def test_quantiles_within_one_percent_up_to_what_the_contract_fields_carry(top: float) -> None:
+    """Amounts below 10^18 and processing_ms up to 2^53 are valid: their quantiles keep the
+    1% bound too (keys were clamped at 2^40, 1.1e12, before)."""
+    values = 10 ** np.random.default_rng(5).uniform(11, np.log10(top), 5_000)
+    h = Histogram.of(values)
+    for q in QS:
+        est, ex = h.quantile(q), exact(values, q)
+        assert est is not None and abs(est - ex) <= 0.01 * ex, (q, est, ex)
+
+
 def test_merge_equals_the_histogram_of_the_union() -> None:
     rng = np.random.default_rng(3)
     parts = [rng.lognormal(mu, 1.0, 2_000) for mu in (1, 3, 5, 7)]

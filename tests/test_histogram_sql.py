@@ -14,6 +14,7 @@ import pytest
 from localdev.eventhub import make_batch
 from txmetrics import kpi
 from txmetrics.core import histogram
+from txmetrics.core.masking import luhn_ok
 
 
 def test_merged_quantiles_within_one_percent(ingest_fn: Callable[..., None], db: psycopg.Connection) -> None:
@@ -80,3 +81,29 @@ def test_sparse_buckets_become_the_stored_dense_form(db: psycopg.Connection) -> 
     assert db.execute("SELECT txm_hist_dense('{}'::int[], '{}'::bigint[])").fetchone() == (None,)
     with pytest.raises(psycopg.errors.RaiseException, match="2 keys but 1 counts"):
         db.execute("SELECT txm_hist_dense('{1,2}'::int[], '{1}'::bigint[])")
+
+
+def test_quantiles_of_the_largest_valid_values_stay_within_one_percent(
+        ingest_fn: Callable[..., None], db: psycopg.Connection) -> None:
+    """Amounts below 10^18 and processing_ms up to 2^53 are valid events: read back through
+    the KPI API (SQL merge and quantile), their quantiles keep the 1% bound."""
+    rng = np.random.default_rng(23)
+    n = 400
+    # integer parts of 13 digits or more that pass Luhn would be card numbers (refused): step off them
+    def not_a_card(exponents: np.ndarray) -> list[int]:
+        return [k + 1 if luhn_ok(str(k)) else k for k in (int(10 ** e) for e in exponents)]
+
+    amounts, processing = not_a_card(rng.uniform(12, 17.9, n)), not_a_card(rng.uniform(12, 15.9, n))
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    bodies = [json.dumps({
+        "event_id": f"big{i}", "transaction_id": "t", "merchant_id": "m", "occurred_at": "2026-03-01T00:01:00Z",
+        "amount": f"{amounts[i]}.25", "currency": "IDR", "payment_method": "card", "status": "approved",
+        "processing_ms": processing[i]}).encode() for i in range(n)]
+    ingest_fn(make_batch(bodies, partition_id="0"))
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (0,)
+    for metric, values in (("amount", np.array(amounts) + 0.25), ("processing_ms", np.array(processing, dtype=float))):
+        [row] = kpi.query(db, metric=metric, start=start, end=start + timedelta(hours=1))
+        assert row.count == n
+        for q in (0.5, 0.95, 0.99):
+            exact = float(np.quantile(values, q, method="lower"))
+            assert abs(row.quantiles[q] - exact) <= 0.01 * exact, (metric, q, row.quantiles[q], exact)

@@ -5,8 +5,10 @@ A positive value v falls in bucket ``k = ceil(log2(v) * 2**SCALE)``, i.e. the in
 ``2 * base**k / (base + 1)`` is within ``(base - 1) / (base + 1)`` relative error of any
 value in it: 0.54% at SCALE 6, comfortably inside the 1% the contract asks for.
 Negative values use the same buckets on |v| in a separate store; |v| < ZERO_THRESHOLD
-counts as zero. Keys are clamped to [KEY_MIN, KEY_MAX] (2^-30 .. 2^40, about 9e-10 .. 1.1e12)
-so that a stray value cannot make a dense array explode; min and max stay exact.
+counts as zero. Keys are clamped to [KEY_MIN, KEY_MAX] (2^-30 .. 2^64, about 9e-10 .. 1.8e19)
+so that a stray value cannot make a dense array explode; min and max stay exact. The range
+holds every value the contract's fields can carry (amounts below 10^18, processing_ms up to
+2^53) within the 1% bound; a catalog metric beyond 1.8e19 is counted in the top bucket.
 
 Counts are stored densely from an offset (the key of the first count). Two histograms
 merge by adding counts key by key, whatever their offsets: the merge of any set of
@@ -28,7 +30,7 @@ BASE: float = 2.0 ** (2.0 ** -SCALE)
 RELATIVE_ERROR: float = (BASE - 1) / (BASE + 1)
 ZERO_THRESHOLD = 1e-9
 KEY_MIN = -30 * 2**SCALE
-KEY_MAX = 40 * 2**SCALE
+KEY_MAX = 64 * 2**SCALE
 
 
 def bucket_keys(magnitudes: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
