@@ -252,13 +252,13 @@ def _parse(inbound: InboundEvent, card_characters: bool = True) -> PaymentEvent 
         problem = declared_problem(doc)    # schema_version, fields added by later versions (core/fields.py)
         if problem is not None:
             raise _Invalid(*problem)
-        # The decoded document is masked; the payload is re-encoded only when that changed
-        # something, or when the text repeats a key (it then holds values the document lacks).
+        # The decoded document is masked, and the payload re-encoded when needed (_stored_text).
         if card_numbers or strings_may_hold_one:
             masked = mask_value(doc)
-            if masked != doc or repeats_a_key(text):
+            payload = _stored_text(text, doc, masked)
+            if payload is not text:
                 event.document = masked
-                event.payload = _ENCODER.encode(masked).decode()
+                event.payload = payload
         return event
     except _Invalid as bad:
         return _reject(inbound, bad.code, bad.detail, text, doc)
@@ -308,6 +308,15 @@ def repeats_a_key(text: str) -> bool:
     return False
 
 
+def _stored_text(text: str, doc: Any, masked: Any) -> str:
+    """The text to store for a decoded body: `text` itself (the same object) when masking
+    changed nothing and no key repeats; else the masked document, encoded (a repeated key's
+    earlier copies are in the text only, where masking never saw them)."""
+    if masked == doc and not repeats_a_key(text):
+        return text
+    return _ENCODER.encode(masked).decode()
+
+
 def document_of_payload(payload: str) -> dict[str, Any]:
     """The document of an archived event (its masked `payload`), decoded exactly as ingest
     decoded it: numbers with a fraction or exponent as the same Decimals. Backfill and rebuild
@@ -330,12 +339,10 @@ def _reject(inbound: InboundEvent, code: str, detail: str, text: str | None = No
         except (msgspec.DecodeError, NumberOutOfRange):
             doc = None
     if doc is not None and text is not None:
-        masked = mask_value(doc)
-        # every refused text is checked for repeats (3% of events, a few us each): a card number
-        # written as a number by value (4111111.111111111e9) passes no text pre-filter, and the
-        # decoder's mark of it is gone with the copy it dropped
-        kept_as_sent = masked == doc and not repeats_a_key(text)
-        full = text if kept_as_sent else _ENCODER.encode(masked).decode()
+        # every refused text goes through the repeats check (3% of events, a few us each): a
+        # card number written as a number by value (4111111.111111111e9) passes no text
+        # pre-filter, and the decoder's mark of it is gone with the copy it dropped
+        full = _stored_text(text, doc, mask_value(doc))
         payload, truncated = full[:MAX_FAILED_PAYLOAD], len(full) > MAX_FAILED_PAYLOAD
     else:
         payload, truncated = _masked_raw_payload(inbound.body)
