@@ -5,7 +5,7 @@ also holds the stored result to what one delivery stores."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import archive_rows
 from txmetrics import runtime
+from txmetrics.adapters import pgcopy
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.adapters.postgres import BatchTransaction, PostgresStore
 
@@ -129,3 +130,81 @@ def test_a_file_a_crashed_attempt_left_pending_is_uploaded_by_the_partitions_nex
     assert sorted(r[2] for r in archive_rows(archive)) == ["g", "h", "i"]
     assert db.execute("SELECT count(*) FROM raw_file_outbox").fetchone() == (0,)
     assert db.execute("SELECT DISTINCT state FROM raw_files").fetchall() == [("uploaded",)]
+
+
+# --------------------------------------------------------------- a COPY in flight (pgcopy)
+def _int_rows(values: range) -> list[bytes]:
+    return [pgcopy.field_count(1) + pgcopy.int8(v) for v in values]
+
+
+@pytest.fixture
+def in_flight_table(services: Any) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]:
+    """(conn, other): a table whose COPY ends by waiting for an advisory lock that `other`
+    holds (an AFTER STATEMENT trigger), so the server's answer to the COPY comes only once
+    `other` lets go; `conn` gives up after 5 s (lock_timeout) instead of hanging."""
+    with psycopg.connect(services.database_url) as conn, \
+            psycopg.connect(services.database_url, autocommit=True) as other:
+        with conn.transaction():
+            conn.execute("DROP TABLE IF EXISTS txm_test_in_flight")
+            conn.execute("CREATE TABLE txm_test_in_flight (a bigint PRIMARY KEY)")
+            conn.execute("""CREATE OR REPLACE FUNCTION txm_test_wait_for_other() RETURNS trigger LANGUAGE plpgsql AS
+                            $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$""")
+            conn.execute("CREATE TRIGGER wait_for_other AFTER INSERT ON txm_test_in_flight "
+                         "FOR EACH STATEMENT EXECUTE FUNCTION txm_test_wait_for_other()")
+        conn.execute("SET lock_timeout = '5s'")
+        conn.commit()
+        yield conn, other
+        conn.rollback()
+        with conn.transaction():
+            conn.execute("DROP TABLE txm_test_in_flight")
+
+
+def test_a_copy_in_flight_runs_its_body_before_the_server_has_answered(
+        in_flight_table: tuple[psycopg.Connection, psycopg.Connection]) -> None:
+    """The body runs while the server still works on the COPY: here the server's work can
+    only finish after the body has released the lock (were the answer awaited first, the
+    trigger would time out and the COPY fail)."""
+    conn, other = in_flight_table
+    other.execute("SELECT pg_advisory_lock(4242)")
+    with conn.transaction():
+        with pgcopy.copy_in_flight(conn, "txm_test_in_flight (a)", _int_rows(range(1000))):
+            other.execute("SELECT pg_advisory_unlock(4242)")
+        assert conn.execute("SELECT count(*), sum(a) FROM txm_test_in_flight").fetchone() == (1000, 499500)
+
+
+def test_a_copy_in_flight_raises_the_servers_error_at_its_exit_after_the_body(services: Any) -> None:
+    with psycopg.connect(services.database_url) as conn:
+        conn.execute("CREATE TEMP TABLE t (a bigint PRIMARY KEY)")
+        body_ran = False
+        duplicate_last = _int_rows(range(3)) + _int_rows(range(2, 3))
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction(), \
+                pgcopy.copy_in_flight(conn, "t (a)", duplicate_last):
+            body_ran = True
+        assert body_ran
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_body_that_raises_leaves_the_connection_usable(services: Any) -> None:
+    """The server's answer is read even when the body raises: the body's exception is the one
+    seen, and the connection takes the next command (an unread answer would be taken for it)."""
+    with psycopg.connect(services.database_url) as conn:
+        conn.execute("CREATE TEMP TABLE t (a bigint PRIMARY KEY)")
+        conn.commit()
+        with pytest.raises(RuntimeError, match="the body's own"), conn.transaction(), \
+                pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(5))):
+            raise RuntimeError("the body's own error")
+        with conn.transaction():
+            with pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(7))):
+                pass
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (7,)
+
+
+def test_claiming_new_refuses_a_checked_transaction(services: Any) -> None:
+    """`claiming_new` cannot tell which events were claimed before: only the optimistic
+    attempt, which a key already there rolls back whole, may use it."""
+    store = PostgresStore(services.database_url)
+    try:
+        with store.batch(fresh=False) as tx, pytest.raises(ValueError, match="fresh"), tx.claiming_new([], []):
+            pass
+    finally:
+        store.close()

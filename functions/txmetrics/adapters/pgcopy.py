@@ -16,11 +16,17 @@ ledger, failed_items).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import generators
+from psycopg.copy import LibpqWriter
+from psycopg.pq import ExecStatus
+from psycopg.waiting import Wait
 
 from ..core.metrics import Aggregates, Buckets
 
@@ -100,6 +106,49 @@ def copy_in(conn: psycopg.Connection, target: str, rows: Iterable[bytes]) -> Non
     """COPY already-encoded rows into `target` (a table and its column list)."""
     with conn.cursor().copy(f"COPY {target} FROM STDIN (FORMAT binary)") as copy:
         copy.write(payload(rows))
+
+
+class _AnswerLaterWriter(LibpqWriter):
+    """psycopg's own COPY writer, except that the end of a successful COPY is only sent:
+    `answer()` waits for the server's result later (psycopg's `copy_end` does both at once)."""
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        if exc is not None:
+            super().finish(exc)
+            return
+        self.connection.wait(_send_copy_end(self._pgconn))
+
+    def answer(self) -> None:
+        results = self.connection.wait(generators.fetch_many(self._pgconn))
+        for result in results:
+            if result.status == ExecStatus.FATAL_ERROR:
+                raise psycopg.errors.error_from_result(result, encoding=self.connection.info.encoding)
+
+
+def _send_copy_end(pgconn: Any) -> Any:
+    """Generator for `Connection.wait`: CopyDone queued and flushed (the first half of
+    psycopg.generators.copy_end, which then waits for the result)."""
+    while pgconn.put_copy_end(None) == 0:
+        yield Wait.W
+    while pgconn.flush() != 0:
+        yield Wait.W
+
+
+@contextlib.contextmanager
+def copy_in_flight(conn: psycopg.Connection, target: str, rows: Iterable[bytes]) -> Iterator[None]:
+    """COPY the rows into `target`, and run the body of the `with` while the server applies
+    them: the exit waits for the server's answer and raises its error (a unique violation,
+    say). The body must not use `conn`. The point is the hot path's latency: the worker
+    encodes a file while the server stores the ledger or the metric rows, instead of one
+    waiting for the other (a batch is a partition's unit of progress)."""
+    cursor = conn.cursor()
+    writer = _AnswerLaterWriter(cursor)
+    with cursor.copy(f"COPY {target} FROM STDIN (FORMAT binary)", writer=writer) as copy:
+        copy.write(payload(rows))
+    try:
+        yield
+    finally:
+        writer.answer()       # always: the connection takes no other command before it
 
 
 def copy_new(conn: psycopg.Connection, target: str, rows: Iterable[bytes], *, fresh: bool = False) -> bool:

@@ -195,6 +195,20 @@ class PostgresStore:
             return manifest.mark_uploaded(conn, file_ids=file_ids, partition_id=partition_id)
 
 
+_LEDGER = "ingested_events (event_key, occurred_at, dimension_key)"
+
+
+def _ledger_rows(events: Sequence[PaymentEvent], dimension_keys: Sequence[int]
+                 ) -> tuple[list[tuple[bytes, int]], list[bytes]]:
+    """Each event's ledger key (`naming.event_key` of its id, its time), and the ledger rows
+    in binary COPY format sorted by key (see `BatchTransaction.claim_events`)."""
+    ledger_keys = [(event_key(ev.event_id), ev.occurred_us) for ev in events]
+    order = sorted(range(len(events)), key=ledger_keys.__getitem__)
+    three = pgcopy.field_count(3)
+    return ledger_keys, [three + pgcopy.uuid(ledger_keys[i][0]) + pgcopy.timestamptz(ledger_keys[i][1])
+                         + pgcopy.int8(dimension_keys[i]) for i in order]
+
+
 def _metric_rows(rows: MetricRows) -> Iterator[bytes]:
     """dynamic_metrics rows in binary COPY format, each event's id and time encoded once."""
     names = [pgcopy.text(n) for n in rows.metric_names]
@@ -254,13 +268,8 @@ class BatchTransaction:
         must not repeat a key."""
         if not events:
             return set()
-        ledger_keys = [(event_key(ev.event_id), ev.occurred_us) for ev in events]
-        order = sorted(range(len(events)), key=ledger_keys.__getitem__)
-        three = pgcopy.field_count(3)
-        rows = [three + pgcopy.uuid(ledger_keys[i][0]) + pgcopy.timestamptz(ledger_keys[i][1])
-                + pgcopy.int8(dimension_keys[i]) for i in order]
-        if pgcopy.copy_new(self.conn, "ingested_events (event_key, occurred_at, dimension_key)", rows,
-                           fresh=self.fresh):
+        ledger_keys, rows = _ledger_rows(events, dimension_keys)
+        if pgcopy.copy_new(self.conn, _LEDGER, rows, fresh=self.fresh):
             return set()
         pgcopy.copy_in(self.conn, "txm_stage_ledger", rows)
         taken = self.conn.execute(
@@ -276,6 +285,30 @@ class BatchTransaction:
         ).fetchall()
         event_of = {key: (ev.event_id, ev.occurred_us) for key, ev in zip(ledger_keys, events, strict=True)}
         return {event_of[(k.bytes, datetime_to_us(t))] for k, t in taken}
+
+    @contextlib.contextmanager
+    def claiming_new(self, events: Sequence[PaymentEvent], dimension_keys: Sequence[int]) -> Iterator[None]:
+        """`claim_events` for a `fresh` transaction, whose events are all expected new, with
+        the body of the `with` run while the server stores the ledger rows (it must not use
+        the connection); a key already there raises UniqueViolation at the exit."""
+        if not self.fresh:
+            raise ValueError("claiming_new is for fresh batch transactions: use claim_events")
+        if not events:
+            yield
+            return
+        _, rows = _ledger_rows(events, dimension_keys)
+        with pgcopy.copy_in_flight(self.conn, _LEDGER, rows):
+            yield
+
+    @contextlib.contextmanager
+    def inserting_metrics(self, rows: MetricRows) -> Iterator[None]:
+        """`insert_metrics`, with the body of the `with` run while the server stores the rows
+        (it must not use the connection)."""
+        if not len(rows):
+            yield
+            return
+        with pgcopy.copy_in_flight(self.conn, f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", _metric_rows(rows)):
+            yield
 
     def insert_metrics(self, rows: MetricRows) -> int:
         """Metric rows of the newly claimed events, by COPY. dynamic_metrics has no unique
