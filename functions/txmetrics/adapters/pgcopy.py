@@ -11,7 +11,8 @@ and a 32-bit header-extension length; per row a 16-bit field count, then per fie
 length (-1 for NULL) and the value in the type's binary send format; a 16-bit -1 trailer.
 
 `copy_in` sends such rows; `copy_new` sends them where a unique key decides what is new (the
-ledger, failed_items).
+ledger, failed_items); `copy_in_flight` sends them and lets the caller compute while the
+server stores them.
 """
 
 from __future__ import annotations
