@@ -157,6 +157,7 @@ def in_flight_table(services: Any) -> Iterator[tuple[psycopg.Connection, psycopg
         conn.rollback()
         with conn.transaction():
             conn.execute("DROP TABLE txm_test_in_flight")
+            conn.execute("DROP FUNCTION txm_test_wait_for_other()")
 
 
 def test_a_copy_in_flight_runs_its_body_before_the_server_has_answered(
@@ -197,6 +198,47 @@ def test_a_body_that_raises_leaves_the_connection_usable(services: Any) -> None:
             with pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(7))):
                 pass
             assert conn.execute("SELECT count(*) FROM t").fetchone() == (7,)
+
+
+def test_the_bodys_error_is_the_one_raised_when_the_copy_failed_too(services: Any) -> None:
+    """A unique violation must not hide the body's own error: run_batch would take it for a
+    redelivery and run the batch again, and a bug (or a Ctrl-C) in the body would be lost."""
+    with psycopg.connect(services.database_url) as conn:
+        conn.execute("CREATE TEMP TABLE t (a bigint PRIMARY KEY)")
+        conn.commit()
+        duplicate_last = _int_rows(range(3)) + _int_rows(range(2, 3))
+        with pytest.raises(RuntimeError, match="the body's own"), conn.transaction(), \
+                pgcopy.copy_in_flight(conn, "t (a)", duplicate_last):
+            raise RuntimeError("the body's own error")
+        with conn.transaction():
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+class _Interrupt(BaseException):
+    """Stands for a KeyboardInterrupt (not an Exception, as it is not)."""
+
+
+def test_an_interrupt_once_the_copys_end_is_sent_leaves_the_connection_usable(
+        services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between CopyDone and the body, the server already owes an answer: it is read before
+    the interrupt goes on, so the transaction rolls back and the connection takes commands."""
+    finish = pgcopy._AnswerLaterWriter.finish
+
+    def interrupted(self: Any, exc: BaseException | None = None) -> None:
+        finish(self, exc)
+        raise _Interrupt
+
+    with psycopg.connect(services.database_url) as conn:
+        conn.execute("CREATE TEMP TABLE t (a bigint PRIMARY KEY)")
+        conn.commit()
+        monkeypatch.setattr(pgcopy._AnswerLaterWriter, "finish", interrupted)
+        with pytest.raises(_Interrupt), conn.transaction(), pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(5))):
+            pytest.fail("the body runs only once the COPY's end is sent")
+        monkeypatch.undo()
+        assert not conn.closed
+        with conn.transaction(), pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(7))):
+            pass
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (7,)
 
 
 def test_claiming_new_refuses_a_checked_transaction(services: Any) -> None:

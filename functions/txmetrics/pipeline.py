@@ -202,15 +202,18 @@ class Pipeline:
         claim the events in the ledger; only the claimed ones (new) get files, metric rows
         and histogram deltas; the batch's bad events go to failed_items.
 
-        In the optimistic (`fresh`) attempt every event is expected new, so the files are
-        encoded while the server stores the ledger rows, and the histograms are built while
-        it stores the metric rows: a batch takes the longer of the two, not their sum."""
+        The histograms are built while the server stores the metric rows; in the optimistic
+        (`fresh`) attempt, where every event is expected new, the files are also encoded while
+        it stores the ledger rows (the checked attempt needs the ledger's answer first). A
+        batch takes the longer of each pair, not their sum. Laps inside a `with` end the
+        building and sending of its rows; the lap after it adds the wait for the answer."""
         days = sorted(batch.by_day)
         events = [ev for d in days for ev in batch.by_day[d]]
         keys = [batch.dimension_keys[id(ev)] for ev in events]
         if tx.fresh:
             new_by_day, new, new_rows = batch.by_day, batch.valid, batch.rows
             with tx.claiming_new(events, keys):
+                timer.lap("claim")
                 encoded = self._encode_files(new_by_day)
                 timer.lap("parquet_encode")
             timer.lap("claim")
@@ -231,6 +234,7 @@ class Pipeline:
         files = self._record_files(tx, encoded)
         timer.lap("parquet_encode")
         with tx.inserting_metrics(new_rows):
+            timer.lap("metrics_write")
             aggs = aggregate(new, new_rows, self.catalog)
             timer.lap("aggregate_build")
         timer.lap("metrics_write")

@@ -26,7 +26,7 @@ import numpy as np
 import psycopg
 from psycopg import generators
 from psycopg.copy import LibpqWriter
-from psycopg.pq import ExecStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.waiting import Wait
 
 from ..core.metrics import Aggregates, Buckets
@@ -113,16 +113,21 @@ class _AnswerLaterWriter(LibpqWriter):
     """psycopg's own COPY writer, except that the end of a successful COPY is only sent:
     `answer()` waits for the server's result later (psycopg's `copy_end` does both at once)."""
 
+    pending = False           # CopyDone is (being) sent: the server owes an answer
+
     def finish(self, exc: BaseException | None = None) -> None:
         if exc is not None:
             super().finish(exc)
             return
+        self.pending = True
         self.connection.wait(_send_copy_end(self._pgconn))
 
     def answer(self) -> None:
+        """The server's answer to the COPY; its error raised (as psycopg.generators.copy_end)."""
+        self.pending = False
         results = self.connection.wait(generators.fetch_many(self._pgconn))
         for result in results:
-            if result.status == ExecStatus.FATAL_ERROR:
+            if result.status != ExecStatus.COMMAND_OK:
                 raise psycopg.errors.error_from_result(result, encoding=self.connection.info.encoding)
 
 
@@ -141,15 +146,33 @@ def copy_in_flight(conn: psycopg.Connection, target: str, rows: Iterable[bytes])
     them: the exit waits for the server's answer and raises its error (a unique violation,
     say). The body must not use `conn`. The point is the hot path's latency: the worker
     encodes a file while the server stores the ledger or the metric rows, instead of one
-    waiting for the other (a batch is a partition's unit of progress)."""
+    waiting for the other (a batch is a partition's unit of progress).
+
+    When the body raises (or anything after CopyDone was sent, an interrupt included), the
+    answer is still read, so the transaction can roll back, but the first error is the one
+    raised, as psycopg's own Copy.finish does: a unique violation must not hide a bug or a
+    Ctrl-C in the body (run_batch would take it for a redelivery and run again)."""
     cursor = conn.cursor()
     writer = _AnswerLaterWriter(cursor)
-    with cursor.copy(f"COPY {target} FROM STDIN (FORMAT binary)", writer=writer) as copy:
-        copy.write(payload(rows))
     try:
+        with cursor.copy(f"COPY {target} FROM STDIN (FORMAT binary)", writer=writer) as copy:
+            copy.write(payload(rows))
         yield
-    finally:
-        writer.answer()       # always: the connection takes no other command before it
+    except BaseException:
+        if writer.pending:
+            _answer_after_failure(conn, writer)
+        raise
+    writer.answer()
+
+
+def _answer_after_failure(conn: psycopg.Connection, writer: _AnswerLaterWriter) -> None:
+    """Read the pending answer after another error, keeping that error; a connection still
+    busy afterwards (no answer came) is closed, for its owner to reconnect (PostgresStore
+    does), rather than left refusing every command."""
+    with contextlib.suppress(Exception):
+        writer.answer()
+    if conn.pgconn.transaction_status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        conn.close()
 
 
 def copy_new(conn: psycopg.Connection, target: str, rows: Iterable[bytes], *, fresh: bool = False) -> bool:
