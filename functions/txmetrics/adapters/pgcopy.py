@@ -111,7 +111,10 @@ def copy_in(conn: psycopg.Connection, target: str, rows: Iterable[bytes]) -> Non
 
 class _AnswerLaterWriter(LibpqWriter):
     """psycopg's own COPY writer, except that the end of a successful COPY is only sent:
-    `answer()` waits for the server's result later (psycopg's `copy_end` does both at once)."""
+    `answer()` waits for the server's result later (psycopg's `copy_end` does both at once).
+    Writers are psycopg's documented extension point (`Cursor.copy(writer=...)`); the
+    generators and `Connection.wait` below are its internals, so psycopg is pinned
+    (functions/requirements.txt) and tests/test_batch_round_trips.py checks the protocol."""
 
     pending = False           # CopyDone is (being) sent: the server owes an answer
 
