@@ -173,45 +173,49 @@ def test_a_copy_in_flight_runs_its_body_before_the_server_has_answered(
         assert conn.execute("SELECT count(*), sum(a) FROM txm_test_in_flight").fetchone() == (1000, 499500)
 
 
-def test_a_copy_in_flight_raises_the_servers_error_at_its_exit_after_the_body(services: Any) -> None:
+@pytest.fixture
+def temp_table(services: Any) -> Iterator[psycopg.Connection]:
+    """A connection with an empty temporary table `t (a bigint PRIMARY KEY)`, committed."""
     with psycopg.connect(services.database_url) as conn:
         conn.execute("CREATE TEMP TABLE t (a bigint PRIMARY KEY)")
-        body_ran = False
-        duplicate_last = _int_rows(range(3)) + _int_rows(range(2, 3))
-        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction(), \
-                pgcopy.copy_in_flight(conn, "t (a)", duplicate_last):
-            body_ran = True
-        assert body_ran
-        assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+        conn.commit()
+        yield conn
 
 
-def test_a_body_that_raises_leaves_the_connection_usable(services: Any) -> None:
+def test_a_copy_in_flight_raises_the_servers_error_at_its_exit_after_the_body(temp_table: psycopg.Connection) -> None:
+    conn = temp_table
+    body_ran = False
+    duplicate_last = _int_rows(range(3)) + _int_rows(range(2, 3))
+    with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction(), \
+            pgcopy.copy_in_flight(conn, "t (a)", duplicate_last):
+        body_ran = True
+    assert body_ran
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_body_that_raises_leaves_the_connection_usable(temp_table: psycopg.Connection) -> None:
     """The server's answer is read even when the body raises: the body's exception is the one
     seen, and the connection takes the next command (an unread answer would be taken for it)."""
-    with psycopg.connect(services.database_url) as conn:
-        conn.execute("CREATE TEMP TABLE t (a bigint PRIMARY KEY)")
-        conn.commit()
-        with pytest.raises(RuntimeError, match="the body's own"), conn.transaction(), \
-                pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(5))):
-            raise RuntimeError("the body's own error")
-        with conn.transaction():
-            with pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(7))):
-                pass
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (7,)
+    conn = temp_table
+    with pytest.raises(RuntimeError, match="the body's own"), conn.transaction(), \
+            pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(5))):
+        raise RuntimeError("the body's own error")
+    with conn.transaction():
+        with pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(7))):
+            pass
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (7,)
 
 
-def test_the_bodys_error_is_the_one_raised_when_the_copy_failed_too(services: Any) -> None:
+def test_the_bodys_error_is_the_one_raised_when_the_copy_failed_too(temp_table: psycopg.Connection) -> None:
     """A unique violation must not hide the body's own error: run_batch would take it for a
     redelivery and run the batch again, and a bug (or a Ctrl-C) in the body would be lost."""
-    with psycopg.connect(services.database_url) as conn:
-        conn.execute("CREATE TEMP TABLE t (a bigint PRIMARY KEY)")
-        conn.commit()
-        duplicate_last = _int_rows(range(3)) + _int_rows(range(2, 3))
-        with pytest.raises(RuntimeError, match="the body's own"), conn.transaction(), \
-                pgcopy.copy_in_flight(conn, "t (a)", duplicate_last):
-            raise RuntimeError("the body's own error")
-        with conn.transaction():
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    conn = temp_table
+    duplicate_last = _int_rows(range(3)) + _int_rows(range(2, 3))
+    with pytest.raises(RuntimeError, match="the body's own"), conn.transaction(), \
+            pgcopy.copy_in_flight(conn, "t (a)", duplicate_last):
+        raise RuntimeError("the body's own error")
+    with conn.transaction():
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
 
 
 class _Interrupt(BaseException):
@@ -219,26 +223,24 @@ class _Interrupt(BaseException):
 
 
 def test_an_interrupt_once_the_copys_end_is_sent_leaves_the_connection_usable(
-        services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        temp_table: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     """Between CopyDone and the body, the server already owes an answer: it is read before
     the interrupt goes on, so the transaction rolls back and the connection takes commands."""
+    conn = temp_table
     finish = pgcopy._AnswerLaterWriter.finish
 
     def interrupted(self: Any, exc: BaseException | None = None) -> None:
         finish(self, exc)
         raise _Interrupt
 
-    with psycopg.connect(services.database_url) as conn:
-        conn.execute("CREATE TEMP TABLE t (a bigint PRIMARY KEY)")
-        conn.commit()
-        monkeypatch.setattr(pgcopy._AnswerLaterWriter, "finish", interrupted)
-        with pytest.raises(_Interrupt), conn.transaction(), pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(5))):
-            pytest.fail("the body runs only once the COPY's end is sent")
-        monkeypatch.undo()
-        assert not conn.closed
-        with conn.transaction(), pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(7))):
-            pass
-        assert conn.execute("SELECT count(*) FROM t").fetchone() == (7,)
+    monkeypatch.setattr(pgcopy._AnswerLaterWriter, "finish", interrupted)
+    with pytest.raises(_Interrupt), conn.transaction(), pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(5))):
+        pytest.fail("the body runs only once the COPY's end is sent")
+    monkeypatch.undo()
+    assert not conn.closed
+    with conn.transaction(), pgcopy.copy_in_flight(conn, "t (a)", _int_rows(range(7))):
+        pass
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (7,)
 
 
 def test_claiming_new_refuses_a_checked_transaction(services: Any) -> None:

@@ -210,8 +210,8 @@ class Pipeline:
         days = sorted(batch.by_day)
         events = [ev for d in days for ev in batch.by_day[d]]
         keys = [batch.dimension_keys[id(ev)] for ev in events]
+        new_by_day, new, new_rows = batch.by_day, batch.valid, batch.rows
         if tx.fresh:
-            new_by_day, new, new_rows = batch.by_day, batch.valid, batch.rows
             with tx.claiming_new(events, keys):
                 timer.lap("claim")
                 encoded = self._encode_files(new_by_day)
@@ -226,8 +226,6 @@ class Pipeline:
                 new_index = [i for i, ev in enumerate(batch.valid) if (ev.event_id, ev.occurred_us) not in taken]
                 new = [batch.valid[i] for i in new_index]
                 new_rows = batch.rows.for_events(new_index)
-            else:
-                new_by_day, new, new_rows = batch.by_day, batch.valid, batch.rows
             timer.lap("claim")
             encoded = self._encode_files(new_by_day)
             timer.lap("parquet_encode")

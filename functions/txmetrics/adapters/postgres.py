@@ -196,6 +196,7 @@ class PostgresStore:
 
 
 _LEDGER = "ingested_events (event_key, occurred_at, dimension_key)"
+_METRICS = f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})"
 
 
 def _ledger_rows(events: Sequence[PaymentEvent], dimension_keys: Sequence[int]
@@ -307,7 +308,7 @@ class BatchTransaction:
         if not len(rows):
             yield
             return
-        with pgcopy.copy_in_flight(self.conn, f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", _metric_rows(rows)):
+        with pgcopy.copy_in_flight(self.conn, _METRICS, _metric_rows(rows)):
             yield
 
     def insert_metrics(self, rows: MetricRows) -> int:
@@ -315,7 +316,7 @@ class BatchTransaction:
         index to check: the ledger claim in this same transaction made these events new."""
         if not len(rows):
             return 0
-        pgcopy.copy_in(self.conn, f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})", _metric_rows(rows))
+        pgcopy.copy_in(self.conn, _METRICS, _metric_rows(rows))
         return len(rows)
 
     def append_deltas(self, aggregates: Aggregates, scale: int) -> int:
