@@ -136,6 +136,21 @@ def test_fields_of_a_new_version_are_checked_by_their_type(version_2: EventSchem
     assert code({**BASE, "event_id": "e-1", **extra}) is None
 
 
+@pytest.mark.parametrize("extra", [
+    {"schema_version": "abcd 4111111111111111"},                  # a string cut at 20 characters
+    {"schema_version": 2, "fee": "charged 5555555555554444"},
+    {"schema_version": 2, "risk_band": "risk band 378282246310005"},
+])
+def test_a_refusal_quotes_a_card_number_masked_before_it_is_cut(version_2: EventSchema, extra: dict[str, Any]
+                                                                  ) -> None:
+    """Cut first, a card number leaves a run too short to mask (15 of 16 digits: the 16th
+    follows from Luhn) in the detail stored in failed_items."""
+    rejection = parsed({**BASE, "event_id": "e-2", **extra})
+    assert isinstance(rejection, Rejection)
+    assert not re.search(r"[0-9]{7}", rejection.detail), rejection.detail
+    assert not re.search(r"[0-9]{7}", rejection.payload), rejection.payload
+
+
 def test_the_values_columns_store(version_2: EventSchema) -> None:
     v2 = parsed({**BASE, "event_id": "e-2", "schema_version": 2, "channel": "web", "risk_band": 3,
                  "settled_at": "2026-03-05T11:00:00+01:00", "fee": 1, "note": "kept"})

@@ -545,7 +545,7 @@ def _parse_processing_ms(value: Any) -> int | None:
         raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer, got {mask_text(str(value))}")
     if not 0 <= value <= MAX_PROCESSING_MS:   # compared before any int(): 1E+99999999 stays cheap
         raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer from 0 to 2^53, "
-                                                f"got {mask_text(str(value)[:40])}")
+                                                f"got {mask_text(str(value))[:40]}")
     processing_ms = int(value)
     if isinstance(value, CardLikeNumber) or card_digits_of_int(processing_ms):
         raise _Invalid("card_number_in_processing_ms", "'processing_ms' holds a card number; the event is refused "

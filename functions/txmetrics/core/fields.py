@@ -38,7 +38,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal
 
-from .masking import CardLikeNumber, card_digits_of_decimal, card_digits_of_int
+from .masking import CardLikeNumber, card_digits_of_decimal, card_digits_of_int, mask_text
 
 FieldType = Literal["string", "int64", "float64", "boolean", "timestamp", "decimal"]
 Origin = Literal["event", "delivery", "archive"]
@@ -241,13 +241,15 @@ def declared_problem(document: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _shown(value: Any) -> str:
+    """A value quoted in a detail: masked before it is cut (a cut through a card number
+    leaves a run too short to be masked, but long enough to give the number away)."""
     if isinstance(value, str):
-        return f"the string {value[:20]!r}"
+        return f"the string {mask_text(value)[:20]!r}"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, dict | list):
         return "an " + ("object" if isinstance(value, dict) else "array")
-    return f"{str(value)[:20]}" if isinstance(value, int | Decimal) else type(value).__name__
+    return f"{mask_text(str(value))[:20]}" if isinstance(value, int | Decimal) else type(value).__name__
 
 
 def _type_problem(column: Column, value: Any) -> tuple[str, str] | None:
@@ -288,7 +290,7 @@ def _type_problem(column: Column, value: Any) -> tuple[str, str] | None:
         try:
             _parse_time(value)
         except ValueError:
-            return code, f"'{name}' {value[:40]!r} is not a valid time"
+            return code, f"'{name}' {mask_text(value)[:40]!r} is not a valid time"
         return None
     return code, f"'{name}': type {kind} cannot be checked"      # refused by _check before this
 
