@@ -206,8 +206,7 @@ def summary(database_url: str, container: str, connection_string: str, result: d
         files, file_bytes = one(conn, "SELECT count(*), coalesce(sum(byte_size), 0)::bigint FROM raw_files "
                                       "WHERE state = 'uploaded'")
         db_bytes = one(conn, "SELECT pg_database_size(current_database())")
-        start = config.start
-        end = start + timedelta(days=config.days) + timedelta(days=1)
+        start, end = kpi.whole_windows(config.start, config.start + timedelta(days=config.days) + timedelta(days=1))
         volume = kpi.query(conn, metric="approved", start=start, end=end, group_by=["payment_method"])
         proc = {r.dimensions["payment_method"]: r for r in
                 kpi.query(conn, metric="processing_ms", start=start, end=end, group_by=["payment_method"])}

@@ -171,3 +171,22 @@ def kpi_time(value: str) -> Any:
     from txmetrics_cli.parsing import parse_time
 
     return parse_time(value)
+
+
+def test_a_bound_inside_a_5_minute_window_is_refused_not_widened(known_events: None, db: psycopg.Connection) -> None:
+    """The rows hold whole 5-minute windows: a range from 10:02 would otherwise count the
+    10:00 window's events before 10:02 too, or (keeping windows by their start) drop those
+    after it. The 10:00-10:05 window holds k0 (10:00), k1 (10:01), k2 (10:02)."""
+    message = refusal("--metric", "approved", "--start", "2026-03-01T10:02:00Z", "--end", END)
+    assert "start 2026-03-01T10:02:00+00:00 is inside a 5-minute window" in message
+    assert "use 2026-03-01T10:00Z or 2026-03-01T10:05Z" in message
+    assert "end 2026-03-01T11:03:30+00:00 is inside" in refusal("--metric", "approved", "--start", START, "--end",
+                                                                 "2026-03-01T11:03:30Z")
+    with pytest.raises(kpi.KpiError, match="inside a 5-minute window"):   # the API refuses as the CLI does
+        kpi.query(db, metric="approved", start=kpi_time("2026-03-01T10:00:00.000001Z"), end=kpi_time(END))
+    # a bound with an offset is aligned when its UTC instant is: 15:35+05:30 is 10:05 UTC
+    assert rows("--metric", "approved", "--start", "2026-03-01T15:35:00+05:30", "--end", END)[0]["count"] == 4
+    assert rows("--metric", "approved", "--start", "2026-03-01T10:00:00Z", "--end", "2026-03-01T10:05Z")[0][
+        "count"] == 3
+    wide = kpi.whole_windows(kpi_time("2026-03-01T10:02:00Z"), kpi_time("2026-03-01T11:00:00.5Z"))
+    assert wide == (kpi_time("2026-03-01T10:00:00Z"), kpi_time("2026-03-01T11:05:00Z"))

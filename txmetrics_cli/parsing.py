@@ -46,7 +46,8 @@ def parse_filter(value: str) -> tuple[str, str]:
 
 StartOption = Annotated[datetime, typer.Option(
     parser=parse_time, metavar="TIME",
-    help="start, inclusive: 2026-03-01 or 2026-03-01T10:00 (UTC unless an offset is given)")]
+    help="start, inclusive: 2026-03-01 or 2026-03-01T10:00 (UTC unless an offset is given; kpi and "
+         "report: on a 5-minute mark)")]
 EndOption = Annotated[datetime, typer.Option(parser=parse_time, metavar="TIME", help="end, exclusive")]
 
 

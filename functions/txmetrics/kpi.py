@@ -26,7 +26,7 @@ from the merged histogram in Python with the same scheme as SQL.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -36,6 +36,7 @@ from .adapters import aggregates
 from .adapters.postgres import read_snapshot
 from .core import histogram
 from .core.catalog import Catalog, Metric, is_plain_field_path, load_catalog
+from .core.naming import datetime_to_us, us_to_datetime
 from .errors import InvalidRequestError
 from .settings import metric_catalog_path
 
@@ -171,6 +172,8 @@ def _query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datet
         raise KpiError(f"window {window!r} is not one of {', '.join(WINDOWS)}")
     if start >= end:
         raise KpiError(f"the range is empty: start {start.isoformat()} is not before end {end.isoformat()}")
+    for flag, moment in (("start", start), ("end", end)):
+        _refuse_unaligned(flag, moment)
     chosen = plan(catalog or catalog_in_effect(), metric, list(group_by or []), filters)
     out = []
     for merged in aggregates.merged_histograms(
@@ -187,6 +190,30 @@ def _query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datet
                                                       row.min, row.max)
         out.append(row)
     return out
+
+
+def whole_windows(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """[start, end) widened to whole 5-minute windows (UTC): the range `query` accepts that
+    holds every event of the given one (and the events of the windows' edges)."""
+    step = aggregates.STORED_WINDOW * 1_000_000
+    a, b = (datetime_to_us(m if m.tzinfo is not None else m.replace(tzinfo=UTC)) for m in (start, end))
+    return us_to_datetime(a - a % step), us_to_datetime(b + (-b) % step)
+
+
+def _refuse_unaligned(flag: str, moment: datetime) -> None:
+    """The rows hold whole 5-minute windows (UTC), so a bound inside one cannot be honoured:
+    keeping or dropping the window by its start would count events outside the range or
+    miss events inside it. Refused, with the two bounds that can be answered."""
+    stored = aggregates.STORED_WINDOW
+    us = datetime_to_us(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+    off = us % (stored * 1_000_000)
+    if off:
+        before = us_to_datetime(us - off)
+        after = us_to_datetime(us - off + stored * 1_000_000)
+        raise KpiError(f"{flag} {moment.isoformat()} is inside a 5-minute window: the aggregates hold whole "
+                       f"5-minute windows (UTC), so they cannot start or end a range there; use "
+                       f"{before:%Y-%m-%dT%H:%M}Z or {after:%Y-%m-%dT%H:%M}Z (per-event figures for any range: "
+                       "txmetrics query)")
 
 
 def _dense(buckets: dict[str, int] | None) -> tuple[int | None, list[int]]:
