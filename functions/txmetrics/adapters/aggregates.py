@@ -202,7 +202,10 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
     # plus that day's pending deltas.
     current = f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms_current"
     rollup = f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms"
-    pending = (f"SELECT {columns}, pos_keys[1], txm_hist_dense(pos_keys, pos_counts), neg_keys[1], "
+    # a delta's exact sum (migration 0013), else its double as numeric: the rows of a union
+    # take one type, and a double among numerics would turn every sum into a binary float
+    pending = (f"SELECT {bucket_expr} AS bucket, dimensions, count, coalesce(sum_exact, sum::numeric) AS sum, min, "
+               "max, zero_count, pos_keys[1], txm_hist_dense(pos_keys, pos_counts), neg_keys[1], "
                "txm_hist_dense(neg_keys, neg_counts) FROM aggregate_deltas")
     parts = []
     if rolled:

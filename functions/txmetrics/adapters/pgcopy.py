@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,10 @@ import psycopg
 from psycopg import generators
 from psycopg.copy import LibpqWriter
 from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.types.numeric import DecimalBinaryDumper
 from psycopg.waiting import Wait
 
-from ..core.metrics import Aggregates, Buckets
+from ..core.metrics import SUM_UNIT, Aggregates, Buckets
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
@@ -197,6 +199,9 @@ def copy_new(conn: psycopg.Connection, target: str, rows: Iterable[bytes], *, fr
         return False
 
 
+DELTA_COLUMNS = ("metric_name, window_seconds, window_start, dimensions, count, sum, min, max, zero_count, scale, "
+                 "pos_keys, pos_counts, neg_keys, neg_counts, sum_exact")
+
 # aggregate_deltas rows, built column-wise: the fixed-width fields of all rows are one numpy
 # record array (big-endian, each preceded by its length) turned into bytes once; the
 # variable parts (name, dimensions, bucket arrays) are slices joined per row.
@@ -227,9 +232,49 @@ def _array_parts(buckets: Buckets) -> tuple[bytes, bytes, bytes, bytes, list[int
     return key_heads.tobytes(), count_heads.tobytes(), keys.tobytes(), counts.tobytes(), buckets.bounds.tolist()
 
 
+# An exact sum in units of 10^-9 as a binary numeric (PostgreSQL's NumericVar on the wire: digit
+# count, weight, sign, display scale, then base-10000 digits): |units| < 2^62, so the integer
+# part has at most three base-10000 digits and the nine places fill three more (with three
+# zeros); leading and trailing zero digits are allowed (the server strips them), and the
+# display scale drops the places' trailing zeros, so 0.7 is stored as 0.7, not 0.700000000.
+_NUMERIC = np.dtype([("length", ">i4"), ("ndigits", ">i2"), ("weight", ">i2"), ("sign", ">u2"), ("dscale", ">i2"),
+                     ("digits", ">i2", (6,))])
+_NUMERIC_NEG = 0x4000
+_DECIMAL_DUMPER = DecimalBinaryDumper(Decimal)     # psycopg's own, for the rare sums beyond int64
+
+
+def exact_sums(aggregates: Aggregates) -> list[bytes]:
+    """Each group's exact sum as a binary numeric field (length included)."""
+    units = aggregates.sum_units
+    n = len(units)
+    magnitude = np.abs(units)
+    whole, places = np.divmod(magnitude, SUM_UNIT)
+    cells = np.zeros(n, dtype=_NUMERIC)
+    cells["length"], cells["ndigits"], cells["weight"] = _NUMERIC.itemsize - 4, 6, 2
+    cells["sign"] = np.where(units < 0, _NUMERIC_NEG, 0)
+    twelve = places * 1000
+    for i, part in enumerate((whole // 10**8, whole // 10**4 % 10**4, whole % 10**4,
+                              twelve // 10**8, twelve // 10**4 % 10**4, twelve % 10**4)):
+        cells["digits"][:, i] = part
+    dscale = np.where(places > 0, 9, 0)
+    for k in range(1, 9):               # each trailing zero of the places: one digit less to show
+        dscale = np.where((places > 0) & (places % 10**k == 0), 9 - k, dscale)
+    cells["dscale"] = dscale
+    raw, width = cells.tobytes(), _NUMERIC.itemsize
+    out = [raw[g * width:(g + 1) * width] for g in range(n)]
+    for g, value in aggregates.sum_exact.items():
+        dumped = _DECIMAL_DUMPER.dump(value)
+        assert dumped is not None          # None is the dumper's answer for NULL only
+        body = bytes(dumped)
+        out[g] = len(body).to_bytes(4, "big") + body
+    return out
+
+
 def delta_rows(aggregates: Aggregates, scale: int) -> Iterator[bytes]:
-    """aggregate_deltas rows of `aggregates` in binary COPY format."""
+    """aggregate_deltas rows of `aggregates` in binary COPY format (the columns of
+    `DELTA_COLUMNS`, in order)."""
     n = len(aggregates)
+    sums = exact_sums(aggregates)
     stats = np.zeros(n, dtype=_STATS)
     stats["l_count"] = stats["l_sum"] = stats["l_min"] = stats["l_max"] = stats["l_zero"] = 8
     stats["l_scale"], stats["scale"] = 2, scale
@@ -241,7 +286,7 @@ def delta_rows(aggregates: Aggregates, scale: int) -> Iterator[bytes]:
     names = [text(name) for name in aggregates.metric_names]
     dims: dict[str, bytes] = {}
     pos, neg = _array_parts(aggregates.pos), _array_parts(aggregates.neg)
-    count = field_count(14)
+    count = field_count(15)
     metric, window, start = (aggregates.metric_index.tolist(), aggregates.window_seconds.tolist(),
                              aggregates.window_start_us.tolist())
     for g, dimensions in enumerate(aggregates.dimensions):
@@ -260,4 +305,5 @@ def delta_rows(aggregates: Aggregates, scale: int) -> Iterator[bytes]:
                           count_heads[g * 24:(g + 1) * 24], counts[lo * 12:hi * 12])
             else:
                 parts += (_EMPTY_INT4, _EMPTY_INT8)
+        parts.append(sums[g])
         yield b"".join(parts)

@@ -324,9 +324,7 @@ class BatchTransaction:
         to aggregate_deltas by binary COPY (sparse: non-empty bucket keys and their counts)."""
         if not len(aggregates):
             return 0
-        pgcopy.copy_in(self.conn, "aggregate_deltas (metric_name, window_seconds, window_start, dimensions, count, sum, min, "
-                          "max, zero_count, scale, pos_keys, pos_counts, neg_keys, neg_counts)",
-                          pgcopy.delta_rows(aggregates, scale))
+        pgcopy.copy_in(self.conn, f"aggregate_deltas ({pgcopy.DELTA_COLUMNS})", pgcopy.delta_rows(aggregates, scale))
         return len(aggregates)
 
     def record_failures(self, rejections: Sequence[Rejection]) -> int:

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from operator import attrgetter, getitem
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import histogram
-from .catalog import Catalog, lookup
+from .catalog import Catalog, Metric, lookup
 from .events import PaymentEvent
 from .fields import COLUMN_DIMENSIONS
 
@@ -109,7 +110,7 @@ class AggregateRow:
     window_start_us: int
     dimensions: str                 # canonical JSON object text
     count: int
-    sum: float
+    sum: Decimal                    # exact: the values as the events wrote them, added exactly
     min: float
     max: float
     zero_count: int
@@ -171,15 +172,25 @@ class Aggregates:
     window_start_us: npt.NDArray[np.int64]
     dimensions: list[str]                    # canonical JSON object text per group
     count: npt.NDArray[np.int64]
-    sum: npt.NDArray[np.float64]
+    sum: npt.NDArray[np.float64]             # the values as doubles, added up (aggregate_deltas.sum)
     min: npt.NDArray[np.float64]
     max: npt.NDArray[np.float64]
     zero_count: npt.NDArray[np.int64]
     pos: Buckets
     neg: Buckets
+    # The exact sum of each group (aggregate_deltas.sum_exact): in units of 10^-SUM_SCALE
+    # (`sum_units`), except the groups in `sum_exact`, whose whole sum is that Decimal (a
+    # value with more places, or a sum beyond int64).
+    sum_units: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    sum_exact: dict[int, Decimal] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.dimensions)
+
+    def exact_sum(self, g: int) -> Decimal:
+        """Group g's sum, exactly."""
+        exact = self.sum_exact.get(g)
+        return exact if exact is not None else Decimal(int(self.sum_units[g])).scaleb(-SUM_SCALE)
 
     def rows(self) -> list[AggregateRow]:
         def cells(b: Buckets, g: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -192,7 +203,7 @@ class Aggregates:
             nk, nc = cells(self.neg, g)
             out.append(AggregateRow(
                 self.metric_names[int(self.metric_index[g])], int(self.window_seconds[g]),
-                int(self.window_start_us[g]), self.dimensions[g], int(self.count[g]), float(self.sum[g]),
+                int(self.window_start_us[g]), self.dimensions[g], int(self.count[g]), self.exact_sum(g),
                 float(self.min[g]), float(self.max[g]), int(self.zero_count[g]), pk, pc, nk, nc))
         return out
 
@@ -261,6 +272,8 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
     occurred = np.fromiter((ev.occurred_us for ev in events), dtype=np.int64, count=len(events))[event_index]
     group_of: list[npt.NDArray[np.int64]] = []          # per plan: each selected row's group
     value_parts: list[npt.NDArray[np.float64]] = []
+    unit_parts: list[npt.NDArray[np.int64]] = []        # per plan: each selected row's exact units
+    irregular_rows: list[tuple[int, Decimal]] = []       # (group, value) of values units cannot hold
     g_metric: list[npt.NDArray[np.int64]] = []
     g_window: list[npt.NDArray[np.int64]] = []
     g_start: list[npt.NDArray[np.int64]] = []
@@ -273,6 +286,7 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
         if not sel.size:
             continue
         ev_sel, val_sel, occ_sel = event_index[sel], values[sel], occurred[sel]
+        units, irregular = _exact_units(metric, events, ev_sel, val_sel)
         for w in catalog.window_seconds:
             starts, window_code = np.unique(occ_sel - occ_sel % (w * 1_000_000), return_inverse=True)
             for dims in catalog.sets_for(metric):
@@ -299,6 +313,8 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
                     g_dims.append(text)
                 group_of.append(inverse.reshape(-1) + offset)
                 value_parts.append(val_sel)
+                unit_parts.append(units)
+                irregular_rows += [(int(inverse.reshape(-1)[pos]) + offset, value) for pos, value in irregular]
                 g_metric.append(np.full(len(uniq), mi, dtype=np.int64))
                 g_window.append(np.full(len(uniq), w, dtype=np.int64))
                 g_start.append(starts[rest])
@@ -313,13 +329,103 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
     zero = mags < histogram.ZERO_THRESHOLD
     positive = ~zero & (vals > 0)
     negative = ~zero & (vals < 0)
+    sum_units, sum_exact = _exact_sums(groups, np.concatenate(unit_parts), irregular_rows, n)
     return Aggregates(
         metric_names=names, metric_index=np.concatenate(g_metric), window_seconds=np.concatenate(g_window),
         window_start_us=np.concatenate(g_start), dimensions=g_dims,
         count=np.bincount(groups, minlength=n).astype(np.int64),
         sum=np.bincount(groups, weights=vals, minlength=n).astype(np.float64),
         min=mins, max=maxs, zero_count=np.bincount(groups[zero], minlength=n).astype(np.int64),
-        pos=_buckets(groups[positive], mags[positive], n), neg=_buckets(groups[negative], mags[negative], n))
+        pos=_buckets(groups[positive], mags[positive], n), neg=_buckets(groups[negative], mags[negative], n),
+        sum_units=sum_units, sum_exact=sum_exact)
+
+
+# Exact sums. A value's double is not the number the event wrote (0.1, or 12345678901234.56),
+# and neither is a sum of doubles: 1,000 amounts from 5,000.00 to 15,000.00 added up to
+# 9851576.75999999. So sums are added from the written numbers: as integers in units of
+# 10^-9 (every amount fits: at most nine places, below 10^18), in two halves of a few dozen
+# bits each, so that numpy's double-weighted bincount adds them without rounding; the rare
+# value with more places or beyond 2^62 units is added as a Decimal, exactly.
+SUM_SCALE = 9
+SUM_UNIT = 10**SUM_SCALE
+_UNIT = SUM_UNIT
+_UNITS_LIMIT = 2**62                   # |units| of one value below this: held in int64
+_INT_LIMIT = _UNITS_LIMIT // _UNIT
+_LOW_BITS = 26
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)     # no rounding, ever
+
+
+def _exact_units(metric: Metric, events: Sequence[PaymentEvent], ev_sel: npt.NDArray[np.int64],
+                 val_sel: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.int64], list[tuple[int, Decimal]]]:
+    """Each selected row's value in units of 10^-SUM_SCALE (int64), and (position, exact
+    value) of the rows whose value units cannot hold (their units are 0)."""
+    if metric.kind == "flag":                      # 0 or 1
+        return val_sel.astype(np.int64) * _UNIT, []
+    source = metric.source
+    assert source is not None
+    documents = [events[i].document for i in ev_sel.tolist()]
+    raw = [d.get(source) for d in documents] if "." not in source else [lookup(d, source) for d in documents]
+    units: list[int] = []
+    irregular: list[tuple[int, Decimal]] = []
+    for pos, value in enumerate(raw):
+        if type(value) is int and -_INT_LIMIT < value < _INT_LIMIT:
+            units.append(value * _UNIT)
+            continue
+        exact = written_number(value)
+        scaled = exact.scaleb(SUM_SCALE, _EXACT)
+        whole = int(scaled)
+        if whole == scaled and -_UNITS_LIMIT < whole < _UNITS_LIMIT:
+            units.append(whole)
+        else:
+            units.append(0)
+            irregular.append((pos, exact))
+    return np.asarray(units, dtype=np.int64), irregular
+
+
+def written_number(value: Any) -> Decimal:
+    """The number a metric value was written as, exactly: a metric row exists only for a value
+    `catalog.Metric.values` read as a finite number (an int, a Decimal from the decoder, a
+    numeric string; a float only from a hand-made document, taken as its shortest repr)."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str):
+        return Decimal(value.strip())
+    return Decimal(repr(float(value)))
+
+
+def _exact_sums(groups: npt.NDArray[np.int64], units: npt.NDArray[np.int64], irregular: list[tuple[int, Decimal]],
+                n: int) -> tuple[npt.NDArray[np.int64], dict[int, Decimal]]:
+    """Each group's sum of `units` (int64), and the exact Decimal sum of the groups that int64
+    cannot hold or that have irregular values."""
+    exact: dict[int, Decimal] = {}
+    if len(units) < 2**16:
+        # |low| < 2^26 and |high| < 2^36, so neither half's sum over fewer than 2^16 rows
+        # reaches 2^53: bincount's doubles hold them exactly
+        low = np.bincount(groups, weights=(units & (2**_LOW_BITS - 1)).astype(np.float64), minlength=n)
+        high = np.bincount(groups, weights=(units >> _LOW_BITS).astype(np.float64), minlength=n)
+        high_i, low_i = high.astype(np.int64), low.astype(np.int64)
+        fits = np.abs(high_i) < 2**(62 - _LOW_BITS)
+        sums = np.where(fits, (np.where(fits, high_i, 0) << _LOW_BITS) + low_i, 0)
+        for g in np.flatnonzero(~fits).tolist():
+            exact[g] = Decimal((int(high_i[g]) << _LOW_BITS) + int(low_i[g])).scaleb(-SUM_SCALE, _EXACT)
+    else:                                          # a very large call (a rebuild): Python integers
+        totals = [0] * n
+        for g, u in zip(groups.tolist(), units.tolist(), strict=True):
+            totals[g] += u
+        sums = np.zeros(n, dtype=np.int64)
+        for g, total in enumerate(totals):
+            if -_UNITS_LIMIT < total < _UNITS_LIMIT:
+                sums[g] = total
+            else:
+                exact[g] = Decimal(total).scaleb(-SUM_SCALE, _EXACT)
+    for g, value in irregular:
+        base = exact.get(g)
+        if base is None:
+            base = Decimal(int(sums[g])).scaleb(-SUM_SCALE, _EXACT)
+        exact[g] = _EXACT.add(base, value)
+    return sums.astype(np.int64), exact
 
 
 def _no_aggregates(names: tuple[str, ...]) -> Aggregates:

@@ -1,0 +1,116 @@
+"""Sums of money are exact: the values as the events wrote them, added without a double in
+between, from the writer's delta (aggregate_deltas.sum_exact, migration 0013) through the
+fold, the daily rollups, payment_metrics_5m and `txmetrics kpi`. An independent audit found
+1,000 amounts from 5,000.00 to 15,000.00 summing to 9851576.75999999, and a rolled-up day
+read beside pending deltas printing 0.6999999999999999555910790149937383830547332763671875."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from typer.testing import CliRunner
+
+from txmetrics.adapters import pgcopy
+from txmetrics.core.catalog import parse_catalog
+from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
+from txmetrics.core.histogram import SCALE
+from txmetrics.core.metrics import aggregate, extract_metrics
+from txmetrics.rollup import roll_day
+from txmetrics_cli.main import app
+
+DAY = date(2026, 3, 1)
+
+
+def payment(i: int, amount: Any, *, minute: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"event_id": f"x{i}", "transaction_id": f"t{i}", "occurred_at": f"2026-03-01T10:{minute:02d}:00Z",
+            "merchant_id": "m1", "amount": amount, "currency": "EUR", "payment_method": "card", "status": "approved",
+            **extra}
+
+
+def kpi_json(*args: str) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(app, ["kpi", "--metric", "amount", "--start", "2026-03-01", "--end", "2026-03-02",
+                                      "--format", "json", *args], env={"COLUMNS": None})
+    assert result.exit_code == 0, result.output
+    rows: list[dict[str, Any]] = json.loads(result.stdout, parse_float=Decimal)
+    return rows
+
+
+def test_a_thousand_amounts_add_up_to_the_cent(deliver: Callable[..., None], db: psycopg.Connection,
+                                              env: dict[str, str]) -> None:
+    rng = random.Random(7)
+    amounts = [Decimal(rng.randrange(500_000, 1_500_001)).scaleb(-2) for _ in range(1000)]
+    amounts += [Decimal("12345678901234.56")]                 # 16 digits: no double holds it
+    deliver([payment(i, str(a) if i % 2 else float(a)) for i, a in enumerate(amounts)], partition_id="0")
+    exact = sum(amounts, Decimal(0))
+    view = "SELECT amount_sum FROM payment_metrics_5m WHERE merchant_id = 'm1' AND payment_method = 'card'"
+    assert db.execute(view).fetchone() == (exact,)             # pending deltas
+    assert kpi_json()[0]["sum"] == exact
+    db.execute("SELECT txm_fold_aggregates()")
+    assert db.execute(view).fetchone() == (exact,)             # folded
+    stored = db.execute("SELECT sum FROM aggregate_histograms WHERE metric_name = 'amount' "
+                        "AND dimensions = '{\"currency\": \"EUR\"}'").fetchone()
+    assert stored == (exact,)
+
+
+def test_a_rolled_up_day_beside_pending_deltas_stays_exact(deliver: Callable[..., None], db: psycopg.Connection,
+                                                          env: dict[str, str]) -> None:
+    for i, amount in enumerate(["0.10", "0.20", "0.40"]):
+        deliver([payment(i, amount, minute=i)], partition_id="0", first_sequence=i)
+    db.execute("SELECT txm_fold_aggregates()")
+    assert roll_day(db, DAY)
+    deliver([payment(9, "0.06", minute=30)], partition_id="0", first_sequence=9)   # pending, after the rollup
+    for args in ((), ("--window", "1d"), ("--format", "csv")):
+        if "csv" in args:
+            result = CliRunner().invoke(app, ["kpi", "--metric", "amount", "--start", "2026-03-01", "--end",
+                                              "2026-03-02", *args], env={"COLUMNS": None})
+            assert result.exit_code == 0 and ",0.76," in result.stdout, result.output
+            continue
+        assert kpi_json(*args)[0]["sum"] == Decimal("0.76"), args
+
+
+def test_sums_beyond_nine_places_or_int64_are_exact_too(db: psycopg.Connection) -> None:
+    """The writer's delta rows round-trip through PostgreSQL exactly, whatever the values: one
+    group per value (a merchant each), on the units path (int64, nine places) and the Decimal
+    path (more places, or beyond 2^62 units)."""
+    values = ["0", "0.7", "-0.000000001", "9851576.76", "-123.450", "4611686018.427387903",
+              "4611686018.427387904", "12345678901234.56", "0.1234567891234", "1e-12", "100000000000000000000",
+              "99999999999999999.999999999"]
+    catalog = parse_catalog({"metrics": [{"name": "v", "kind": "value", "source": "attributes.v"}],
+                             "dimension_sets": [["merchant_id"]]})
+    events = []
+    for i, text in enumerate(values):
+        body = json.dumps(payment(i, "1", attributes={"v": "@"}, merchant_id=f"m{i}")).replace('"@"', text)
+        parsed = parse_event(InboundEvent(body.encode(), "0", i))
+        assert isinstance(parsed, PaymentEvent), parsed
+        events.append(parsed)
+    aggs = aggregate(events, extract_metrics(events, catalog), catalog)
+    with db.transaction():
+        pgcopy.copy_in(db, f"aggregate_deltas ({pgcopy.DELTA_COLUMNS})", pgcopy.delta_rows(aggs, SCALE))
+    got = dict(db.execute("SELECT dimensions ->> 'merchant_id', sum_exact FROM aggregate_deltas").fetchall())
+    assert got == {f"m{i}": Decimal(text) for i, text in enumerate(values)}
+    shown = dict(db.execute("SELECT dimensions ->> 'merchant_id', sum_exact::text FROM aggregate_deltas").fetchall())
+    assert (shown["m1"], shown["m0"], shown["m4"]) == ("0.7", "0", "-123.45")    # no trailing zeros added
+    assert {r.sum for r in aggs.rows()} == {Decimal(text) for text in values}
+
+
+def test_the_view_and_fold_read_old_writers_deltas_by_their_double(db: psycopg.Connection) -> None:
+    """During a deployment the schema (0013) runs before the new code: a delta COPYed without
+    sum_exact is read by its double, as before, and folds with the others."""
+    start = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    for s, exact in ((0.5, None), (0.25, Decimal("0.25"))):
+        db.execute("INSERT INTO aggregate_deltas (metric_name, window_seconds, window_start, dimensions, count, sum, "
+                   "min, max, zero_count, scale, pos_keys, pos_counts, neg_keys, neg_counts, sum_exact) VALUES "
+                   "('amount', 300, %s, '{\"currency\": \"EUR\"}', 1, %s, %s, %s, 0, %s, '{}', '{}', '{}', '{}', %s)",
+                   (start, s, s, s, SCALE, exact))
+    current = ("SELECT sum FROM aggregate_histograms_current WHERE metric_name = 'amount' AND window_start = %s")
+    assert db.execute(current, (start,)).fetchone() == (Decimal("0.75"),)
+    db.execute("SELECT txm_fold_aggregates()")
+    assert db.execute("SELECT sum FROM aggregate_histograms WHERE window_start = %s", (start,)).fetchone() == (
+        Decimal("0.75"),)
+    assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (0,)
