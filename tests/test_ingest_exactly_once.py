@@ -114,6 +114,24 @@ def test_the_same_event_in_another_partition_counts_once(deliver: Callable[..., 
     assert len(archive_rows(archive)) == 1
 
 
+def test_the_same_bad_event_in_another_partition_is_recorded_once(deliver: Callable[..., None],
+                                                                   db: psycopg.Connection) -> None:
+    """A bad event that names its event_id is the same event wherever it arrives (contract
+    section 2; failed_items: one row per bad event). An independent audit found a second row
+    per partition: the key held the partition and sequence number."""
+    good = {"event_id": "ok-1", "transaction_id": "t", "occurred_at": "2026-03-01T00:00:00Z", "merchant_id": "m",
+            "amount": 5, "currency": "USD", "payment_method": "card", "status": "approved"}
+    bad = {**good, "event_id": "bad-1", "currency": "eur"}
+    deliver([good, bad, b"not json"], partition_id="0", first_sequence=10)
+    before = table_snapshot(db)
+    deliver([good, bad, b"not json"], partition_id="0", first_sequence=10)     # the host's redelivery
+    assert table_snapshot(db) == before
+    deliver([bad, good, bad], partition_id="1", first_sequence=77)                # a producer's retry
+    rows = db.execute("SELECT event_id, error_code, partition_id, sequence_number FROM failed_items "
+                      "ORDER BY id").fetchall()
+    assert rows == [("bad-1", "invalid_currency", "0", 11), (None, "body_not_json", "0", 12)]
+
+
 @pytest.mark.parametrize("step", ["before_commit", "after_commit", "after_upload"])
 def test_crash_at_each_step_then_retry_gives_exactly_once(step: str, ingest_fn: Callable[..., None],
                                                           db: psycopg.Connection, archive: BlobArchive,

@@ -196,12 +196,21 @@ class _Invalid(Exception):
         self.detail = detail
 
 
-def item_key(partition_id: str, sequence_number: int, body: bytes) -> str:
+def item_key(partition_id: str, sequence_number: int, body: bytes, *, identified: bool = False) -> str:
+    """A bad event's key in failed_items (a second sighting adds no row). An `identified`
+    body (it names an event_id) is keyed by its bytes alone: sent again, from any partition,
+    it is the same event (contract section 2). A body with no readable event_id cannot be
+    told from another sender's identical bytes (`{}`, an empty body), so it is keyed by its
+    delivery too: the host's redelivery of it (same partition and sequence number) adds
+    nothing, a distinct delivery adds a row."""
     h = hashlib.sha256()
-    h.update(partition_id.encode())
-    h.update(b"\x00")
-    h.update(str(sequence_number).encode())
-    h.update(b"\x00")
+    if identified:
+        h.update(b"event\x00")
+    else:
+        h.update(partition_id.encode())
+        h.update(b"\x00")
+        h.update(str(sequence_number).encode())
+        h.update(b"\x00")
     h.update(body)
     return h.hexdigest()
 
@@ -360,7 +369,7 @@ def _reject(inbound: InboundEvent, code: str, detail: str, text: str | None = No
         partition_id=inbound.partition_id,
         sequence_number=inbound.sequence_number,
         enqueued_at=inbound.enqueued_at,
-        item_key=item_key(inbound.partition_id, inbound.sequence_number, inbound.body),
+        item_key=item_key(inbound.partition_id, inbound.sequence_number, inbound.body, identified=event_id is not None),
     )
 
 
