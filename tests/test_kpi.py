@@ -190,3 +190,36 @@ def test_a_bound_inside_a_5_minute_window_is_refused_not_widened(known_events: N
         "count"] == 3
     wide = kpi.whole_windows(kpi_time("2026-03-01T10:02:00Z"), kpi_time("2026-03-01T11:00:00.5Z"))
     assert wide == (kpi_time("2026-03-01T10:00:00Z"), kpi_time("2026-03-01T11:05:00Z"))
+
+
+def test_a_set_added_to_the_catalog_later_never_answers_for_events_it_missed(
+        deliver: Callable[..., None], db: psycopg.Connection, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """[merchant_id] added after 6 events were ingested holds only the events after it: the
+    query goes on reading [merchant_id, payment_method], which holds them all, and a query
+    only a short set could answer is refused, saying why (found by an independent audit:
+    8 events stored, `--by merchant_id` answered 2)."""
+    def event(i: int, minute: int) -> dict[str, Any]:
+        return {"event_id": f"s{i}", "transaction_id": f"t{i}", "occurred_at": f"2026-03-01T10:{minute:02d}:00Z",
+                "merchant_id": "m-1", "payment_method": "card", "currency": "USD", "amount": "1.00",
+                "status": "approved", "country": "DE"}
+
+    deliver([event(i, i) for i in range(6)], partition_id="0")
+    extended = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    extended["dimension_sets"] += [["merchant_id"], ["country"]]
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(extended))
+    monkeypatch.setenv("METRIC_CATALOG", str(path))        # the function and the CLI now run the new catalog
+    by_merchant = ("--metric", "approved", "--by", "merchant_id", "--start", START, "--end", END)
+    assert [r["count"] for r in rows(*by_merchant)] == [6]
+    deliver([event(10 + i, 30 + i) for i in range(2)], partition_id="0", first_sequence=100)
+    assert [r["count"] for r in rows(*by_merchant)] == [8]
+    # from the change on, the new set holds every event of the range and answers
+    assert [r["count"] for r in rows(*by_merchant[:4], "--start", "2026-03-01T10:30Z", "--end", END)] == [2]
+    assert kpi.query(db, metric="approved", start=kpi_time("2026-03-01T10:30Z"), end=kpi_time(END),
+                     group_by=["merchant_id"])[0].count == 2
+    # only the new [country] set holds country: refused for the whole day, answered after the change
+    message = refusal("--metric", "approved", "--by", "country", "--start", START, "--end", END)
+    assert "misses events of the range: [] counts 8, [country] counts 2" in message
+    assert [r["count"] for r in rows("--metric", "approved", "--by", "country", "--start", "2026-03-01T10:30Z",
+                                     "--end", END)] == [2]

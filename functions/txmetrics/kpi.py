@@ -25,7 +25,7 @@ from the merged histogram in Python with the same scheme as SQL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -65,6 +65,10 @@ class KpiPlan:
     dimension_set: tuple[str, ...]
     group_by: tuple[str, ...]
     filters: dict[str, str]
+    # every stored set that holds the query, smallest first (dimension_set is the first), and
+    # the metric's smallest set: what `_complete_set` compares them with
+    covering: tuple[tuple[str, ...], ...] = ()
+    reference: tuple[str, ...] = ()
 
 
 @dataclass
@@ -141,9 +145,9 @@ def plan(catalog: Catalog, metric: str, group_by: list[str] | tuple[str, ...] = 
             f"no stored dimension set of {metric!r} holds {', '.join(sorted(needed))}{implicit}; its stored sets are "
             f"{', '.join(describe_set(s) for s in sets)}; group and filter within one of them, or add a set to "
             f"dimension_sets in {catalog.path} (filled from the events ingested after the change)")
-    smallest = min(covering, key=len)          # fewest rows to merge; the first of equals in catalog order
-    return KpiPlan(metric=chosen_metric, dimension_set=smallest, group_by=grouping,
-                   filters={k: str(v) for k, v in filters.items()})
+    ordered = tuple(sorted(covering, key=len))   # fewest rows to merge first; equals in catalog order
+    return KpiPlan(metric=chosen_metric, dimension_set=ordered[0], group_by=grouping,
+                   filters={k: str(v) for k, v in filters.items()}, covering=ordered, reference=min(sets, key=len))
 
 
 def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime,
@@ -174,7 +178,8 @@ def _query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datet
         raise KpiError(f"the range is empty: start {start.isoformat()} is not before end {end.isoformat()}")
     for flag, moment in (("start", start), ("end", end)):
         _refuse_unaligned(flag, moment)
-    chosen = plan(catalog or catalog_in_effect(), metric, list(group_by or []), filters)
+    chosen = _complete_set(conn, plan(catalog or catalog_in_effect(), metric, list(group_by or []), filters), start,
+                           end, use_rollups)
     out = []
     for merged in aggregates.merged_histograms(
             conn, metric=metric, dimension_set=chosen.dimension_set, group_by=chosen.group_by,
@@ -190,6 +195,37 @@ def _query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datet
                                                       row.min, row.max)
         out.append(row)
     return out
+
+
+def _complete_set(conn: psycopg.Connection, chosen: KpiPlan, start: datetime, end: datetime,
+                  use_rollups: bool) -> KpiPlan:
+    """The plan with the smallest covering set that holds every event of the range.
+
+    Each stored set of a metric counts every event once, so a set counting fewer events
+    than the metric's smallest set misses some: a set added to the catalog holds only the
+    events ingested after the change (an audit found `--by merchant_id` answering 2 of 8
+    events from a new [merchant_id] set). Such a set is passed over for the next covering
+    one; when every covering set misses events, the query is refused, saying why."""
+    first = chosen.covering[0] if chosen.covering else chosen.dimension_set
+    if not chosen.covering or first == chosen.reference:
+        return chosen
+
+    def count(dims: tuple[str, ...]) -> int:
+        return aggregates.event_count(conn, metric=chosen.metric.name, dimension_set=dims, start=start, end=end,
+                                      use_rollups=use_rollups)
+
+    expected = count(chosen.reference)
+    short = []
+    for dims in chosen.covering:
+        counted = count(dims)
+        if counted >= expected:
+            return chosen if dims == chosen.dimension_set else replace(chosen, dimension_set=dims)
+        short.append(f"{describe_set(dims)} counts {counted}")
+    raise KpiError(
+        f"every stored set of {chosen.metric.name!r} that holds this query misses events of the range: "
+        f"{describe_set(chosen.reference)} counts {expected}, {', '.join(short)} (a set added to the catalog holds "
+        "the events ingested after the change); start the range later, or group and filter within a set that "
+        "holds them all")
 
 
 def whole_windows(start: datetime, end: datetime) -> tuple[datetime, datetime]:

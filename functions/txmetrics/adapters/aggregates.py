@@ -177,7 +177,7 @@ def merged_histograms(conn: psycopg.Connection, *, metric: str, dimension_set: t
 
 
 def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tuple[str, ...], start: datetime,
-                   end: datetime, window_seconds: int | None, use_rollups: bool = True
+                   end: datetime, window_seconds: int | None, use_rollups: bool = True, counts_only: bool = False
                    ) -> tuple[str, dict[str, Any]]:
     """The one source of histogram rows for KPIs: SQL (and its parameters) yielding
     (bucket, dimensions, count, sum, min, max, zero_count, pos_offset, pos_counts,
@@ -200,13 +200,16 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
     # 5-minute rows as every reader must see them: folded rows plus pending deltas
     # (aggregate_histograms_current). A day with a fresh rollup: the rollup (folded rows only)
     # plus that day's pending deltas.
-    current = f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms_current"
+    currents = [f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms_current"]
     rollup = f"SELECT {columns}, pos_offset, pos_counts, neg_offset, neg_counts FROM aggregate_histograms"
     # a delta's exact sum (migration 0013), else its double as numeric: the rows of a union
     # take one type, and a double among numerics would turn every sum into a binary float
     pending = (f"SELECT {bucket_expr} AS bucket, dimensions, count, coalesce(sum_exact, sum::numeric) AS sum, min, "
                "max, zero_count, pos_keys[1], txm_hist_dense(pos_keys, pos_counts), neg_keys[1], "
                "txm_hist_dense(neg_keys, neg_counts) FROM aggregate_deltas")
+    if counts_only:      # the same rows, counts only: folded and pending need no merging into keys first
+        currents = ["SELECT count FROM aggregate_histograms", "SELECT count FROM aggregate_deltas"]
+        rollup, pending = currents
     parts = []
     if rolled:
         params["rolled"] = [datetime.combine(d, datetime.min.time(), tzinfo=UTC) for d in rolled]
@@ -218,9 +221,21 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
                      "WHERE window_start >= d.a AND window_start < d.b)")
     for i, (a, b) in enumerate(_subtract(start, end, rolled)):
         params[f"a{i}"], params[f"b{i}"] = a, b
-        parts.append(f"{current} WHERE {where} AND window_seconds = {STORED_WINDOW} "
-                     f"AND window_start >= %(a{i})s AND window_start < %(b{i})s")
+        parts += [f"{current} WHERE {where} AND window_seconds = {STORED_WINDOW} "
+                  f"AND window_start >= %(a{i})s AND window_start < %(b{i})s" for current in currents]
     return " UNION ALL ".join(parts), params
+
+
+def event_count(conn: psycopg.Connection, *, metric: str, dimension_set: tuple[str, ...], start: datetime,
+                end: datetime, use_rollups: bool = True) -> int:
+    """How many events `metric`'s rows under exactly `dimension_set` count in [start, end):
+    the same rows `histogram_rows` reads, counts only. Every stored set of a metric counts
+    each event once, so a set that counts fewer than another misses events: one added to the
+    catalog after them (kpi.py chooses by this)."""
+    sql, params = histogram_rows(conn, metric=metric, dimension_set=dimension_set, start=start, end=end,
+                                 window_seconds=None, use_rollups=use_rollups, counts_only=True)
+    row = conn.execute(f"SELECT coalesce(sum(count), 0)::bigint FROM ({sql}) AS r", params).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _rolled_days(conn: psycopg.Connection, start: datetime, end: datetime) -> set[date]:
