@@ -142,6 +142,23 @@ def test_the_time_range_ends_are_accepted(occurred_at: str, iso: str) -> None:
     assert isinstance(ev, PaymentEvent) and ev.occurred_at.isoformat() == iso
 
 
+@pytest.mark.parametrize("occurred_at", ["1990-12-31T23:59:60Z", "1990-12-31T15:59:60-08:00",
+                                         "1990-12-31t23:59:60.5z", "1991-01-01T05:29:60+05:30"])
+def test_a_leap_second_is_the_last_instant_of_its_utc_day(occurred_at: str) -> None:
+    """RFC 3339's own examples (section 5.8): second 60 at 23:59 UTC is valid. Python's
+    datetime has no second 60, so it is read as 23:59:59.999999 UTC: the event stays on its day."""
+    ev = parse(valid(occurred_at=occurred_at))
+    assert isinstance(ev, PaymentEvent), ev
+    assert ev.occurred_at.isoformat() == "1990-12-31T23:59:59.999999+00:00"
+
+
+@pytest.mark.parametrize("occurred_at", ["2026-03-01T10:00:60Z", "1990-12-31T23:59:60+01:00", "1990-12-31T23:58:60Z",
+                                         "1990-12-31T23:59:61Z", "1990-13-31T23:59:60Z"])
+def test_second_60_anywhere_else_is_refused(occurred_at: str) -> None:
+    rejection = parse(valid(occurred_at=occurred_at))
+    assert isinstance(rejection, Rejection) and rejection.error_code == "invalid_occurred_at", rejection
+
+
 def test_optional_fields_may_be_null() -> None:
     ev = parse(valid(event_type=None, processing_ms=None, country=None, card=None, attributes=None))
     assert isinstance(ev, PaymentEvent) and ev.event_type is None and ev.processing_ms is None

@@ -126,6 +126,8 @@ def version_2(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventSchema]:
     ({"risk_band": 4111111111111111}, "card_number_in_risk_band"),
     ({"settled_at": "2026-03-05T11:00:00"}, "invalid_settled_at"),        # no offset
     ({"settled_at": "2026-03-05T11:00:00+01:75"}, "invalid_settled_at"),  # offset minutes beyond 59
+    ({"settled_at": "2016-12-31T23:59:60Z"}, None),                       # a leap second (RFC 3339)
+    ({"settled_at": "2016-12-31T10:00:60Z"}, "invalid_settled_at"),       # second 60 elsewhere
     ({"fee": "0.25"}, "invalid_fee"),
     ({"recurring": "yes"}, "invalid_recurring"),
 ])

@@ -47,7 +47,7 @@ from .bounded_json import (
     bounded_decimal,
     nesting_exceeds,
 )
-from .fields import RFC3339, declared_problem
+from .fields import RFC3339, declared_problem, leap_second
 from .masking import (
     CardLikeNumber,
     bodies_with_card_characters,
@@ -484,10 +484,17 @@ def _parse_occurred_at_general(value: Any) -> int:
     day, clock, frac, offset = m.groups()
     frac = (frac or ".0")[:7]
     offset = "+00:00" if offset in ("Z", "z") else offset
-    try:
-        moment = datetime.fromisoformat(f"{day}T{clock}{frac}{offset}")
-    except ValueError as exc:
-        raise _Invalid("invalid_occurred_at", f"'occurred_at' {_shown(value)} is not a valid time: {exc}") from None
+    if clock.endswith(":60"):
+        leap = leap_second(day, clock, offset)
+        if leap is None:
+            raise _Invalid("invalid_occurred_at", f"'occurred_at' {_shown(value)} has second 60: RFC 3339 allows it "
+                                                  "only as a leap second, 23:59:60 UTC")
+        moment = leap
+    else:
+        try:
+            moment = datetime.fromisoformat(f"{day}T{clock}{frac}{offset}")
+        except ValueError as exc:
+            raise _Invalid("invalid_occurred_at", f"'occurred_at' {_shown(value)} is not a valid time: {exc}") from None
     us = datetime_to_us(moment)
     if not _OCCURRED_MIN_US <= us < _OCCURRED_END_US:
         raise _Invalid("invalid_occurred_at", f"'occurred_at' {_shown(value)} is outside "

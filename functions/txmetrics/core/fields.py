@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal
@@ -295,7 +295,28 @@ def _type_problem(column: Column, value: Any) -> tuple[str, str] | None:
     return code, f"'{name}': type {kind} cannot be checked"      # refused by _check before this
 
 
+def leap_second(day: str, clock: str, offset: str) -> datetime | None:
+    """An RFC 3339 time whose second is 60 (the regex's groups, offset as +hh:mm): RFC 3339
+    allows a leap second as 23:59:60 UTC (section 5.6, note in 5.7), which Python's datetime
+    cannot hold; it is read as 23:59:59.999999 UTC, the last instant of its UTC day, so the
+    event stays on the day it happened. None for second 60 of any other minute."""
+    try:
+        base = datetime.fromisoformat(f"{day}T{clock[:6]}59{offset}").astimezone(UTC)
+    except ValueError:
+        return None
+    if (base.hour, base.minute, base.second) != (23, 59, 59):
+        return None
+    return base.replace(microsecond=999_999)
+
+
 def _parse_time(value: str) -> datetime:
+    m = RFC3339.fullmatch(value)
+    if m is not None and m.group(2).endswith(":60"):
+        day, clock, _, offset = m.groups()
+        leap = leap_second(day, clock, "+00:00" if offset in ("Z", "z") else offset)
+        if leap is None:
+            raise ValueError(value)
+        return leap
     text = value.replace("z", "Z").replace("t", "T").replace(" ", "T")
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
