@@ -243,6 +243,31 @@ def test_leftover_compaction_inputs_are_not_counted_twice(
     same_kpis(kpis(db), expected)
 
 
+def test_outputs_waiting_in_staging_are_restored_after_the_database_is_lost(
+        ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
+        db: psycopg.Connection) -> None:
+    """Killed after deleting its inputs and before publishing its outputs, a compaction leaves
+    the day's rows only in staging (outside raw_events/); a rebuild without the journal moves
+    them into the tree first, so nothing is lost."""
+    batches = corpus(n=600)
+    deliver_corpus(ingest_fn, batches)
+
+    def killed_between_delete_and_publish(step: str) -> None:
+        if step == "after_inputs_deleted":
+            raise RuntimeError("killed")
+
+    with psycopg.connect(services.database_url, autocommit=True) as conn, pytest.raises(RuntimeError):
+        compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed_between_delete_and_publish)
+    assert [b.name for b in archive.list("_staging/")]
+    expected = kpis(db)
+    ledger = db.execute("SELECT count(*) FROM ingested_events").fetchone()
+    empty_tables(db)
+    report = run(services, archive)
+    assert report.leftovers == [] and not [b.name for b in archive.list("_staging/")]
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == ledger
+    same_kpis(kpis(db), expected)
+
+
 def test_the_rebuild_command(original: dict[str, Any], services: LocalServices, archive: BlobArchive,
                              db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     empty_tables(db)

@@ -2,18 +2,24 @@
 
 Every step is recorded in raw_compactions before it has effects, so a crash anywhere can be
 finished or undone by the next run, and each (partition, sequence number) stays exactly once
-among the live files of the manifest:
+among the live files of the manifest, and at most once in the raw_events/ tree that any
+Parquet reader lists (contract section 3), at every moment:
 
   0. recover: outputs of a 'started' compaction are deleted (never in the manifest);
-     inputs of a 'committed' one are deleted (already replaced in the manifest);
+     a 'committed' one is finished (steps 4 and 5);
   1. pick the day's small uploaded files, grouped by their metric list (raw_files.metrics: a
      group's events all have the same metrics, which its outputs record); per group, record
      the intent (inputs, output names) -> 'started';
-  2. read the inputs, write the outputs (sorted by time, zstd) and upload them (overwrite);
+  2. read the inputs, write the outputs (sorted by time, zstd) and upload them to staging,
+     outside the tree (`naming.compaction_staging_path`);
   3. one transaction: the inputs must still be live (locked) with the same metric list (a
      backfill may have added one: then the outputs are deleted, 'aborted', and the next run
-     regroups), outputs enter the manifest, inputs become 'superseded' -> 'committed';
-  4. delete the input blobs -> 'done'.
+     regroups), outputs enter the manifest at their staging paths, inputs become
+     'superseded' -> 'committed';
+  4. delete the input blobs (the tree now lacks those events, for seconds; manifest readers
+     read the staged outputs);
+  5. publish each output: upload it to its place in the tree, move its manifest path there,
+     delete the staged copy -> 'done'.
 
 Safe while ingestion runs: late events for the day land in new small files that are not
 inputs of this run, and the next run picks them up.
@@ -22,7 +28,7 @@ inputs of this run, and the next run picks them up.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -30,11 +36,18 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+from azure.core.exceptions import ResourceNotFoundError
 
 from .adapters import manifest, parquet
 from .adapters.blob import BlobArchive
 from .adapters.manifest import RawFile
-from .core.naming import compacted_file_path, datetime_to_us
+from .core.naming import (
+    STAGING_PREFIX,
+    compacted_file_path,
+    compaction_staging_path,
+    date_folder,
+    datetime_to_us,
+)
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 CrashHook = Callable[[str], None]
@@ -55,14 +68,48 @@ def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
     for run in manifest.unfinished_compactions(conn, day=day):
         if run.state == "started":
             for path in run.output_paths:
-                archive.delete(path)
+                archive.delete(compaction_staging_path(path))
+                archive.delete(path)        # a run started before staging existed uploaded here
             manifest.finish_compaction(conn, generation=run.generation, state="aborted")
         else:
             for path in manifest.paths_of(conn, file_ids=run.input_ids):
                 archive.delete(path)
+            for path in run.output_paths:
+                _publish(conn, archive, path)
             manifest.finish_compaction(conn, generation=run.generation, state="done")
         fixed += 1
     return fixed
+
+
+def publish_staged_outputs(archive: BlobArchive, days: Sequence[date]) -> int:
+    """Move every staged output of `days` into the tree without the manifest (a rebuild after
+    the database was lost, when no journal says which compaction they belong to): the tree
+    is then as a compaction killed after its commit left it before staging existed, outputs
+    beside inputs, which the rebuild recognises (leftovers). Idempotent, and safe in several
+    processes at once. Returns how many it uploaded."""
+    published = 0
+    for day in days:
+        for blob in list(archive.list(compaction_staging_path(date_folder(day) + "/"))):
+            final = blob.name[len(STAGING_PREFIX):]
+            if not archive.has(final):
+                try:
+                    data = archive.download(blob.name)
+                except ResourceNotFoundError:
+                    continue                       # another process published it meanwhile
+                archive.upload(final, data)
+                published += 1
+            archive.delete(blob.name)
+    return published
+
+
+def _publish(conn: psycopg.Connection, archive: BlobArchive, path: str, data: bytes | None = None) -> None:
+    """Move a committed output from staging to its place in the tree (step 5); idempotent, so
+    a crash between any two of its steps is finished by the next run."""
+    staged = compaction_staging_path(path)
+    if manifest.has_path(conn, path=staged):
+        archive.upload(path, data if data is not None else archive.download(staged))
+        manifest.move(conn, old_path=staged, new_path=path)
+    archive.delete(staged)
 
 
 def compact_day(conn: psycopg.Connection, archive: BlobArchive, day: date, *,
@@ -102,9 +149,10 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
                    metrics: tuple[str, ...] | None, target_bytes: int, crash_point: CrashHook,
                    report: CompactionReport) -> str | None:
     """Merge one group of the day's small files (same metric list): 1. merge the inputs;
-    2. record the intent (the journal names the outputs); 3. upload the outputs; 4. commit
-    them to the manifest in place of the inputs, unless the inputs changed meanwhile (then
-    undo); 5. delete the inputs. Returns why it stopped without committing, or None."""
+    2. record the intent (the journal names the outputs); 3. upload the outputs to staging;
+    4. commit them to the manifest in place of the inputs, unless the inputs changed
+    meanwhile (then undo); 5. delete the inputs, then publish the outputs into the tree.
+    Returns why it stopped without committing, or None."""
     input_ids = [file_id for file_id, _ in small]
     merged = _merged_inputs(archive, [path for _, path in small])                    # 1
     per_file = _rows_per_output(merged, target_bytes)
@@ -119,7 +167,7 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
         if part.num_rows == 0:
             continue
         data = parquet.encode(part)
-        archive.upload(path, data)
+        archive.upload(compaction_staging_path(path), data)
         written.append((path, part, data))
         crash_point("after_upload")
     crash_point("before_commit")
@@ -128,12 +176,16 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
         # a backfill added a metric to some inputs meanwhile: merging them now would blur which
         # events have it. Undo (outputs were never in the manifest); the next run regroups.
         for path, _, _ in written:
-            archive.delete(path)
+            archive.delete(compaction_staging_path(path))
         manifest.finish_compaction(conn, generation=generation, state="aborted")
         return f"{len(small)} file(s) left as they are: a backfill changed their metrics meanwhile; re-run"
     crash_point("after_commit")
     for _, path in small:                                                            # 5
         archive.delete(path)
+    crash_point("after_inputs_deleted")
+    for path, _, data in written:
+        _publish(conn, archive, path, data)
+        crash_point("after_publish")
     manifest.finish_compaction(conn, generation=generation, state="done")
     report.inputs += len(small)
     report.outputs += [(p, len(d)) for p, _, d in written]
@@ -174,7 +226,7 @@ def _commit(conn: psycopg.Connection, container: str, day: date, generation: str
             occurred = part["occurred_at"]
             seqs = part["sequence_number"]
             manifest.insert_uploaded(conn, container=container, file=RawFile(
-                path=path, partition_id="*", event_date=day, seq_min=pc.min(seqs).as_py(),
+                path=compaction_staging_path(path), partition_id="*", event_date=day, seq_min=pc.min(seqs).as_py(),
                 seq_max=pc.max(seqs).as_py(), occurred_min_us=datetime_to_us(pc.min(occurred).as_py()),
                 occurred_max_us=datetime_to_us(pc.max(occurred).as_py()), row_count=part.num_rows,
                 byte_size=len(data), metrics=metrics, generation=generation))

@@ -297,6 +297,17 @@ def supersede(conn: psycopg.Connection, *, file_ids: Sequence[int], generation: 
                  (generation, list(file_ids)))
 
 
+def has_path(conn: psycopg.Connection, *, path: str) -> bool:
+    """Whether a file of the manifest has `path`."""
+    return conn.execute("SELECT 1 FROM raw_files WHERE path = %s", (path,)).fetchone() is not None
+
+
+def move(conn: psycopg.Connection, *, old_path: str, new_path: str) -> bool:
+    """A file now lives at `new_path` (a compaction output published from staging); False when
+    no file has `old_path` (moved already)."""
+    return conn.execute("UPDATE raw_files SET path = %s WHERE path = %s", (new_path, old_path)).rowcount == 1
+
+
 def paths_of(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> list[str]:
     return [str(p) for (p,) in conn.execute("SELECT path FROM raw_files WHERE id = ANY(%s)",
                                             (list(file_ids),)).fetchall()]

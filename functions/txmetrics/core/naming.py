@@ -44,6 +44,15 @@ def compacted_file_path(day: date, generation: str, index: int) -> str:
     return f"{date_folder(day)}/compacted-{day:%Y%m%d}-{generation}-{index:04d}.parquet"
 
 
+STAGING_PREFIX = "_staging/compaction/"
+
+
+def compaction_staging_path(final_path: str) -> str:
+    """Where a compaction output waits, outside the raw_events/ tree that readers list, until
+    its inputs are gone (compaction.py): a reader of the tree never sees an event twice."""
+    return STAGING_PREFIX + final_path
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
