@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import psycopg
 from typer.testing import CliRunner
 
@@ -114,3 +115,35 @@ def test_the_view_and_fold_read_old_writers_deltas_by_their_double(db: psycopg.C
     assert db.execute("SELECT sum FROM aggregate_histograms WHERE window_start = %s", (start,)).fetchone() == (
         Decimal("0.75"),)
     assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (0,)
+
+
+def test_a_numeric_string_with_a_huge_negative_exponent_cannot_fail_its_batch(db: psycopg.Connection) -> None:
+    """"1e-20000" is a finite double (0.0), so it has a metric row; its exact value has more
+    places than PostgreSQL's numeric holds, and "1e-999999999" beside another value would take
+    gigabytes to add. Both are summed as their double; the COPY succeeds at once."""
+    catalog = parse_catalog({"metrics": [{"name": "v", "kind": "value", "source": "attributes.v"}],
+                             "dimension_sets": [[]]})
+    events = []
+    for i, value in enumerate(["0.25", "1e-20000", "1e-999999999", "-2.5e-1000"]):
+        parsed = parse_event(InboundEvent(json.dumps(payment(i, "1", attributes={"v": value})).encode(), "0", i))
+        assert isinstance(parsed, PaymentEvent), parsed
+        events.append(parsed)
+    aggs = aggregate(events, extract_metrics(events, catalog), catalog)
+    with db.transaction():
+        pgcopy.copy_in(db, f"aggregate_deltas ({pgcopy.DELTA_COLUMNS})", pgcopy.delta_rows(aggs, SCALE))
+    (total,) = db.execute("SELECT sum_exact FROM aggregate_deltas").fetchone()
+    assert total == Decimal("0.25") + Decimal("-2.5e-1000")      # the last is within the bound: exact
+
+
+def test_sums_over_many_rows_are_exact_chunk_by_chunk() -> None:
+    """A rebuild aggregates a compacted file at once: more rows than one bincount may add
+    exactly (2^16); the sums go chunk by chunk, with the carry, and stay exact."""
+    from txmetrics.core.metrics import _exact_sums
+
+    rng = np.random.default_rng(3)
+    units = rng.integers(-(2**61), 2**61, size=200_000, dtype=np.int64) // 1000
+    groups = rng.integers(0, 7, size=units.size, dtype=np.int64)
+    sums, exact = _exact_sums(groups, units, [], 7)
+    expected = [sum(int(u) for u, g in zip(units.tolist(), groups.tolist(), strict=True) if g == k) for k in range(7)]
+    got = [int(exact[k].scaleb(9)) if k in exact else int(sums[k]) for k in range(7)]
+    assert got == expected

@@ -382,17 +382,28 @@ def _exact_units(metric: Metric, events: Sequence[PaymentEvent], ev_sel: npt.NDA
     return np.asarray(units, dtype=np.int64), irregular
 
 
+_MIN_EXPONENT = -1000     # the decoder's bound for numbers; a numeric string can go further
+
+
 def written_number(value: Any) -> Decimal:
     """The number a metric value was written as, exactly: a metric row exists only for a value
     `catalog.Metric.values` read as a finite number (an int, a Decimal from the decoder, a
-    numeric string; a float only from a hand-made document, taken as its shortest repr)."""
+    numeric string; a float only from a hand-made document, taken as its shortest repr).
+    A numeric string with an exponent below -1000 ("1e-20000", finite as a double: 0.0) is
+    taken as its double: its exact sum would have more places than PostgreSQL's numeric holds
+    (16,383) and would fail its batch on every retry, or, at "1e-999999999", take seconds and
+    gigabytes to add up."""
     if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int):
+        exact = value
+    elif isinstance(value, int):
         return Decimal(value)
-    if isinstance(value, str):
-        return Decimal(value.strip())
-    return Decimal(repr(float(value)))
+    elif isinstance(value, str):
+        exact = Decimal(value.strip())
+    else:
+        return Decimal(repr(float(value)))
+    if exact.is_finite() and exact.as_tuple().exponent < _MIN_EXPONENT:    # type: ignore[operator]  # finite: an int
+        return Decimal(repr(float(exact)))
+    return exact
 
 
 def _exact_sums(groups: npt.NDArray[np.int64], units: npt.NDArray[np.int64], irregular: list[tuple[int, Decimal]],
@@ -400,12 +411,20 @@ def _exact_sums(groups: npt.NDArray[np.int64], units: npt.NDArray[np.int64], irr
     """Each group's sum of `units` (int64), and the exact Decimal sum of the groups that int64
     cannot hold or that have irregular values."""
     exact: dict[int, Decimal] = {}
-    if len(units) < 2**16:
-        # |low| < 2^26 and |high| < 2^36, so neither half's sum over fewer than 2^16 rows
-        # reaches 2^53: bincount's doubles hold them exactly
-        low = np.bincount(groups, weights=(units & (2**_LOW_BITS - 1)).astype(np.float64), minlength=n)
-        high = np.bincount(groups, weights=(units >> _LOW_BITS).astype(np.float64), minlength=n)
-        high_i, low_i = high.astype(np.int64), low.astype(np.int64)
+    if len(units) < 2**25:
+        # |low| < 2^26 and |high| < 2^36, so neither half's sum over a chunk of 2^16 rows
+        # reaches 2^53: bincount's doubles hold them exactly; the chunks' sums add up in int64
+        # (below 2^61 for the highs over 2^9 chunks)
+        high_i = np.zeros(n, dtype=np.int64)
+        low_i = np.zeros(n, dtype=np.int64)
+        for at in range(0, len(units), 2**16):
+            chunk_groups, chunk = groups[at:at + 2**16], units[at:at + 2**16]
+            low_i += np.bincount(chunk_groups, weights=(chunk & (2**_LOW_BITS - 1)).astype(np.float64),
+                                 minlength=n).astype(np.int64)
+            high_i += np.bincount(chunk_groups, weights=(chunk >> _LOW_BITS).astype(np.float64),
+                                  minlength=n).astype(np.int64)
+        high_i += low_i >> _LOW_BITS                       # carry, so that low stays below 2^26
+        low_i &= 2**_LOW_BITS - 1
         fits = np.abs(high_i) < 2**(62 - _LOW_BITS)
         sums = np.where(fits, (np.where(fits, high_i, 0) << _LOW_BITS) + low_i, 0)
         for g in np.flatnonzero(~fits).tolist():
