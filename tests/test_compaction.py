@@ -16,7 +16,8 @@ import pytest
 
 from localdev.eventhub import make_batch
 from tests.helpers import archive_rows
-from txmetrics.adapters import parquet
+from txmetrics import compaction
+from txmetrics.adapters import manifest, parquet
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.compaction import compact_day
 from txmetrics.query import query_events
@@ -143,3 +144,73 @@ def test_a_reader_of_the_tree_never_sees_an_event_twice_during_a_compaction(
     assert set(queried.values()) == {60}
     assert len(archive_rows(archive)) == 60
     assert not [b.name for b in archive.list("_staging/")]
+
+
+def test_one_compaction_of_a_day_at_a_time(ingest_fn: Callable[..., None], db: psycopg.Connection,
+                                           archive: BlobArchive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timer and `txmetrics compact` may run at once: a second run of the same day stands
+    down. And a run that picked the same inputs as a finished one (same generation) never
+    reopens its journal: the reviewer's race had the slower run's recovery delete the faster
+    run's published output, the day's only live file, after its inputs were gone."""
+    many_small_files(ingest_fn, 12)
+    day = datetime(2026, 3, 5).date()
+    with psycopg.connect(db.info.dsn, autocommit=True) as holder, \
+            psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        holder.execute("SELECT pg_advisory_lock(hashtext('txmetrics.compact_day'), %s)", (day.toordinal(),))
+        report = compact_day(conn, archive, day, target_bytes=1 << 30)
+        assert report.skipped_reason == "another compaction of this day is running" and report.inputs == 0
+        holder.execute("SELECT pg_advisory_unlock_all()")
+        # the slower of two runs: it picked the inputs before the other finished
+        small = manifest.small_files(conn, day=day, below_bytes=1 << 29)
+        files = [(i, p) for i, p, _ in small]
+        metrics = compaction._metric_key(small[0][2])
+        merged = compaction._merged_inputs(archive, [p for _, p in files])
+        done = compact_day(conn, archive, day, target_bytes=1 << 30)
+        ((output, _),) = done.outputs
+        monkeypatch.setattr(compaction, "_merged_inputs", lambda *_: merged)
+        late = compaction._compact_group(conn, archive, day, files, metrics, 1 << 30, lambda _: None,
+                                         compaction.CompactionReport(day=day))
+        assert late is not None and "already committed" in late
+        monkeypatch.undo()
+        compact_day(conn, archive, day, target_bytes=1 << 30)          # any later run
+    assert archive.has(output) and len(archive_rows(archive)) == 60
+    no_duplicates_anywhere(archive)
+
+
+@pytest.mark.parametrize("step", ["after_commit", "after_inputs_deleted", "after_publish"])
+def test_a_rebuild_with_the_database_finishes_a_killed_compaction_first(
+        step: str, ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        services: Any) -> None:
+    """A rebuild is safe to run while the database still exists (resumable, safe twice): it
+    finishes the day's killed compaction as the next compaction would, so the manifest and
+    the tree agree afterwards (the reviewer found the manifest naming a deleted staged file
+    and every later compaction of the day failing)."""
+    from txmetrics.adapters.postgres import PostgresStore
+    from txmetrics.core.catalog import load_catalog
+    from txmetrics.rebuild import rebuild
+    from txmetrics.settings import BUNDLED_CATALOG
+
+    many_small_files(ingest_fn, 12)
+    day = datetime(2026, 3, 5).date()
+
+    def killed(name: str) -> None:
+        if name == step:
+            raise RuntimeError("killed")
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        with pytest.raises(RuntimeError):
+            compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
+        store = PostgresStore(services.database_url)
+        try:
+            rebuild(store=store, archive=archive, catalog=load_catalog(BUNDLED_CATALOG), start=day,
+                    end=datetime(2026, 3, 6).date(), today=datetime(2026, 3, 10).date())
+        finally:
+            store.close()
+        assert not [b.name for b in archive.list("_staging/")]
+        assert len(live_rows(db, archive, "2026-03-05")) == 60       # every live manifest path reads
+        found = query_events(db, archive, datetime(2026, 3, 5, tzinfo=UTC), datetime(2026, 3, 6, tzinfo=UTC))
+        assert sum(t.num_rows for t in found) == 60
+        assert compact_day(conn, archive, day, target_bytes=1 << 30).skipped_reason is not None   # nothing left
+    assert len(archive_rows(archive)) == 60
+    no_duplicates_anywhere(archive)
+    assert db.execute("SELECT count(*) FROM raw_compactions WHERE state IN ('started', 'committed')").fetchone() == (0,)

@@ -234,6 +234,11 @@ def test_leftover_compaction_inputs_are_not_counted_twice(
         compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed_before_deleting_inputs)
     inputs = [p for (p,) in db.execute("SELECT path FROM raw_files WHERE state = 'superseded' ORDER BY path")]
     assert len(inputs) > 2 and all(archive.has(p) for p in inputs)
+    # the tree as a compaction killed there left it before outputs were staged (an older
+    # archive): the compacted file beside its inputs
+    for blob in list(archive.list("_staging/compaction/")):
+        archive.upload(blob.name.removeprefix("_staging/compaction/"), archive.download(blob.name))
+        archive.delete(blob.name)
     expected = kpis(db)
     ledger = db.execute("SELECT count(*) FROM ingested_events").fetchone()
     empty_tables(db)
@@ -264,6 +269,33 @@ def test_outputs_waiting_in_staging_are_restored_after_the_database_is_lost(
     empty_tables(db)
     report = run(services, archive)
     assert report.leftovers == [] and not [b.name for b in archive.list("_staging/")]
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == ledger
+    same_kpis(kpis(db), expected)
+
+
+@pytest.mark.parametrize("step", ["after_upload", "after_commit"])
+def test_staged_outputs_of_whole_inputs_are_dropped_after_the_database_is_lost(
+        step: str, ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
+        db: psycopg.Connection) -> None:
+    """Killed before deleting its inputs, a compaction leaves them whole beside its staged
+    outputs. Without the journal, a staged output whose events are all in the tree is dropped,
+    not published: the tree never holds an event twice, and nothing is left to delete by hand."""
+    deliver_corpus(ingest_fn, corpus(n=600))
+
+    def killed(name: str) -> None:
+        if name == step:
+            raise RuntimeError("killed")
+
+    with psycopg.connect(services.database_url, autocommit=True) as conn, pytest.raises(RuntimeError):
+        compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed)
+    assert [b.name for b in archive.list("_staging/")]
+    expected = kpis(db)
+    ledger = db.execute("SELECT count(*) FROM ingested_events").fetchone()
+    empty_tables(db)
+    report = run(services, archive)
+    assert report.leftovers == [] and not [b.name for b in archive.list("_staging/")]
+    keys = [(r[0], r[1]) for r in archive_rows(archive)]
+    assert len(keys) == len(set(keys))
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == ledger
     same_kpis(kpis(db), expected)
 

@@ -27,8 +27,10 @@ inputs of this run, and the next run picks them up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -36,7 +38,6 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-from azure.core.exceptions import ResourceNotFoundError
 
 from .adapters import manifest, parquet
 from .adapters.blob import BlobArchive
@@ -64,12 +65,14 @@ class CompactionReport:
 
 
 def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
+    """Finish or undo the day's unfinished compactions (the caller holds the day's lock)."""
     fixed = 0
     for run in manifest.unfinished_compactions(conn, day=day):
         if run.state == "started":
             for path in run.output_paths:
                 archive.delete(compaction_staging_path(path))
-                archive.delete(path)        # a run started before staging existed uploaded here
+                if not manifest.has_path(conn, path=path):
+                    archive.delete(path)    # a run started before staging existed uploaded here
             manifest.finish_compaction(conn, generation=run.generation, state="aborted")
         else:
             for path in manifest.paths_of(conn, file_ids=run.input_ids):
@@ -81,25 +84,70 @@ def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
     return fixed
 
 
-def publish_staged_outputs(archive: BlobArchive, days: Sequence[date]) -> int:
-    """Move every staged output of `days` into the tree without the manifest (a rebuild after
-    the database was lost, when no journal says which compaction they belong to): the tree
-    is then as a compaction killed after its commit left it before staging existed, outputs
-    beside inputs, which the rebuild recognises (leftovers). Idempotent, and safe in several
-    processes at once. Returns how many it uploaded."""
+@contextlib.contextmanager
+def day_lock(conn: psycopg.Connection, day: date) -> Iterator[bool]:
+    """The day's compaction lock (a session advisory lock): True while held, False when
+    another process holds it (the timer and `txmetrics compact`, or a rebuild). Two runs of
+    one day would pick the same inputs: the slower one's recovery could then delete the
+    other's published output after its inputs were gone."""
+    key = day.toordinal()
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtext('txmetrics.compact_day'), %s)", (key,)).fetchone()
+    held = bool(row and row[0])
+    try:
+        yield held
+    finally:
+        if held:
+            conn.execute("SELECT pg_advisory_unlock(hashtext('txmetrics.compact_day'), %s)", (key,))
+
+
+def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequence[date]) -> int:
+    """Before a rebuild reads the tree: each day's unfinished compactions are finished or
+    undone, as the next compaction would; a staged output no journal knows (the database was
+    lost, or restored from before its compaction) is published into the tree when some of
+    its events are in no other file of the day (its inputs were deleted), and deleted when
+    they all are (its inputs are whole). A day whose compaction is running is left to it.
+    Returns how many staged outputs it published."""
     published = 0
     for day in days:
-        for blob in list(archive.list(compaction_staging_path(date_folder(day) + "/"))):
-            final = blob.name[len(STAGING_PREFIX):]
-            if not archive.has(final):
-                try:
-                    data = archive.download(blob.name)
-                except ResourceNotFoundError:
-                    continue                       # another process published it meanwhile
-                archive.upload(final, data)
-                published += 1
-            archive.delete(blob.name)
+        staged = [b.name for b in archive.list(compaction_staging_path(date_folder(day) + "/"))]
+        if not staged and not manifest.unfinished_compactions(conn, day=day):
+            continue
+        with day_lock(conn, day) as held:
+            if not held:
+                continue
+            _recover(conn, archive, day)
+            orphans = [name for name in staged
+                       if archive.has(name) and manifest.compaction_state(conn, generation=_generation(name)) is None]
+            if not orphans:
+                continue
+            in_tree = _keys(archive, [b.name for b in archive.list(date_folder(day) + "/")
+                                      if b.name.endswith(".parquet")])
+            for name in orphans:
+                data = archive.download(name)
+                if not _keys_of(parquet.decode(data)) <= in_tree:
+                    archive.upload(name[len(STAGING_PREFIX):], data)
+                    published += 1
+                archive.delete(name)
     return published
+
+
+_GENERATION = re.compile(r"/compacted-[0-9]{8}-(?P<generation>[0-9a-f]+)-[0-9]{4}\.parquet$")
+
+
+def _generation(path: str) -> str:
+    m = _GENERATION.search(path)
+    return m.group("generation") if m else ""
+
+
+def _keys_of(table: pa.Table) -> set[tuple[str, int]]:
+    return set(zip(table["partition_id"].to_pylist(), table["sequence_number"].to_pylist(), strict=True))
+
+
+def _keys(archive: BlobArchive, paths: list[str]) -> set[tuple[str, int]]:
+    keys: set[tuple[str, int]] = set()
+    for path in paths:
+        keys |= _keys_of(parquet.decode(archive.download(path)))
+    return keys
 
 
 def _publish(conn: psycopg.Connection, archive: BlobArchive, path: str, data: bytes | None = None) -> None:
@@ -125,6 +173,15 @@ def compact_day(conn: psycopg.Connection, archive: BlobArchive, day: date, *,
             crash_hook(name)
 
     report = CompactionReport(day=day)
+    with day_lock(conn, day) as held:
+        if not held:
+            report.skipped_reason = "another compaction of this day is running"
+            return report
+        return _compact_locked(conn, archive, day, target_bytes, min_files, crash_point, report)
+
+
+def _compact_locked(conn: psycopg.Connection, archive: BlobArchive, day: date, target_bytes: int, min_files: int,
+                    crash_point: CrashHook, report: CompactionReport) -> CompactionReport:
     report.recovered = _recover(conn, archive, day)
     small = manifest.small_files(conn, day=day, below_bytes=target_bytes // 2)
     groups: dict[tuple[str, ...] | None, list[tuple[int, str]]] = {}
@@ -158,7 +215,9 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     per_file = _rows_per_output(merged, target_bytes)
     generation = hashlib.sha256(",".join(map(str, input_ids)).encode()).hexdigest()[:16]
     outputs = [compacted_file_path(day, generation, i) for i in range(-(-merged.num_rows // per_file))]
-    manifest.start_compaction(conn, generation=generation, day=day, input_ids=input_ids, output_paths=outputs)  # 2
+    if not manifest.start_compaction(conn, generation=generation, day=day, input_ids=input_ids,  # 2
+                                     output_paths=outputs):
+        return f"compaction {generation} of these {len(small)} file(s) has already committed; re-run"
     crash_point("after_intent")
 
     written: list[tuple[str, pa.Table, bytes]] = []                                  # 3

@@ -43,7 +43,7 @@ from .adapters import manifest, parquet, partitions
 from .adapters.blob import ARCHIVE_TIER, BlobArchive, BlobInfo
 from .adapters.manifest import RawFile
 from .adapters.postgres import PostgresStore
-from .compaction import publish_staged_outputs
+from .compaction import settle_staging
 from .core import histogram
 from .core.catalog import Catalog
 from .core.events import PaymentEvent
@@ -174,7 +174,8 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
     report = RebuildReport(start=start, end=end)
     state = Progress()
     days = [start + timedelta(days=i) for i in range((end - start).days)]
-    publish_staged_outputs(archive, days)      # a compaction's outputs waiting in staging (compaction.py)
+    with store.autocommit_connection() as auto:          # compactions' outputs waiting in staging
+        settle_staging(auto, archive, days)
     planned = _plan(store, archive, days, rows_since, ledger_since, report, shard)
     state.files_total = sum(1 for p in planned if p.mine)
     conn = store.connection()

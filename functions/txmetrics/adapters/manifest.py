@@ -345,11 +345,20 @@ def unfinished_compactions(conn: psycopg.Connection, *, day: date) -> list[Compa
 
 
 def start_compaction(conn: psycopg.Connection, *, generation: str, day: date, input_ids: Sequence[int],
-                     output_paths: Sequence[str]) -> None:
-    """Record the intent (inputs, output names) before any effect: state 'started'."""
-    conn.execute("INSERT INTO raw_compactions (generation, event_date, input_ids, output_paths, state) "
-                 "VALUES (%s, %s, %s, %s, 'started') ON CONFLICT (generation) DO UPDATE SET state = 'started', "
-                 "output_paths = excluded.output_paths", (generation, day, list(input_ids), list(output_paths)))
+                     output_paths: Sequence[str]) -> bool:
+    """Record the intent (inputs, output names) before any effect: state 'started'. False
+    when this generation (the same inputs) already committed or finished: never restarted."""
+    return conn.execute(
+        "INSERT INTO raw_compactions (generation, event_date, input_ids, output_paths, state) "
+        "VALUES (%s, %s, %s, %s, 'started') ON CONFLICT (generation) DO UPDATE SET state = 'started', "
+        "output_paths = excluded.output_paths WHERE raw_compactions.state IN ('started', 'aborted')",
+        (generation, day, list(input_ids), list(output_paths))).rowcount == 1
+
+
+def compaction_state(conn: psycopg.Connection, *, generation: str) -> str | None:
+    """The journal's state of a compaction, None when the journal does not know it."""
+    row = conn.execute("SELECT state FROM raw_compactions WHERE generation = %s", (generation,)).fetchone()
+    return str(row[0]) if row else None
 
 
 def commit_compaction(conn: psycopg.Connection, *, generation: str, output_paths: Sequence[str]) -> None:
