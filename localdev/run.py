@@ -258,12 +258,11 @@ def write_report(database_url: str, connection_string: str, config: RunConfig, o
     events span, written to `out`; prints its path and the command for another range."""
     import psycopg
 
-    from txmetrics import report
+    from txmetrics import kpi, report
     from txmetrics.adapters.blob import service_client
     from txmetrics.errors import describe_database
 
-    start = config.start
-    end = start + timedelta(days=config.days)
+    start, end = kpi.whole_windows(config.start, config.start + timedelta(days=config.days))
     t0 = time.perf_counter()
     with psycopg.connect(database_url) as conn:
         html = report.build(conn, start=start, end=end, service=service_client(connection_string), stack="dev",

@@ -223,3 +223,25 @@ def test_a_set_added_to_the_catalog_later_never_answers_for_events_it_missed(
     assert "misses events of the range: [] counts 8, [country] counts 2" in message
     assert [r["count"] for r in rows("--metric", "approved", "--by", "country", "--start", "2026-03-01T10:30Z",
                                      "--end", END)] == [2]
+
+
+def test_a_smallest_set_added_later_is_checked_too(deliver: Callable[..., None], db: psycopg.Connection,
+                                                   env: dict[str, str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The all-up total [] added after 6 events were stored under [payment_method] only: the
+    total is read from [payment_method] (8 events), not from [] (2), found by the reviewer."""
+    def event(i: int) -> dict[str, Any]:
+        return {"event_id": f"r{i}", "transaction_id": "t", "occurred_at": f"2026-03-01T10:{i:02d}:00Z",
+                "merchant_id": "m", "amount": 1, "currency": "EUR", "payment_method": "card", "status": "approved"}
+
+    catalog = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    for sets, name, events in (([["payment_method"]], "old.yaml", range(6)),
+                               ([[], ["payment_method"]], "new.yaml", range(10, 12))):
+        catalog["dimension_sets"] = sets
+        (tmp_path / name).write_text(yaml.safe_dump(catalog))
+        monkeypatch.setenv("METRIC_CATALOG", str(tmp_path / name))
+        deliver([event(i) for i in events], partition_id="0", first_sequence=events[0])
+    total = kpi.query(db, metric="approved", start=kpi_time(START), end=kpi_time(END))
+    assert [r.count for r in total] == [8]
+    assert [r.count for r in kpi.query(db, metric="approved", start=kpi_time("2026-03-01T10:10Z"),
+                                       end=kpi_time(END))] == [2]

@@ -231,7 +231,9 @@ def test_the_retention_outlook_comes_from_the_lifecycle_plan(corpus: dict[str, i
 def test_report_refuses_an_empty_range_and_an_unknown_stack_in_one_line(env: dict[str, str], tmp_path: Path) -> None:
     for args, words in ((["--start", END, "--end", START], "range is empty"),
                         (["--start", START, "--end", END, "--stack", "nope"], "unknown stack 'nope'"),
-                        (["--start", START, "--end", "2026-04-01", "--window", "5m"], "8,928 points per chart")):
+                        (["--start", START, "--end", "2026-04-01", "--window", "5m"], "8,928 points per chart"),
+                        # inside a 5-minute window: every KPI section would come back empty
+                        (["--start", "2026-03-01T10:02", "--end", END], "is inside a 5-minute window")):
         result = run_cli("report", *args, "--out", str(tmp_path / "r.html"))
         assert result.exit_code == 2, result.output
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1

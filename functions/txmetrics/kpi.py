@@ -66,9 +66,9 @@ class KpiPlan:
     group_by: tuple[str, ...]
     filters: dict[str, str]
     # every stored set that holds the query, smallest first (dimension_set is the first), and
-    # the metric's smallest set: what `_complete_set` compares them with
+    # the metric's two smallest sets: what `_complete_set` compares them with
     covering: tuple[tuple[str, ...], ...] = ()
-    reference: tuple[str, ...] = ()
+    witnesses: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -147,7 +147,8 @@ def plan(catalog: Catalog, metric: str, group_by: list[str] | tuple[str, ...] = 
             f"dimension_sets in {catalog.path} (filled from the events ingested after the change)")
     ordered = tuple(sorted(covering, key=len))   # fewest rows to merge first; equals in catalog order
     return KpiPlan(metric=chosen_metric, dimension_set=ordered[0], group_by=grouping,
-                   filters={k: str(v) for k, v in filters.items()}, covering=ordered, reference=min(sets, key=len))
+                   filters={k: str(v) for k, v in filters.items()}, covering=ordered,
+                   witnesses=tuple(sorted(sets, key=len)[:2]))
 
 
 def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime,
@@ -177,7 +178,7 @@ def _query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datet
     if start >= end:
         raise KpiError(f"the range is empty: start {start.isoformat()} is not before end {end.isoformat()}")
     for flag, moment in (("start", start), ("end", end)):
-        _refuse_unaligned(flag, moment)
+        refuse_unaligned(flag, moment)
     chosen = _complete_set(conn, plan(catalog or catalog_in_effect(), metric, list(group_by or []), filters), start,
                            end, use_rollups)
     out = []
@@ -202,28 +203,32 @@ def _complete_set(conn: psycopg.Connection, chosen: KpiPlan, start: datetime, en
     """The plan with the smallest covering set that holds every event of the range.
 
     Each stored set of a metric counts every event once, so a set counting fewer events
-    than the metric's smallest set misses some: a set added to the catalog holds only the
-    events ingested after the change (an audit found `--by merchant_id` answering 2 of 8
-    events from a new [merchant_id] set). Such a set is passed over for the next covering
-    one; when every covering set misses events, the query is refused, saying why."""
-    first = chosen.covering[0] if chosen.covering else chosen.dimension_set
-    if not chosen.covering or first == chosen.reference:
+    than another misses some: a set added to the catalog holds only the events ingested
+    after the change (an audit found `--by merchant_id` answering 2 of 8 events from a new
+    [merchant_id] set). The expected count is the larger of the metric's two smallest sets'
+    (cheap to count, and one of them may itself be the newer); a covering set that counts
+    fewer is passed over for the next one; when every covering set does, the query is
+    refused, saying why."""
+    if len(chosen.witnesses) < 2:
         return chosen
+    counted: dict[tuple[str, ...], int] = {}
 
     def count(dims: tuple[str, ...]) -> int:
-        return aggregates.event_count(conn, metric=chosen.metric.name, dimension_set=dims, start=start, end=end,
-                                      use_rollups=use_rollups)
+        if dims not in counted:
+            counted[dims] = aggregates.event_count(conn, metric=chosen.metric.name, dimension_set=dims, start=start,
+                                                   end=end, use_rollups=use_rollups)
+        return counted[dims]
 
-    expected = count(chosen.reference)
+    witness = max(chosen.witnesses, key=count)
+    expected = count(witness)
     short = []
     for dims in chosen.covering:
-        counted = count(dims)
-        if counted >= expected:
+        if count(dims) >= expected:
             return chosen if dims == chosen.dimension_set else replace(chosen, dimension_set=dims)
-        short.append(f"{describe_set(dims)} counts {counted}")
+        short.append(f"{describe_set(dims)} counts {count(dims)}")
     raise KpiError(
         f"every stored set of {chosen.metric.name!r} that holds this query misses events of the range: "
-        f"{describe_set(chosen.reference)} counts {expected}, {', '.join(short)} (a set added to the catalog holds "
+        f"{describe_set(witness)} counts {expected}, {', '.join(short)} (a set added to the catalog holds "
         "the events ingested after the change); start the range later, or group and filter within a set that "
         "holds them all")
 
@@ -236,7 +241,7 @@ def whole_windows(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return us_to_datetime(a - a % step), us_to_datetime(b + (-b) % step)
 
 
-def _refuse_unaligned(flag: str, moment: datetime) -> None:
+def refuse_unaligned(flag: str, moment: datetime) -> None:
     """The rows hold whole 5-minute windows (UTC), so a bound inside one cannot be honoured:
     keeping or dropping the window by its start would count events outside the range or
     miss events inside it. Refused, with the two bounds that can be answered."""

@@ -157,6 +157,8 @@ def collect(conn: psycopg.Connection, *, start: datetime, end: datetime, window:
         raise kpi.KpiError("start and end need a time zone (UTC is assumed by the command line)")
     if start >= end:
         raise kpi.KpiError(f"the range is empty: start {start.isoformat()} is not before end {end.isoformat()}")
+    for flag, moment in (("start", start), ("end", end)):    # else every KPI section would come back empty
+        kpi.refuse_unaligned(flag, moment)
     window = window or choose_window(start, end)
     if window not in kpi.WINDOWS:
         raise kpi.KpiError(f"window {window!r} is not one of {', '.join(kpi.WINDOWS)}")
