@@ -214,3 +214,23 @@ def test_a_rebuild_with_the_database_finishes_a_killed_compaction_first(
     assert len(archive_rows(archive)) == 60
     no_duplicates_anywhere(archive)
     assert db.execute("SELECT count(*) FROM raw_compactions WHERE state IN ('started', 'committed')").fetchone() == (0,)
+
+
+def test_a_query_planned_before_a_publication_reads_the_published_file(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """A manifest reader that took a staged path just before the output was published (its
+    staged copy then deleted) reads the file at its place in the tree instead of failing."""
+    many_small_files(ingest_fn, 12)
+    day = datetime(2026, 3, 5).date()
+    planned: list[Any] = []
+
+    def plan_now(step: str) -> None:
+        if step == "after_inputs_deleted":
+            planned.extend(manifest.files_in_range(db, start=datetime(2026, 3, 5, tzinfo=UTC),
+                                                   end=datetime(2026, 3, 6, tzinfo=UTC)))
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=plan_now)
+    assert [p.path.startswith("_staging/compaction/") for p in planned] == [True]
+    data = manifest.download_file(archive, planned[0].path)
+    assert data is not None and parquet.decode(data).num_rows == 60

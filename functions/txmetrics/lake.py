@@ -14,7 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import pyarrow as pa
 
-from .adapters import parquet
+from .adapters import manifest, parquet
 from .adapters.blob import BlobArchive
 from .query import REHYDRATION_HOURS
 
@@ -88,7 +88,7 @@ class Read(Generic[T]):
 def _read(archive: BlobArchive, path: str, outbox: bytes | None) -> pa.Table | None:
     if outbox is not None:              # committed, upload not yet confirmed: the outbox has the bytes
         return parquet.decode(outbox)
-    data = archive.download_unless_archived(path)
+    data = manifest.download_file(archive, path)
     return None if data is None else parquet.decode(data)
 
 

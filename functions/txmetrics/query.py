@@ -90,7 +90,7 @@ def query_events(conn: psycopg.Connection, archive: BlobArchive, start: datetime
             result.limited = True
             break
         # committed, upload not yet confirmed: the outbox has the bytes
-        data = f.outbox if f.state == "pending" and f.outbox is not None else archive.download_unless_archived(path)
+        data = f.outbox if f.state == "pending" and f.outbox is not None else manifest.download_file(archive, path)
         if data is None:
             result.archived.append(path)
             continue

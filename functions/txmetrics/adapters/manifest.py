@@ -18,9 +18,11 @@ from datetime import date, datetime
 from typing import Any
 
 import psycopg
+from azure.core.exceptions import ResourceNotFoundError
 
 from ..core.events import PaymentEvent
-from ..core.naming import datetime_to_us, us_to_datetime
+from ..core.naming import STAGING_PREFIX, datetime_to_us, us_to_datetime
+from .blob import BlobArchive
 
 LIVE_STATES = ("uploaded", "pending")
 # live files that can hold events in [start, end): the UTC date narrows the index scan, the
@@ -373,3 +375,15 @@ def finish_compaction(conn: psycopg.Connection, *, generation: str, state: str) 
         raise ValueError(f"a compaction finishes 'done' or 'aborted', not {state!r}")
     conn.execute("UPDATE raw_compactions SET state = %s, finished_at = now() WHERE generation = %s",
                  (state, generation))
+
+
+def download_file(archive: BlobArchive, path: str) -> bytes | None:
+    """A live file's bytes by the path the manifest gave (None: in the archive tier). A
+    compaction output read at its staging path may have been published meanwhile (uploaded to
+    its place in the tree before the staged copy goes, compaction.py): read it there."""
+    try:
+        return archive.download_unless_archived(path)
+    except ResourceNotFoundError:
+        if not path.startswith(STAGING_PREFIX):
+            raise
+        return archive.download_unless_archived(path[len(STAGING_PREFIX):])
