@@ -27,10 +27,9 @@ inputs of this run, and the next run picks them up.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -84,22 +83,6 @@ def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
     return fixed
 
 
-@contextlib.contextmanager
-def day_lock(conn: psycopg.Connection, day: date) -> Iterator[bool]:
-    """The day's compaction lock (a session advisory lock): True while held, False when
-    another process holds it (the timer and `txmetrics compact`, or a rebuild). Two runs of
-    one day would pick the same inputs: the slower one's recovery could then delete the
-    other's published output after its inputs were gone."""
-    key = day.toordinal()
-    row = conn.execute("SELECT pg_try_advisory_lock(hashtext('txmetrics.compact_day'), %s)", (key,)).fetchone()
-    held = bool(row and row[0])
-    try:
-        yield held
-    finally:
-        if held:
-            conn.execute("SELECT pg_advisory_unlock(hashtext('txmetrics.compact_day'), %s)", (key,))
-
-
 def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequence[date]) -> int:
     """Before a rebuild reads the tree: each day's unfinished compactions are finished or
     undone, as the next compaction would; a staged output no journal knows (the database was
@@ -112,7 +95,7 @@ def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequenc
         staged = [b.name for b in archive.list(compaction_staging_path(date_folder(day) + "/"))]
         if not staged and not manifest.unfinished_compactions(conn, day=day):
             continue
-        with day_lock(conn, day) as held:
+        with manifest.compaction_lock(conn, day) as held:
             if not held:
                 continue
             _recover(conn, archive, day)
@@ -173,7 +156,7 @@ def compact_day(conn: psycopg.Connection, archive: BlobArchive, day: date, *,
             crash_hook(name)
 
     report = CompactionReport(day=day)
-    with day_lock(conn, day) as held:
+    with manifest.compaction_lock(conn, day) as held:
         if not held:
             report.skipped_reason = "another compaction of this day is running"
             return report

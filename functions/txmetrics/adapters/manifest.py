@@ -12,7 +12,8 @@ none opens a transaction of its own, so each effect commits with the rows it rec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -355,6 +356,22 @@ def start_compaction(conn: psycopg.Connection, *, generation: str, day: date, in
         "VALUES (%s, %s, %s, %s, 'started') ON CONFLICT (generation) DO UPDATE SET state = 'started', "
         "output_paths = excluded.output_paths WHERE raw_compactions.state IN ('started', 'aborted')",
         (generation, day, list(input_ids), list(output_paths))).rowcount == 1
+
+
+@contextlib.contextmanager
+def compaction_lock(conn: psycopg.Connection, day: date) -> Iterator[bool]:
+    """The day's compaction lock (a session advisory lock): True while held, False when
+    another process holds it (the timer and `txmetrics compact`, or a rebuild). Two runs of
+    one day would pick the same inputs: the slower one's recovery could then delete the
+    other's published output after its inputs were gone."""
+    key = day.toordinal()
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtext('txmetrics.compact_day'), %s)", (key,)).fetchone()
+    held = bool(row and row[0])
+    try:
+        yield held
+    finally:
+        if held:
+            conn.execute("SELECT pg_advisory_unlock(hashtext('txmetrics.compact_day'), %s)", (key,))
 
 
 def compaction_state(conn: psycopg.Connection, *, generation: str) -> str | None:
