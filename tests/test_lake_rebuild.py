@@ -223,15 +223,8 @@ def test_days_past_retention_get_aggregates_only(
 def test_leftover_compaction_inputs_are_not_counted_twice(
         ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
         db: psycopg.Connection) -> None:
-    batches = corpus(n=600)
-    deliver_corpus(ingest_fn, batches)
-
-    def killed_before_deleting_inputs(step: str) -> None:
-        if step == "after_commit":
-            raise RuntimeError("killed")
-
-    with psycopg.connect(services.database_url, autocommit=True) as conn, pytest.raises(RuntimeError):
-        compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed_before_deleting_inputs)
+    deliver_corpus(ingest_fn, corpus(n=600))
+    kill_compaction_at(services, archive, "after_commit")      # before deleting the inputs
     inputs = [p for (p,) in db.execute("SELECT path FROM raw_files WHERE state = 'superseded' ORDER BY path")]
     assert len(inputs) > 2 and all(archive.has(p) for p in inputs)
     # the tree as a compaction killed there left it before outputs were staged (an older
@@ -248,46 +241,27 @@ def test_leftover_compaction_inputs_are_not_counted_twice(
     same_kpis(kpis(db), expected)
 
 
-def test_outputs_waiting_in_staging_are_restored_after_the_database_is_lost(
-        ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
-        db: psycopg.Connection) -> None:
-    """Killed after deleting its inputs and before publishing its outputs, a compaction leaves
-    the day's rows only in staging (outside raw_events/); a rebuild without the journal moves
-    them into the tree first, so nothing is lost."""
-    batches = corpus(n=600)
-    deliver_corpus(ingest_fn, batches)
-
-    def killed_between_delete_and_publish(step: str) -> None:
-        if step == "after_inputs_deleted":
-            raise RuntimeError("killed")
-
-    with psycopg.connect(services.database_url, autocommit=True) as conn, pytest.raises(RuntimeError):
-        compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed_between_delete_and_publish)
-    assert [b.name for b in archive.list("_staging/")]
-    expected = kpis(db)
-    ledger = db.execute("SELECT count(*) FROM ingested_events").fetchone()
-    empty_tables(db)
-    report = run(services, archive)
-    assert report.leftovers == [] and not [b.name for b in archive.list("_staging/")]
-    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == ledger
-    same_kpis(kpis(db), expected)
-
-
-@pytest.mark.parametrize("step", ["after_upload", "after_commit"])
-def test_staged_outputs_of_whole_inputs_are_dropped_after_the_database_is_lost(
-        step: str, ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
-        db: psycopg.Connection) -> None:
-    """Killed before deleting its inputs, a compaction leaves them whole beside its staged
-    outputs. Without the journal, a staged output whose events are all in the tree is dropped,
-    not published: the tree never holds an event twice, and nothing is left to delete by hand."""
-    deliver_corpus(ingest_fn, corpus(n=600))
-
+def kill_compaction_at(services: LocalServices, archive: BlobArchive, step: str) -> None:
+    """Compact DAY2 into one file and kill the run at `step`."""
     def killed(name: str) -> None:
         if name == step:
             raise RuntimeError("killed")
 
     with psycopg.connect(services.database_url, autocommit=True) as conn, pytest.raises(RuntimeError):
         compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed)
+
+
+@pytest.mark.parametrize("step", ["after_upload", "after_commit", "after_inputs_deleted"])
+def test_staged_outputs_are_settled_after_the_database_is_lost(
+        step: str, ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
+        db: psycopg.Connection) -> None:
+    """A compaction killed with outputs in staging (outside raw_events/) and no journal left:
+    an output whose events are all in the tree (inputs whole: killed before their deletion)
+    is dropped; one holding events no other file has (killed after it) is moved into the
+    tree. Either way nothing is lost, nothing is twice in the tree, nothing is left to
+    delete by hand."""
+    deliver_corpus(ingest_fn, corpus(n=600))
+    kill_compaction_at(services, archive, step)
     assert [b.name for b in archive.list("_staging/")]
     expected = kpis(db)
     ledger = db.execute("SELECT count(*) FROM ingested_events").fetchone()
