@@ -251,10 +251,11 @@ def kill_compaction_at(services: LocalServices, archive: BlobArchive, step: str)
         compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed)
 
 
-@pytest.mark.parametrize("step", ["after_upload", "after_commit", "after_inputs_deleted"])
+@pytest.mark.parametrize(("step", "workers"), [("after_upload", 1), ("after_commit", 1),
+                                                ("after_inputs_deleted", 1), ("after_inputs_deleted", 3)])
 def test_staged_outputs_are_settled_after_the_database_is_lost(
-        step: str, ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
-        db: psycopg.Connection) -> None:
+        step: str, workers: int, ingest_fn: Callable[[list[Any]], None], services: LocalServices,
+        archive: BlobArchive, db: psycopg.Connection) -> None:
     """A compaction killed with outputs in staging (outside raw_events/) and no journal left:
     an output whose events are all in the tree (inputs whole: killed before their deletion)
     is dropped; one holding events no other file has (killed after it) is moved into the
@@ -266,7 +267,14 @@ def test_staged_outputs_are_settled_after_the_database_is_lost(
     expected = kpis(db)
     ledger = db.execute("SELECT count(*) FROM ingested_events").fetchone()
     empty_tables(db)
-    report = run(services, archive)
+    if workers == 1:
+        report = run(services, archive)
+    else:     # settled once before the workers plan: none may plan while another publishes
+        settings = Settings(database_url=services.database_url,
+                            storage_connection_string=services.storage_connection_string, storage_account_url=None,
+                            raw_events_container=archive.container_name, metric_catalog=BUNDLED_CATALOG)
+        report = rebuild_in_parallel(settings, workers=workers, start=DAY1, end=DAY2 + timedelta(days=1),
+                                     today=TODAY)
     assert report.leftovers == [] and not [b.name for b in archive.list("_staging/")]
     keys = [(r[0], r[1]) for r in archive_rows(archive)]
     assert len(keys) == len(set(keys))

@@ -174,8 +174,8 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
     report = RebuildReport(start=start, end=end)
     state = Progress()
     days = [start + timedelta(days=i) for i in range((end - start).days)]
-    with store.autocommit_connection() as auto:          # compactions' outputs waiting in staging
-        settle_staging(auto, archive, days)
+    if shard[1] == 1:      # rebuild_in_parallel settles once, before its workers plan
+        _settle(store, archive, days)
     planned = _plan(store, archive, days, rows_since, ledger_since, report, shard)
     state.files_total = sum(1 for p in planned if p.mine)
     conn = store.connection()
@@ -380,6 +380,13 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
     if workers < 1:
         raise InvalidRequestError(f"workers must be at least 1, got {workers}")
     today = today or datetime.now(UTC).date()
+    from .pipeline import storage_of
+
+    store, archive = storage_of(settings)
+    try:
+        _settle(store, archive, [start + timedelta(days=i) for i in range((end - start).days)])
+    finally:
+        store.close()
     context = mp.get_context("spawn")
     messages: Any = context.Queue()
     processes = [context.Process(target=_worker, name=f"txmetrics-rebuild-{i}", daemon=True,
@@ -427,6 +434,13 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
         store.close()
     merged.seconds = state.seconds
     return merged
+
+
+def _settle(store: PostgresStore, archive: BlobArchive, days: Sequence[date]) -> None:
+    """Compactions' outputs waiting in staging, settled before any file is planned: a worker
+    planning while another published an output would miss it (its inputs are gone)."""
+    with store.autocommit_connection() as auto:
+        settle_staging(auto, archive, days)
 
 
 def _worker(settings: Settings, shard: tuple[int, int], start: date, end: date, rows_since: date | None,
