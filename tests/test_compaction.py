@@ -173,6 +173,10 @@ def test_one_compaction_of_a_day_at_a_time(ingest_fn: Callable[..., None], db: p
         assert late is not None and "already committed" in late
         monkeypatch.undo()
         compact_day(conn, archive, day, target_bytes=1 << 30)          # any later run
+        # the lock was released while `conn` stays open: a run on another connection is not turned away
+        with psycopg.connect(db.info.dsn, autocommit=True) as other:
+            assert compact_day(other, archive, day, target_bytes=1 << 30).skipped_reason != \
+                "another compaction of this day is running"
     assert archive.has(output) and len(archive_rows(archive)) == 60
     no_duplicates_anywhere(archive)
 
