@@ -28,7 +28,6 @@ inputs of this run, and the next run picks them up.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -44,6 +43,7 @@ from .adapters.manifest import RawFile
 from .core.naming import (
     STAGING_PREFIX,
     compacted_file_path,
+    compacted_generation,
     compaction_staging_path,
     date_folder,
     datetime_to_us,
@@ -70,7 +70,7 @@ def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
         if run.state == "started":
             for path in run.output_paths:
                 archive.delete(compaction_staging_path(path))
-                if not manifest.has_path(conn, path=path):
+                if path not in manifest.paths_in_manifest(conn, paths=[path]):
                     archive.delete(path)    # a run started before staging existed uploaded here
             manifest.finish_compaction(conn, generation=run.generation, state="aborted")
         else:
@@ -100,7 +100,7 @@ def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequenc
                 continue
             _recover(conn, archive, day)
             orphans = [name for name in staged
-                       if archive.has(name) and manifest.compaction_state(conn, generation=_generation(name)) is None]
+                       if archive.has(name) and manifest.compaction_state(conn, generation=compacted_generation(name) or "") is None]
             if not orphans:
                 continue
             in_tree = _keys(archive, [b.name for b in archive.list(date_folder(day) + "/")
@@ -112,14 +112,6 @@ def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequenc
                     published += 1
                 archive.delete(name)
     return published
-
-
-_GENERATION = re.compile(r"/compacted-[0-9]{8}-(?P<generation>[0-9a-f]+)-[0-9]{4}\.parquet$")
-
-
-def _generation(path: str) -> str:
-    m = _GENERATION.search(path)
-    return m.group("generation") if m else ""
 
 
 def _keys_of(table: pa.Table) -> set[tuple[str, int]]:
@@ -137,7 +129,7 @@ def _publish(conn: psycopg.Connection, archive: BlobArchive, path: str, data: by
     """Move a committed output from staging to its place in the tree (step 5); idempotent, so
     a crash between any two of its steps is finished by the next run."""
     staged = compaction_staging_path(path)
-    if manifest.has_path(conn, path=staged):
+    if staged in manifest.paths_in_manifest(conn, paths=[staged]):
         archive.upload(path, data if data is not None else archive.download(staged))
         manifest.move(conn, old_path=staged, new_path=path)
     archive.delete(staged)

@@ -245,12 +245,8 @@ def refuse_unaligned(flag: str, moment: datetime) -> None:
     """The rows hold whole 5-minute windows (UTC), so a bound inside one cannot be honoured:
     keeping or dropping the window by its start would count events outside the range or
     miss events inside it. Refused, with the two bounds that can be answered."""
-    stored = aggregates.STORED_WINDOW
-    us = datetime_to_us(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
-    off = us % (stored * 1_000_000)
-    if off:
-        before = us_to_datetime(us - off)
-        after = us_to_datetime(us - off + stored * 1_000_000)
+    before, after = whole_windows(moment, moment)
+    if before != after:
         raise KpiError(f"{flag} {moment.isoformat()} is inside a 5-minute window: the aggregates hold whole "
                        f"5-minute windows (UTC), so they cannot start or end a range there; use "
                        f"{before:%Y-%m-%dT%H:%M}Z or {after:%Y-%m-%dT%H:%M}Z (per-event figures for any range: "

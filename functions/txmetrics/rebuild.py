@@ -27,7 +27,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import pickle
 import queue
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,16 +54,13 @@ from .core.metrics import (
     dimension_keys,
     extract_metrics,
 )
-from .core.naming import date_folder
+from .core.naming import compacted_generation, date_folder
 from .errors import InvalidRequestError
 from .lake import CrashHook, DailyReport, Progress, ProgressCallback, read_ahead
 from .rollup import fresh_days, roll_day
 from .settings import Settings
 
 FOLD_EVERY_FILES = 500        # keeps aggregate_deltas (and each fold) bounded during a long rebuild
-_COMPACTED = re.compile(r"/compacted-[0-9]{8}-(?P<generation>[0-9a-f]+)-[0-9]{4}\.parquet$")
-
-
 @dataclass
 class DayReport:
     day: date
@@ -115,7 +111,7 @@ class _Planned:
 
     @property
     def compacted(self) -> bool:
-        return _COMPACTED.search(self.blob.name) is not None
+        return compacted_generation(self.blob.name) is not None
 
 
 class _SeenRows:
@@ -264,7 +260,7 @@ def _plan(store: PostgresStore, archive: BlobArchive, days: Sequence[date], rows
         day = report.days[d] = DayReport(d, mode_of(d, rows_since, ledger_since))
         with conn.transaction():
             known = manifest.paths_in_manifest(conn, paths=[b.name for b in blobs])
-        for b in sorted(blobs, key=lambda b: (_COMPACTED.search(b.name) is None, b.name)):
+        for b in sorted(blobs, key=lambda b: (compacted_generation(b.name) is None, b.name)):
             mine = zlib.crc32(b.name.encode()) % count == index
             if b.name in known:
                 day.known_files += int(mine)
@@ -317,7 +313,7 @@ def _prepare(catalog: Catalog, item: _Planned, table: pa.Table, *, ledger: bool,
         event_date=item.day, seq_min=int(pc.min(table.column("sequence_number")).as_py()),
         seq_max=int(pc.max(table.column("sequence_number")).as_py()),
         occurred_min_us=min(e.occurred_us for e in events), occurred_max_us=max(e.occurred_us for e in events),
-        row_count=table.num_rows, byte_size=item.blob.size, generation=_compacted_generation(item.blob.name),
+        row_count=table.num_rows, byte_size=item.blob.size, generation=compacted_generation(item.blob.name),
         metrics=catalog.metric_names)
     metric_rows = extract_metrics(events, catalog)
     return _Prepared(item, record, events, keys, dimensions, metric_rows, aggregate(events, metric_rows, catalog),
@@ -350,11 +346,6 @@ def _write(store: PostgresStore, catalog: Catalog, p: _Prepared, container: str,
     outcome = store.run_batch(work)
     assert outcome is None or isinstance(outcome, _Outcome)
     return outcome
-
-
-def _compacted_generation(path: str) -> str | None:
-    m = _COMPACTED.search(path)
-    return m.group("generation") if m else None
 
 
 def retention_since(retention: dict[str, int], today: date) -> tuple[date | None, date | None]:

@@ -300,11 +300,6 @@ def supersede(conn: psycopg.Connection, *, file_ids: Sequence[int], generation: 
                  (generation, list(file_ids)))
 
 
-def has_path(conn: psycopg.Connection, *, path: str) -> bool:
-    """Whether a file of the manifest has `path`."""
-    return conn.execute("SELECT 1 FROM raw_files WHERE path = %s", (path,)).fetchone() is not None
-
-
 def move(conn: psycopg.Connection, *, old_path: str, new_path: str) -> bool:
     """A file now lives at `new_path` (a compaction output published from staging); False when
     no file has `old_path` (moved already)."""

@@ -44,6 +44,16 @@ def compacted_file_path(day: date, generation: str, index: int) -> str:
     return f"{date_folder(day)}/compacted-{day:%Y%m%d}-{generation}-{index:04d}.parquet"
 
 
+_COMPACTED = re.compile(r"/compacted-[0-9]{8}-(?P<generation>[0-9a-f]+)-[0-9]{4}\.parquet$")
+
+
+def compacted_generation(path: str) -> str | None:
+    """The compaction generation in a compacted file's name (`compacted_file_path`), None
+    for any other file."""
+    m = _COMPACTED.search(path)
+    return m.group("generation") if m else None
+
+
 STAGING_PREFIX = "_staging/compaction/"
 
 
