@@ -245,3 +245,38 @@ def test_a_smallest_set_added_later_is_checked_too(deliver: Callable[..., None],
     assert [r.count for r in total] == [8]
     assert [r.count for r in kpi.query(db, metric="approved", start=kpi_time("2026-03-01T10:10Z"),
                                        end=kpi_time(END))] == [2]
+
+
+def test_two_smallest_sets_both_added_later_are_not_taken_for_the_whole(
+        deliver: Callable[..., None], db: psycopg.Connection, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """[] and [payment_method] both added after 6 events were stored under [merchant_id,
+    payment_method] only: they agree with each other (2 events), and only the larger set
+    knows the range had 8 (found by the second reviewer: the total answered 2 of 8)."""
+    def event(i: int) -> dict[str, Any]:
+        return {"event_id": f"w{i}", "transaction_id": "t", "occurred_at": f"2026-03-01T10:{i:02d}:00Z",
+                "merchant_id": f"m{i % 3}", "amount": 1, "currency": "EUR", "payment_method": "card",
+                "status": "approved"}
+
+    catalog = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    for sets, name, events in (([["merchant_id", "payment_method"]], "old.yaml", range(6)),
+                               ([[], ["payment_method"], ["merchant_id", "payment_method"]], "new.yaml",
+                                range(10, 12))):
+        catalog["dimension_sets"] = sets
+        (tmp_path / name).write_text(yaml.safe_dump(catalog))
+        monkeypatch.setenv("METRIC_CATALOG", str(tmp_path / name))
+        deliver([event(i) for i in events], partition_id="0", first_sequence=events[0])
+    assert [r.count for r in kpi.query(db, metric="approved", start=kpi_time(START), end=kpi_time(END))] == [8]
+    assert [(r.dimensions, r.count) for r in kpi.query(db, metric="approved", start=kpi_time(START),
+                                                        end=kpi_time(END), group_by=["payment_method"])] == [
+        ({"payment_method": "card"}, 8)]
+    # from the change on, the small sets hold every event and answer
+    assert [r.count for r in kpi.query(db, metric="approved", start=kpi_time("2026-03-01T10:10Z"),
+                                       end=kpi_time(END))] == [2]
+    # a set no longer in the catalog still tells what the range held: [merchant_id,
+    # payment_method] dropped, the total is refused rather than answered with 2 of 8
+    catalog["dimension_sets"] = [[], ["payment_method"]]
+    (tmp_path / "dropped.yaml").write_text(yaml.safe_dump(catalog))
+    monkeypatch.setenv("METRIC_CATALOG", str(tmp_path / "dropped.yaml"))
+    with pytest.raises(kpi.KpiError, match=r"misses events of the range: \[merchant_id, payment_method\] counts 8"):
+        kpi.query(db, metric="approved", start=kpi_time(START), end=kpi_time(END))

@@ -65,10 +65,8 @@ class KpiPlan:
     dimension_set: tuple[str, ...]
     group_by: tuple[str, ...]
     filters: dict[str, str]
-    # every stored set that holds the query, smallest first (dimension_set is the first), and
-    # the metric's two smallest sets: what `_complete_set` compares them with
+    # every stored set that holds the query, smallest first (dimension_set is the first)
     covering: tuple[tuple[str, ...], ...] = ()
-    witnesses: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -147,8 +145,7 @@ def plan(catalog: Catalog, metric: str, group_by: list[str] | tuple[str, ...] = 
             f"dimension_sets in {catalog.path} (filled from the events ingested after the change)")
     ordered = tuple(sorted(covering, key=len))   # fewest rows to merge first; equals in catalog order
     return KpiPlan(metric=chosen_metric, dimension_set=ordered[0], group_by=grouping,
-                   filters={k: str(v) for k, v in filters.items()}, covering=ordered,
-                   witnesses=tuple(sorted(sets, key=len)[:2]))
+                   filters={k: str(v) for k, v in filters.items()}, covering=ordered)
 
 
 def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime,
@@ -205,27 +202,23 @@ def _complete_set(conn: psycopg.Connection, chosen: KpiPlan, start: datetime, en
     Each stored set of a metric counts every event once, so a set counting fewer events
     than another misses some: a set added to the catalog holds only the events ingested
     after the change (an audit found `--by merchant_id` answering 2 of 8 events from a new
-    [merchant_id] set). The expected count is the larger of the metric's two smallest sets'
-    (cheap to count, and one of them may itself be the newer); a covering set that counts
-    fewer is passed over for the next one; when every covering set does, the query is
-    refused, saying why."""
-    if len(chosen.witnesses) < 2:
+    [merchant_id] set). The expected count is the largest of every stored set's, counted in
+    one pass over the metric's rows of the range (the pass each single count already made:
+    the rows are found by metric and time, then by set); sets the catalog no longer names
+    count too, since they may be the only ones that saw the range's start. A covering set
+    that counts fewer is passed over for the next one; when every covering set does, the
+    query is refused, saying why."""
+    counted = aggregates.event_counts(conn, metric=chosen.metric.name, start=start, end=end,
+                                      use_rollups=use_rollups)
+    if not counted:
         return chosen
-    counted: dict[tuple[str, ...], int] = {}
-
-    def count(dims: tuple[str, ...]) -> int:
-        if dims not in counted:
-            counted[dims] = aggregates.event_count(conn, metric=chosen.metric.name, dimension_set=dims, start=start,
-                                                   end=end, use_rollups=use_rollups)
-        return counted[dims]
-
-    witness = max(chosen.witnesses, key=count)
-    expected = count(witness)
+    witness = max(counted, key=lambda dims: (counted[dims], -len(dims)))
+    expected = counted[witness]
     short = []
     for dims in chosen.covering:
-        if count(dims) >= expected:
+        if counted.get(dims, 0) >= expected:
             return chosen if dims == chosen.dimension_set else replace(chosen, dimension_set=dims)
-        short.append(f"{describe_set(dims)} counts {count(dims)}")
+        short.append(f"{describe_set(dims)} counts {counted.get(dims, 0)}")
     raise KpiError(
         f"every stored set of {chosen.metric.name!r} that holds this query misses events of the range: "
         f"{describe_set(witness)} counts {expected}, {', '.join(short)} (a set added to the catalog holds "

@@ -176,18 +176,22 @@ def merged_histograms(conn: psycopg.Connection, *, metric: str, dimension_set: t
             for bucket, g, n, s, lo, hi, z, pos, neg in conn.execute(sql, params).fetchall()]
 
 
-def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tuple[str, ...], start: datetime,
+def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tuple[str, ...] | None, start: datetime,
                    end: datetime, window_seconds: int | None, use_rollups: bool = True, counts_only: bool = False
                    ) -> tuple[str, dict[str, Any]]:
     """The one source of histogram rows for KPIs: SQL (and its parameters) yielding
     (bucket, dimensions, count, sum, min, max, zero_count, pos_offset, pos_counts,
     neg_offset, neg_counts) for `metric`'s rows stored under exactly `dimension_set` in
     [start, end); `bucket` is the window of `window_seconds` the row falls in (NULL without).
+    `counts_only` yields (dimensions, count) instead; with it, `dimension_set` None reads
+    the rows of every stored set.
 
     Full days with a fresh daily rollup are read from it (1 row instead of 288), the rest
     from the 5-minute rows; rollups cannot serve sub-day windows. Every reader goes through
     here, so rows from another place (e.g. pending per-batch deltas) are added once, here."""
-    keys = sorted(dimension_set)
+    if dimension_set is None and not counts_only:
+        raise ValueError("histogram rows are merged within one dimension set: name it")
+    keys = sorted(dimension_set or ())
     bucket_expr = "NULL::timestamptz"
     if window_seconds is not None:
         bucket_expr = f"date_bin(interval '{int(window_seconds)} seconds', window_start, timestamptz 'epoch')"
@@ -196,6 +200,8 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
     where = """metric_name = %(metric)s
                     AND dimensions ?& %(keys)s::text[]
                     AND (SELECT count(*) FROM jsonb_object_keys(dimensions)) = cardinality(%(keys)s::text[])"""
+    if dimension_set is None:
+        where = "metric_name = %(metric)s"
     columns = f"{bucket_expr} AS bucket, dimensions, count, sum, min, max, zero_count"
     # 5-minute rows as every reader must see them: folded rows plus pending deltas
     # (aggregate_histograms_current). A day with a fresh rollup: the rollup (folded rows only)
@@ -208,7 +214,7 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
                "max, zero_count, pos_keys[1], txm_hist_dense(pos_keys, pos_counts), neg_keys[1], "
                "txm_hist_dense(neg_keys, neg_counts) FROM aggregate_deltas")
     if counts_only:      # the same rows, counts only: folded and pending need no merging into keys first
-        currents = ["SELECT count FROM aggregate_histograms", "SELECT count FROM aggregate_deltas"]
+        currents = ["SELECT dimensions, count FROM aggregate_histograms", "SELECT dimensions, count FROM aggregate_deltas"]
         rollup, pending = currents
     parts = []
     if rolled:
@@ -226,16 +232,20 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
     return " UNION ALL ".join(parts), params
 
 
-def event_count(conn: psycopg.Connection, *, metric: str, dimension_set: tuple[str, ...], start: datetime,
-                end: datetime, use_rollups: bool = True) -> int:
-    """How many events `metric`'s rows under exactly `dimension_set` count in [start, end):
-    the same rows `histogram_rows` reads, counts only. Every stored set of a metric counts
+def event_counts(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime,
+                 use_rollups: bool = True) -> dict[tuple[str, ...], int]:
+    """How many events `metric`'s rows count in [start, end), per stored dimension set (its
+    sorted names), whether or not the catalog in effect still names it: the same rows
+    `histogram_rows` reads, counts only, in one pass. Every stored set of a metric counts
     each event once, so a set that counts fewer than another misses events: one added to the
     catalog after them (kpi.py chooses by this)."""
-    sql, params = histogram_rows(conn, metric=metric, dimension_set=dimension_set, start=start, end=end,
+    sql, params = histogram_rows(conn, metric=metric, dimension_set=None, start=start, end=end,
                                  window_seconds=None, use_rollups=use_rollups, counts_only=True)
-    row = conn.execute(f"SELECT coalesce(sum(count), 0)::bigint FROM ({sql}) AS r", params).fetchone()
-    return int(row[0]) if row else 0
+    # summed per dimensions first: the names are read once per group, not once per row
+    rows = conn.execute(f"SELECT ARRAY(SELECT jsonb_object_keys(dimensions) ORDER BY 1), sum(n)::bigint "
+                        f"FROM (SELECT dimensions, sum(count) AS n FROM ({sql}) AS r GROUP BY 1) AS g GROUP BY 1",
+                        params).fetchall()
+    return {tuple(keys): int(n) for keys, n in rows}
 
 
 def _rolled_days(conn: psycopg.Connection, start: datetime, end: datetime) -> set[date]:
