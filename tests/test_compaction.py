@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import pyarrow.compute as pc
 import pytest
 
 from localdev.eventhub import make_batch
-from tests.helpers import archive_rows
+from tests.helpers import archive_rows, empty_tables
 from txmetrics import compaction
 from txmetrics.adapters import manifest, parquet
 from txmetrics.adapters.blob import BlobArchive
@@ -71,7 +73,8 @@ def test_compaction_of_hundreds_of_files(ingest_fn: Callable[..., None], db: psy
     assert [r for t in found for r in t["event_id"].to_pylist()] == ["c-0-7-3"]
 
 
-STEPS = ["after_intent", "after_upload", "before_commit", "after_commit", "after_inputs_deleted", "after_publish"]
+STEPS = ["after_intent", "after_upload", "before_commit", "after_commit", "after_an_input_deleted",
+         "after_inputs_deleted", "after_publish"]
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -238,3 +241,38 @@ def test_a_query_planned_before_a_publication_reads_the_published_file(
     assert [p.path.startswith("_staging/compaction/") for p in planned] == [True]
     data = manifest.download_file(archive, planned[0].path)
     assert data is not None and parquet.decode(data).num_rows == 60
+
+
+def test_settling_a_lost_compaction_deletes_only_inputs_its_outputs_wholly_hold(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """A compaction killed after deleting one of its inputs, then the database lost: settling
+    its staged output deletes the surviving inputs and publishes it, but never a file holding
+    an event the output lacks, nor one written after the output (it cannot be an input):
+    raw events are a compliance archive, and an event seen twice can be told, a lost one not."""
+    many_small_files(ingest_fn, 12)
+    day = datetime(2026, 3, 5).date()
+    before = archive_rows(archive)
+
+    def killed(step: str) -> None:
+        if step == "after_an_input_deleted":
+            raise RuntimeError("killed")
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        with pytest.raises(RuntimeError):
+            compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
+        inputs = [p for (p,) in conn.execute("SELECT path FROM raw_files WHERE state = 'superseded' ORDER BY path")]
+        survivors = [p for p in inputs if archive.has(p)]
+        assert len(survivors) == 11
+        # the output lacks one event of the first survivor (as if that file held an event the
+        # run never read); the second survivor is written again after the output
+        (staged,) = [b.name for b in archive.list("_staging/")]
+        output = parquet.decode(archive.download(staged))
+        lacking = parquet.decode(archive.download(survivors[0]))["sequence_number"][0].as_py()
+        archive.upload(staged, parquet.encode(output.filter(pc.not_equal(output["sequence_number"], lacking))))
+        time.sleep(1.1)                             # blob times have whole seconds
+        archive.upload(survivors[1], archive.download(survivors[1]))
+        empty_tables(conn)                          # the database lost: no journal knows the output
+        report = compaction.settle_staging(conn, archive, [day])
+    assert report.inputs_deleted == survivors[2:] and report.published == [staged.removeprefix("_staging/compaction/")]
+    assert archive.has(survivors[0]) and archive.has(survivors[1])
+    assert set(archive_rows(archive)) == set(before)            # nothing lost (the kept files' events are twice)

@@ -252,16 +252,21 @@ def kill_compaction_at(services: LocalServices, archive: BlobArchive, step: str)
 
 
 @pytest.mark.parametrize(("step", "workers"), [("after_upload", 1), ("after_commit", 1),
+                                                ("after_an_input_deleted", 1), ("after_an_input_deleted", 3),
                                                 ("after_inputs_deleted", 1), ("after_inputs_deleted", 3)])
 def test_staged_outputs_are_settled_after_the_database_is_lost(
         step: str, workers: int, ingest_fn: Callable[[list[Any]], None], services: LocalServices,
         archive: BlobArchive, db: psycopg.Connection) -> None:
     """A compaction killed with outputs in staging (outside raw_events/) and no journal left:
-    an output whose events are all in the tree (inputs whole: killed before their deletion)
-    is dropped; one holding events no other file has (killed after it) is moved into the
-    tree. Either way nothing is lost, nothing is twice in the tree, nothing is left to
+    outputs whose events are all in the tree (inputs whole: killed before their deletion)
+    are dropped; outputs holding events no other file has (killed after the deletion began)
+    finish the run: its surviving inputs, every event of which the outputs hold, are deleted
+    (killed after the first of them: the rest had been left beside the published output, the
+    tree holding their events twice), then the outputs move into the tree. Either way the
+    tree holds every event once, the manifest names exactly its files, nothing is left to
     delete by hand."""
     deliver_corpus(ingest_fn, corpus(n=600))
+    events = archive_rows(archive)
     kill_compaction_at(services, archive, step)
     assert [b.name for b in archive.list("_staging/")]
     expected = kpis(db)
@@ -276,10 +281,12 @@ def test_staged_outputs_are_settled_after_the_database_is_lost(
         report = rebuild_in_parallel(settings, workers=workers, start=DAY1, end=DAY2 + timedelta(days=1),
                                      today=TODAY)
     assert report.leftovers == [] and not [b.name for b in archive.list("_staging/")]
-    keys = [(r[0], r[1]) for r in archive_rows(archive)]
-    assert len(keys) == len(set(keys))
+    assert archive_rows(archive) == events               # every event once in the tree: none lost, none twice
+    assert bool(report.staging.inputs_deleted) == (step == "after_an_input_deleted")
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == ledger
     same_kpis(kpis(db), expected)
+    live = {p for (p,) in db.execute("SELECT path FROM raw_files WHERE state = 'uploaded'")}
+    assert live == {b.name for b in archive.list()}
 
 
 def test_the_rebuild_command(original: dict[str, Any], services: LocalServices, archive: BlobArchive,

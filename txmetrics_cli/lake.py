@@ -226,6 +226,11 @@ def rebuild_command(
                                               if retention else ": rows and ledger restored for every day"))
     if report.rolled_up:
         note(f"rolled up {len(report.rolled_up)} finished day(s)")
+    staging = report.staging
+    if staging.published or staging.inputs_deleted:
+        note(f"finished {len(staging.published)} interrupted compaction output(s) from staging (the database had lost "
+             f"their journal): published into the tree, and {len(staging.inputs_deleted)} of their surviving input(s) "
+             "deleted (every event of theirs is in the outputs)")
     if report.leftovers:
         note(f"{len(report.leftovers)} file(s) are leftover compaction inputs (their rows are in a compacted file) and "
              f"were not restored; delete them: {' '.join(report.leftovers)}")

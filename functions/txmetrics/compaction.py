@@ -38,8 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .adapters import manifest, parquet
-from .adapters.blob import BlobArchive
+from .adapters.blob import BlobArchive, BlobInfo
 from .adapters.manifest import RawFile
+from .core.archive_keys import ArchiveKeys
 from .core.naming import (
     STAGING_PREFIX,
     compacted_file_path,
@@ -83,46 +84,85 @@ def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
     return fixed
 
 
-def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequence[date]) -> int:
+@dataclass
+class StagingReport:
+    """What `settle_staging` did with the compaction outputs in staging that no journal knew."""
+
+    published: list[str] = field(default_factory=list)     # moved into the tree (their tree paths)
+    dropped: list[str] = field(default_factory=list)       # deleted: every event of theirs is in the tree
+    inputs_deleted: list[str] = field(default_factory=list)  # surviving inputs of an interrupted deletion
+
+
+def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequence[date]) -> StagingReport:
     """Before a rebuild reads the tree: each day's unfinished compactions are finished or
-    undone, as the next compaction would; a staged output no journal knows (the database was
-    lost, or restored from before its compaction) is published into the tree when some of
-    its events are in no other file of the day (its inputs were deleted), and deleted when
-    they all are (its inputs are whole). A day whose compaction is running is left to it.
-    Returns how many staged outputs it published."""
-    published = 0
+    undone, as the next compaction would. Outputs in staging that no journal knows (the
+    database was lost, or restored from before their compaction) are settled per compaction
+    (generation), from what the tree holds:
+
+    - every event of its staged outputs is in the tree: it was killed before its inputs'
+      deletion, the inputs are whole; the staged outputs are deleted;
+    - else its inputs' deletion had begun (killed, or a delete failed, part way through): it
+      is finished as the run would have finished it: the files of the day whose every event
+      is in its staged outputs (its surviving inputs) are deleted, then the outputs published.
+      A file holding any event the outputs lack is never deleted, nor one written after
+      them (it cannot be an input); such a file then stands beside the published output (the
+      rebuild restores its rows once and lists it when it is wholly covered).
+
+    A day whose compaction is running is left to it."""
+    report = StagingReport()
     for day in days:
-        staged = [b.name for b in archive.list(compaction_staging_path(date_folder(day) + "/"))]
+        staged = [b for b in archive.list(compaction_staging_path(date_folder(day) + "/"))
+                  if b.name.endswith(".parquet")]
         if not staged and not manifest.unfinished_compactions(conn, day=day):
             continue
         with manifest.compaction_lock(conn, day) as held:
             if not held:
                 continue
             _recover(conn, archive, day)
-            orphans = [name for name in staged
-                       if archive.has(name) and manifest.compaction_state(conn, generation=compacted_generation(name) or "") is None]
-            if not orphans:
-                continue
-            in_tree = _keys(archive, [b.name for b in archive.list(date_folder(day) + "/")
-                                      if b.name.endswith(".parquet")])
-            for name in orphans:
-                data = archive.download(name)
-                if not _keys_of(parquet.decode(data)) <= in_tree:
-                    archive.upload(name[len(STAGING_PREFIX):], data)
-                    published += 1
-                archive.delete(name)
-    return published
+            orphans: dict[str, list[BlobInfo]] = {}
+            for blob in staged:
+                generation = compacted_generation(blob.name) or ""
+                if archive.has(blob.name) and manifest.compaction_state(conn, generation=generation) is None:
+                    orphans.setdefault(generation, []).append(blob)
+            for generation, outputs in orphans.items():
+                _settle_orphans(conn, archive, day, generation, outputs, report)
+    return report
 
 
-def _keys_of(table: pa.Table) -> set[tuple[str, int]]:
-    return set(zip(table["partition_id"].to_pylist(), table["sequence_number"].to_pylist(), strict=True))
-
-
-def _keys(archive: BlobArchive, paths: list[str]) -> set[tuple[str, int]]:
-    keys: set[tuple[str, int]] = set()
-    for path in paths:
-        keys |= _keys_of(parquet.decode(archive.download(path)))
-    return keys
+def _settle_orphans(conn: psycopg.Connection, archive: BlobArchive, day: date, generation: str,
+                    outputs: list[BlobInfo], report: StagingReport) -> None:
+    """One compaction's staged outputs that no journal knows (see `settle_staging`). Its
+    events' keys are held as numpy columns (core.archive_keys), 9 bytes an event."""
+    staged_keys = ArchiveKeys()
+    for blob in outputs:
+        staged_keys.add(parquet.decode_keys(archive.download(blob.name)))
+    written = min(b.last_modified for b in outputs)
+    covered: list[str] = []                    # files of the day all of whose events the outputs hold
+    for blob in archive.list(date_folder(day) + "/"):
+        if not blob.name.endswith(".parquet") or compacted_generation(blob.name) == generation:
+            continue                           # an output of this compaction already published
+        keys = parquet.decode_keys(archive.download(blob.name))
+        staged_keys.mark(keys)
+        if blob.last_modified <= written and staged_keys.contains(keys).all():
+            covered.append(blob.name)
+    if staged_keys.all_marked():               # the inputs are whole: the staged copies go
+        for blob in outputs:
+            archive.delete(blob.name)
+            report.dropped.append(blob.name)
+        return
+    # Finish the deletion the run began, then publish, in its order: the tree never holds an
+    # event twice. A kill in between is finished by the next settle (the outputs are still
+    # staged, and hold events the tree lacks). A manifest that still lists an input (a
+    # database restored from a backup) is told it is superseded, as the run's commit did.
+    if listed := manifest.live_ids_of(conn, paths=covered):
+        manifest.supersede(conn, file_ids=listed, generation=generation)
+    for path in covered:
+        archive.delete(path)
+        report.inputs_deleted.append(path)
+    for blob in outputs:
+        archive.upload(blob.name[len(STAGING_PREFIX):], archive.download(blob.name))
+        archive.delete(blob.name)
+        report.published.append(blob.name[len(STAGING_PREFIX):])
 
 
 def _publish(conn: psycopg.Connection, archive: BlobArchive, path: str, data: bytes | None = None) -> None:
@@ -216,6 +256,7 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     crash_point("after_commit")
     for _, path in small:                                                            # 5
         archive.delete(path)
+        crash_point("after_an_input_deleted")
     crash_point("after_inputs_deleted")
     for path, _, data in written:
         _publish(conn, archive, path, data)

@@ -16,10 +16,13 @@ Afterwards the deltas are folded and finished days rolled up, so KPIs equal the 
 database's, and a redelivery of archived events (within the ledger's retention) adds
 nothing. failed_items cannot come back: bad events never reach the lake.
 
-Compaction leftovers: a crash between a compaction's commit and the deletion of its inputs
-leaves input files beside the output that holds their rows. Compacted files are read first
-each day; a file whose (partition, sequence number) rows are all in that day's compacted
-files is not restored, and is reported (delete it); rows partly covered are restored once.
+Compaction leftovers: compaction outputs waiting in staging are settled first
+(compaction.settle_staging): an interrupted compaction is finished, its surviving inputs
+deleted, or undone, so the tree holds each event once. An archive from before staging
+existed may still hold input files beside the compacted file holding their rows: compacted
+files are read first each day; a file whose (partition, sequence number) rows are all in
+that day's compacted files is not restored, and is reported (delete it); rows partly
+covered are restored once.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -42,8 +43,9 @@ from .adapters import manifest, parquet, partitions
 from .adapters.blob import ARCHIVE_TIER, BlobArchive, BlobInfo
 from .adapters.manifest import RawFile
 from .adapters.postgres import PostgresStore
-from .compaction import settle_staging
+from .compaction import StagingReport, settle_staging
 from .core import histogram
+from .core.archive_keys import ArchiveKeys
 from .core.catalog import Catalog
 from .core.events import PaymentEvent
 from .core.metrics import (
@@ -88,6 +90,7 @@ class RebuildReport(DailyReport[DayReport]):
     days: dict[date, DayReport] = field(default_factory=dict)
     archived: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    staging: StagingReport = field(default_factory=StagingReport)     # compactions settled before planning
     rolled_up: list[date] = field(default_factory=list)
     seconds: float = 0.0
     restore_seconds: float = 0.0       # until every file was committed (then: the fold and the rollups)
@@ -114,44 +117,6 @@ class _Planned:
         return compacted_generation(self.blob.name) is not None
 
 
-class _SeenRows:
-    """(partition_id, sequence_number) of a day's compacted rows, exactly: per partition a
-    sorted array of sequence numbers (8 bytes a row)."""
-
-    def __init__(self) -> None:
-        self._parts: dict[str, list[npt.NDArray[np.int64]]] = {}
-        self._sorted: dict[str, npt.NDArray[np.int64]] = {}
-
-    def add(self, table: pa.Table) -> None:
-        for pid, seqs in _by_partition(table).items():
-            self._parts.setdefault(pid, []).append(seqs)
-            self._sorted.pop(pid, None)
-
-    def covered(self, table: pa.Table) -> npt.NDArray[np.bool_]:
-        """Per row of `table`: is its (partition, sequence number) among the rows added."""
-        out = np.zeros(table.num_rows, dtype=bool)
-        if not self._parts:
-            return out
-        pids = table.column("partition_id").to_numpy(zero_copy_only=False)
-        seqs = table.column("sequence_number").to_numpy()
-        for pid in np.unique(pids):
-            if pid not in self._parts:
-                continue
-            known = self._sorted.get(pid)
-            if known is None:
-                known = self._sorted[pid] = np.sort(np.concatenate(self._parts[pid]))
-            rows = np.flatnonzero(pids == pid)
-            at = np.searchsorted(known, seqs[rows])
-            out[rows] = (at < len(known)) & (known[np.minimum(at, len(known) - 1)] == seqs[rows])
-        return out
-
-
-def _by_partition(table: pa.Table) -> dict[str, npt.NDArray[np.int64]]:
-    pids = table.column("partition_id").to_numpy(zero_copy_only=False)
-    seqs = table.column("sequence_number").to_numpy()
-    return {str(pid): seqs[pids == pid].astype(np.int64) for pid in np.unique(pids)}
-
-
 def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, start: date, end: date,
             rows_since: date | None = None, ledger_since: date | None = None, today: date | None = None,
             progress: ProgressCallback | None = None, crash_hook: CrashHook | None = None,
@@ -171,7 +136,7 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
     state = Progress()
     days = [start + timedelta(days=i) for i in range((end - start).days)]
     if shard[1] == 1:      # rebuild_in_parallel settles once, before its workers plan
-        _settle(store, archive, days)
+        report.staging = _settle(store, archive, days)
     planned = _plan(store, archive, days, rows_since, ledger_since, report, shard)
     state.files_total = sum(1 for p in planned if p.mine)
     conn = store.connection()
@@ -179,7 +144,7 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
                                days={p.day for p in planned if ledger_since is None or p.day >= ledger_since})
     partitions.ensure_each_day(conn, table="dynamic_metrics",
                                days={p.day for p in planned if rows_since is None or p.day >= rows_since})
-    seen: dict[date, _SeenRows] = {}
+    seen: dict[date, ArchiveKeys] = {}    # per day, the keys of its compacted files
     since_fold = 0
     for read in read_ahead(archive, planned, lambda p: (p.blob.name, None)):
         item, table = read.item, read.table
@@ -189,13 +154,13 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
             day.archived += 1
             state.files_done += 1
             continue
-        rows_seen = seen.setdefault(item.day, _SeenRows())
+        rows_seen = seen.setdefault(item.day, ArchiveKeys())
         if item.compacted:
-            rows_seen.add(table)
+            rows_seen.add(parquet.keys_of(table))
             if not item.mine:
                 continue                      # another worker's: read for its rows only
         else:
-            covered = rows_seen.covered(table)
+            covered = rows_seen.contains(parquet.keys_of(table))
             if covered.all():
                 report.leftovers.append(item.blob.name)
                 day.leftover_files += 1
@@ -375,7 +340,7 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
 
     store, archive = storage_of(settings)
     try:
-        _settle(store, archive, [start + timedelta(days=i) for i in range((end - start).days)])
+        staging = _settle(store, archive, [start + timedelta(days=i) for i in range((end - start).days)])
     finally:
         store.close()
     context = mp.get_context("spawn")
@@ -415,6 +380,7 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
             if p.is_alive():
                 p.terminate()
     merged = _merge(reports, start, end)
+    merged.staging = staging
     merged.restore_seconds = state.seconds
     store = PostgresStore(settings.require_database(), entra=settings.database_auth == "entra",
                           managed_identity_client_id=settings.managed_identity_client_id)
@@ -427,11 +393,11 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
     return merged
 
 
-def _settle(store: PostgresStore, archive: BlobArchive, days: Sequence[date]) -> None:
+def _settle(store: PostgresStore, archive: BlobArchive, days: Sequence[date]) -> StagingReport:
     """Compactions' outputs waiting in staging, settled before any file is planned: a worker
     planning while another published an output would miss it (its inputs are gone)."""
     with store.autocommit_connection() as auto:
-        settle_staging(auto, archive, days)
+        return settle_staging(auto, archive, days)
 
 
 def _worker(settings: Settings, shard: tuple[int, int], start: date, end: date, rows_since: date | None,

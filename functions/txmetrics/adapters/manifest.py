@@ -306,6 +306,14 @@ def move(conn: psycopg.Connection, *, old_path: str, new_path: str) -> bool:
     return conn.execute("UPDATE raw_files SET path = %s WHERE path = %s", (new_path, old_path)).rowcount == 1
 
 
+def live_ids_of(conn: psycopg.Connection, *, paths: Sequence[str]) -> list[int]:
+    """The ids of the live files (uploaded or pending) at `paths`."""
+    if not paths:
+        return []
+    return [int(i) for (i,) in conn.execute("SELECT id FROM raw_files WHERE path = ANY(%s) AND state IN "
+                                            "('uploaded', 'pending')", (list(paths),)).fetchall()]
+
+
 def paths_of(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> list[str]:
     return [str(p) for (p,) in conn.execute("SELECT path FROM raw_files WHERE id = ANY(%s)",
                                             (list(file_ids),)).fetchall()]

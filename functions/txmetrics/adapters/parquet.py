@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core import fields
+from ..core.archive_keys import KeyColumns
 from ..core.events import AMOUNT_SCALE, PaymentEvent, document_of_payload
 
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -102,6 +103,17 @@ def encode(table: pa.Table) -> bytes:
 def decode(data: bytes) -> pa.Table:
     """A raw file as a table of the schema in effect: columns the file predates are null."""
     return pq.read_table(io.BytesIO(data), schema=raw_event_schema())
+
+
+def keys_of(table: pa.Table) -> KeyColumns:
+    """The rows' archive keys (partition_id, sequence_number) as numpy columns."""
+    return (table.column("partition_id").to_numpy(zero_copy_only=False),
+            table.column("sequence_number").to_numpy().astype("int64"))
+
+
+def decode_keys(data: bytes) -> KeyColumns:
+    """A raw file's archive keys only: two columns read, the payloads never decoded."""
+    return keys_of(pq.read_table(io.BytesIO(data), columns=["partition_id", "sequence_number"]))
 
 
 def events_from_table(table: pa.Table) -> list[PaymentEvent]:
