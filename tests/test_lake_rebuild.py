@@ -289,6 +289,24 @@ def test_staged_outputs_are_settled_after_the_database_is_lost(
     assert live == {b.name for b in archive.list()}
 
 
+def test_a_staged_output_of_a_day_past_retention_is_not_published_back(
+        ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
+        db: psycopg.Connection) -> None:
+    """The raw archive's lifecycle rule deletes a day's files at their age; a staged output
+    of that day (written later, so deleted later) then looks like the only copy of its
+    events, and would be published back. Past the raw retention (`raw_since`), it is left in
+    staging for its own lifecycle rule, and the tree stays as retention left it."""
+    deliver_corpus(ingest_fn, corpus(n=600))
+    kill_compaction_at(services, archive, "after_inputs_deleted")       # published, within retention
+    staged = sorted(b.name for b in archive.list("_staging/"))
+    tree = sorted(b.name for b in archive.list("raw_events/"))
+    empty_tables(db)
+    report = run(services, archive, raw_since=DAY2 + timedelta(days=1))
+    assert report.staging.past_retention == staged and report.staging.published == []
+    assert sorted(b.name for b in archive.list("_staging/")) == staged
+    assert sorted(b.name for b in archive.list("raw_events/")) == tree
+
+
 def test_the_rebuild_command(original: dict[str, Any], services: LocalServices, archive: BlobArchive,
                              db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     empty_tables(db)

@@ -207,22 +207,25 @@ def rebuild_command(
     archive = context.archive(container)
     retention, source = _retention(stack)
     today = datetime.now(UTC).date()
-    rows_since, ledger_since = retention_since(retention, today) if retention else (None, None)
+    rows_since, ledger_since, raw_since = retention_since(retention, today) if retention else (None, None, None)
     first: date = start.date()
     store = _store()
     with _running("rebuild", store) as progress:
         if workers == 1:
             report = rebuild(store=store, archive=archive, catalog=catalog, start=first, end=end.date(),
-                             rows_since=rows_since, ledger_since=ledger_since, today=today, progress=progress)
+                             rows_since=rows_since, ledger_since=ledger_since, raw_since=raw_since, today=today,
+                             progress=progress)
         else:
             settings = dataclasses.replace(context.settings(), raw_events_container=container)
             report = rebuild_in_parallel(settings, workers=workers, start=first, end=end.date(),
-                                         rows_since=rows_since, ledger_since=ledger_since, today=today,
+                                         rows_since=rows_since, ledger_since=ledger_since, raw_since=raw_since,
+                                         today=today,
                                          progress=progress)
     emit(report.records(), fmt, columns=REBUILD_COLUMNS)
     rate = report.events / report.seconds if report.seconds else 0.0
     note(f"rebuilt {report.files:,} file(s), {report.events:,} event(s) in {report.seconds:.1f} s ({rate:,.0f} "
-         f"events/s); retention: {source}" + (f" (rows from {rows_since}, ledger from {ledger_since})"
+         f"events/s); retention: {source}" + (f" (rows from {rows_since}, ledger from {ledger_since}"
+                                              + (f", raw files from {raw_since}" if raw_since else "") + ")"
                                               if retention else ": rows and ledger restored for every day"))
     if report.rolled_up:
         note(f"rolled up {len(report.rolled_up)} finished day(s)")
@@ -231,6 +234,9 @@ def rebuild_command(
         note(f"finished {len(staging.published)} interrupted compaction output(s) from staging (the database had lost "
              f"their journal): published into the tree, and {len(staging.inputs_deleted)} of their surviving input(s) "
              "deleted (every event of theirs is in the outputs)")
+    if staging.past_retention:
+        note(f"{len(staging.past_retention)} compaction output(s) in staging are of days past the raw archive's "
+             "retention: left for the lifecycle rule to delete, not published back")
     if report.leftovers:
         note(f"{len(report.leftovers)} file(s) are leftover compaction inputs (their rows are in a compacted file) and "
              f"were not restored; delete them: {' '.join(report.leftovers)}")

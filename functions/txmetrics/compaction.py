@@ -91,9 +91,11 @@ class StagingReport:
     published: list[str] = field(default_factory=list)     # moved into the tree (their tree paths)
     dropped: list[str] = field(default_factory=list)       # deleted: every event of theirs is in the tree
     inputs_deleted: list[str] = field(default_factory=list)  # surviving inputs of an interrupted deletion
+    past_retention: list[str] = field(default_factory=list)  # left in staging: their day is past retention
 
 
-def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequence[date]) -> StagingReport:
+def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequence[date], *,
+                   raw_since: date | None = None) -> StagingReport:
     """Before a rebuild reads the tree: each day's unfinished compactions are finished or
     undone, as the next compaction would. Outputs in staging that no journal knows (the
     database was lost, or restored from before their compaction) are settled per compaction
@@ -108,7 +110,11 @@ def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequenc
       them (it cannot be an input); such a file then stands beside the published output (the
       rebuild restores its rows once and lists it when it is wholly covered).
 
-    A day whose compaction is running is left to it."""
+    Days before `raw_since` (past the raw archive's retention: its lifecycle rule has deleted,
+    or is deleting, their files) are left alone: an output there would look like the only copy
+    of events that retention removed, and publishing it would bring them back; the lifecycle
+    rule on the staged copies deletes them at the raw events' age. A day whose compaction is
+    running is left to it."""
     report = StagingReport()
     for day in days:
         staged = [b for b in archive.list(compaction_staging_path(date_folder(day) + "/"))
@@ -124,6 +130,9 @@ def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequenc
                 generation = compacted_generation(blob.name) or ""
                 if archive.has(blob.name) and manifest.compaction_state(conn, generation=generation) is None:
                     orphans.setdefault(generation, []).append(blob)
+            if orphans and raw_since is not None and day < raw_since:
+                report.past_retention += [b.name for blobs in orphans.values() for b in blobs]
+                continue
             for generation, outputs in orphans.items():
                 _settle_orphans(conn, archive, day, generation, outputs, report)
     return report

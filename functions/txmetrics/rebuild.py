@@ -118,13 +118,16 @@ class _Planned:
 
 
 def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, start: date, end: date,
-            rows_since: date | None = None, ledger_since: date | None = None, today: date | None = None,
-            progress: ProgressCallback | None = None, crash_hook: CrashHook | None = None,
+            rows_since: date | None = None, ledger_since: date | None = None, raw_since: date | None = None,
+            today: date | None = None, progress: ProgressCallback | None = None, crash_hook: CrashHook | None = None,
             shard: tuple[int, int] = (0, 1), finish: bool = True) -> RebuildReport:
     """Restore the database from the archive's files of the UTC days [start, end).
 
     `rows_since` / `ledger_since`: the first day dynamic_metrics / the ledger keep (their
-    retention; None: every day). Resumable: run it again after an interruption.
+    retention; None: every day). `raw_since`: the first day the raw archive keeps (its
+    lifecycle rule deletes older files; None: every day): a compaction output left in staging
+    for an older day is never published back into the tree (compaction.settle_staging).
+    Resumable: run it again after an interruption.
     `shard` (index, count): restore only the files whose path hashes to `index` (what
     `rebuild_in_parallel` gives each worker; every worker still reads the day's compacted
     files, to recognise compaction leftovers). `finish`: fold the deltas and roll up the
@@ -136,7 +139,7 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
     state = Progress()
     days = [start + timedelta(days=i) for i in range((end - start).days)]
     if shard[1] == 1:      # rebuild_in_parallel settles once, before its workers plan
-        report.staging = _settle(store, archive, days)
+        report.staging = _settle(store, archive, days, raw_since)
     planned = _plan(store, archive, days, rows_since, ledger_since, report, shard)
     state.files_total = sum(1 for p in planned if p.mine)
     conn = store.connection()
@@ -313,18 +316,19 @@ def _write(store: PostgresStore, catalog: Catalog, p: _Prepared, container: str,
     return outcome
 
 
-def retention_since(retention: dict[str, int], today: date) -> tuple[date | None, date | None]:
-    """(rows_since, ledger_since) from a table retention in days ({table: days}, as the
-    lifecycle policy renders it): the first day each table keeps."""
+def retention_since(retention: dict[str, int], today: date) -> tuple[date | None, date | None, date | None]:
+    """(rows_since, ledger_since, raw_since) from a table retention in days ({table: days},
+    as the lifecycle policy renders it; raw_files follows the raw archive's delete rule): the
+    first day each keeps."""
     def first_kept(table: str) -> date | None:
         days = retention.get(table)
         return None if days is None else today - timedelta(days=days)
 
-    return first_kept("dynamic_metrics"), first_kept("ingested_events")
+    return first_kept("dynamic_metrics"), first_kept("ingested_events"), first_kept("raw_files")
 
 
 def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: date, rows_since: date | None = None,
-                        ledger_since: date | None = None, today: date | None = None,
+                        ledger_since: date | None = None, raw_since: date | None = None, today: date | None = None,
                         progress: ProgressCallback | None = None) -> RebuildReport:
     """`rebuild` in `workers` processes, each restoring the files of its shard (every file
     once: the shards split them by path, and the manifest's unique path would stop a second
@@ -340,7 +344,7 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
 
     store, archive = storage_of(settings)
     try:
-        staging = _settle(store, archive, [start + timedelta(days=i) for i in range((end - start).days)])
+        staging = _settle(store, archive, [start + timedelta(days=i) for i in range((end - start).days)], raw_since)
     finally:
         store.close()
     context = mp.get_context("spawn")
@@ -393,11 +397,12 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
     return merged
 
 
-def _settle(store: PostgresStore, archive: BlobArchive, days: Sequence[date]) -> StagingReport:
+def _settle(store: PostgresStore, archive: BlobArchive, days: Sequence[date], raw_since: date | None
+            ) -> StagingReport:
     """Compactions' outputs waiting in staging, settled before any file is planned: a worker
     planning while another published an output would miss it (its inputs are gone)."""
     with store.autocommit_connection() as auto:
-        return settle_staging(auto, archive, days)
+        return settle_staging(auto, archive, days, raw_since=raw_since)
 
 
 def _worker(settings: Settings, shard: tuple[int, int], start: date, end: date, rows_since: date | None,
