@@ -1,6 +1,6 @@
 """What a retention policy will do by a given date, from the real inventory.
 
-Blob side: every blob under each rule's container/prefix (name, size, last modified, tier)
+Blob side: every blob under each rule's container/prefixes (name, size, last modified, tier)
 is matched against the rule as Azure's lifecycle engine would: the furthest action whose
 `daysAfterModificationGreaterThan` the blob's age exceeds (delete beats archive beats cold
 beats cool); a blob already in that tier needs nothing. `simulate()` applies the blob
@@ -34,7 +34,7 @@ _TIER_OF_ACTION = {ARM_ACTION[tier]: access for tier, access in ACCESS_TIER.item
 @dataclass
 class BlobAction:
     rule: str
-    prefix: str
+    prefix: str            # the rule's prefixes (container/path), comma-separated
     action: str            # tierToCool, tierToCold, tierToArchive, delete
     blobs: list[tuple[str, int]] = field(default_factory=list)   # (name, bytes)
 
@@ -106,7 +106,8 @@ def inventory(policy: Policy, service: BlobServiceClient) -> Inventory:
         if not rule.enabled:
             continue
         archive = BlobArchive(service, rule.container)
-        listed[rule.name] = list(archive.list(rule.prefix)) if archive.exists() else []
+        exists = archive.exists()
+        listed[rule.name] = [b for p in rule.prefixes for b in archive.list(p)] if exists else []
     return listed
 
 
@@ -125,7 +126,7 @@ def plan_blobs(policy: Policy, listed: Inventory, at: datetime) -> tuple[list[Bl
                 continue
             key = (rule.name, action)
             if key not in actions:
-                actions[key] = BlobAction(rule=rule.name, prefix=rule.full_prefix, action=action)
+                actions[key] = BlobAction(rule=rule.name, prefix=", ".join(rule.full_prefixes), action=action)
             actions[key].blobs.append((blob.name, blob.size))
     return sorted(actions.values(), key=lambda a: (a.rule, a.action)), unchanged
 

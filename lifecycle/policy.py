@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX, compaction_staging_path
 from txmetrics.core.tables import RETAINED
 
 LIFECYCLE_DIR = Path(__file__).resolve().parent
@@ -67,6 +67,21 @@ class BlobRule:
     @property
     def full_prefix(self) -> str:
         return f"{self.container}/{self.prefix}"
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The prefixes the rule acts on inside its container: its own and, for a rule on the
+        raw archive's tree, the same path under compaction staging (naming.compaction_staging_path).
+        A staged output holds raw events of its day too: it tiers and is deleted at the same ages,
+        never sooner (compliance), and never much later (an orphan outliving its day's files would
+        look like their only copy; docs/decisions.md, "Lifecycle of compaction staging")."""
+        if self.container == RAW_EVENTS_CONTAINER and self.prefix.startswith(RAW_PREFIX):
+            return (self.prefix, compaction_staging_path(self.prefix))
+        return (self.prefix,)
+
+    @property
+    def full_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"{self.container}/{p}" for p in self.prefixes)
 
 
 @dataclass(frozen=True)
@@ -300,7 +315,7 @@ def render_management_policy(policy: Policy) -> dict[str, Any]:
             "type": "Lifecycle",
             "definition": {
                 "actions": {"baseBlob": base_blob},
-                "filters": {"blobTypes": ["blockBlob"], "prefixMatch": [rule.full_prefix]},
+                "filters": {"blobTypes": ["blockBlob"], "prefixMatch": list(rule.full_prefixes)},
             },
         })
     return {"rules": rules}

@@ -146,7 +146,8 @@ def test_lifecycle_policy_is_rendered_from_lifecycle_files(stack: str, dev: Any,
     assert policy["managementPolicyName"] == "default"
     assert policy["policy"] == render_management_policy(load_policy(stack))
     rule = next(r for r in policy["policy"]["rules"] if r["name"] == "raw-events-tiering")
-    assert rule["definition"]["filters"]["prefixMatch"] == ["raw-events/raw_events/"]
+    assert rule["definition"]["filters"]["prefixMatch"] == ["raw-events/raw_events/",
+                                                            "raw-events/_staging/compaction/raw_events/"]
     assert rule["definition"]["actions"]["baseBlob"]["tierToArchive"] == {"daysAfterModificationGreaterThan": 90}
 
 

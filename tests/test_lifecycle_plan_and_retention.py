@@ -58,7 +58,7 @@ def test_plan_counts_blobs_and_bytes_per_action(service: BlobServiceClient) -> N
     later = make_plan(policy, now + timedelta(days=100), service=service)
     archive = later.action("raw-events-tiering", "tierToArchive")
     assert archive is not None and archive.count == 5 and archive.bytes == sum(sizes.values())
-    assert archive.prefix == "raw-events/raw_events/"
+    assert archive.prefix == "raw-events/raw_events/, raw-events/_staging/compaction/raw_events/"
     gone = make_plan(policy, now + timedelta(days=300), service=service)
     delete = gone.action("raw-events-tiering", "delete")
     assert delete is not None and delete.count == 5
@@ -80,6 +80,23 @@ def test_simulate_leaves_blobs_in_the_planned_tiers(service: BlobServiceClient) 
     assert err.value.error_code == "BlobArchived"
     again = make_plan(policy, datetime.now(UTC) + timedelta(days=100), service=service)
     assert again.blob_actions == []                          # already done: nothing more to do
+
+
+def test_compaction_staging_is_planned_with_the_raw_events(service: BlobServiceClient) -> None:
+    """A compaction output left in staging (its run killed, the database lost) holds raw
+    events: it is tiered and deleted at the raw events' ages, as its day's files are."""
+    tree = "raw_events/yyyy=2026/mm=03/dd=05/part-0-seq-00000000000000000000-20260305.parquet"
+    staged = "_staging/compaction/raw_events/yyyy=2026/mm=03/dd=05/compacted-20260305-0123456789abcdef-0000.parquet"
+    for name in (tree, staged):
+        service.get_blob_client("raw-events", name).upload_blob(b"x" * 100)
+    service.get_blob_client("raw-events", "elsewhere/not-matched.txt").upload_blob(b"zzz")
+    policy = load_policy("dev")
+    now = datetime.now(UTC)
+    for days, action in ((10, None), (40, "tierToCool"), (100, "tierToArchive"), (300, "delete")):
+        plan = make_plan(policy, now + timedelta(days=days), service=service)
+        due = plan.action("raw-events-tiering", action) if action else None
+        assert (sorted(name for name, _ in due.blobs) if due else []) == ([staged, tree] if action else [])
+        assert plan.unchanged_blobs == (2 if action is None else 0)
 
 
 def test_retention_drops_exactly_the_expired_partitions(db: psycopg.Connection) -> None:

@@ -119,14 +119,16 @@ EXPECTED = {
             "actions": {"baseBlob": {"tierToCool": {"daysAfterModificationGreaterThan": 30},
                                      "tierToArchive": {"daysAfterModificationGreaterThan": 90},
                                      "delete": {"daysAfterModificationGreaterThan": 270}}},
-            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["raw-events/raw_events/"]}}},
+            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["raw-events/raw_events/",
+                                                                    "raw-events/_staging/compaction/raw_events/"]}}},
     ]},
     "prod": {"rules": [
         {"enabled": True, "name": "raw-events-tiering", "type": "Lifecycle", "definition": {
             "actions": {"baseBlob": {"tierToCool": {"daysAfterModificationGreaterThan": 30},
                                      "tierToArchive": {"daysAfterModificationGreaterThan": 90},
                                      "delete": {"daysAfterModificationGreaterThan": 2555}}},
-            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["raw-events/raw_events/"]}}},
+            "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["raw-events/raw_events/",
+                                                                    "raw-events/_staging/compaction/raw_events/"]}}},
     ]},
 }
 
@@ -183,6 +185,26 @@ def test_rendering_refuses_a_hand_built_rule_on_the_deployment_container() -> No
                                          BlobRule(name="sneaky", container="deployments", prefix="", days={"delete": 1})))
     with pytest.raises(LifecycleError, match="rule 'sneaky': container 'deployments' may not have a lifecycle rule"):
         render_management_policy(sneaky)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_compaction_staging_has_the_raw_events_own_lifecycle(stack: str) -> None:
+    """A compaction output waiting in staging holds raw events of its day: it must not be
+    deleted before the raw events' retention, nor outlive it by much (an orphan outliving its
+    day's files would be published back by a rebuild as their only copy). Each rendered rule
+    that reaches a file of the tree reaches its staged path too, with the same actions."""
+    from datetime import date
+
+    from txmetrics.core.naming import compacted_file_path, compaction_staging_path
+
+    final = f"raw-events/{compacted_file_path(date(2026, 3, 5), '0123456789abcdef', 0)}"
+    staged = f"raw-events/{compaction_staging_path(compacted_file_path(date(2026, 3, 5), '0123456789abcdef', 0))}"
+
+    def actions_on(path: str) -> list[dict[str, Any]]:
+        return [r["definition"]["actions"] for r in render_management_policy(load_policy(stack))["rules"]
+                if any(path.startswith(p) for p in r["definition"]["filters"]["prefixMatch"])]
+
+    assert actions_on(final) and actions_on(staged) == actions_on(final)
 
 
 def test_table_retention_per_stack() -> None:
