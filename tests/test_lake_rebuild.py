@@ -218,6 +218,9 @@ def test_days_past_retention_get_aggregates_only(
     assert rows["ingested_events"] == [r for r in original["snapshot"]["ingested_events"] if r[1] >= day2]
     assert db.execute("SELECT to_regclass('dynamic_metrics_p20260301'), to_regclass('ingested_events_p20260301')"
                       ).fetchone() == (None, None)           # no partition made for a day past retention
+    # and a redelivery of the first day's events cannot be counted again: refused, as after retention
+    assert db.execute("SELECT kept_since FROM retention_horizons WHERE table_name = 'ingested_events'"
+                      ).fetchone() == (DAY2,)
 
 
 def test_leftover_compaction_inputs_are_not_counted_twice(

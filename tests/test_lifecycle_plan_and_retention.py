@@ -173,3 +173,42 @@ def test_cli_plan_and_simulate(service: BlobServiceClient, services: LocalServic
     assert result.exit_code == 0, result.output
     assert "tierToArchive" in result.stdout and "5,010" in result.stdout
     assert "simulated: {'tierToArchive': 5}" in result.stderr
+
+
+def test_an_event_older_than_the_ledgers_retention_is_refused_not_counted_again(
+        deliver: Callable[..., None], db: psycopg.Connection, services: LocalServices) -> None:
+    """Retention dropped the ledger's partitions of 2026-03-01; the same events delivered again
+    (a producer's resend, a late redelivery) cannot be told from new ones any more. Found by an
+    independent audit: the all-up count went from 5 to 8 and the archive held the keys twice.
+    They are refused (past_retention, once however often they come, from any partition); the
+    events of kept days are still deduplicated; nothing is archived or counted again."""
+    def body(i: int, day: int) -> str:
+        return json.dumps({"event_id": f"late-{i}", "transaction_id": "t", "merchant_id": "m",
+                           "occurred_at": f"2026-03-{day:02d}T10:0{i}:00Z", "amount": "2.50", "currency": "EUR",
+                           "payment_method": "card", "status": "approved"})
+
+    bodies = [body(i, 1) for i in range(3)] + [body(i, 19) for i in range(3, 5)]
+    deliver(bodies, partition_id="0", first_sequence=0)      # this process now knows the day 2026-03-01
+
+    def state() -> tuple[Any, ...]:
+        return (db.execute("SELECT coalesce(sum(count), 0) FROM aggregate_histograms_current "
+                           "WHERE metric_name = 'approved' AND dimensions = '{}'").fetchone()[0],
+                db.execute("SELECT count(*), coalesce(sum(row_count), 0) FROM raw_files").fetchone(),
+                db.execute("SELECT count(*) FROM ingested_events").fetchone()[0])
+
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        enforce(conn, {"dynamic_metrics": 14, "ingested_events": 14}, date(2026, 3, 20))   # keeps 03-06 on
+    after_retention = state()
+    assert after_retention == (5, (2, 5), 2)
+    for _ in range(2):
+        deliver(bodies, partition_id="0", first_sequence=0)
+        deliver(bodies, partition_id="1", first_sequence=70)
+    assert state() == after_retention
+    refused = db.execute("SELECT event_id, error_code, detail, payload FROM failed_items ORDER BY event_id").fetchall()
+    assert [(e, c) for e, c, _, _ in refused] == [(f"late-{i}", "past_retention") for i in range(3)]
+    assert "on 2026-03-01, before 2026-03-06, the first day the ledger" in refused[0][2]
+    assert json.loads(refused[0][3])["event_id"] == "late-0"                  # the event, kept for an operator
+    assert "dynamic_metrics_p20260301" not in partitions(db, "dynamic_metrics")   # the day is not made again
+    # an event of a kept day that is new is stored as usual
+    deliver([body(5, 19)], partition_id="0", first_sequence=200)
+    assert state()[0] == 6

@@ -34,7 +34,14 @@ from .adapters.manifest import OutboxFile, RawFile
 from .adapters.postgres import BatchTransaction, PostgresStore
 from .core import histogram
 from .core.catalog import Catalog, load_catalog
-from .core.events import InboundEvent, PaymentEvent, Rejection, parse_events, unexpected_failure
+from .core.events import (
+    InboundEvent,
+    PaymentEvent,
+    Rejection,
+    parse_events,
+    refused_after_parsing,
+    unexpected_failure,
+)
 from .core.metrics import MetricRows, aggregate, dimension_keys, extract_metrics_isolated
 from .core.naming import US_PER_DAY, raw_file_path, utc_day
 from .settings import Settings
@@ -136,10 +143,6 @@ class Pipeline:
         sorted_batch = _sort_events(inbound)
         timer.lap("decode_validate")
         self._extract_metrics(sorted_batch)
-        for rejection in sorted_batch.rejections:
-            report.failed_by_code[rejection.error_code] = report.failed_by_code.get(rejection.error_code, 0) + 1
-        report.failed = len(sorted_batch.rejections)
-        report.valid = len(sorted_batch.valid) + sorted_batch.batch_duplicates
         timer.lap("metrics_extract")
         self._prepare_storage(sorted_batch)
         timer.lap("partitions")
@@ -150,11 +153,16 @@ class Pipeline:
             if "no partition" not in str(exc):
                 raise
             # a day partition this process knew of was dropped by retention (a late event):
-            # create it again and retry once
+            # ask again (the day is refused when it is past the ledger's retention, else
+            # created again) and retry once
             self.store.forget_partitions()
-            self.store.ensure_day_partitions(set(sorted_batch.by_day))
+            self._prepare_storage(sorted_batch)
             written = self.store.run_batch(lambda tx: self._write(tx, sorted_batch, timer), optimistic=True)
         timer.lap("commit")
+        for rejection in sorted_batch.rejections:
+            report.failed_by_code[rejection.error_code] = report.failed_by_code.get(rejection.error_code, 0) + 1
+        report.failed = len(sorted_batch.rejections)
+        report.valid = len(sorted_batch.valid) + sorted_batch.batch_duplicates
         self._crash_point("after_commit")
         report.new_events = written.new_events
         report.duplicates = report.valid - written.new_events
@@ -190,10 +198,34 @@ class Pipeline:
         for ev in batch.valid:
             by_day_number.setdefault(ev.occurred_us // US_PER_DAY, []).append(ev)
         batch.by_day = {utc_day(n * US_PER_DAY): events for n, events in by_day_number.items()}
-        self.store.ensure_day_partitions(set(batch.by_day))
+        refused = self.store.ensure_day_partitions(set(batch.by_day))
+        if refused:
+            self._refuse_days(batch, refused)
         keys, dimensions = dimension_keys(batch.valid, self.catalog.extra_dimension_fields)
         batch.dimension_keys = dict(zip(map(id, batch.valid), keys, strict=True))
         self.store.ensure_dimensions(dimensions)
+
+    def _refuse_days(self, batch: _SortedBatch, refused: set[date]) -> None:
+        """The events of days past the ledger's retention go to failed_items (past_retention)
+        instead of being stored: whether one was stored before can no longer be told (its
+        ledger partition is gone), and counting it again would break exactly-once; recorded,
+        nothing is lost (docs/decisions.md, "Events older than the ledger's retention")."""
+        kept_since = self.store.ledger_kept_since
+        keep = []
+        for i, (ev, item) in enumerate(zip(batch.valid, batch.valid_items, strict=True)):
+            day = utc_day(ev.occurred_us)
+            if day not in refused:
+                keep.append(i)
+                continue
+            batch.rejections.append(refused_after_parsing(
+                item, ev, "past_retention",
+                f"occurred_at is on {day}, before {kept_since}, the first day the ledger (ingested_events) still "
+                "keeps: whether this event was stored before can no longer be told, so it is not stored again; "
+                "to take events this late, keep the ledger longer (tables.ingested_events in lifecycle/<stack>.yaml)"))
+        batch.valid = [batch.valid[i] for i in keep]
+        batch.valid_items = [batch.valid_items[i] for i in keep]
+        batch.rows = batch.rows.for_events(keep)
+        batch.by_day = {d: events for d, events in batch.by_day.items() if d not in refused}
 
     def _write(self, tx: BatchTransaction, batch: _SortedBatch, timer: _Timer) -> _Written:
         """Step 1's transaction body, run again as a whole when PostgreSQL asks for a retry

@@ -143,6 +143,9 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
     planned = _plan(store, archive, days, rows_since, ledger_since, report, shard)
     state.files_total = sum(1 for p in planned if p.mine)
     conn = store.connection()
+    if ledger_since is not None:    # the days before are not restored: their redeliveries are refused
+        with conn.transaction():
+            partitions.record_horizon(conn, table="ingested_events", kept_since=ledger_since)
     partitions.ensure_each_day(conn, table="ingested_events",
                                days={p.day for p in planned if ledger_since is None or p.day >= ledger_since})
     partitions.ensure_each_day(conn, table="dynamic_metrics",

@@ -53,6 +53,10 @@ def enforce(conn: psycopg.Connection, retention: dict[str, int], today: date, ah
         report.created_partitions += partitions.ensure_day_partitions(
             conn, table=table, first=today, last=today + timedelta(days=ahead_days))
         if table in due.partitions:
+            # the horizon first: a writer that meets a dropped day must already find it refused
+            # (recorded after, a crash in between would let a late event recreate the day and
+            # count again what the dropped ledger partition had deduplicated)
+            partitions.record_horizon(conn, table=table, kept_since=due.partitions[table])
             report.dropped_partitions += partitions.drop_expired(conn, table=table, cutoff=due.partitions[table])
     for t, before in due.rows.items():
         report.deleted_rows[t.name] = partitions.delete_expired_rows(conn, table=t, cutoff=before)

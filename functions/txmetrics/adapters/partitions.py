@@ -80,3 +80,17 @@ def delete_expired_rows(conn: psycopg.Connection, *, table: Table, cutoff: date)
         total += deleted
         if deleted < DELETE_BATCH:
             return total
+
+
+def record_horizon(conn: psycopg.Connection, *, table: str, kept_since: date) -> None:
+    """`table` keeps no day before `kept_since` from now on (a later day than the one recorded
+    moves it; an earlier one does not: the days dropped stay dropped)."""
+    conn.execute("INSERT INTO retention_horizons (table_name, kept_since) VALUES (%s, %s) "
+                 "ON CONFLICT (table_name) DO UPDATE SET kept_since = EXCLUDED.kept_since, updated_at = now() "
+                 "WHERE retention_horizons.kept_since < EXCLUDED.kept_since", (table, kept_since))
+
+
+def horizon(conn: psycopg.Connection, *, table: str) -> date | None:
+    """The first day `table` keeps (None: retention never dropped a day of it)."""
+    row = conn.execute("SELECT kept_since FROM retention_horizons WHERE table_name = %s", (table,)).fetchone()
+    return row[0] if row else None

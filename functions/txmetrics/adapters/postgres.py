@@ -32,7 +32,7 @@ from psycopg.conninfo import make_conninfo
 from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, Aggregates, DimensionTuple, MetricRows
 from ..core.naming import datetime_to_us, event_key
-from ..core.tables import DAY_PARTITIONED
+from ..core.tables import DAY_PARTITIONED, LEDGER
 from . import aggregates, failed_items, manifest, partitions, pgcopy
 
 T = TypeVar("T")
@@ -58,6 +58,7 @@ class PostgresStore:
         self.managed_identity_client_id = managed_identity_client_id
         self._conn: psycopg.Connection | None = None
         self._known_days: set[date] = set()
+        self.ledger_kept_since: date | None = None     # as last read by ensure_day_partitions
         self._known_dimensions: set[int] = set()
         self._staging_ready = False
 
@@ -91,20 +92,30 @@ class PostgresStore:
         self._conn = None
 
     # ------------------------------------------------------------------ partitions
-    def ensure_day_partitions(self, days: set[date]) -> None:
+    def ensure_day_partitions(self, days: set[date]) -> set[date]:
         """Create the day partitions a batch needs, in their own short transaction. The SQL
         function attaches new partitions under SHARE UPDATE EXCLUSIVE (no conflict with
         writers); tables are always taken in DAY_PARTITIONED order, so two creators
-        cannot deadlock either (migration 0007)."""
+        cannot deadlock either (migration 0007).
+
+        Returns the days refused: those before the first day the ledger keeps (retention
+        dropped their ledger partition, so an event of theirs cannot be told from a
+        redelivery any more). Read only for days this process does not know, so the usual
+        batch costs nothing; a known day that retention drops meanwhile fails the batch's
+        COPY, and the pipeline forgets its days and asks again."""
         missing = sorted(days - self._known_days)
         if not missing:
-            return
+            return set()
         conn = self.connection()
         with conn.transaction():
-            for table in DAY_PARTITIONED:
-                for first, last in _runs(missing):
+            kept_since = self.ledger_kept_since = partitions.horizon(conn, table=LEDGER)
+            refused = {d for d in missing if kept_since is not None and d < kept_since}
+            wanted = [d for d in missing if d not in refused]
+            for table in DAY_PARTITIONED if wanted else ():
+                for first, last in _runs(wanted):
                     partitions.ensure_day_partitions(conn, table=table, first=first, last=last)
-        self._known_days.update(missing)
+        self._known_days.update(wanted)
+        return refused
 
     def ensure_dimensions(self, dimensions: dict[int, DimensionTuple]) -> None:
         """Store the dimension tuples this process has not stored yet, in a short transaction

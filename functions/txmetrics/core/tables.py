@@ -34,8 +34,14 @@ TABLES: tuple[Table, ...] = (
     Table("raw_files", "created_at", retention_key="raw_files", delete_only_where="state <> 'pending'"),
     Table("raw_file_outbox"),
     Table("raw_compactions"),
+    # the first day each day-partitioned table keeps (retention moves it forward; ingest
+    # refuses events of older days: their ledger partition, and so their deduplication, is gone)
+    Table("retention_horizons"),
 )
 
+# the ledger: one row per event ingested, the deduplication (its retention bounds what can be
+# told from a redelivery)
+LEDGER = "ingested_events"
 DAY_PARTITIONED = tuple(t.name for t in TABLES if t.day_partitioned)
 ROW_RETENTION = tuple(t for t in TABLES if t.retention_key and not t.day_partitioned)
 # the tables whose retention the lifecycle files set directly (raw_files follows the blob rule)
