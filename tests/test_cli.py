@@ -75,6 +75,10 @@ def test_query_formats_limit_and_event_id(three_events: dict[str, str], tmp_path
     target = tmp_path / "out.parquet"
     ok("query", *day, "--merchant", "m-1", "--format", "parquet", "--out", str(target), *container)
     assert pq.read_table(target).num_rows == 2
+    nothing = tmp_path / "none.parquet"          # no event matches: a file with the columns and no rows
+    ok("query", *day, "--merchant", "m-none", "--format", "parquet", "--out", str(nothing), *container)
+    empty = pq.read_table(nothing)
+    assert empty.num_rows == 0 and "event_id" in empty.column_names
 
 
 def test_a_piped_table_keeps_its_header_and_never_wraps(env: dict[str, str], deliver: Callable[..., None]) -> None:

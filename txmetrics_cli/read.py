@@ -130,6 +130,10 @@ class _EventSink:
     def finish(self) -> None:
         if self.fmt != "parquet":
             self._rows.close(columns=[f.name for f in _schema()])
+        elif self._parquet is None:     # no event matched: still a file, with no rows, as the other formats
+            import pyarrow.parquet as pq
+
+            self._parquet = pq.ParquetWriter(str(self.out), _schema(), compression="zstd")
 
     def close(self) -> None:
         if self._parquet is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -18,11 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .adapters import manifest
+from .adapters import manifest, partitions
 from .adapters.blob import BlobArchive
 from .adapters.manifest import PlannedRead
 from .adapters.parquet import UTC_US, raw_event_schema
 from .core import fields
+from .core.tables import LEDGER
 from .errors import InvalidRequestError
 
 FILTER_COLUMNS = fields.filter_columns()       # of the declaration in effect at import (core/fields.py)
@@ -41,9 +42,23 @@ class QueryResult:
 def plan_files(conn: psycopg.Connection, start: datetime | None, end: datetime | None,
                event_id: str | None = None) -> list[PlannedRead]:
     """The live files that can hold events in [start, end), from the manifest. With
-    `event_id` the range is optional: the ledger knows the event's time."""
+    `event_id` the range is optional: the ledger knows the event's time, for the days it
+    keeps. When it does not know the event, a given range is read whole (the reader filters
+    on the id: the archive keeps events years after the ledger dropped them); without one,
+    the lookup is refused once retention has dropped ledger days (an empty answer would say
+    "no such event" of an event that may be in the archive)."""
     if event_id is not None:
-        return manifest.files_of_event(conn, event_id=event_id, start=start, end=end)
+        found = manifest.files_of_event(conn, event_id=event_id, start=start, end=end)
+        if found:
+            return found
+        if start is not None and end is not None:
+            return manifest.files_in_range(conn, start=start, end=end)
+        kept_since = partitions.horizon(conn, table=LEDGER)
+        if kept_since is not None and (start is None or start.astimezone(UTC).date() < kept_since):
+            raise InvalidRequestError(
+                f"event {event_id!r} is not in the ledger, which keeps events of {kept_since} on (its "
+                f"retention); an older one is in the archive only: give the range to search, e.g. --start and --end")
+        return []
     if start is None or end is None:
         raise InvalidRequestError("a query needs a time range (start and end), or an event id")
     return manifest.files_in_range(conn, start=start, end=end)
