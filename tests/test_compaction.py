@@ -276,3 +276,47 @@ def test_settling_a_lost_compaction_deletes_only_inputs_its_outputs_wholly_hold(
     assert report.inputs_deleted == survivors[2:] and report.published == [staged.removeprefix("_staging/compaction/")]
     assert archive.has(survivors[0]) and archive.has(survivors[1])
     assert set(archive_rows(archive)) == set(before)            # nothing lost (the kept files' events are twice)
+
+
+def reused_keys_batch(prefix: str, hour: int, day: str = "2026-03-05") -> list[Any]:
+    """Five events on partition 0 with sequence numbers 0..4: what a recreated or failed-over
+    event hub delivers (its sequence numbers restart), distinct events by their event_id."""
+    bodies = [json.dumps({"event_id": f"{prefix}-{i}", "transaction_id": "t", "merchant_id": "m",
+                          "occurred_at": f"{day}T{hour:02d}:00:{i:02d}Z", "amount": 2.5, "currency": "EUR",
+                          "payment_method": "card", "status": "approved"}) for i in range(5)]
+    return make_batch(bodies, partition_id="0", sequence_numbers=list(range(5)))
+
+
+def event_keys(archive: BlobArchive) -> list[tuple[Any, ...]]:
+    return sorted((p, s, e) for p, s, e, _ in archive_rows(archive))
+
+
+def test_settling_a_lost_compaction_keeps_a_file_whose_event_reuses_a_key(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """A compaction killed after deleting one input, the database lost; a file written during
+    the run (not an input) holds distinct events whose (partition, sequence number) the output
+    also holds (a hub recreated meanwhile). Settling deletes the surviving inputs, never that
+    file: its events are not the output's."""
+    many_small_files(ingest_fn, 6)
+    day = datetime(2026, 3, 5).date()
+
+    def step(name: str) -> None:
+        if name == "after_intent":                  # after the inputs were read, before the output
+            ingest_fn(reused_keys_batch("recreated", 23))
+        if name == "after_an_input_deleted":
+            raise RuntimeError("killed")
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        before_run = event_keys(archive)
+        with pytest.raises(RuntimeError):
+            compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=step)
+        inputs = [p for (p,) in conn.execute("SELECT path FROM raw_files WHERE state = 'superseded' ORDER BY path")]
+        (late,) = [p for (p,) in conn.execute("SELECT path FROM raw_files WHERE state = 'uploaded' "
+                                              "AND generation IS NULL")]
+        survivors = [p for p in inputs if archive.has(p)]
+        assert len(survivors) == 5 and late not in inputs
+        expected = sorted(before_run + [("0", i, f"recreated-{i}") for i in range(5)])
+        empty_tables(conn)                          # the database lost: no journal knows the output
+        report = compaction.settle_staging(conn, archive, [day])
+    assert report.inputs_deleted == survivors and archive.has(late)
+    assert event_keys(archive) == expected          # every event once: none lost

@@ -336,3 +336,33 @@ def test_the_rebuild_command(original: dict[str, Any], services: LocalServices, 
     bad = CliRunner().invoke(app, ["rebuild", "--start", "2026-03-03", "--end", "2026-03-01"])
     assert bad.exit_code == 2 and "the range is empty" in bad.stderr
 
+
+
+def test_a_later_file_reusing_sequence_numbers_is_restored_beside_the_compacted_file(
+        ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
+        db: psycopg.Connection) -> None:
+    """After a day's compaction, a later file of the same day re-uses (partition, sequence
+    number)s of the compacted file with distinct events (a hub recreated, or failed over to
+    another namespace): it is not a compaction leftover, and a rebuild restores its events
+    beside the compacted file's; the archive and the ledger agree."""
+    def batch(prefix: str, hour: int, first: int) -> list[Any]:
+        bodies = [{"event_id": f"{prefix}-{i}", "transaction_id": "t", "merchant_id": "m",
+                   "occurred_at": f"2026-03-01T{hour:02d}:00:{i:02d}Z", "amount": "3.00", "currency": "EUR",
+                   "payment_method": "card", "status": "approved", "processing_ms": 10 * i} for i in range(5)]
+        return make_batch(bodies, partition_id="0", sequence_numbers=list(range(first, first + 5)))
+
+    ingest_fn(batch("a", 0, 0))
+    ingest_fn(batch("b", 1, 5))
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        assert compact_day(conn, archive, DAY1, target_bytes=1 << 30).rows == 10
+    ingest_fn(batch("recreated", 2, 5))        # 5..9 again, distinct events
+    ingest_fn(batch("recreated-late", 3, 0))   # 0..4 again
+    assert len(archive_rows(archive)) == 20
+    expected = kpis(db)
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (20,)
+    empty_tables(db)
+    report = run(services, archive)
+    assert report.leftovers == []
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (20,)
+    assert db.execute("SELECT sum(row_count) FROM raw_files WHERE state = 'uploaded'").fetchone() == (20,)
+    same_kpis(kpis(db), expected)

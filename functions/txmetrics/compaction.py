@@ -141,7 +141,9 @@ def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequenc
 def _settle_orphans(conn: psycopg.Connection, archive: BlobArchive, day: date, generation: str,
                     outputs: list[BlobInfo], report: StagingReport) -> None:
     """One compaction's staged outputs that no journal knows (see `settle_staging`). Its
-    events' keys are held as numpy columns (core.archive_keys), 9 bytes an event."""
+    events' keys, (partition, sequence number, event_id), are held as numpy columns
+    (core.archive_keys), 17 bytes an event: a file whose events re-use a partition and
+    sequence number of the outputs with other event_ids is not theirs, and is never deleted."""
     staged_keys = ArchiveKeys()
     for blob in outputs:
         staged_keys.add(parquet.decode_keys(archive.download(blob.name)))

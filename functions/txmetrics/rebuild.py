@@ -20,9 +20,11 @@ Compaction leftovers: compaction outputs waiting in staging are settled first
 (compaction.settle_staging): an interrupted compaction is finished, its surviving inputs
 deleted, or undone, so the tree holds each event once. An archive from before staging
 existed may still hold input files beside the compacted file holding their rows: compacted
-files are read first each day; a file whose (partition, sequence number) rows are all in
-that day's compacted files is not restored, and is reported (delete it); rows partly
-covered are restored once.
+files are read first each day; a file whose rows are all in that day's compacted files is
+not restored, and is reported (delete it); rows partly covered are restored once. A row is
+"in" a compacted file when it has the same (partition, sequence number, event_id)
+(core.archive_keys): a later file whose distinct events re-use sequence numbers (a hub
+recreated or failed over) is restored, never skipped.
 """
 
 from __future__ import annotations

@@ -105,15 +105,25 @@ def decode(data: bytes) -> pa.Table:
     return pq.read_table(io.BytesIO(data), schema=raw_event_schema())
 
 
+KEY_COLUMNS = ["partition_id", "sequence_number", "event_id"]
+
+
 def keys_of(table: pa.Table) -> KeyColumns:
-    """The rows' archive keys (partition_id, sequence_number) as numpy columns."""
+    """The rows' archive keys (partition_id, sequence_number, event_id) as numpy columns
+    (core.archive_keys: two events may share a partition and sequence number)."""
     return (table.column("partition_id").to_numpy(zero_copy_only=False),
-            table.column("sequence_number").to_numpy().astype("int64"))
+            table.column("sequence_number").to_numpy().astype("int64"),
+            table.column("event_id").to_numpy(zero_copy_only=False))
+
+
+def key_table(data: bytes) -> pa.Table:
+    """A raw file's key columns only (KEY_COLUMNS): the payloads never decoded."""
+    return pq.read_table(io.BytesIO(data), columns=KEY_COLUMNS)
 
 
 def decode_keys(data: bytes) -> KeyColumns:
-    """A raw file's archive keys only: two columns read, the payloads never decoded."""
-    return keys_of(pq.read_table(io.BytesIO(data), columns=["partition_id", "sequence_number"]))
+    """A raw file's archive keys only: three columns read, the payloads never decoded."""
+    return keys_of(key_table(data))
 
 
 def events_from_table(table: pa.Table) -> list[PaymentEvent]:
