@@ -291,6 +291,71 @@ def event_keys(archive: BlobArchive) -> list[tuple[Any, ...]]:
     return sorted((p, s, e) for p, s, e, _ in archive_rows(archive))
 
 
+def test_distinct_events_sharing_a_partition_and_sequence_number_all_survive_compaction(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """Two events with the same (partition, sequence number) but different event_ids are two
+    events (a hub recreated: sequence numbers restart): ingest keeps both, and so must the
+    compaction; the archive is the system of record (the audit saw 10 events become 5)."""
+    ingest_fn(reused_keys_batch("before", 10))
+    ingest_fn(reused_keys_batch("after", 11))           # the recreated hub: 0..4 again, new events
+    before = event_keys(archive)
+    assert len(before) == 10 and len({(p, s) for p, s, _ in before}) == 5
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        report = compact_day(conn, archive, datetime(2026, 3, 5).date(), target_bytes=1 << 30)
+    assert report.inputs == 2 and report.rows == 10 and len(report.outputs) == 1
+    assert event_keys(archive) == before
+    ledger = db.execute("SELECT count(*) FROM ingested_events").fetchone()
+    assert ledger == (10,)
+    assert db.execute("SELECT sum(row_count) FROM raw_files WHERE state = 'uploaded'").fetchone() == ledger
+    found = query_events(db, archive, datetime(2026, 3, 5, tzinfo=UTC), datetime(2026, 3, 6, tzinfo=UTC))
+    assert sum(t.num_rows for t in found) == 10
+
+
+def test_an_event_written_twice_is_kept_once_by_compaction(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """Rows equal on (partition, sequence number, event_id) are one event written twice (here:
+    an input file present twice under two names): the output holds it once."""
+    many_small_files(ingest_fn, 3)
+    before = live_rows(db, archive, "2026-03-05")
+    (original,) = db.execute("SELECT path FROM raw_files ORDER BY path LIMIT 1").fetchone() or ("",)
+    copy = original.replace(".parquet", "-copy.parquet")
+    archive.upload(copy, archive.download(original))
+    db.execute("""INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max,
+                                         occurred_min, occurred_max, row_count, byte_size, state, generation,
+                                         uploaded_at, metrics)
+                  SELECT nextval('raw_files_id_seq'), %s, container, partition_id, event_date, seq_min, seq_max,
+                         occurred_min, occurred_max, row_count, byte_size, state, generation, now(), metrics
+                  FROM raw_files WHERE path = %s""", (copy, original))
+    assert len(live_rows(db, archive, "2026-03-05")) == 20
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        report = compact_day(conn, archive, datetime(2026, 3, 5).date(), target_bytes=1 << 30)
+    assert report.inputs == 4 and report.rows == 15
+    assert live_rows(db, archive, "2026-03-05") == before
+    no_duplicates_anywhere(archive)
+
+
+def test_compaction_refuses_to_commit_outputs_that_lose_an_event(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard before the commit: outputs that do not hold exactly the inputs' distinct
+    (partition, sequence number, event_id) (here a merge that drops a row) stop the run
+    before anything is committed, uploaded or deleted."""
+    many_small_files(ingest_fn, 4)
+    blobs = sorted(b.name for b in archive.list())
+    merge = compaction._merged_inputs
+
+    def lossy(archive: BlobArchive, paths: list[str]) -> Any:
+        merged, distinct = merge(archive, paths)
+        return merged.slice(1), distinct
+
+    monkeypatch.setattr(compaction, "_merged_inputs", lossy)
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn, pytest.raises(RuntimeError, match="19 row"):
+        compact_day(conn, archive, datetime(2026, 3, 5).date(), target_bytes=1 << 30)
+    assert sorted(b.name for b in archive.list()) == blobs and not list(archive.list("_staging/"))
+    assert db.execute("SELECT state, count(*) FROM raw_files GROUP BY 1").fetchall() == [("uploaded", 4)]
+    assert db.execute("SELECT state FROM raw_compactions").fetchall() == [("aborted",)]
+
+
 def test_settling_a_lost_compaction_keeps_a_file_whose_event_reuses_a_key(
         ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
     """A compaction killed after deleting one input, the database lost; a file written during

@@ -1,17 +1,22 @@
 """Compaction: merge a finished day's small raw files into a few files of a target size.
 
 Every step is recorded in raw_compactions before it has effects, so a crash anywhere can be
-finished or undone by the next run, and each (partition, sequence number) stays exactly once
-among the live files of the manifest, and at most once in the raw_events/ tree that any
-Parquet reader lists (contract section 3), at every moment:
+finished or undone by the next run, and each event stays exactly once among the live files
+of the manifest, and at most once in the raw_events/ tree that any Parquet reader lists
+(contract section 3), at every moment. An event is its (partition, sequence number,
+event_id): two events may share a partition and sequence number (a hub recreated or failed
+over restarts its sequence numbers; replayed items re-use ids after a database rebuild), and
+both are kept; a guard checks, before the commit, that the outputs hold exactly the inputs'
+distinct events (docs/decisions.md, "Archive row identity"):
 
   0. recover: outputs of a 'started' compaction are deleted (never in the manifest);
      a 'committed' one is finished (steps 4 and 5);
   1. pick the day's small uploaded files, grouped by their metric list (raw_files.metrics: a
      group's events all have the same metrics, which its outputs record); per group, record
      the intent (inputs, output names) -> 'started';
-  2. read the inputs, write the outputs (sorted by time, zstd) and upload them to staging,
-     outside the tree (`naming.compaction_staging_path`);
+  2. read the inputs, write the outputs (sorted by time, zstd), check them (`_not_kept`: else
+     'aborted' and an error, nothing uploaded) and upload them to staging, outside the tree
+     (`naming.compaction_staging_path`);
   3. one transaction: the inputs must still be live (locked) with the same metric list (a
      backfill may have added one: then the outputs are deleted, 'aborted', and the next run
      regroups), outputs enter the manifest at their staging paths, inputs become
@@ -232,12 +237,14 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
                    metrics: tuple[str, ...] | None, target_bytes: int, crash_point: CrashHook,
                    report: CompactionReport) -> str | None:
     """Merge one group of the day's small files (same metric list): 1. merge the inputs;
-    2. record the intent (the journal names the outputs); 3. upload the outputs to staging;
+    2. record the intent (the journal names the outputs); 3. check that the outputs hold
+    exactly the inputs' distinct events (else 'aborted' and raise: nothing uploaded,
+    committed or deleted), then upload them to staging;
     4. commit them to the manifest in place of the inputs, unless the inputs changed
     meanwhile (then undo); 5. delete the inputs, then publish the outputs into the tree.
     Returns why it stopped without committing, or None."""
     input_ids = [file_id for file_id, _ in small]
-    merged = _merged_inputs(archive, [path for _, path in small])                    # 1
+    merged, distinct = _merged_inputs(archive, [path for _, path in small])          # 1
     per_file = _rows_per_output(merged, target_bytes)
     generation = hashlib.sha256(",".join(map(str, input_ids)).encode()).hexdigest()[:16]
     outputs = [compacted_file_path(day, generation, i) for i in range(-(-merged.num_rows // per_file))]
@@ -249,11 +256,13 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     written: list[tuple[str, pa.Table, bytes]] = []                                  # 3
     for i, path in enumerate(outputs):
         part = merged.slice(i * per_file, per_file)
-        if part.num_rows == 0:
-            continue
-        data = parquet.encode(part)
+        if part.num_rows > 0:
+            written.append((path, part, parquet.encode(part)))
+    if lost := _not_kept(distinct, [data for _, _, data in written]):
+        manifest.finish_compaction(conn, generation=generation, state="aborted")    # nothing uploaded yet
+        raise RuntimeError(f"compaction {generation} of {day}: {lost}; nothing committed, no input deleted")
+    for path, _, data in written:
         archive.upload(compaction_staging_path(path), data)
-        written.append((path, part, data))
         crash_point("after_upload")
     crash_point("before_commit")
 
@@ -279,15 +288,40 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     return None
 
 
-def _merged_inputs(archive: BlobArchive, paths: list[str]) -> pa.Table:
-    """The inputs' rows, each (partition, sequence number) once (even if an input was somehow
-    duplicated), in event time order."""
-    merged = pa.concat_tables([parquet.decode(archive.download(path)) for path in paths])
-    keys = pc.binary_join_element_wise(merged["partition_id"], pc.cast(merged["sequence_number"], pa.string()), "/")
-    _, first = np.unique(keys.to_numpy(zero_copy_only=False), return_index=True)
-    merged = merged.take(pa.array(sorted(first.tolist())))
-    return merged.sort_by([("occurred_at", "ascending"), ("partition_id", "ascending"),
-                           ("sequence_number", "ascending")])
+def _merged_inputs(archive: BlobArchive, paths: list[str]) -> tuple[pa.Table, pa.Table]:
+    """The inputs' rows, in event time order, each event once, and the inputs' distinct
+    (partition_id, sequence_number, event_id) (for `_not_kept`). An event is its three
+    parts (core.archive_keys): rows equal on all three are one event written twice (a
+    redelivery, an input somehow duplicated) and are kept once; rows sharing a partition and
+    sequence number with different event_ids are different events (a recreated or failed-over
+    event hub restarts its sequence numbers; replayed items re-use ids after a database
+    rebuild) and are all kept: the archive is the system of record."""
+    rows = pa.concat_tables([parquet.decode(archive.download(path)) for path in paths])
+    keys = parquet.KEY_COLUMNS
+    first = (rows.select(keys).append_column("_row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+             .group_by(keys, use_threads=False).aggregate([("_row", "min")]))
+    merged = rows.take(pa.array(np.sort(first["_row_min"].to_numpy())))
+    # the guard's reference, taken from the inputs' rows apart from the merge above
+    distinct = rows.select(keys).group_by(keys, use_threads=False).aggregate([])
+    return (merged.sort_by([("occurred_at", "ascending"), ("partition_id", "ascending"),
+                            ("sequence_number", "ascending"), ("event_id", "ascending")]),
+            distinct)
+
+
+def _not_kept(distinct: pa.Table, outputs: list[bytes]) -> str | None:
+    """The guard before a commit (after which the inputs are deleted): the encoded outputs,
+    read back, must hold exactly the inputs' distinct (partition_id, sequence_number,
+    event_id), each once. Why not, or None."""
+    keys = parquet.KEY_COLUMNS
+    held = pa.concat_tables([parquet.key_table(data) for data in outputs]) if outputs else \
+        distinct.schema.empty_table()
+    if held.num_rows != distinct.num_rows:
+        return f"the outputs hold {held.num_rows} row(s), the inputs {distinct.num_rows} distinct event(s)"
+    if held.group_by(keys, use_threads=False).aggregate([]).num_rows != held.num_rows:
+        return "the outputs hold an event twice"
+    if (stray := held.join(distinct, keys, join_type="left anti").num_rows):
+        return f"the outputs hold {stray} event(s) no input holds (and lack as many)"
+    return None
 
 
 def _rows_per_output(merged: pa.Table, target_bytes: int) -> int:
