@@ -182,7 +182,8 @@ _V1 = EventSchema(version=1, columns=(
     Column("partition_id", "string", origin="delivery", required=True, attribute="partition_id",
            description="Event Hubs partition"),
     Column("sequence_number", "int64", origin="delivery", required=True, attribute="sequence_number",
-           description="Event Hubs sequence number; (partition_id, sequence_number) is once in the archive"),
+           description="Event Hubs sequence number; (partition_id, sequence_number, event_id) is once in "
+                       "the archive (sequence numbers restart when a hub is recreated or fails over)"),
     Column("enqueued_at", "timestamp", origin="delivery", attribute="enqueued_at",
            description="when Event Hubs accepted the event"),
     Column("payload", "string", origin="archive", required=True, attribute="payload",
