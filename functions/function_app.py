@@ -71,11 +71,11 @@ def to_inbound(events: list[func.EventHubEvent], partition_id: str) -> list[Inbo
     return inbound
 
 
-# Exponential backoff, bounded: 8 retries from 2 s up to 5 min (about 10 minutes in all).
-# While retrying, the host writes no checkpoint, so the partition waits rather than skips;
-# past the bound the batch's checkpoint moves on and only the (idempotent) redelivery on
-# restart or rebalance can bring it back - see docs/ingest.md, "Failures and retries".
-@app.retry(strategy="exponential_backoff", max_retry_count="8",
+# Exponential backoff from 2 s to 5 min, never giving up ("-1 means to retry indefinitely":
+# the Functions worker's IRetryOptions.MaxRetryCount). While retrying, the host writes no
+# checkpoint, so the partition waits rather than skips; a bound would let the checkpoint move
+# past a long outage and lose its batch - see docs/ingest.md, "Failures and retries".
+@app.retry(strategy="exponential_backoff", max_retry_count="-1",
            minimum_interval="00:00:02", maximum_interval="00:05:00")
 @app.event_hub_message_trigger(arg_name="events", event_hub_name="%EVENTHUB_NAME%",
                                connection="EventHubConnection", consumer_group="%EVENTHUB_CONSUMER_GROUP%",
