@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import date, timedelta
 
 import psycopg
 
-from tests.helpers import archive_rows, ledger_event_ids
+from localdev.services import LocalServices
+from tests.helpers import archive_rows, empty_tables, ledger_event_ids
 from txmetrics import replay, runtime
 from txmetrics.adapters.blob import BlobArchive
+from txmetrics.adapters.postgres import PostgresStore
+from txmetrics.compaction import compact_day
+from txmetrics.core.catalog import load_catalog
+from txmetrics.core.naming import replay_sequence_number
+from txmetrics.rebuild import rebuild
+from txmetrics.settings import BUNDLED_CATALOG
+
+DAY = date(2026, 3, 1)
+BAD_CURRENCY = {"event_id": "?", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m",
+                "amount": "9.99", "currency": "eur", "payment_method": "card", "status": "approved"}
 
 
 def test_fixed_failed_item_is_replayed_once(deliver: Callable[..., None], db: psycopg.Connection,
@@ -28,7 +40,7 @@ def test_fixed_failed_item_is_replayed_once(deliver: Callable[..., None], db: ps
                 db.execute("SELECT sum(count) FROM aggregate_histograms_current WHERE metric_name = 'approved' "
                            "AND dimensions = '{}'").fetchone(), archive_rows(archive))
     assert snapshot[0] == (2,) and [r[2] for r in snapshot[2]] == ["fix-me"]
-    assert snapshot[2][0][:2] == ("replay", item_id)
+    assert snapshot[2][0][:2] == ("replay", replay_sequence_number("fix-me"))      # the event's key, not the item's id
     assert replay.replay(db, runtime.get_pipeline(), item_ids=[item_id])[0].note == "already replayed"
     forced = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id], force=True)
     assert forced[0].note.startswith("replayed (event already ingested")
@@ -55,3 +67,38 @@ def test_an_item_refused_for_a_card_number_id_is_replayed_only_once_fixed(
     assert replay.replay(db, runtime.get_pipeline(), item_ids=[item_id])[0].replayed
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (1,)
     assert ledger_event_ids(db, ["order-77"]) == {"order-77"}
+
+
+def test_replays_before_and_after_a_database_loss_get_different_archive_keys(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive, services: LocalServices,
+        env: dict[str, str]) -> None:
+    """failed_items cannot be rebuilt, so item ids start again at 1 after a database loss: the
+    replay's archive key comes from the event (naming.replay_sequence_number), and the new
+    item 1's event does not take the (partition, sequence number) of the old item 1's."""
+    def replay_first_item(event_id: str) -> None:
+        deliver([{**BAD_CURRENCY, "event_id": event_id}], partition_id="0", first_sequence=5)
+        (item_id,) = db.execute("SELECT id FROM failed_items WHERE event_id = %s", (event_id,)).fetchone()
+        assert item_id == 1
+        replay.set_field(db, item_id, "currency", "EUR")
+        assert replay.replay(db, runtime.get_pipeline(), item_ids=[item_id])[0].note == "replayed"
+
+    replay_first_item("before-loss")
+    empty_tables(db)                  # PostgreSQL lost (ids restart), rebuilt from the lake
+    runtime.reset()
+    store = PostgresStore(services.database_url)
+    try:
+        rebuilt = rebuild(store=store, archive=archive, catalog=load_catalog(BUNDLED_CATALOG), start=DAY,
+                          end=DAY + timedelta(days=1))
+    finally:
+        store.close()
+    assert rebuilt.events == 1 and ledger_event_ids(db, ["before-loss"]) == {"before-loss"}
+    replay_first_item("after-loss")
+
+    rows = archive_rows(archive)
+    assert sorted(r[:3] for r in rows) == sorted(
+        ("replay", replay_sequence_number(e), e) for e in ("before-loss", "after-loss"))
+    assert len({r[:2] for r in rows}) == 2                       # contract section 3: each key once
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        assert compact_day(conn, archive, DAY, target_bytes=1 << 30).inputs == 2
+    assert sorted(r[2] for r in archive_rows(archive)) == ["after-loss", "before-loss"]
+    assert db.execute("SELECT count(*) FROM dynamic_metrics WHERE metric_name = 'approved'").fetchone() == (2,)

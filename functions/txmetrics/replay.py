@@ -1,8 +1,10 @@
 """Failed items: list, show, fix, replay through the normal ingest path, mark resolved.
 
 A replayed event is processed by the same pipeline as live traffic (partition "replay",
-sequence number = the failed item's id), so deduplication still holds: replaying an item
-twice, or an item whose event meanwhile arrived fixed from the producer, changes nothing.
+sequence number derived from its event id: naming.replay_sequence_number; not the failed
+item's id, which starts again at 1 after a database loss), so deduplication still holds:
+replaying an item twice, or an item whose event meanwhile arrived fixed from the producer,
+changes nothing.
 An item whose (fixed) payload is still invalid is not replayed; the reason is noted. An item
 refused because an identifier held a card number is replayed only once fixed: its stored
 payload has that identifier masked, and the event must not be stored under an id its producer
@@ -20,6 +22,7 @@ import psycopg
 from .adapters import failed_items
 from .core.events import InboundEvent, Rejection, parse_event
 from .core.masking import mask_text
+from .core.naming import replay_sequence_number
 from .errors import InvalidRequestError, NotFoundError
 
 REPLAY_PARTITION = "replay"
@@ -120,11 +123,13 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
         field = item.error_code.removeprefix("card_number_in_")
         return _not_replayed(conn, item.id, f"not replayed: its {field} held a card number and is masked in the "
                                             f"stored payload; set the producer's real {field} first (failed fix / set)")
-    inbound = InboundEvent(body=item.payload.encode("utf-8"), partition_id=REPLAY_PARTITION,
-                           sequence_number=int(item.id))
-    parsed = parse_event(inbound)
+    body = item.payload.encode("utf-8")
+    parsed = parse_event(InboundEvent(body=body, partition_id=REPLAY_PARTITION, sequence_number=0))
     if isinstance(parsed, Rejection):
         return _not_replayed(conn, item.id, f"still invalid: {parsed.error_code}: {parsed.detail}")
+    # the archive key comes from the event's identity (see replay_sequence_number)
+    inbound = InboundEvent(body=body, partition_id=REPLAY_PARTITION,
+                           sequence_number=replay_sequence_number(parsed.event_id))
     report = pipeline.process(REPLAY_PARTITION, [inbound])
     note = "replayed" if report.new_events else "replayed (event already ingested: nothing added)"
     with conn.transaction():

@@ -21,6 +21,24 @@ def event_key(event_id: str) -> bytes:
     return hashlib.sha256(event_id.encode()).digest()[:16]
 
 
+def replay_sequence_number(event_id: str) -> int:
+    """The sequence number a replayed event is archived under (partition "replay",
+    txmetrics.replay): the first 63 bits of SHA-256 of its event id's UTF-8 text (the first 8
+    bytes of `event_key`, shifted right by one), a non-negative int64 for the Parquet column,
+    the manifest's bigint and the file name's 20 digits.
+
+    Derived from the event, not from the failed item's id: failed_items cannot be rebuilt, so
+    after a database loss and `txmetrics rebuild` the item ids start again at 1, and a key
+    taken from them gave a new event the (partition, sequence number) of an event replayed
+    before (contract section 3: each appears at most once across the archive). The same event
+    always gets the same key (a replay of it adds nothing anyway: the ledger has it); two
+    different events share one with a probability of about n^2 / 2^64 among n replayed
+    events: 5 * 10^-8 for a million replays, 5 * 10^-6 for ten million, far beyond the
+    failed items a deployment ever replays. Live events never meet these keys: no Event Hubs
+    partition is called "replay"."""
+    return int.from_bytes(event_key(event_id)[:8], "big") >> 1
+
+
 def date_folder(day: date) -> str:
     """``raw_events/yyyy=2026/mm=03/dd=07`` (hive-style, zero-padded, UTC date)."""
     return f"{RAW_PREFIX}/yyyy={day.year:04d}/mm={day.month:02d}/dd={day.day:02d}"
