@@ -1,12 +1,14 @@
 """Replay of failed items (txmetrics.replay against Azurite and PostgreSQL): a fixed item is
 replayed once (again: "already replayed"; forced: nothing doubled), and an item refused for a card
-number in its event id is replayed only once its id is fixed."""
+number in its event id is replayed only once its id is fixed; replays before and after a database
+loss get different archive keys; a forced replay with a corrected occurred_at is refused."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from datetime import date, timedelta
+from typing import Any
 
 import psycopg
 
@@ -102,3 +104,35 @@ def test_replays_before_and_after_a_database_loss_get_different_archive_keys(
         assert compact_day(conn, archive, DAY, target_bytes=1 << 30).inputs == 2
     assert sorted(r[2] for r in archive_rows(archive)) == ["after-loss", "before-loss"]
     assert db.execute("SELECT count(*) FROM dynamic_metrics WHERE metric_name = 'approved'").fetchone() == (2,)
+
+
+def test_a_forced_replay_with_a_corrected_time_is_refused(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive, env: dict[str, str]) -> None:
+    """Replayed with a wrong time, corrected, replayed again with --force: the event id is
+    stored at the first time, and storing it at the second would count it twice (the ledger
+    deduplicates by event_id and occurred_at). Refused with a note; nothing changes."""
+    deliver([{**BAD_CURRENCY, "event_id": "re-fix", "occurred_at": "2026-03-01T10:00:00"}],   # no offset
+            partition_id="0", first_sequence=9)
+    (item_id,) = db.execute("SELECT id FROM failed_items WHERE event_id = 're-fix'").fetchone()
+    replay.set_field(db, item_id, "currency", "EUR")
+    replay.set_field(db, item_id, "occurred_at", "2026-03-01T10:00:00+05:00")        # the wrong guess
+    assert replay.replay(db, runtime.get_pipeline(), item_ids=[item_id])[0].note == "replayed"
+
+    def stored() -> tuple[Any, ...]:
+        return (db.execute("SELECT metric_name, value, occurred_at FROM dynamic_metrics ORDER BY 1").fetchall(),
+                db.execute("SELECT sum(count) FROM aggregate_histograms_current WHERE metric_name = 'approved' "
+                           "AND dimensions = '{}'").fetchone(), archive_rows(archive))
+    before = stored()
+    assert len(before[0]) > 1 and before[1] == (1,) and len(before[2]) == 1
+
+    replay.set_field(db, item_id, "occurred_at", "2026-03-01T10:00:00Z")             # the right one
+    (outcome,) = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id], force=True)
+    assert not outcome.replayed and outcome.note.startswith("not replayed: event_id 're-fix' is already stored "
+                                                            "with occurred_at 2026-03-01T05:00:00+00:00")
+    assert "a replay cannot change a stored event" in outcome.note and f"failed resolve {item_id}" in outcome.note
+    assert stored() == before
+    assert db.execute("SELECT replay_note FROM failed_items WHERE id = %s", (item_id,)).fetchone() == (outcome.note,)
+    # the stored time again: the same event, nothing added (as for any replay of a stored event)
+    replay.set_field(db, item_id, "occurred_at", "2026-03-01T05:00:00Z")
+    again = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id], force=True)[0]
+    assert again.replayed and again.note.startswith("replayed (event already ingested") and stored() == before

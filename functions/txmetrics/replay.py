@@ -8,13 +8,17 @@ changes nothing.
 An item whose (fixed) payload is still invalid is not replayed; the reason is noted. An item
 refused because an identifier held a card number is replayed only once fixed: its stored
 payload has that identifier masked, and the event must not be stored under an id its producer
-never sent (nor merged with another whose id masks the same way).
+never sent (nor merged with another whose id masks the same way). An item whose event id is
+already stored with another occurred_at (a corrected time replayed with --force, or the
+producer's own copy) is not replayed either: the ledger deduplicates by (event_id,
+occurred_at), so it would be stored twice; a replay cannot change a stored event.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -127,6 +131,10 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
     parsed = parse_event(InboundEvent(body=body, partition_id=REPLAY_PARTITION, sequence_number=0))
     if isinstance(parsed, Rejection):
         return _not_replayed(conn, item.id, f"still invalid: {parsed.error_code}: {parsed.detail}")
+    stored = failed_items.stored_times(conn, event_id=parsed.event_id)
+    if stored and parsed.occurred_at not in stored:
+        return _not_replayed(conn, item.id, _stored_at_another_time(item.id, parsed.event_id, parsed.occurred_at,
+                                                                    stored))
     # the archive key comes from the event's identity (see replay_sequence_number)
     inbound = InboundEvent(body=body, partition_id=REPLAY_PARTITION,
                            sequence_number=replay_sequence_number(parsed.event_id))
@@ -135,6 +143,17 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
     with conn.transaction():
         failed_items.mark_replayed(conn, item_id=item.id, note=note)
     return ReplayOutcome(item.id, True, note)
+
+
+def _stored_at_another_time(item_id: int, event_id: str, occurred_at: datetime, stored: list[datetime]) -> str:
+    """The note of a replay refused because its event id is stored at another time: the
+    ledger deduplicates by (event_id, occurred_at), so storing it would add the event a second
+    time (contract section 4: an event_id delivered again never adds a row)."""
+    times = ", ".join(t.astimezone(UTC).isoformat() for t in stored)
+    return (f"not replayed: event_id {event_id!r} is already stored with occurred_at {times}, this item has "
+            f"{occurred_at.astimezone(UTC).isoformat()}; a replay cannot change a stored event (it would be counted "
+            f"twice). If the stored event is right, close the item (txmetrics failed resolve {item_id}); to replay "
+            "it anyway, set occurred_at to the stored time (nothing is added)")
 
 
 def _not_replayed(conn: psycopg.Connection, item_id: int, note: str) -> ReplayOutcome:
