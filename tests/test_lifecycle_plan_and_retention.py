@@ -20,6 +20,7 @@ from lifecycle.policy import load_policy, table_retention
 from localdev.eventhub import make_batch
 from localdev.services import LocalServices
 from tests.helpers import partitions
+from txmetrics import replay, runtime
 from txmetrics.retention import enforce
 
 
@@ -209,6 +210,11 @@ def test_an_event_older_than_the_ledgers_retention_is_refused_not_counted_again(
     assert "on 2026-03-01, before 2026-03-06, the first day the ledger" in refused[0][2]
     assert json.loads(refused[0][3])["event_id"] == "late-0"                  # the event, kept for an operator
     assert "dynamic_metrics_p20260301" not in partitions(db, "dynamic_metrics")   # the day is not made again
+    # a replay of a refused item is refused alike, before ingest (no second item, nothing stored)
+    item_id = db.execute("SELECT id FROM failed_items WHERE event_id = 'late-0'").fetchone()[0]
+    outcome = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id], force=True)[0]
+    assert not outcome.replayed and "before 2026-03-06, the first day the ledger keeps" in outcome.note
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone()[0] == 3 and state() == after_retention
     # an event of a kept day that is new is stored as usual
     deliver([body(5, 19)], partition_id="0", first_sequence=200)
     assert state()[0] == 6

@@ -23,10 +23,11 @@ from typing import Any
 
 import psycopg
 
-from .adapters import failed_items
+from .adapters import failed_items, partitions
 from .core.events import InboundEvent, Rejection, parse_event
 from .core.masking import mask_text
 from .core.naming import replay_sequence_number
+from .core.tables import LEDGER
 from .errors import InvalidRequestError, NotFoundError
 
 REPLAY_PARTITION = "replay"
@@ -131,6 +132,12 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
     parsed = parse_event(InboundEvent(body=body, partition_id=REPLAY_PARTITION, sequence_number=0))
     if isinstance(parsed, Rejection):
         return _not_replayed(conn, item.id, f"still invalid: {parsed.error_code}: {parsed.detail}")
+    kept_since = partitions.horizon(conn, table=LEDGER)
+    if kept_since is not None and parsed.occurred_at.astimezone(UTC).date() < kept_since:
+        return _not_replayed(conn, item.id, f"not replayed: occurred_at {parsed.occurred_at.isoformat()} is before "
+                                            f"{kept_since}, the first day the ledger keeps (its retention): whether "
+                                            "it was stored before can no longer be told; keep the ledger longer "
+                                            "(tables.ingested_events in lifecycle/<stack>.yaml), or close the item")
     stored = failed_items.stored_times(conn, event_id=parsed.event_id)
     if stored and parsed.occurred_at not in stored:
         return _not_replayed(conn, item.id, _stored_at_another_time(item.id, parsed.event_id, parsed.occurred_at,
@@ -139,6 +146,8 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
     inbound = InboundEvent(body=body, partition_id=REPLAY_PARTITION,
                            sequence_number=replay_sequence_number(parsed.event_id))
     report = pipeline.process(REPLAY_PARTITION, [inbound])
+    if report.failed:        # refused by ingest itself (e.g. the ledger's retention moved meanwhile)
+        return _not_replayed(conn, item.id, f"not replayed: ingest refused it ({', '.join(report.failed_by_code)})")
     note = "replayed" if report.new_events else "replayed (event already ingested: nothing added)"
     with conn.transaction():
         failed_items.mark_replayed(conn, item_id=item.id, note=note)
