@@ -5,7 +5,9 @@ the stack must be known (a `Pulumi.<stack>.yaml` in the project).
 Override rules: `blob_rules` in the stack file replaces the base list whole; the mappings
 `storage`, `tables` and `minimum_retention_days` are merged key by key.
 
-Every error names the file, the rule (or key) and the fix: `LifecycleError`.
+Every error names the file, the rule (or key) and the fix: `LifecycleError`. A key written
+twice in one mapping (a second `tables:` block) is refused with its lines, never "last one
+wins" (core/yaml_text.py).
 `render_management_policy(policy)` gives the storage account's management policy in its
 exact ARM shape; the Pulumi program applies it (single source of truth).
 """
@@ -22,6 +24,7 @@ import yaml
 
 from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX, compaction_staging_path
 from txmetrics.core.tables import RETAINED
+from txmetrics.core.yaml_text import DuplicateKeyError, load_yaml
 
 LIFECYCLE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = LIFECYCLE_DIR.parent            # Pulumi.yaml and one Pulumi.<stack>.yaml per stack
@@ -100,9 +103,11 @@ class Policy:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise LifecycleError(f"{path}: not valid YAML ({exc}); fix: correct the YAML syntax") from None
+    except DuplicateKeyError as exc:
+        raise LifecycleError(f"{path}: {exc.key}: {exc.reason}; fix: {exc.fix}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -80,6 +80,32 @@ def test_unreadable_or_broken_yaml_is_refused(tmp_path: Path) -> None:
         load_catalog(broken)
 
 
+@pytest.mark.parametrize("text, key, lines", [
+    # two `by:` in one metric: YAML kept the last, and amounts of all currencies were added up
+    ("metrics:\n  - name: amount\n    kind: value\n    source: amount\n    by: [currency]\n    by: []\n",
+     "metrics[0].by", (5, 6)),
+    ("metrics:\n  - {name: a, kind: value, source: amount}\ndimension_sets: [[]]\nmetrics: []\n", "metrics", (1, 4)),
+    ("metrics:\n  - name: ok\n    kind: flag\n    when: {field: status, equals: approved, field: country}\n",
+     "metrics[0].when.field", (4, 4)),
+])
+def test_a_key_written_twice_is_refused_with_its_lines(text: str, key: str, lines: tuple[int, int],
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    assert str(err.value).startswith(f"{path}: {key}: written twice (lines {lines[0]} and {lines[1]}); ")
+    assert "fix: write " in str(err.value)
+
+
+def test_a_merge_key_is_no_repeat(tmp_path: Path) -> None:
+    """`<<: *base` then an own key of the same name is YAML's override, not a mistake."""
+    path = tmp_path / "catalog.yaml"
+    path.write_text("metrics:\n  - &base {name: a, kind: value, source: amount, by: [currency]}\n"
+                    "  - <<: *base\n    name: b\n")
+    assert load_catalog(path).metric_names == ("a", "b")
+
+
 @pytest.mark.parametrize("metric", [{"name": "amount\n", "kind": "value", "source": "amount"},
                                     {"name": "amount", "kind": "value", "source": "amount\n"}])
 def test_names_and_paths_are_matched_whole(metric: dict[str, str]) -> None:

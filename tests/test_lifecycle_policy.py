@@ -113,6 +113,56 @@ def test_the_ledger_must_outlive_the_metrics(tmp_path: Path) -> None:
     assert "tables.ingested_events: 20 days is shorter than dynamic_metrics (35)" in msg
 
 
+def test_a_key_written_twice_is_refused_at_any_depth(tmp_path: Path) -> None:
+    """docs/retention.md followed literally (a second `tables:` block appended to the stack
+    file) validated and silently reverted the first block's retention to the base values:
+    YAML keeps the last of two equal keys. Refused with file, key, both lines and the fix."""
+    write_policy(tmp_path)
+    stack = tmp_path / "test.yaml"
+    stack.write_text("tables:\n  failed_items: 30\n  aggregate_histograms: 90\n"
+                     "storage:\n  redundancy: Standard_LRS\n"
+                     "tables:\n  dynamic_metrics: 21\n  ingested_events: 21\n")
+    with pytest.raises(LifecycleError) as err:
+        load_policy("test", tmp_path, project_dir=tmp_path)
+    assert str(err.value) == (f"{stack}: tables: written twice (lines 1 and 6); YAML would keep only the last one "
+                              "and silently drop the first; fix: write 'tables' once there: merge the two into one "
+                              "(or delete the one you do not mean)")
+    stack.write_text("blob_rules:\n  - name: a\n    container: raw-events\n    delete_after_days: 30\n"
+                     "    delete_after_days: 3000\n")
+    with pytest.raises(LifecycleError, match=r"test.yaml: blob_rules\[0\].delete_after_days: written twice "
+                                             r"\(lines 4 and 5\).*; fix: write 'delete_after_days' once"):
+        load_policy("test", tmp_path, project_dir=tmp_path)
+    # one block with both changes is what the guide means, and merges with the base key by key
+    stack.write_text("tables:\n  failed_items: 30\n  aggregate_histograms: 400\n  dynamic_metrics: 21\n"
+                     "  ingested_events: 21\n")
+    tables = load_policy("test", tmp_path, project_dir=tmp_path).tables
+    assert (tables["failed_items"], tables["aggregate_histograms"], tables["dynamic_metrics"]) == (30, 400, 21)
+
+
+def test_the_retention_guide_s_example_validates_as_written(tmp_path: Path) -> None:
+    """The "Change a retention period" step of docs/retention.md, done to a copy of dev.yaml
+    as the guide says, keeps the other tables' dev retention."""
+    import re
+    import shutil
+    import textwrap
+
+    guide = (LIFECYCLE_DIR.parent / "docs" / "retention.md").read_text()
+    step = guide.split("## Change a retention period", 1)[1].split("2. Validate", 1)[0]
+    snippet = re.search(r"```yaml\n(.*?)\n *```", step, re.S)
+    assert snippet, "the guide's step 1 shows the edited tables block"
+    shutil.copy(LIFECYCLE_DIR / "base.yaml", tmp_path / "base.yaml")
+    (tmp_path / "Pulumi.dev.yaml").write_text("config: {}\n")
+    dev = (LIFECYCLE_DIR / "dev.yaml").read_text()
+    block = re.search(r"^tables:\n(?:  .*\n)+", dev, re.M)
+    assert block is not None
+    (tmp_path / "dev.yaml").write_text(dev.replace(block.group(0), textwrap.dedent(snippet.group(1)) + "\n"))
+    tables = load_policy("dev", tmp_path, project_dir=tmp_path).tables
+    assert (tables["dynamic_metrics"], tables["ingested_events"]) == (21, 21)
+    shipped = load_policy("dev").tables
+    assert (tables["failed_items"], tables["aggregate_histograms"]) == (shipped["failed_items"],
+                                                                        shipped["aggregate_histograms"])
+
+
 EXPECTED = {
     "dev": {"rules": [
         {"enabled": True, "name": "raw-events-tiering", "type": "Lifecycle", "definition": {

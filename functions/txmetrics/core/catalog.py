@@ -14,7 +14,8 @@ Format (keys beyond the contract's are optional)::
     dimension_sets: [[], [payment_method], [merchant_id]]
     window_seconds: [300]     # aggregate windows; 300 is the 5-minute window
 
-A bad catalog is refused at start-up with `CatalogError` naming file, key and fix.
+A bad catalog is refused at start-up with `CatalogError` naming file, key and fix; so is a
+key written twice in one mapping (core/yaml_text.py), which YAML would resolve silently.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import yaml
 
 from ..errors import TxmetricsError
 from .fields import COLUMN_DIMENSIONS
+from .yaml_text import DuplicateKeyError, load_yaml
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")                       # fullmatch: "amount\n" is no name
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -186,12 +188,22 @@ def load_catalog(path: str | Path) -> Catalog:
     path = str(path)
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            text = fh.read()
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read the metric catalog ({exc.strerror}); "
                            "fix: point METRIC_CATALOG at an existing YAML file") from None
+    return parse_catalog_text(text, path)
+
+
+def parse_catalog_text(text: str, path: str = "<catalog>") -> Catalog:
+    """The catalog of YAML `text` (the content of `path`): as parse_catalog, refusing also
+    invalid YAML and a key written twice in one mapping (YAML would keep the last silently)."""
+    try:
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML ({exc}); fix: correct the YAML syntax") from None
+    except DuplicateKeyError as exc:
+        raise _Refusal(path)(exc.key, exc.reason, exc.fix) from None
     return parse_catalog(raw, path)
 
 

@@ -1,0 +1,96 @@
+"""YAML text to Python data, refusing a key written twice in one mapping, at any depth.
+
+PyYAML keeps the last of two equal keys and says nothing: a second `tables:` block appended
+to lifecycle/dev.yaml silently replaced the first (its failed_items and aggregate_histograms
+retention reverted to the base values), and a metric written with two `by:` keys would be
+aggregated by the last one only. Both config loaders read their files through `load_yaml`
+(lifecycle/policy.py for the retention policies, core/catalog.py for the metric catalog) and
+turn `DuplicateKeyError` into their own refusal (file, key, line, fix).
+
+A merge key (`<<: *defaults`) is not a repeat: the mapping's own keys override the merged
+ones by design. Pure: takes text, no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(ValueError):
+    """A key written twice in one mapping. `key`: its dotted path from the top of the document
+    (`tables`, `blob_rules[0].name`); `line` and `first_line`: 1-based lines of the repeat
+    and of the first occurrence."""
+
+    def __init__(self, key: str, line: int, first_line: int) -> None:
+        super().__init__(f"{key}: written twice (lines {first_line} and {line})")
+        self.key, self.line, self.first_line = key, line, first_line
+
+    @property
+    def reason(self) -> str:
+        return (f"written twice (lines {self.first_line} and {self.line}); YAML would keep only the last one "
+                "and silently drop the first")
+
+    @property
+    def fix(self) -> str:
+        name = self.key.rsplit(".", 1)[-1]
+        return f"write '{name}' once there: merge the two into one (or delete the one you do not mean)"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that checks the composed document for repeated keys before building it."""
+
+    def check_unique_keys(self, node: Node) -> None:
+        seen_nodes: set[int] = set()          # an alias may point back at its parent: visit each node once
+        stack: list[tuple[Node, str]] = [(node, "")]
+        while stack:
+            current, path = stack.pop()
+            if id(current) in seen_nodes:
+                continue
+            seen_nodes.add(id(current))
+            if isinstance(current, SequenceNode):
+                stack.extend((item, f"{path}[{i}]") for i, item in enumerate(current.value))
+            elif isinstance(current, MappingNode):
+                first: dict[Any, int] = {}
+                for key_node, value_node in current.value:
+                    if key_node.tag == _MERGE_TAG:
+                        stack.append((value_node, path))
+                        continue
+                    name = self._key_of(key_node)
+                    where = f"{path}.{name}" if path else str(name)
+                    line = key_node.start_mark.line + 1
+                    if name is not None:
+                        if name in first:
+                            raise DuplicateKeyError(where, line, first[name])
+                        first[name] = line
+                    stack.append((value_node, where))
+
+    def _key_of(self, key_node: Node) -> Any:
+        """The key as the mapping will hold it (`1` and `0x1` are one key), or None for a
+        key that is no scalar (the constructor refuses what it cannot hash)."""
+        if not isinstance(key_node, ScalarNode):
+            return None
+        value = self.construct_object(key_node, deep=True)
+        try:
+            hash(value)
+        except TypeError:
+            return None
+        return value
+
+
+def load_yaml(text: str) -> Any:
+    """The data of one YAML document (None for an empty one), as yaml.safe_load gives it.
+    Raises yaml.YAMLError for invalid YAML, DuplicateKeyError for a repeated key."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        loader.check_unique_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
