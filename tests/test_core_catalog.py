@@ -106,6 +106,59 @@ def test_a_merge_key_is_no_repeat(tmp_path: Path) -> None:
     assert load_catalog(path).metric_names == ("a", "b")
 
 
+_FLAG = {"name": "approved", "kind": "flag", "when": {"field": "status", "equals": "approved"}}
+_AMOUNT = {"name": "amount", "kind": "value", "source": "amount"}
+
+
+@pytest.mark.parametrize("changes, key, reason, fix", [
+    # a deployed `by:` typo would add up amounts of different currencies
+    ({"metrics": [{**_AMOUNT, "by": ["curency"]}]}, "metrics[0].by",
+     "'curency' is no field of the event contract (did you mean 'currency'?)", "write currency"),
+    ({"dimension_sets": [[], ["payment_methd"]]}, "dimension_sets[1]", "(did you mean 'payment_method'?)",
+     "write payment_method"),
+    ({"dimension_sets": [["attribute.channel"]]}, "dimension_sets[0]", "(did you mean 'attributes.channel'?)",
+     "write attributes.channel"),
+    ({"dimension_sets": [["currency.code"]]}, "dimension_sets[0]", "'currency' is a field of the event contract "
+     "but no object", "write currency, or a path under attributes or card"),
+    ({"dimension_sets": [["loyalty_tier"]]}, "dimension_sets[0]", "'loyalty_tier' is no field of the event contract "
+     "(its fields: event_id, ", "list it first in extra_fields: [loyalty_tier]"),
+    ({"extra_fields": ["currency"]}, "extra_fields", "'currency' is a field of the event contract already",
+     "remove 'currency' from extra_fields"),
+])
+def test_a_dimension_outside_the_event_contract_is_refused(changes: dict[str, Any], key: str, reason: str, fix: str,
+                                                           tmp_path: Path) -> None:
+    import yaml
+
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump({"metrics": [_FLAG], **changes}))
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}: ") and reason in message.split("; fix: ")[0]
+    assert fix in message.split("; fix: ")[1]
+
+
+def test_contract_fields_object_paths_and_declared_extra_fields_are_dimensions() -> None:
+    """Every typed field (any schema version), any path under attributes or card, and a
+    top-level field beyond the contract once listed in extra_fields (the contract allows
+    such fields in events; docs/changing-the-event.md groups by one)."""
+    from txmetrics.core.fields import SCHEMA
+    from txmetrics.core.metrics import dimension_tuple
+
+    typed = [c.name for c in SCHEMA.event_fields]
+    cat = parse_catalog({"metrics": [{**_AMOUNT, "by": ["currency"]}, _FLAG], "extra_fields": ["loyalty_tier"],
+                         "dimension_sets": [[], *([f] for f in typed), ["attributes.channel", "card.network"],
+                                            ["loyalty_tier"]]})
+    assert ("loyalty_tier",) in cat.dimension_sets and len(cat.dimension_sets) == len(typed) + 3
+    from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
+
+    body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '
+            '"amount": 1, "currency": "EUR", "payment_method": "card", "status": "approved", "loyalty_tier": "gold"}')
+    event = parse_event(InboundEvent(body=body.encode(), partition_id="0", sequence_number=1))
+    assert isinstance(event, PaymentEvent)
+    assert dimension_tuple(event, ("loyalty_tier",))[-1] == '{"loyalty_tier":"gold"}'     # its jsonb slice
+
+
 @pytest.mark.parametrize("metric", [{"name": "amount\n", "kind": "value", "source": "amount"},
                                     {"name": "amount", "kind": "value", "source": "amount\n"}])
 def test_names_and_paths_are_matched_whole(metric: dict[str, str]) -> None:

@@ -13,6 +13,12 @@ Format (keys beyond the contract's are optional)::
         when: {field: status, equals: approved}   # or in: [...], not_equals: x, exists: true
     dimension_sets: [[], [payment_method], [merchant_id]]
     window_seconds: [300]     # aggregate windows; 300 is the 5-minute window
+    extra_fields: [loyalty_tier]   # top-level fields beyond the contract a dimension may name
+
+A dimension (in `by` or in `dimension_sets`) must be a field of the event contract (any
+schema version), a path under one of its objects (attributes.x, card.network), or a field
+of `extra_fields`: a typo such as `curency` is refused, naming the closest field, rather
+than aggregating by a field no event has (docs/decisions.md, "Catalog dimensions").
 
 A bad catalog is refused at start-up with `CatalogError` naming file, key and fix; so is a
 key written twice in one mapping (core/yaml_text.py), which YAML would resolve silently.
@@ -20,6 +26,7 @@ key written twice in one mapping (core/yaml_text.py), which YAML would resolve s
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Sequence
@@ -31,7 +38,7 @@ from typing import Any
 import yaml
 
 from ..errors import TxmetricsError
-from .fields import COLUMN_DIMENSIONS
+from .fields import COLUMN_DIMENSIONS, SCHEMA
 from .yaml_text import DuplicateKeyError, load_yaml
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")                       # fullmatch: "amount\n" is no name
@@ -42,10 +49,14 @@ _NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-
 _MAX_NUMBER_TEXT = 100
 _KINDS = ("value", "flag")
 _CONDITIONS = ("equals", "not_equals", "in", "exists")
-_TOP_KEYS = {"metrics", "dimension_sets", "window_seconds", "version", "description"}
+_TOP_KEYS = {"metrics", "dimension_sets", "window_seconds", "version", "description", "extra_fields"}
 _METRIC_KEYS = {"name", "kind", "source", "when", "by", "description"}
 # COLUMN_DIMENSIONS (core/fields.py): dimensions stored as typed columns of event_dimensions;
 # any other dimension goes to its jsonb column.
+# The event's object fields (contract section 1): a dimension may name any path under them
+# (attributes.channel, card.network). Every other dimension is a declared top-level field
+# (core/fields.py, every schema version) or one listed in the catalog's `extra_fields`.
+OBJECT_FIELDS = ("attributes", "card")
 
 
 class CatalogError(TxmetricsError, ValueError):
@@ -220,11 +231,17 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
     metrics_raw = raw.get("metrics")
     if not isinstance(metrics_raw, list) or not metrics_raw:
         raise fail("metrics", "must be a non-empty list", "list at least one metric with name and kind")
+    extra = _parse_extra_fields(raw.get("extra_fields", []), fail)
     metrics: list[Metric] = []
     for i, m in enumerate(metrics_raw):
         metrics.append(_parse_metric(m, f"metrics[{i}]", fail, taken={known.name for known in metrics}))
-    return Catalog(path=path, metrics=tuple(metrics),
-                   dimension_sets=_parse_dimension_sets(raw.get("dimension_sets", [[]]), fail),
+        for d in metrics[-1].by:
+            _check_dimension(d, f"metrics[{i}].by", fail, extra)
+    sets = _parse_dimension_sets(raw.get("dimension_sets", [[]]), fail)
+    for i, dims in enumerate(sets):
+        for d in dims:
+            _check_dimension(d, f"dimension_sets[{i}]", fail, extra)
+    return Catalog(path=path, metrics=tuple(metrics), dimension_sets=sets,
                    window_seconds=_parse_windows(raw.get("window_seconds", [300]), fail))
 
 
@@ -269,6 +286,46 @@ def _parse_metric(m: Any, key: str, fail: _Refusal, *, taken: set[str]) -> Metri
     if not isinstance(by, list) or not all(isinstance(d, str) and _PATH.fullmatch(d) for d in by):
         raise fail(f"{key}.by", f"{by!r} is not a list of field paths", "write e.g. by: [currency]")
     return Metric(name=name, kind=kind, source=source, when=when, by=tuple(by))
+
+
+def contract_fields() -> tuple[str, ...]:
+    """The top-level fields of the event contract: those declared (every schema version)
+    and the object fields."""
+    return (*(c.name for c in SCHEMA.event_fields), *OBJECT_FIELDS)
+
+
+def _parse_extra_fields(raw: Any, fail: _Refusal) -> tuple[str, ...]:
+    """Top-level fields beyond the contract (which it allows in events) that dimensions may
+    name: listed on purpose, so that a typo of a contract field is never taken for one."""
+    if not isinstance(raw, list) or not all(isinstance(f, str) and _NAME.fullmatch(f) for f in raw):
+        raise fail("extra_fields", f"{raw!r} is not a list of field names",
+                   "write e.g. extra_fields: [loyalty_tier] (top-level fields your events carry beyond the contract)")
+    for name in raw:
+        if name in contract_fields():
+            raise fail("extra_fields", f"{name!r} is a field of the event contract already",
+                       f"remove {name!r} from extra_fields")
+    return tuple(raw)
+
+
+def _check_dimension(name: str, key: str, fail: _Refusal, extra: tuple[str, ...]) -> None:
+    """A dimension is a declared top-level field, a path under an object field or under an
+    extra field, or is refused naming the closest field."""
+    head, dot, _ = name.partition(".")
+    declared = [c.name for c in SCHEMA.event_fields]
+    if head in OBJECT_FIELDS or head in extra or (head in declared and not dot):
+        return
+    if head in declared:
+        raise fail(key, f"{name!r}: {head!r} is a field of the event contract but no object, so {name!r} is never "
+                   "set", f"write {head}, or a path under {' or '.join(OBJECT_FIELDS)} (e.g. attributes.{name})")
+    close = difflib.get_close_matches(head, [*declared, *OBJECT_FIELDS, *extra], n=1, cutoff=0.7)
+    if close:
+        meant = close[0] + name[len(head):]
+        raise fail(key, f"{name!r} is no field of the event contract (did you mean {meant!r}?)",
+                   f"write {meant} (or, for a top-level field your events carry beyond the contract, list it first "
+                   f"in extra_fields: [{head}])")
+    raise fail(key, f"{name!r} is no field of the event contract (its fields: {', '.join(declared)}; objects: "
+               f"{', '.join(OBJECT_FIELDS)})", f"name one of them or a path under an object (attributes.{name}); a "
+               f"top-level field your events carry beyond the contract: list it first in extra_fields: [{head}]")
 
 
 def _parse_dimension_sets(sets_raw: Any, fail: _Refusal) -> tuple[tuple[str, ...], ...]:
