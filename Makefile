@@ -17,18 +17,21 @@ help: ## list the targets
 
 setup: $(STAMP) node_modules/.package-lock.json ## the virtual environment (.venv/) and Azurite (node_modules/), once
 
+# The setup steps write their output to stderr (>&2): `eval "$(make -s up)"` on a fresh clone
+# runs them first, and its stdout must hold only the export lines (npm's "added 453 packages"
+# was run as a command). tests/test_makefile.py checks it.
 $(STAMP): requirements-dev.txt functions/requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || \
-	  { echo "txmetrics: Python 3.11 is required (found $$($(PYTHON) --version 2>&1)); install python3.11"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	  { echo "txmetrics: Python 3.11 is required (found $$($(PYTHON) --version 2>&1)); install python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV) >&2
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt >&2
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e . >&2
 	@touch $@
 
 node_modules/.package-lock.json: package.json package-lock.json
 	@if [ -n "$$AZURE_STORAGE_CONNECTION_STRING" ]; then mkdir -p node_modules && touch $@; exit 0; fi; \
-	command -v npm >/dev/null 2>&1 || { echo "txmetrics: Node.js and npm are required for the Azurite storage emulator: install Node.js 18+ (e.g. apt-get install nodejs npm), or set AZURE_STORAGE_CONNECTION_STRING to use an existing storage account"; exit 1; }; \
-	npm ci --no-audit --no-fund --loglevel=error
+	command -v npm >/dev/null 2>&1 || { echo "txmetrics: Node.js and npm are required for the Azurite storage emulator: install Node.js 18+ (e.g. apt-get install nodejs npm), or set AZURE_STORAGE_CONNECTION_STRING to use an existing storage account" >&2; exit 1; }; \
+	npm ci --no-audit --no-fund --loglevel=error >&2
 
 # Debian's chromium for the report's browser test (Playwright's own browser download cannot work
 # here). Installed with apt-get when missing and root; otherwise this says how, and the browser

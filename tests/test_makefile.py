@@ -56,6 +56,47 @@ def test_make_clean_removes_bundles_and_build_metadata(tmp_path: Path) -> None:
     assert (tmp_path / "functions/txmetrics/kept.py").exists() and (tmp_path / "docs/kept.md").exists()
 
 
+def test_make_s_up_on_a_fresh_clone_prints_only_the_exports(tmp_path: Path) -> None:
+    """`eval "$(make -s up)"` on a fresh clone runs the setup first: npm ci's "added 453
+    packages" on stdout was run by eval (`bash: added: command not found`). Stand-ins print
+    what the real tools print on stdout (python -m venv, pip, npm ci) and `txmetrics up`
+    prints its export lines; stdout must be those lines alone, the rest on stderr."""
+    shutil.copy(MAKEFILE, tmp_path / "Makefile")
+    for name in ("requirements-dev.txt", "functions/requirements.txt", "pyproject.toml", "package.json",
+                 "package-lock.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "python3.11": """#!/bin/bash
+[ "$1" = -c ] && exit 0
+[ "$1 $2" = "-m venv" ] || exit 1
+mkdir -p "$3/bin"
+printf '#!/bin/bash\\necho "Successfully installed txmetrics-0.1"\\n' > "$3/bin/pip"
+printf '#!/bin/bash\\necho "export DATABASE_URL=postgresql://x"\\necho "export RAW_EVENTS_CONTAINER=raw-events"\\n' \\
+  > "$3/bin/txmetrics"
+chmod +x "$3/bin/pip" "$3/bin/txmetrics"
+echo "venv created"
+""",
+        "npm": """#!/bin/bash
+mkdir -p node_modules && touch node_modules/.package-lock.json
+echo "added 453 packages in 3s"
+""",
+    }
+    for tool, text in scripts.items():
+        (bin_dir / tool).write_text(text)
+        (bin_dir / tool).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = subprocess.run(["make", "-s", "up", f"PYTHON={bin_dir / 'python3.11'}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == ["export DATABASE_URL=postgresql://x",
+                                          "export RAW_EVENTS_CONTAINER=raw-events"], result.stdout
+    assert "added 453 packages" in result.stderr and "Successfully installed" in result.stderr
+
+
 @pytest.fixture
 def fake_tools(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
