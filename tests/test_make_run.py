@@ -4,11 +4,12 @@ same data is told apart as a redelivery rather than reported as fresh throughput
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import psycopg
 from rich.console import Console
 
-from localdev.run import RunConfig, run, summary
+from localdev.run import RunConfig, psql, run, summary, write_report
 from localdev.services import LocalServices
 from tests.helpers import scalar
 
@@ -28,3 +29,27 @@ def test_a_rerun_counts_as_duplicates_not_new_events(services: LocalServices, db
     summary(services.database_url, container_name, services.storage_connection_string, again, config, console)
     text = out.getvalue()
     assert f"this run: 0 new events, {valid:,} already ingested" in text and "redelivery" in text
+
+
+def test_closing_hints_say_to_start_the_services_when_the_run_stops_its_own(
+        services: LocalServices, container_name: str, tmp_path: Path) -> None:
+    """`make run` without `make up` starts the services and stops them as it ends: its psql
+    line and `txmetrics report` hint pointed at services already stopped. Then they say to
+    start them first, and name the database by $DATABASE_URL (which `make up` exports)."""
+    config = RunConfig(events=300, partitions=1, batch_size=300, days=0.05)
+    result = run(config, {**services.env(), "RAW_EVENTS_CONTAINER": container_name}, console=Console(file=io.StringIO()))
+    hints: dict[bool, str] = {}
+    for services_stop in (True, False):
+        out = io.StringIO()
+        console = Console(file=out, width=300)
+        summary(services.database_url, container_name, services.storage_connection_string, result, config, console,
+                services_stop=services_stop)
+        write_report(services.database_url, services.storage_connection_string, config, tmp_path / "r.html",
+                     console, services_stop=services_stop)
+        hints[services_stop] = out.getvalue().split("Where to look next", 1)[1]
+    stopping, kept = hints[True], hints[False]
+    assert 'start them first: eval "$(make -s up)"' in stopping and '"$DATABASE_URL"' in stopping
+    assert services.database_url not in stopping
+    assert 'another range, once the services run (eval "$(make -s up)"): txmetrics report --start ' in stopping
+    assert f"{psql()} {services.database_url}  -- SELECT" in kept and "make -s up" not in kept
+    assert "another range: txmetrics report --start " in kept

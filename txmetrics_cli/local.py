@@ -134,9 +134,11 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
             env = {**services.env(), "RAW_EVENTS_CONTAINER": container}
             out.print(f"PostgreSQL: {describe_database(services.database_url)}   Blob Storage: {services.blob_endpoint}")
             result = run_ingest(config, env, console=out)
-            summary(services.database_url, container, services.storage_connection_string, result, config, out)
+            # services this run started stop as it ends: the closing hints say to start them first
+            summary(services.database_url, container, services.storage_connection_string, result, config, out,
+                    services_stop=not reusing)
             write_report(services.database_url, services.storage_connection_string, config,
-                         local_dir() / "report.html", out)
+                         local_dir() / "report.html", out, services_stop=not reusing)
     except KeyboardInterrupt:
         kept = "the services of `make up` keep running" if reusing else "local services stopped"
         note(f"interrupted: workers stopped, {kept}")
