@@ -385,3 +385,93 @@ def test_settling_a_lost_compaction_keeps_a_file_whose_event_reuses_a_key(
         report = compaction.settle_staging(conn, archive, [day])
     assert report.inputs_deleted == survivors and archive.has(late)
     assert event_keys(archive) == expected          # every event once: none lost
+
+
+def test_the_guard_refuses_outputs_holding_an_event_no_input_holds(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As many rows out as distinct events in, but one of them is not the inputs' (a merge that
+    rewrote an event_id): refused before anything is committed or deleted (a reviewer found the
+    guard's third check untested)."""
+    import pyarrow as pa
+
+    many_small_files(ingest_fn, 4)
+    blobs = sorted(b.name for b in archive.list())
+    merge = compaction._merged_inputs
+
+    def rewriting(archive: BlobArchive, paths: list[str]) -> Any:
+        merged, distinct = merge(archive, paths)
+        ids = merged["event_id"].to_pylist()
+        ids[0] = "not-an-input"
+        return merged.set_column(merged.schema.get_field_index("event_id"), "event_id", pa.array(ids)), distinct
+
+    monkeypatch.setattr(compaction, "_merged_inputs", rewriting)
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn, \
+            pytest.raises(RuntimeError, match=r"1 event\(s\) no input holds"):
+        compact_day(conn, archive, datetime(2026, 3, 5).date(), target_bytes=1 << 30)
+    assert sorted(b.name for b in archive.list()) == blobs
+    assert db.execute("SELECT state FROM raw_compactions").fetchall() == [("aborted",)]
+
+
+def test_archive_keys_find_every_event_sharing_a_sequence_number() -> None:
+    import numpy as np
+
+    from txmetrics.core.archive_keys import ArchiveKeys
+
+    keys = ArchiveKeys()
+    pids = np.array(["0"] * 4, dtype=object)
+    seqs = np.array([7, 7, 7, 8], dtype=np.int64)
+    ids = np.array(["a", "b", "c", "d"], dtype=object)
+    keys.add((pids, seqs, ids))
+    assert keys.contains((pids, seqs, ids)).all()
+    assert not keys.contains((pids[:1], seqs[:1], np.array(["z"], dtype=object))).any()
+
+
+def test_settling_drops_the_output_of_whole_inputs_that_reuse_sequence_numbers(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """Inputs holding several events under one (partition, sequence number), a compaction
+    killed after its upload (inputs whole), the database lost: every event of the staged output
+    is in the tree, so it is dropped, not published beside its inputs (reviewer: a search that
+    stopped at the first event of a shared key published it, every event twice in the tree)."""
+    ingest_fn(reused_keys_batch("before", 10))
+    ingest_fn(reused_keys_batch("after", 11))
+    before = event_keys(archive)
+    day = datetime(2026, 3, 5).date()
+
+    def killed(step: str) -> None:
+        if step == "after_upload":
+            raise RuntimeError("killed")
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        with pytest.raises(RuntimeError):
+            compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
+        empty_tables(conn)
+        report = compaction.settle_staging(conn, archive, [day])
+    assert report.published == [] and len(report.dropped) == 1
+    assert event_keys(archive) == before
+
+
+def test_settling_over_the_archive_tier_touches_nothing_and_names_the_files(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """The lifecycle rules tier a day's files and its staged outputs to Archive alike; settling
+    a lost compaction there cannot read them: it leaves everything as it is and reports the
+    files to rehydrate, as the rest of a rebuild does (it used to stop on BlobArchived)."""
+    from txmetrics.adapters.blob import ARCHIVE_TIER
+
+    many_small_files(ingest_fn, 4)
+    day = datetime(2026, 3, 5).date()
+
+    def killed(step: str) -> None:
+        if step == "after_an_input_deleted":
+            raise RuntimeError("killed")
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        with pytest.raises(RuntimeError):
+            compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
+        for blob in list(archive.list()):
+            archive.set_tier(blob.name, ARCHIVE_TIER)
+        names = sorted(b.name for b in archive.list())
+        empty_tables(conn)
+        report = compaction.settle_staging(conn, archive, [day])
+    assert sorted(report.archived) == names and not (report.published or report.dropped or report.inputs_deleted)
+    assert sorted(b.name for b in archive.list()) == names

@@ -366,3 +366,16 @@ def test_a_later_file_reusing_sequence_numbers_is_restored_beside_the_compacted_
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (20,)
     assert db.execute("SELECT sum(row_count) FROM raw_files WHERE state = 'uploaded'").fetchone() == (20,)
     same_kpis(kpis(db), expected)
+
+
+def test_the_raw_archives_first_whole_day_allows_for_the_blob_rules_strict_age() -> None:
+    """The blob rule deletes a file once its age exceeds the days: on today - days, the files
+    of that day written early are gone already, so the first day a rebuild may publish a
+    staged output into is the day after (found by a reviewer, with the plan's due_action)."""
+    from txmetrics.rebuild import retention_since
+
+    today = date(2026, 11, 30)
+    rows, ledger, raw = retention_since({"dynamic_metrics": 14, "ingested_events": 14, "raw_files": 270}, today)
+    assert (rows, ledger) == (date(2026, 11, 16), date(2026, 11, 16))
+    assert raw == date(2026, 3, 6) and today - timedelta(days=270) == date(2026, 3, 5)
+    assert retention_since({}, today) == (None, None, None)

@@ -21,6 +21,7 @@ from localdev.eventhub import make_batch
 from localdev.services import LocalServices
 from tests.helpers import partitions
 from txmetrics import replay, runtime
+from txmetrics.adapters import partitions as partitions_module
 from txmetrics.retention import enforce
 
 
@@ -177,7 +178,8 @@ def test_cli_plan_and_simulate(service: BlobServiceClient, services: LocalServic
 
 
 def test_an_event_older_than_the_ledgers_retention_is_refused_not_counted_again(
-        deliver: Callable[..., None], db: psycopg.Connection, services: LocalServices) -> None:
+        deliver: Callable[..., None], db: psycopg.Connection, services: LocalServices,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Retention dropped the ledger's partitions of 2026-03-01; the same events delivered again
     (a producer's resend, a late redelivery) cannot be told from new ones any more. Found by an
     independent audit: the all-up count went from 5 to 8 and the archive held the keys twice.
@@ -215,6 +217,107 @@ def test_an_event_older_than_the_ledgers_retention_is_refused_not_counted_again(
     outcome = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id], force=True)[0]
     assert not outcome.replayed and "before 2026-03-06, the first day the ledger keeps" in outcome.note
     assert db.execute("SELECT count(*) FROM failed_items").fetchone()[0] == 3 and state() == after_retention
+    # retention moving between replay's own check and ingest: ingest's refusal is noted, nothing replayed
+    monkeypatch.setattr(replay, "LEDGER", "a table retention never dropped a day of")
+    outcome = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id], force=True)[0]
+    assert (outcome.replayed, outcome.note) == (False, "not replayed: ingest refused it (past_retention)")
+    assert state() == after_retention
     # an event of a kept day that is new is stored as usual
     deliver([body(5, 19)], partition_id="0", first_sequence=200)
     assert state()[0] == 6
+
+
+def _late_body(event_id: str, day: str) -> str:
+    return json.dumps({"event_id": event_id, "transaction_id": "t", "merchant_id": "m",
+                       "occurred_at": f"{day}T10:00:00Z", "amount": "2.50", "currency": "EUR",
+                       "payment_method": "card", "status": "approved"})
+
+
+def _all_up(db: psycopg.Connection) -> Any:
+    return db.execute("SELECT coalesce(sum(count), 0) FROM aggregate_histograms_current "
+                      "WHERE metric_name = 'approved' AND dimensions = '{}'").fetchone()[0]
+
+
+def test_a_refused_day_beside_an_event_whose_extraction_fails_refuses_both_alone(
+        deliver: Callable[..., None], db: psycopg.Connection, services: LocalServices,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event set aside by a bug in metric extraction and an event past the ledger's
+    retention in one batch: each is refused under its own item, the rest stored (found by a
+    reviewer: the inbound items fell out of step with the events and the batch raised, retried
+    forever)."""
+    from txmetrics.core import metrics as core_metrics
+
+    deliver([_late_body("seed", "2026-03-01")], partition_id="0", first_sequence=0)   # the day exists
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        enforce(conn, {"dynamic_metrics": 14, "ingested_events": 14}, date(2026, 3, 20))
+    real = core_metrics.extract_metrics
+
+    def broken_for_boom(events: Any, catalog: Any) -> Any:
+        if any(e.event_id == "boom" for e in events):
+            raise RuntimeError("a bug in extraction")
+        return real(events, catalog)
+
+    monkeypatch.setattr(core_metrics, "extract_metrics", broken_for_boom)
+    deliver([_late_body("boom", "2026-03-18"), _late_body("ok", "2026-03-19"), _late_body("late", "2026-03-01")],
+            partition_id="0", first_sequence=10)
+    refused = db.execute("SELECT sequence_number, error_code, payload FROM failed_items ORDER BY 1").fetchall()
+    assert [(seq, code) for seq, code, _ in refused] == [(10, "internal_error"), (12, "past_retention")]
+    assert [json.loads(payload)["event_id"] for _, _, payload in refused] == ["boom", "late"]   # each its own
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone()[0] == 1          # "ok"
+
+
+def test_retention_between_the_writers_horizon_read_and_its_partitions_counts_nothing_twice(
+        deliver: Callable[..., None], db: psycopg.Connection, services: LocalServices,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daily retention records the horizon and drops the day just after a writer read the
+    horizon and before it makes the batch's partitions: the writer must not make the dropped
+    ledger day again and count the resend as new (found by a reviewer: 2 -> 3)."""
+    from txmetrics.adapters import partitions as real_partitions
+    from txmetrics.adapters import postgres as pg_adapter
+
+    bodies = [_late_body("e1", "2026-03-01"), _late_body("e2", "2026-03-19")]
+    deliver(bodies, partition_id="0", first_sequence=0)
+    assert _all_up(db) == 2
+    runtime.reset()                      # a new host instance: it knows no day, it reads the horizon
+    real_horizon = real_partitions.horizon
+    fired: list[Any] = []
+
+    def horizon_then_retention(conn: psycopg.Connection, *, table: str) -> Any:
+        value = real_horizon(conn, table=table)
+        if not fired:
+            fired.append(value)
+            with psycopg.connect(services.database_url, autocommit=True) as other:   # the daily timer
+                enforce(other, {"dynamic_metrics": 14, "ingested_events": 14}, date(2026, 3, 20))
+        return value
+
+    monkeypatch.setattr(pg_adapter.partitions, "horizon", horizon_then_retention)
+    deliver(bodies, partition_id="0", first_sequence=0)
+    assert fired == [None] and _all_up(db) == 2
+    assert db.execute("SELECT event_id, error_code FROM failed_items").fetchall() == [("e1", "past_retention")]
+
+
+def test_a_fresh_deployment_takes_old_events_until_retention_drops_their_day(
+        deliver: Callable[..., None], db: psycopg.Connection, services: LocalServices) -> None:
+    """Retention records the ledger's first day only when it drops a day: before that, an old
+    event (a history loaded through the hub) is stored once as usual; its day's drop then makes
+    its resend a refusal. The first day only moves forward, and a refused event is kept past
+    failed_items' own retention until an operator closes it (it is in no other store)."""
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        for table in ("dynamic_metrics", "ingested_events"):    # earlier tests' days: a fresh database has none
+            conn.execute("SELECT txm_drop_expired_partitions(%s::regclass, '2026-03-06')", (table,))
+        runtime.reset()                                        # nor does its function know any day
+        enforce(conn, {"dynamic_metrics": 14, "ingested_events": 14}, date(2026, 3, 20))   # nothing to drop
+        assert partitions_module.horizon(conn, table="ingested_events") is None
+        deliver([_late_body("history", "2026-03-01")], partition_id="0", first_sequence=0)
+        assert _all_up(db) == 1 and not db.execute("SELECT count(*) FROM failed_items").fetchone()[0]
+        enforce(conn, {"dynamic_metrics": 14, "ingested_events": 14}, date(2026, 3, 20))   # drops 03-01
+        deliver([_late_body("history", "2026-03-01")], partition_id="1", first_sequence=0)
+        assert _all_up(db) == 1
+        assert partitions_module.horizon(conn, table="ingested_events") == date(2026, 3, 6)
+        partitions_module.record_horizon(conn, table="ingested_events", kept_since=date(2026, 3, 2))   # earlier
+        assert partitions_module.horizon(conn, table="ingested_events") == date(2026, 3, 6)
+        # failed_items' retention (30 days here) a year on: the refused valid event stays until closed
+        report = enforce(conn, {"failed_items": 30}, date(2027, 3, 1))
+        assert report.deleted_rows["failed_items"] == 0
+        conn.execute("UPDATE failed_items SET resolved = true")
+        assert enforce(conn, {"failed_items": 30}, date(2027, 3, 1)).deleted_rows["failed_items"] == 1

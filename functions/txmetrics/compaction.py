@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .adapters import manifest, parquet
-from .adapters.blob import BlobArchive, BlobInfo
+from .adapters.blob import ARCHIVE_TIER, BlobArchive, BlobInfo
 from .adapters.manifest import RawFile
 from .core.archive_keys import ArchiveKeys
 from .core.naming import (
@@ -97,6 +97,7 @@ class StagingReport:
     dropped: list[str] = field(default_factory=list)       # deleted: every event of theirs is in the tree
     inputs_deleted: list[str] = field(default_factory=list)  # surviving inputs of an interrupted deletion
     past_retention: list[str] = field(default_factory=list)  # left in staging: their day is past retention
+    archived: list[str] = field(default_factory=list)        # in the archive tier: rehydrate, then settle again
 
 
 def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequence[date], *,
@@ -149,14 +150,17 @@ def _settle_orphans(conn: psycopg.Connection, archive: BlobArchive, day: date, g
     events' keys, (partition, sequence number, event_id), are held as numpy columns
     (core.archive_keys), 17 bytes an event: a file whose events re-use a partition and
     sequence number of the outputs with other event_ids is not theirs, and is never deleted."""
+    tree = [b for b in archive.list(date_folder(day) + "/")   # not an output of this compaction already published
+            if b.name.endswith(".parquet") and compacted_generation(b.name) != generation]
+    if frozen := [b.name for b in (*outputs, *tree) if b.tier == ARCHIVE_TIER]:
+        report.archived += frozen              # unreadable until rehydrated: nothing decided, nothing touched
+        return
     staged_keys = ArchiveKeys()
     for blob in outputs:
         staged_keys.add(parquet.decode_keys(archive.download(blob.name)))
     written = min(b.last_modified for b in outputs)
     covered: list[str] = []                    # files of the day all of whose events the outputs hold
-    for blob in archive.list(date_folder(day) + "/"):
-        if not blob.name.endswith(".parquet") or compacted_generation(blob.name) == generation:
-            continue                           # an output of this compaction already published
+    for blob in tree:
         keys = parquet.decode_keys(archive.download(blob.name))
         staged_keys.mark(keys)
         if blob.last_modified <= written and staged_keys.contains(keys).all():

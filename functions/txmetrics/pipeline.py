@@ -190,6 +190,8 @@ class Pipeline:
             batch.rejections += [unexpected_failure(batch.valid_items[i], "extracting metrics", exc)
                                  for i, exc in broken.items()]
             batch.valid = [ev for i, ev in enumerate(batch.valid) if i not in broken]
+            # the inbound items stay paired with the events (refusals later name their item)
+            batch.valid_items = [item for i, item in enumerate(batch.valid_items) if i not in broken]
 
     def _prepare_storage(self, batch: _SortedBatch) -> None:
         """Outside the batch transaction, each in a short one of its own: the day partitions

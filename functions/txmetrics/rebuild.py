@@ -59,6 +59,7 @@ from .core.metrics import (
     extract_metrics,
 )
 from .core.naming import compacted_generation, date_folder
+from .core.tables import LEDGER
 from .errors import InvalidRequestError
 from .lake import CrashHook, DailyReport, Progress, ProgressCallback, read_ahead
 from .rollup import fresh_days, roll_day
@@ -142,13 +143,14 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
     days = [start + timedelta(days=i) for i in range((end - start).days)]
     if shard[1] == 1:      # rebuild_in_parallel settles once, before its workers plan
         report.staging = _settle(store, archive, days, raw_since)
+        report.archived += report.staging.archived     # to rehydrate, then rebuild again
     planned = _plan(store, archive, days, rows_since, ledger_since, report, shard)
     state.files_total = sum(1 for p in planned if p.mine)
     conn = store.connection()
     if ledger_since is not None:    # the days before are not restored: their redeliveries are refused
         with conn.transaction():
-            partitions.record_horizon(conn, table="ingested_events", kept_since=ledger_since)
-    partitions.ensure_each_day(conn, table="ingested_events",
+            partitions.record_horizon(conn, table=LEDGER, kept_since=ledger_since)
+    partitions.ensure_each_day(conn, table=LEDGER,
                                days={p.day for p in planned if ledger_since is None or p.day >= ledger_since})
     partitions.ensure_each_day(conn, table="dynamic_metrics",
                                days={p.day for p in planned if rows_since is None or p.day >= rows_since})
@@ -329,7 +331,11 @@ def retention_since(retention: dict[str, int], today: date) -> tuple[date | None
         days = retention.get(table)
         return None if days is None else today - timedelta(days=days)
 
-    return first_kept("dynamic_metrics"), first_kept("ingested_events"), first_kept("raw_files")
+    # the blob rule deletes a file once its age *exceeds* the days: on `today - days` a file
+    # written early that day may be gone already, so that day is no longer whole
+    raw_since = first_kept("raw_files")
+    return (first_kept("dynamic_metrics"), first_kept("ingested_events"),
+            None if raw_since is None else raw_since + timedelta(days=1))
 
 
 def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: date, rows_since: date | None = None,
@@ -390,6 +396,7 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
                 p.terminate()
     merged = _merge(reports, start, end)
     merged.staging = staging
+    merged.archived += [name for name in staging.archived if name not in merged.archived]
     merged.restore_seconds = state.seconds
     store = PostgresStore(settings.require_database(), entra=settings.database_auth == "entra",
                           managed_identity_client_id=settings.managed_identity_client_id)

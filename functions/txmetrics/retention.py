@@ -52,10 +52,12 @@ def enforce(conn: psycopg.Connection, retention: dict[str, int], today: date, ah
     for table in DAY_PARTITIONED:
         report.created_partitions += partitions.ensure_day_partitions(
             conn, table=table, first=today, last=today + timedelta(days=ahead_days))
-        if table in due.partitions:
+        if table in due.partitions and partitions.expired_partitions(conn, table=table, cutoff=due.partitions[table]):
             # the horizon first: a writer that meets a dropped day must already find it refused
             # (recorded after, a crash in between would let a late event recreate the day and
-            # count again what the dropped ledger partition had deduplicated)
+            # count again what the dropped ledger partition had deduplicated). Only when a day
+            # is dropped: a fresh deployment takes old events (a history loaded through the
+            # hub) until retention drops their days; from then on their resends are refused.
             partitions.record_horizon(conn, table=table, kept_since=due.partitions[table])
             report.dropped_partitions += partitions.drop_expired(conn, table=table, cutoff=due.partitions[table])
     for t, before in due.rows.items():

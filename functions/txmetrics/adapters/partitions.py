@@ -91,6 +91,7 @@ def record_horizon(conn: psycopg.Connection, *, table: str, kept_since: date) ->
 
 
 def horizon(conn: psycopg.Connection, *, table: str) -> date | None:
-    """The first day `table` keeps (None: retention never dropped a day of it)."""
+    """The first day `table` keeps (None: retention never dropped a day of it, and a rebuild
+    with a retention never restored it from a later day)."""
     row = conn.execute("SELECT kept_since FROM retention_horizons WHERE table_name = %s", (table,)).fetchone()
     return row[0] if row else None

@@ -114,6 +114,16 @@ class PostgresStore:
             for table in DAY_PARTITIONED if wanted else ():
                 for first, last in _runs(wanted):
                     partitions.ensure_day_partitions(conn, table=table, first=first, last=last)
+            # read again: retention may have recorded a later first day and dropped a day since
+            # the first read, and a day made again here would take a resend as new. Retention
+            # records before it drops, so a day still before the horizon read now is refused,
+            # and one retention drops after this read fails the batch's COPY (the pipeline
+            # then asks again)
+            if wanted and (later := partitions.horizon(conn, table=LEDGER)) != kept_since:
+                self.ledger_kept_since = later
+                newly = {d for d in wanted if later is not None and d < later}
+                refused |= newly
+                wanted = [d for d in wanted if d not in newly]
         self._known_days.update(wanted)
         return refused
 

@@ -29,7 +29,10 @@ TABLES: tuple[Table, ...] = (
     Table("aggregate_histograms", "window_start", retention_key="aggregate_histograms"),
     Table("aggregate_deltas"),
     Table("aggregate_rollups"),
-    Table("failed_items", "received_at", retention_key="failed_items"),
+    # an event refused as past_retention was valid and is in no other store (not archived):
+    # kept until an operator closes it, like the archive keeps events
+    Table("failed_items", "received_at", retention_key="failed_items",
+          delete_only_where="(error_code <> 'past_retention' OR resolved OR replayed)"),
     # manifest rows of files the blob lifecycle rule deleted; a pending file is never dropped
     Table("raw_files", "created_at", retention_key="raw_files", delete_only_where="state <> 'pending'"),
     Table("raw_file_outbox"),
