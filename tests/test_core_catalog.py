@@ -120,8 +120,8 @@ _AMOUNT = {"name": "amount", "kind": "value", "source": "amount"}
      "write attributes.channel"),
     ({"dimension_sets": [["currency.code"]]}, "dimension_sets[0]", "'currency' is a field of the event contract "
      "but no object", "write currency, or a path under attributes or card"),
-    ({"dimension_sets": [["loyalty_tier"]]}, "dimension_sets[0]", "'loyalty_tier' is no field of the event contract "
-     "(its fields: event_id, ", "list it first in extra_fields: [loyalty_tier]"),
+    ({"dimension_sets": [["merchantid"]]}, "dimension_sets[0]", "(did you mean 'merchant_id'?)",
+     "list it first in extra_fields: [merchantid]"),
     ({"extra_fields": ["currency"]}, "extra_fields", "'currency' is a field of the event contract already",
      "remove 'currency' from extra_fields"),
 ])
@@ -150,6 +150,12 @@ def test_contract_fields_object_paths_and_declared_extra_fields_are_dimensions()
                          "dimension_sets": [[], *([f] for f in typed), ["attributes.channel", "card.network"],
                                             ["loyalty_tier"]]})
     assert ("loyalty_tier",) in cat.dimension_sets and len(cat.dimension_sets) == len(typed) + 3
+    # a field of its own that is no near miss of a contract field needs no declaration (a catalog
+    # that worked before extra_fields still loads); a near miss does, and is then taken
+    free = parse_catalog({"metrics": [_FLAG], "dimension_sets": [["region"], ["country_code"]]})
+    assert free.dimension_sets == (("region",), ("country_code",))
+    assert parse_catalog({"metrics": [_FLAG], "extra_fields": ["merchantid"],
+                          "dimension_sets": [["merchantid"]]}).dimension_sets == (("merchantid",),)
     from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
 
     body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '
