@@ -253,13 +253,8 @@ def test_settling_a_lost_compaction_deletes_only_inputs_its_outputs_wholly_hold(
     day = datetime(2026, 3, 5).date()
     before = archive_rows(archive)
 
-    def killed(step: str) -> None:
-        if step == "after_an_input_deleted":
-            raise RuntimeError("killed")
-
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
-        with pytest.raises(RuntimeError):
-            compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
+        compact_killed_at(conn, archive, day, "after_an_input_deleted")
         inputs = [p for (p,) in conn.execute("SELECT path FROM raw_files WHERE state = 'superseded' ORDER BY path")]
         survivors = [p for p in inputs if archive.has(p)]
         assert len(survivors) == 11
@@ -276,6 +271,16 @@ def test_settling_a_lost_compaction_deletes_only_inputs_its_outputs_wholly_hold(
     assert report.inputs_deleted == survivors[2:] and report.published == [staged.removeprefix("_staging/compaction/")]
     assert archive.has(survivors[0]) and archive.has(survivors[1])
     assert set(archive_rows(archive)) == set(before)            # nothing lost (the kept files' events are twice)
+
+
+def compact_killed_at(conn: psycopg.Connection, archive: BlobArchive, day: Any, step: str) -> None:
+    """A compaction of `day` killed at its crash point `step` (the exception a kill raises)."""
+    def killed(name: str) -> None:
+        if name == step:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
 
 
 def reused_keys_batch(prefix: str, hour: int, day: str = "2026-03-05") -> list[Any]:
@@ -438,13 +443,8 @@ def test_settling_drops_the_output_of_whole_inputs_that_reuse_sequence_numbers(
     before = event_keys(archive)
     day = datetime(2026, 3, 5).date()
 
-    def killed(step: str) -> None:
-        if step == "after_upload":
-            raise RuntimeError("killed")
-
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
-        with pytest.raises(RuntimeError):
-            compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
+        compact_killed_at(conn, archive, day, "after_upload")
         empty_tables(conn)
         report = compaction.settle_staging(conn, archive, [day])
     assert report.published == [] and len(report.dropped) == 1
@@ -461,13 +461,8 @@ def test_settling_over_the_archive_tier_touches_nothing_and_names_the_files(
     many_small_files(ingest_fn, 4)
     day = datetime(2026, 3, 5).date()
 
-    def killed(step: str) -> None:
-        if step == "after_an_input_deleted":
-            raise RuntimeError("killed")
-
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
-        with pytest.raises(RuntimeError):
-            compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
+        compact_killed_at(conn, archive, day, "after_an_input_deleted")
         for blob in list(archive.list()):
             archive.set_tier(blob.name, ARCHIVE_TIER)
         names = sorted(b.name for b in archive.list())
