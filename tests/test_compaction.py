@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pytest
 
 from localdev.eventhub import make_batch
+from localdev.services import LocalServices
 from tests.helpers import archive_rows, empty_tables
 from txmetrics import compaction
 from txmetrics.adapters import manifest, parquet
@@ -470,3 +471,31 @@ def test_settling_over_the_archive_tier_touches_nothing_and_names_the_files(
         report = compaction.settle_staging(conn, archive, [day])
     assert sorted(report.archived) == names and not (report.published or report.dropped or report.inputs_deleted)
     assert sorted(b.name for b in archive.list()) == names
+
+
+def test_a_serial_rebuild_over_the_archive_tier_names_each_file_once(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        services: LocalServices) -> None:
+    """Settling and the rebuild's plan both meet the day's archived files; the report (what
+    `--rehydrate` acts on) names each once, staged outputs included (a reviewer counted 7 for 4)."""
+    from txmetrics.adapters.blob import ARCHIVE_TIER
+    from txmetrics.adapters.postgres import PostgresStore
+    from txmetrics.core.catalog import load_catalog
+    from txmetrics.rebuild import rebuild
+    from txmetrics.settings import BUNDLED_CATALOG
+
+    many_small_files(ingest_fn, 4)
+    day = datetime(2026, 3, 5).date()
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        compact_killed_at(conn, archive, day, "after_an_input_deleted")
+        for blob in list(archive.list()):
+            archive.set_tier(blob.name, ARCHIVE_TIER)
+        names = sorted(b.name for b in archive.list())
+        empty_tables(conn)
+    store = PostgresStore(services.database_url)
+    try:
+        report = rebuild(store=store, archive=archive, catalog=load_catalog(BUNDLED_CATALOG), start=day,
+                         end=datetime(2026, 3, 6).date())
+    finally:
+        store.close()
+    assert sorted(report.archived) == names

@@ -152,8 +152,8 @@ def test_contract_fields_object_paths_and_declared_extra_fields_are_dimensions()
     assert ("loyalty_tier",) in cat.dimension_sets and len(cat.dimension_sets) == len(typed) + 3
     # a field of its own that is no near miss of a contract field needs no declaration (a catalog
     # that worked before extra_fields still loads); a near miss does, and is then taken
-    free = parse_catalog({"metrics": [_FLAG], "dimension_sets": [["region"], ["country_code"]]})
-    assert free.dimension_sets == (("region",), ("country_code",))
+    own = (("region",), ("country_code",), ("event_kind",), ("merchant",), ("merchant_tier",), ("transaction_type",))
+    assert parse_catalog({"metrics": [_FLAG], "dimension_sets": [list(d) for d in own]}).dimension_sets == own
     assert parse_catalog({"metrics": [_FLAG], "extra_fields": ["merchantid"],
                           "dimension_sets": [["merchantid"]]}).dimension_sets == (("merchantid",),)
     from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event

@@ -274,10 +274,12 @@ def test_retention_between_the_writers_horizon_read_and_its_partitions_counts_no
     ledger day again and count the resend as new (found by a reviewer: 2 -> 3)."""
     from txmetrics.adapters import partitions as real_partitions
     from txmetrics.adapters import postgres as pg_adapter
+    from txmetrics.core.events import InboundEvent
 
     bodies = [_late_body("e1", "2026-03-01"), _late_body("e2", "2026-03-19")]
     deliver(bodies, partition_id="0", first_sequence=0)
     assert _all_up(db) == 2
+    knowing = runtime.get_pipeline()     # an instance that knows the day 2026-03-01 exists
     runtime.reset()                      # a new host instance: it knows no day, it reads the horizon
     real_horizon = real_partitions.horizon
     fired: list[Any] = []
@@ -294,6 +296,12 @@ def test_retention_between_the_writers_horizon_read_and_its_partitions_counts_no
     deliver(bodies, partition_id="0", first_sequence=0)
     assert fired == [None] and _all_up(db) == 2
     assert db.execute("SELECT event_id, error_code FROM failed_items").fetchall() == [("e1", "past_retention")]
+    # the dropped day is not made again (its making was undone), so the instance that still
+    # knows the day meets no empty partition to count the resend in (reviewer: 2 -> 3)
+    assert "ingested_events_p20260301" not in partitions(db, "ingested_events")
+    knowing.process("1", [InboundEvent(body=b.encode(), partition_id="1", sequence_number=50 + i)
+                          for i, b in enumerate(bodies)])
+    assert _all_up(db) == 2 and db.execute("SELECT count(*) FROM failed_items").fetchone()[0] == 1
 
 
 def test_a_fresh_deployment_takes_old_events_until_retention_drops_their_day(

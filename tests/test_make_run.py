@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import psycopg
+import pytest
 from rich.console import Console
 
 from localdev.run import RunConfig, psql, run, summary, write_report
@@ -53,3 +54,25 @@ def test_closing_hints_say_to_start_the_services_when_the_run_stops_its_own(
     assert 'another range, once the services run (eval "$(make -s up)"): txmetrics report --start ' in stopping
     assert f"{psql()} {services.database_url}  -- SELECT" in kept and "make -s up" not in kept
     assert "another range: txmetrics report --start " in kept
+
+
+def test_a_run_on_the_users_own_services_does_not_say_it_stopped_them(
+        services: LocalServices, db: psycopg.Connection, container_name: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATABASE_URL and AZURE_STORAGE_CONNECTION_STRING name services of the user's own (no
+    `make up`): the run starts and stops nothing, so its hints must not send the user to
+    `make up`, whose database lacks this run's data (found by a reviewer)."""
+    from typer.testing import CliRunner
+
+    from localdev.services import services_up
+    from txmetrics_cli.main import app
+
+    for key, value in {**services.env(), "RAW_EVENTS_CONTAINER": container_name}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TXMETRICS_LOCAL_DIR", str(tmp_path))
+    assert not services_up()
+    result = CliRunner().invoke(app, ["run", "--events", "200", "--partitions", "1", "--batch-size", "200",
+                                      "--days", "0.05"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "make -s up" not in result.output and "psql" in result.output
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone()[0] > 0     # still up, with the data

@@ -4,6 +4,7 @@ localdev's; these commands only start, describe and use them."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 from datetime import datetime
@@ -128,7 +129,11 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
     reusing = services_up()
     out = console()
     try:
-        with local_services() as (services, _):
+        with local_services() as (services, started):
+            # what stops as the run ends: services started here, unless DATABASE_URL and
+            # AZURE_STORAGE_CONNECTION_STRING name the user's own (nothing is started then)
+            own = bool(os.environ.get("DATABASE_URL")) and bool(os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
+            stopping = started and not own
             schema.apply_all(services.database_url)
             container = context.settings().raw_events_container
             env = {**services.env(), "RAW_EVENTS_CONTAINER": container}
@@ -136,9 +141,9 @@ def run(events: Annotated[int, typer.Option(min=1, help="number of events to gen
             result = run_ingest(config, env, console=out)
             # services this run started stop as it ends: the closing hints say to start them first
             summary(services.database_url, container, services.storage_connection_string, result, config, out,
-                    services_stop=not reusing)
+                    services_stop=stopping)
             write_report(services.database_url, services.storage_connection_string, config,
-                         local_dir() / "report.html", out, services_stop=not reusing)
+                         local_dir() / "report.html", out, services_stop=stopping)
     except KeyboardInterrupt:
         kept = "the services of `make up` keep running" if reusing else "local services stopped"
         note(f"interrupted: workers stopped, {kept}")

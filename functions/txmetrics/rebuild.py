@@ -200,6 +200,8 @@ def rebuild(*, store: PostgresStore, archive: BlobArchive, catalog: Catalog, sta
         if progress is not None:
             progress(state)
     report.restore_seconds = state.seconds
+    # a tree file settling could not read is met again by the plan: each named once
+    report.archived = list(dict.fromkeys(report.archived))
     if finish:
         store.fold_aggregates()
         report.rolled_up = roll_up(store, sorted(report.days), today)

@@ -47,6 +47,10 @@ CREATE TEMP TABLE IF NOT EXISTS txm_stage_ledger (
 """
 
 
+class _HorizonMoved(Exception):
+    """Retention recorded a later first day while a batch was making its day partitions."""
+
+
 class PostgresStore:
     """Holds one connection, reused across invocations and reopened when it breaks."""
 
@@ -107,25 +111,28 @@ class PostgresStore:
         if not missing:
             return set()
         conn = self.connection()
-        with conn.transaction():
-            kept_since = self.ledger_kept_since = partitions.horizon(conn, table=LEDGER)
-            refused = {d for d in missing if kept_since is not None and d < kept_since}
-            wanted = [d for d in missing if d not in refused]
-            for table in DAY_PARTITIONED if wanted else ():
-                for first, last in _runs(wanted):
-                    partitions.ensure_day_partitions(conn, table=table, first=first, last=last)
-            # read again: retention may have recorded a later first day and dropped a day since
-            # the first read, and a day made again here would take a resend as new. Retention
-            # records before it drops, so a day still before the horizon read now is refused,
-            # and one retention drops after this read fails the batch's COPY (the pipeline
-            # then asks again)
-            if wanted and (later := partitions.horizon(conn, table=LEDGER)) != kept_since:
-                self.ledger_kept_since = later
-                newly = {d for d in wanted if later is not None and d < later}
-                refused |= newly
-                wanted = [d for d in wanted if d not in newly]
-        self._known_days.update(wanted)
-        return refused
+        for _ in range(3):     # the first day moves once a day: a second attempt finds it still
+            try:
+                with conn.transaction():
+                    kept_since = self.ledger_kept_since = partitions.horizon(conn, table=LEDGER)
+                    refused = {d for d in missing if kept_since is not None and d < kept_since}
+                    wanted = [d for d in missing if d not in refused]
+                    for table in DAY_PARTITIONED if wanted else ():
+                        for first, last in _runs(wanted):
+                            partitions.ensure_day_partitions(conn, table=table, first=first, last=last)
+                    # read again before committing: retention may have recorded a later first
+                    # day and dropped a day since the first read, and a day made again here
+                    # (committed) would take a resend as new, in this process or in any other
+                    # that still knows the day. So the transaction is undone and asked again.
+                    # Retention records before it drops: a day it drops after this read fails
+                    # the batch's COPY instead, and the pipeline asks again.
+                    if wanted and partitions.horizon(conn, table=LEDGER) != kept_since:
+                        raise _HorizonMoved
+            except _HorizonMoved:
+                continue
+            self._known_days.update(wanted)
+            return refused
+        raise RuntimeError("the ledger's retention moved three times while this batch made its day partitions")
 
     def ensure_dimensions(self, dimensions: dict[int, DimensionTuple]) -> None:
         """Store the dimension tuples this process has not stored yet, in a short transaction
