@@ -70,7 +70,11 @@ def test_query_formats_limit_and_event_id(three_events: dict[str, str], tmp_path
 
     by_id = json.loads(ok("query", "--event-id", "q2", "--format", "json", *container).stdout)   # no time range
     assert [r["event_id"] for r in by_id] == ["q2"]
-    assert "--start" in refused("query", "--merchant", "m-1", *container)          # no range, no id
+    assert "--start and --end missing" in refused("query", "--merchant", "m-1", *container)   # no range, no id
+    no_container = refused("query", *day, "--container", "no-such-container")
+    assert "the container does not exist" in no_container and "RAW_EVENTS_CONTAINER or --container" in no_container
+    only_start = refused("query", "--start", "2026-03-01", *container)      # the option that is missing is named
+    assert "'--end'" in only_start and "--end missing" in only_start and "'--start'" not in only_start
 
     target = tmp_path / "out.parquet"
     ok("query", *day, "--merchant", "m-1", "--format", "parquet", "--out", str(target), *container)

@@ -55,6 +55,9 @@ def describe(exc: BaseException) -> str | None:
         except Exception:  # the endpoint is a courtesy in the message
             where = ""
         reason = getattr(exc, "message", None) or str(exc)
+        if getattr(exc, "error_code", None) == "ContainerNotFound":     # say which setting chose it
+            return (f"Blob Storage{where}: the container does not exist; the raw events' container is "
+                    "RAW_EVENTS_CONTAINER or --container (default raw-events): check its name")
         return _one_line(f"Blob Storage{where}: {reason}")
     if isinstance(exc, OSError) and exc.errno != errno.EPIPE:
         target = f"{exc.filename}: " if exc.filename else ""

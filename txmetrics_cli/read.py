@@ -85,7 +85,9 @@ def query_events(
     if fmt == "parquet" and out is None:
         raise typer.BadParameter("parquet output needs --out FILE", param_hint="'--out'")
     if event_id is None and (start is None or end is None):
-        raise typer.BadParameter("give --start and --end (or --event-id)", param_hint="'--start'")
+        missing = "--end" if start is not None else "--start" if end is not None else "--start and --end"
+        raise typer.BadParameter(f"{missing} missing: a query needs a time range (or --event-id)",
+                                 param_hint=f"'{missing.split()[0]}'")
     effective_limit = limit if limit is not None or fmt != "table" else TABLE_ROWS_DEFAULT
     archive = context.archive(container)
     result = QueryResult()
