@@ -126,6 +126,10 @@ def test_compact_and_rollup(three_events: dict[str, str], deliver: Callable[...,
     compacted = ok("compact", "--day", "2026-03-01", "--container", three_events["RAW_EVENTS_CONTAINER"])
     assert "2 file(s) -> 1 file(s), 3 rows" in compacted.stderr
     assert "rolled up" in ok("rollup", "--day", "2026-03-01").stderr
+    # a day that is no date is refused with a date to write, not a time the option then refuses
+    for wrong in ("2026-02-30", "2026-03-01T10:00"):
+        message = refused("rollup", "--day", wrong)
+        assert message.endswith(f"'{wrong}' is not a date: write e.g. 2026-03-01")
 
 
 # ------------------------------------------------------------------------------ the error boundary

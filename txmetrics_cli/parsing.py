@@ -29,7 +29,10 @@ def parse_day(value: str | datetime) -> datetime:
     """A UTC date (2026-03-01), as midnight UTC."""
     if isinstance(value, datetime):
         return value
-    moment = parse_time(value)
+    try:
+        moment = parse_time(value)
+    except typer.BadParameter:     # a date is asked for: suggest one, not a time
+        raise typer.BadParameter(f"{value!r} is not a date: write e.g. 2026-03-01") from None
     if (moment.hour, moment.minute, moment.second, moment.microsecond) != (0, 0, 0, 0):
         raise typer.BadParameter(f"{value!r} is not a date: write e.g. 2026-03-01")
     return moment.astimezone(UTC)
