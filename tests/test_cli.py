@@ -129,7 +129,7 @@ def test_compact_and_rollup(three_events: dict[str, str], deliver: Callable[...,
     # a day that is no date is refused with a date to write, not a time the option then refuses
     for wrong in ("2026-02-30", "2026-03-01T10:00"):
         message = refused("rollup", "--day", wrong)
-        assert message.endswith(f"'{wrong}' is not a date: write e.g. 2026-03-01")
+        assert f"'{wrong}' is not a date: write e.g. 2026-03-01 (see" in message
 
 
 # ------------------------------------------------------------------------------ the error boundary
