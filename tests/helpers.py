@@ -15,10 +15,12 @@ from typing import Any, LiteralString
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pytest
 
 from localdev.eventhub import make_batch
 from localdev.synth import Generator, SyntheticEvent
 from txmetrics.adapters.blob import BlobArchive
+from txmetrics.compaction import compact_day
 from txmetrics.core.tables import TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +136,14 @@ def ingest_month(ingest_fn: Callable[..., None], n: int = 2400, batch: int = 40)
             ingest_fn(make_batch([e.body for e in chunk], partition_id=p,
                                  sequence_numbers=[e.sequence_number for e in chunk]))
     return events
+
+
+def compact_killed_at(conn: psycopg.Connection, archive: BlobArchive, day: Any, step: str) -> None:
+    """A compaction of `day` into one file, killed at its crash point `step` (the exception a
+    kill raises)."""
+    def killed(name: str) -> None:
+        if name == step:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)

@@ -18,7 +18,7 @@ import pytest
 
 from localdev.eventhub import make_batch
 from localdev.services import LocalServices
-from tests.helpers import archive_rows, empty_tables
+from tests.helpers import archive_rows, compact_killed_at, empty_tables
 from txmetrics import compaction
 from txmetrics.adapters import manifest, parquet
 from txmetrics.adapters.blob import BlobArchive
@@ -274,16 +274,6 @@ def test_settling_a_lost_compaction_deletes_only_inputs_its_outputs_wholly_hold(
     assert set(archive_rows(archive)) == set(before)            # nothing lost (the kept files' events are twice)
 
 
-def compact_killed_at(conn: psycopg.Connection, archive: BlobArchive, day: Any, step: str) -> None:
-    """A compaction of `day` killed at its crash point `step` (the exception a kill raises)."""
-    def killed(name: str) -> None:
-        if name == step:
-            raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError, match="killed"):
-        compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
-
-
 def reused_keys_batch(prefix: str, hour: int, day: str = "2026-03-05") -> list[Any]:
     """Five events on partition 0 with sequence numbers 0..4: what a recreated or failed-over
     event hub delivers (its sequence numbers restart), distinct events by their event_id."""
@@ -452,22 +442,30 @@ def test_settling_drops_the_output_of_whole_inputs_that_reuse_sequence_numbers(
     assert event_keys(archive) == before
 
 
+
+def lost_compaction_in_the_archive_tier(ingest_fn: Callable[..., None], db: psycopg.Connection,
+                                        archive: BlobArchive) -> tuple[Any, list[str]]:
+    """A day's compaction killed after deleting one input, every blob then tiered to Archive
+    (as the lifecycle rules do to a day's files and its staged outputs alike), the database
+    lost. Returns the day and the names of its blobs."""
+    from txmetrics.adapters.blob import ARCHIVE_TIER
+
+    many_small_files(ingest_fn, 4)
+    day = datetime(2026, 3, 5).date()
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        compact_killed_at(conn, archive, day, "after_an_input_deleted")
+        for blob in list(archive.list()):
+            archive.set_tier(blob.name, ARCHIVE_TIER)
+        empty_tables(conn)
+    return day, sorted(b.name for b in archive.list())
+
 def test_settling_over_the_archive_tier_touches_nothing_and_names_the_files(
         ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
     """The lifecycle rules tier a day's files and its staged outputs to Archive alike; settling
     a lost compaction there cannot read them: it leaves everything as it is and reports the
     files to rehydrate, as the rest of a rebuild does (it used to stop on BlobArchived)."""
-    from txmetrics.adapters.blob import ARCHIVE_TIER
-
-    many_small_files(ingest_fn, 4)
-    day = datetime(2026, 3, 5).date()
-
+    day, names = lost_compaction_in_the_archive_tier(ingest_fn, db, archive)
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
-        compact_killed_at(conn, archive, day, "after_an_input_deleted")
-        for blob in list(archive.list()):
-            archive.set_tier(blob.name, ARCHIVE_TIER)
-        names = sorted(b.name for b in archive.list())
-        empty_tables(conn)
         report = compaction.settle_staging(conn, archive, [day])
     assert sorted(report.archived) == names and not (report.published or report.dropped or report.inputs_deleted)
     assert sorted(b.name for b in archive.list()) == names
@@ -478,20 +476,12 @@ def test_a_serial_rebuild_over_the_archive_tier_names_each_file_once(
         services: LocalServices) -> None:
     """Settling and the rebuild's plan both meet the day's archived files; the report (what
     `--rehydrate` acts on) names each once, staged outputs included (a reviewer counted 7 for 4)."""
-    from txmetrics.adapters.blob import ARCHIVE_TIER
     from txmetrics.adapters.postgres import PostgresStore
     from txmetrics.core.catalog import load_catalog
     from txmetrics.rebuild import rebuild
     from txmetrics.settings import BUNDLED_CATALOG
 
-    many_small_files(ingest_fn, 4)
-    day = datetime(2026, 3, 5).date()
-    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
-        compact_killed_at(conn, archive, day, "after_an_input_deleted")
-        for blob in list(archive.list()):
-            archive.set_tier(blob.name, ARCHIVE_TIER)
-        names = sorted(b.name for b in archive.list())
-        empty_tables(conn)
+    day, names = lost_compaction_in_the_archive_tier(ingest_fn, db, archive)
     store = PostgresStore(services.database_url)
     try:
         report = rebuild(store=store, archive=archive, catalog=load_catalog(BUNDLED_CATALOG), start=day,

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from localdev.eventhub import make_batch
 from localdev.services import LocalServices
-from tests.helpers import archive_rows, empty_tables, scalar
+from tests.helpers import archive_rows, compact_killed_at, empty_tables, scalar
 from tests.lake_helpers import RANGE, Batch, corpus, folded_aggregates, snapshot
 from txmetrics import kpi
 from txmetrics.adapters.blob import BlobArchive
@@ -246,12 +246,8 @@ def test_leftover_compaction_inputs_are_not_counted_twice(
 
 def kill_compaction_at(services: LocalServices, archive: BlobArchive, step: str) -> None:
     """Compact DAY2 into one file and kill the run at `step`."""
-    def killed(name: str) -> None:
-        if name == step:
-            raise RuntimeError("killed")
-
-    with psycopg.connect(services.database_url, autocommit=True) as conn, pytest.raises(RuntimeError):
-        compact_day(conn, archive, DAY2, target_bytes=1 << 30, crash_hook=killed)
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        compact_killed_at(conn, archive, DAY2, step)
 
 
 @pytest.mark.parametrize(("step", "workers"), [("after_upload", 1), ("after_commit", 1),
