@@ -398,7 +398,7 @@ def rebuild_in_parallel(settings: Settings, *, workers: int, start: date, end: d
                 p.terminate()
     merged = _merge(reports, start, end)
     merged.staging = staging
-    merged.archived += [name for name in staging.archived if name not in merged.archived]
+    merged.archived = list(dict.fromkeys([*merged.archived, *staging.archived]))   # each named once, as in rebuild
     merged.restore_seconds = state.seconds
     store = PostgresStore(settings.require_database(), entra=settings.database_auth == "entra",
                           managed_identity_client_id=settings.managed_identity_client_id)
