@@ -4,8 +4,9 @@ settling its staged outputs, the rebuild's leftover check).
 
 The event_id is part of it because (partition_id, sequence_number) alone is not unique in
 every archive: Event Hubs sequence numbers restart when a hub is recreated or after a geo-DR
-failover to another namespace, and replayed items (partition "replay", sequence number = the
-failed item's id) re-use ids after the database is rebuilt. Ingest keeps both events of such
+failover to another namespace, and items replayed before round 10 (partition "replay",
+sequence number = the failed item's id, which restarts after a database rebuild; now derived
+from the event_id: naming.replay_sequence_number) may share one. Ingest keeps both events of such
 a pair; anything that took one for the other would delete or skip a distinct event
 (docs/decisions.md, "Archive row identity").
 

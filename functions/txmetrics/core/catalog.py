@@ -15,10 +15,11 @@ Format (keys beyond the contract's are optional)::
     window_seconds: [300]     # aggregate windows; 300 is the 5-minute window
     extra_fields: [loyalty_tier]   # top-level fields beyond the contract a dimension may name
 
-A dimension (in `by` or in `dimension_sets`) must be a field of the event contract (any
-schema version), a path under one of its objects (attributes.x, card.network), or a field
-of `extra_fields`: a typo such as `curency` is refused, naming the closest field, rather
-than aggregating by a field no event has (docs/decisions.md, "Catalog dimensions").
+A dimension (in `by` or in `dimension_sets`) that is a near miss of a field of the event
+contract (a typo such as `curency`) is refused, naming the field meant, rather than
+aggregating by a field no event has, unless `extra_fields` lists it; any other name is taken
+(a contract field, a path under one of its objects, a field beyond the contract;
+docs/decisions.md, "Catalog dimensions").
 
 A bad catalog is refused at start-up with `CatalogError` naming file, key and fix; so is a
 key written twice in one mapping (core/yaml_text.py), which YAML would resolve silently.
@@ -54,8 +55,8 @@ _METRIC_KEYS = {"name", "kind", "source", "when", "by", "description"}
 # COLUMN_DIMENSIONS (core/fields.py): dimensions stored as typed columns of event_dimensions;
 # any other dimension goes to its jsonb column.
 # The event's object fields (contract section 1): a dimension may name any path under them
-# (attributes.channel, card.network). Every other dimension is a declared top-level field
-# (core/fields.py, every schema version) or one listed in the catalog's `extra_fields`.
+# (attributes.channel, card.network). A top-level dimension that is a near miss of these or of
+# a declared field (core/fields.py, every schema version) must be listed in `extra_fields`.
 OBJECT_FIELDS = ("attributes", "card")
 
 
@@ -295,8 +296,8 @@ def contract_fields() -> tuple[str, ...]:
 
 
 def _parse_extra_fields(raw: Any, fail: _Refusal) -> tuple[str, ...]:
-    """Top-level fields beyond the contract (which it allows in events) that dimensions may
-    name: listed on purpose, so that a typo of a contract field is never taken for one."""
+    """Top-level fields beyond the contract (which it allows in events) that are near misses
+    of a contract field and are meant: listed on purpose, so that a typo is never taken for one."""
     if not isinstance(raw, list) or not all(isinstance(f, str) and _NAME.fullmatch(f) for f in raw):
         raise fail("extra_fields", f"{raw!r} is not a list of field names",
                    "write e.g. extra_fields: [loyalty_tier] (top-level fields your events carry beyond the contract)")
