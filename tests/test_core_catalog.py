@@ -124,8 +124,18 @@ _AMOUNT = {"name": "amount", "kind": "value", "source": "amount"}
      "list it first in extra_fields: [merchantid]"),
     ({"extra_fields": ["currency"]}, "extra_fields", "'currency' is a field of the event contract already",
      "remove 'currency' from extra_fields"),
+    # a metric's source or condition field mistyped would have no row, or be 0 for every event
+    ({"metrics": [{**_AMOUNT, "source": "amout"}]}, "metrics[0].source", "(did you mean 'amount'?)", "write amount"),
+    ({"metrics": [{**_AMOUNT, "source": "procesing_ms"}]}, "metrics[0].source", "(did you mean 'processing_ms'?)",
+     "write processing_ms"),
+    ({"metrics": [{**_AMOUNT, "source": "amount.value"}]}, "metrics[0].source", "'amount' is a field of the event "
+     "contract but no object", "write amount, or a path under attributes or card"),
+    ({"metrics": [{**_FLAG, "when": {"field": "statuss", "equals": "approved"}}]}, "metrics[0].when.field",
+     "(did you mean 'status'?)", "write status"),
+    ({"metrics": [{**_FLAG, "when": {"field": "atributes.channel", "exists": True}}]}, "metrics[0].when.field",
+     "(did you mean 'attributes.channel'?)", "write attributes.channel"),
 ])
-def test_a_dimension_outside_the_event_contract_is_refused(changes: dict[str, Any], key: str, reason: str, fix: str,
+def test_a_field_outside_the_event_contract_is_refused(changes: dict[str, Any], key: str, reason: str, fix: str,
                                                            tmp_path: Path) -> None:
     import yaml
 
@@ -156,6 +166,14 @@ def test_contract_fields_object_paths_and_declared_extra_fields_are_dimensions()
     assert parse_catalog({"metrics": [_FLAG], "dimension_sets": [list(d) for d in own]}).dimension_sets == own
     assert parse_catalog({"metrics": [_FLAG], "extra_fields": ["merchantid"],
                           "dimension_sets": [["merchantid"]]}).dimension_sets == (("merchantid",),)
+    # the same rule for the fields a metric reads: fields of their own, paths under objects, listed near misses
+    read = [{"name": "risk", "kind": "value", "source": "attributes.risk_score"},
+            {"name": "loyalty", "kind": "value", "source": "loyalty_points"},
+            {"name": "mid", "kind": "value", "source": "merchantid"},
+            {"name": "visa", "kind": "flag", "when": {"field": "card.network", "equals": "visa"}},
+            {"name": "gold", "kind": "flag", "when": {"field": "loyalty_tier", "equals": "gold"}}]
+    assert parse_catalog({"metrics": read, "extra_fields": ["merchantid"]}).metric_names == (
+        "risk", "loyalty", "mid", "visa", "gold")
     from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
 
     body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '

@@ -15,11 +15,12 @@ Format (keys beyond the contract's are optional)::
     window_seconds: [300]     # aggregate windows; 300 is the 5-minute window
     extra_fields: [loyalty_tier]   # top-level fields beyond the contract a dimension may name
 
-A dimension (in `by` or in `dimension_sets`) that is a near miss of a field of the event
-contract (a typo such as `curency`) is refused, naming the field meant, rather than
-aggregating by a field no event has, unless `extra_fields` lists it; any other name is taken
-(a contract field, a path under one of its objects, a field beyond the contract;
-docs/decisions.md, "Catalog dimensions").
+A field the catalog names (a dimension in `by` or in `dimension_sets`, a value metric's
+`source`, a flag's `when.field`) that is a near miss of a field of the event contract (a
+typo such as `curency` or `amout`) is refused, naming the field meant, rather than
+aggregating by, or reading, a field no event has, unless `extra_fields` lists it; any other
+name is taken (a contract field, a path under one of its objects, a field beyond the
+contract; docs/decisions.md, "Catalog dimensions and fields").
 
 A bad catalog is refused at start-up with `CatalogError` naming file, key and fix; so is a
 key written twice in one mapping (core/yaml_text.py), which YAML would resolve silently.
@@ -235,13 +236,18 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
     extra = _parse_extra_fields(raw.get("extra_fields", []), fail)
     metrics: list[Metric] = []
     for i, m in enumerate(metrics_raw):
-        metrics.append(_parse_metric(m, f"metrics[{i}]", fail, taken={known.name for known in metrics}))
-        for d in metrics[-1].by:
-            _check_dimension(d, f"metrics[{i}].by", fail, extra)
+        metric = _parse_metric(m, f"metrics[{i}]", fail, taken={known.name for known in metrics})
+        if metric.source is not None:
+            _check_field(metric.source, f"metrics[{i}].source", fail, extra)
+        if metric.when is not None:
+            _check_field(metric.when.field, f"metrics[{i}].when.field", fail, extra)
+        for d in metric.by:
+            _check_field(d, f"metrics[{i}].by", fail, extra)
+        metrics.append(metric)
     sets = _parse_dimension_sets(raw.get("dimension_sets", [[]]), fail)
     for i, dims in enumerate(sets):
         for d in dims:
-            _check_dimension(d, f"dimension_sets[{i}]", fail, extra)
+            _check_field(d, f"dimension_sets[{i}]", fail, extra)
     return Catalog(path=path, metrics=tuple(metrics), dimension_sets=sets,
                    window_seconds=_parse_windows(raw.get("window_seconds", [300]), fail))
 
@@ -308,10 +314,11 @@ def _parse_extra_fields(raw: Any, fail: _Refusal) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _check_dimension(name: str, key: str, fail: _Refusal, extra: tuple[str, ...]) -> None:
-    """A dimension is a declared top-level field, a path under an object field, an extra
-    field, or a top-level field not close to any of these; a near miss of one (a typo) is
-    refused naming it, and a path under a field that is no object is refused."""
+def _check_field(name: str, key: str, fail: _Refusal, extra: tuple[str, ...]) -> None:
+    """A field the catalog names (dimension, metric source, condition field) is a declared
+    top-level field, a path under an object field, an extra field, or a top-level field not
+    close to any of these; a near miss of one (a typo) is refused naming it, and a path
+    under a field that is no object is refused."""
     head, dot, _ = name.partition(".")
     declared = [c.name for c in SCHEMA.event_fields]
     if head in OBJECT_FIELDS or head in extra or (head in declared and not dot):
