@@ -95,6 +95,19 @@ def test_what_no_set_holds_is_refused_naming_the_sets() -> None:
         kpi.plan(BUNDLED, "foo")
 
 
+def test_a_name_no_set_of_the_catalog_has_is_refused_as_no_dimension() -> None:
+    """A typo, or a field never grouped by, is no dimension at all: saying that no set of the
+    metric holds it would send the user to add a set for a misspelt name."""
+    with pytest.raises(kpi.UncoveredDimensionsError) as err:
+        kpi.plan(BUNDLED, "approved", ["merchant"])
+    assert str(err.value).startswith("'merchant' is no dimension of the catalog in effect (")
+    assert "(did you mean 'merchant_id'?); its dimensions are payment_method, status, merchant_id, currency" \
+        in str(err.value)
+    with pytest.raises(kpi.UncoveredDimensionsError, match=r"^'loyalty_tier', 'region' are no dimension of the "
+                                                           r"catalog in effect \([^)]*\); its dimensions are"):
+        kpi.plan(BUNDLED, "amount", filters={"region": "eu", "loyalty_tier": "gold"})
+
+
 # ------------------------------------------------------------------------------ against the database
 
 

@@ -25,6 +25,7 @@ from the merged histogram in Python with the same scheme as SQL.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -35,7 +36,7 @@ import psycopg
 from .adapters import aggregates
 from .adapters.postgres import read_snapshot
 from .core import histogram
-from .core.catalog import Catalog, Metric, is_plain_field_path, load_catalog
+from .core.catalog import Catalog, Metric, contract_fields, is_plain_field_path, load_catalog
 from .core.naming import datetime_to_us, us_to_datetime
 from .errors import InvalidRequestError
 from .settings import metric_catalog_path
@@ -138,6 +139,17 @@ def plan(catalog: Catalog, metric: str, group_by: list[str] | tuple[str, ...] = 
     sets = catalog.sets_for(chosen_metric)
     covering = [s for s in sets if needed <= set(s)]
     if not covering:
+        # a name neither the catalog nor the event contract knows (a typo, most often): say so,
+        # not that no set of this metric holds it, which sends the user off to add a set for it
+        unknown = sorted(name for name in needed - set(catalog.dimension_fields)
+                         if name.partition(".")[0] not in contract_fields())
+        if unknown:
+            close = [m for name in unknown for m in difflib.get_close_matches(name, catalog.dimension_fields, n=1)]
+            meant = f" (did you mean {', '.join(repr(m) for m in close)}?)" if close else ""
+            raise UncoveredDimensionsError(
+                f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} no dimension of the catalog "
+                f"in effect ({catalog.path}){meant}; its dimensions are {', '.join(catalog.dimension_fields)}; a field "
+                f"of your events beyond the contract needs a set in dimension_sets first")
         implicit = f" (with {', '.join(chosen_metric.by)}, which {metric} is always split by)" if chosen_metric.by else ""
         raise UncoveredDimensionsError(
             f"no stored dimension set of {metric!r} holds {', '.join(sorted(needed))}{implicit}; its stored sets are "
