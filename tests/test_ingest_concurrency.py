@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -36,6 +36,15 @@ def _worker(env: dict[str, str], partition: str, batches: list[list[tuple[bytes,
         out.put((partition, repr(exc)))
 
 
+def _stamped_later(body: bytes, seconds: int) -> bytes:
+    """The body with its occurred_at `seconds` later (0: the body itself)."""
+    if not seconds:
+        return body
+    doc = json.loads(body)
+    doc["occurred_at"] = (datetime.fromisoformat(doc["occurred_at"]) + timedelta(seconds=seconds)).isoformat()
+    return json.dumps(doc).encode()
+
+
 def test_parallel_partitions_with_overlapping_keys(env: dict[str, str], db: psycopg.Connection,
                                                    archive: BlobArchive) -> None:
     gen = Generator(seed=21, partitions=PARTITIONS, merchants=8, bad_rate=0.02,
@@ -44,11 +53,13 @@ def test_parallel_partitions_with_overlapping_keys(env: dict[str, str], db: psyc
     per: dict[str, list[tuple[bytes, int]]] = {str(p): [] for p in range(PARTITIONS)}
     for e in events:
         per[e.partition_id].append((e.body, e.sequence_number))
-    # the same 50 events also arrive on every partition (producer retries), at the same time
+    # the same 50 events also arrive on every partition (producer retries), at the same time;
+    # partitions 1-3 get them with occurred_at stamped again, k seconds later (same UTC day):
+    # one event_id a day is stored once, whichever copy commits first (migration 0015)
     shared = [e.body for e in events if e.bad_kind is None][:50]
-    for items in per.values():
+    for k, items in enumerate(per.values()):
         base = len(items) + 10_000
-        items.extend((b, base + i) for i, b in enumerate(shared))
+        items.extend((_stamped_later(b, k), base + i) for i, b in enumerate(shared))
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = []

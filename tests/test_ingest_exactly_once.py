@@ -4,6 +4,7 @@ event in another partition, and crashes at every step between the first byte and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -112,6 +113,34 @@ def test_the_same_event_in_another_partition_counts_once(deliver: Callable[..., 
     deliver([event, event], partition_id="1", first_sequence=99)   # producer retry, twice in one batch too
     assert table_snapshot(db) == before
     assert len(archive_rows(archive)) == 1
+
+
+def test_an_event_id_sent_again_with_another_time_of_its_day_adds_nothing(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """Contract section 4: an event_id delivered again never adds a row, also when the
+    producer stamped occurred_at again (or changed anything else) for the resend: the first
+    copy stored stays, in every table and the archive. The ledger takes an event_id once per
+    UTC day of occurred_at (migration 0015); another day is stored again (docs/decisions.md,
+    "Same event, different occurred_at")."""
+    event = {"event_id": "restamped-1", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z",
+             "merchant_id": "m", "amount": 5, "currency": "USD", "payment_method": "card", "status": "approved"}
+    deliver([event], partition_id="0", first_sequence=10)
+    before = table_snapshot(db)
+    later = {**event, "occurred_at": "2026-03-01T10:00:07+00:00"}
+    deliver([later], partition_id="1", first_sequence=40)                                 # another batch
+    deliver([{**event, "occurred_at": "2026-03-01T23:59:59Z", "amount": 9}], partition_id="0", first_sequence=11)
+    assert table_snapshot(db) == before
+    assert [r[2] for r in archive_rows(archive)] == ["restamped-1"]
+    # twice in one batch: the first copy in the batch stays (here the later time)
+    other = {**event, "event_id": "restamped-2"}
+    deliver([{**other, "occurred_at": "2026-03-01T11:00:00Z", "amount": 4}, {**other, "amount": 3}],
+            partition_id="2", first_sequence=5)
+    assert db.execute("SELECT occurred_at, value FROM dynamic_metrics WHERE event_id = 'restamped-2' "
+                      "AND metric_name = 'amount'").fetchall() == [(datetime(2026, 3, 1, 11, tzinfo=UTC), 4.0)]
+    # another UTC day: stored again (the ledger cannot tell, see the docstring)
+    deliver([{**event, "occurred_at": "2026-03-02T00:00:00Z"}], partition_id="0", first_sequence=12)
+    assert db.execute("SELECT count(*) FROM dynamic_metrics WHERE event_id = 'restamped-1' "
+                      "AND metric_name = 'amount'").fetchone() == (2,)
 
 
 def test_the_same_bad_event_in_another_partition_is_recorded_once(deliver: Callable[..., None],

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from typing import Any
+from uuid import UUID
 
 import psycopg
+import pytest
 
 from txmetrics import schema
 from txmetrics.core import tables
@@ -177,12 +179,63 @@ def test_the_wide_view_returns_the_rows_the_wide_table_held(empty_db: str) -> No
         ledger_columns = {c[0] for c in conn.execute("SELECT column_name FROM information_schema.columns "
                                                      "WHERE table_name = 'ingested_events'").fetchall()}
         assert ledger_columns == {"event_key", "occurred_at", "dimension_key"}
-        assert conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'p' "
-                            "AND conrelid = 'ingested_events'::regclass").fetchone() == (
-            "PRIMARY KEY (event_key, occurred_at)",)
+        # 0015: no primary key of the ledger; each day partition's unique index is its key
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'p' "
+                            "AND conrelid = 'ingested_events'::regclass").fetchone() == (0,)
+        assert conn.execute("SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) LIKE '%(event_key)' "
+                            "FROM pg_index WHERE indisunique AND indrelid IN (SELECT inhrelid FROM pg_inherits "
+                            "WHERE inhparent = 'ingested_events'::regclass) ORDER BY 1").fetchall() == [
+            ("ingested_events_p20260301_event_key", True), ("ingested_events_p20260302_event_key", True)]
         # one event's wide rows through the ledger's key (the lookup docs/ingest.md shows)
         assert conn.execute("SELECT metric_name FROM dynamic_metrics_wide WHERE event_key = txm_event_key('e1') "
                             "AND event_id = 'e1' ORDER BY 1").fetchall() == [("amount",), ("approved",)]
         columns = {c[0] for c in conn.execute("SELECT column_name FROM information_schema.columns "
                                               "WHERE table_name = 'dynamic_metrics'").fetchall()}
         assert columns == {"event_id", "metric_name", "value", "occurred_at"}
+
+
+def test_the_ledger_takes_an_event_id_once_a_day_and_old_days_keep_their_rule(empty_db: str) -> None:
+    """0015: each day partition of the ledger has a unique index on event_key (one event_id a
+    UTC day), also the partitions made later; a day that already held an event_id twice under
+    the old key keeps (event_key, occurred_at) for that day, so the migration never fails on
+    stored data; its rollback brings the primary key back."""
+    from yoyo import get_backend, read_migrations
+
+    def migrate(rollback_last: bool = False, below: str = "0015") -> None:
+        backend = get_backend(schema.yoyo_url(empty_db))
+        try:
+            migrations = read_migrations(str(schema.MIGRATIONS_DIR))
+            with backend.lock():
+                if rollback_last:
+                    backend.rollback_migrations(backend.to_rollback(migrations.filter(lambda m: m.id >= below)))
+                else:
+                    backend.apply_migrations(backend.to_apply(migrations.filter(lambda m: m.id < below)))
+        finally:
+            backend.connection.close()
+
+    def insert(conn: psycopg.Connection, event_id: str, at: str) -> bool:
+        return conn.execute("INSERT INTO ingested_events VALUES (txm_event_key(%s), %s, 1) ON CONFLICT DO NOTHING",
+                            (event_id, at)).rowcount == 1
+
+    migrate()
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("SELECT txm_ensure_day_partitions('ingested_events', '2026-03-01', '2026-03-02')")
+        assert insert(conn, "twice", "2026-03-01T10:00:00Z") and insert(conn, "twice", "2026-03-01T11:00:00Z")
+        assert insert(conn, "once", "2026-03-02T10:00:00Z")
+    schema.apply_all(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("SELECT txm_ensure_day_partitions('ingested_events', '2026-03-03', '2026-03-03')")
+        assert not insert(conn, "once", "2026-03-02T23:00:00Z")              # the same day: nothing added
+        assert insert(conn, "twice", "2026-03-01T12:00:00Z")                 # the old day's old rule
+        assert insert(conn, "x", "2026-03-03T01:00:00Z") and not insert(conn, "x", "2026-03-03T02:00:00Z")
+        assert insert(conn, "x", "2026-03-02T02:00:00Z")                     # another day is another key
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.cursor().copy(
+                "COPY ingested_events (event_key, occurred_at) FROM STDIN") as copy:
+            copy.write_row((UUID(bytes=event_key("once")), "2026-03-02T05:00:00Z"))   # the writer's COPY too
+    migrate(rollback_last=True)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'p' "
+                            "AND conrelid = 'ingested_events'::regclass").fetchone() == (
+            "PRIMARY KEY (event_key, occurred_at)",)
+        assert insert(conn, "x", "2026-03-03T02:00:00Z")                     # the old key again
+        assert conn.execute("SELECT count(*) FROM ingested_events").fetchone() == (7,)

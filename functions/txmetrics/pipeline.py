@@ -309,7 +309,7 @@ class Pipeline:
 class _SortedBatch:
     """A batch's events sorted by `_sort_events`, then filled in by the pipeline's steps."""
 
-    valid: list[PaymentEvent]                 # first sighting of each (event_id, occurred_at)
+    valid: list[PaymentEvent]                 # first sighting of each (event_id, UTC day of occurred_at)
     valid_items: list[InboundEvent]           # the inbound item of each valid event
     rejections: list[Rejection]
     batch_duplicates: int                     # repeats within this batch
@@ -331,14 +331,16 @@ class _Written:
 
 def _sort_events(inbound: Sequence[InboundEvent]) -> _SortedBatch:
     """Decode and validate each item (never raises: bad content is a Rejection); the same
-    event twice in one batch counts once. Identifiers are compared as sent, never masked."""
+    event twice in one batch counts once, the first: an event_id once per UTC day of its
+    occurred_at, the ledger's key (migration 0015). Identifiers are compared as sent, never
+    masked."""
     batch = _SortedBatch(valid=[], valid_items=[], rejections=[], batch_duplicates=0)
     seen: set[tuple[str, int]] = set()
     for item, parsed in zip(inbound, parse_events(inbound), strict=True):
         if isinstance(parsed, Rejection):
             batch.rejections.append(parsed)
             continue
-        key = (parsed.event_id, parsed.occurred_us)
+        key = (parsed.event_id, parsed.occurred_us // US_PER_DAY)
         if key in seen:
             batch.batch_duplicates += 1
             continue

@@ -155,9 +155,11 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
 
 
 def _stored_at_another_time(item_id: int, event_id: str, occurred_at: datetime, stored: list[datetime]) -> str:
-    """The note of a replay refused because its event id is stored at another time: the
-    ledger deduplicates by (event_id, occurred_at), so storing it would add the event a second
-    time (contract section 4: an event_id delivered again never adds a row)."""
+    """The note of a replay refused because its event id is stored at another time: on
+    another UTC day the ledger would take it again (it keeps an event_id once a day), adding
+    the event a second time (contract section 4: an event_id delivered again never adds a
+    row); on the same day nothing would be added, and the corrected time would be lost
+    without a word."""
     times = ", ".join(t.astimezone(UTC).isoformat() for t in stored)
     return (f"not replayed: event_id {event_id!r} is already stored with occurred_at {times}, this item has "
             f"{occurred_at.astimezone(UTC).isoformat()}; a replay cannot change a stored event (it would be counted "

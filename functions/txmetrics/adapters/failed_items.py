@@ -122,8 +122,8 @@ def replayable(conn: psycopg.Connection, *, item_ids: Sequence[int], error_code:
 
 def stored_times(conn: psycopg.Connection, *, event_id: str) -> list[datetime]:
     """The occurred_at of every event the ledger holds under this event id, earliest first:
-    what a replay checks before storing its event. One lookup of the ledger's primary key
-    prefix (event_key) in each of its day partitions: fine for a command, not for ingest."""
+    what a replay checks before storing its event. One lookup of the ledger's key
+    (event_key) in each of its day partitions: fine for a command, not for ingest."""
     return [r[0] for r in conn.execute(
         "SELECT occurred_at FROM ingested_events WHERE event_key = txm_event_key(%s) ORDER BY 1", (event_id,))]
 
