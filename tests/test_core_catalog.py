@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from txmetrics.core.catalog import CatalogError, load_catalog, parse_catalog
+from txmetrics.core.catalog import CatalogError, load_catalog, parse_catalog, parse_catalog_text
 from txmetrics.settings import BUNDLED_CATALOG
 
 
@@ -218,6 +219,47 @@ def test_a_metrics_values_of_a_batch_equal_its_value_event_by_event(documents: l
         {"name": "flag_eq", "kind": "flag", "when": {"field": "status", "equals": "approved"}},
         {"name": "flag_in", "kind": "flag", "when": {"field": "status", "in": ["approved", 1]}},
         {"name": "flag_nested", "kind": "flag", "when": {"field": "a.y", "equals": 1}},
-        {"name": "flag_exists", "kind": "flag", "when": {"field": "x", "exists": True}}]})
+        {"name": "flag_exists", "kind": "flag", "when": {"field": "x", "exists": True}},
+        {"name": "flag_number", "kind": "flag", "when": {"field": "x", "equals": 0.1}},
+        {"name": "flag_true", "kind": "flag", "when": {"field": "x", "not_equals": True}}]})
     for metric in catalog.metrics:
         assert metric.values(documents) == [metric.extract(d) for d in documents], metric.name
+
+
+def test_a_condition_compares_json_values_numbers_by_their_value_and_no_kind_with_another() -> None:
+    """An independent audit: `equals: 0.1` never held for an event's 0.1 (the YAML float's
+    binary value against the event's exact Decimal), `in: [0.3]` missed 0.3, and `equals: 1`
+    held for JSON true (Python's True == 1). A condition compares JSON values: a number by its
+    value in any form, a string, a boolean or null only with its own kind."""
+    from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
+
+    def document(extra: str) -> dict[str, Any]:
+        body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '
+                f'"amount": 1, "currency": "EUR", "payment_method": "card", "status": "approved", {extra}}}')
+        event = parse_event(InboundEvent(body=body.encode(), partition_id="0", sequence_number=1))
+        assert isinstance(event, PaymentEvent)
+        return event.document
+
+    catalog = parse_catalog({"metrics": [
+        {"name": "tenth", "kind": "flag", "when": {"field": "attributes.score", "equals": 0.1}},
+        {"name": "listed", "kind": "flag", "when": {"field": "attributes.score", "in": [1.5, 0.3, "7"]}},
+        {"name": "one", "kind": "flag", "when": {"field": "attributes.score", "equals": 1}},
+        {"name": "yes", "kind": "flag", "when": {"field": "attributes.score", "equals": True}},
+        {"name": "not_null", "kind": "flag", "when": {"field": "attributes.score", "not_equals": None}}]})
+    scores = ["0.1", "0.10", "1E-1", "0.3", "3e-1", "1", "1.0", "true", '"1"', '"7"', "7", "null", "0.1000001"]
+    documents = [document(f'"attributes": {{"score": {score}}}') for score in scores]
+    held = {m.name: [score for score, doc in zip(scores, documents, strict=True) if m.extract(doc) == 1.0]
+            for m in catalog.metrics}
+    assert held == {"tenth": ["0.1", "0.10", "1E-1"], "listed": ["0.3", "3e-1", '"7"'], "one": ["1", "1.0"],
+                    "yes": ["true"], "not_null": [s for s in scores if s != "null"]}
+    for metric in catalog.metrics:
+        assert metric.values(documents) == [metric.extract(d) for d in documents]
+
+
+@pytest.mark.parametrize("operand, reason", [(".nan", "is no JSON number"), (".inf", "is no JSON number"),
+                                             ("2026-03-01", "(date) is no JSON value")])
+def test_a_condition_no_event_can_meet_is_refused(operand: str, reason: str) -> None:
+    with pytest.raises(CatalogError, match=rf"<catalog>: metrics\[0\]\.when\.equals: .*{re.escape(reason)}"):
+        parse_catalog_text(f"metrics:\n  - {{name: a, kind: flag, when: {{field: attributes.x, equals: {operand}}}}}\n")
+    with pytest.raises(CatalogError, match=r"metrics\[0\]\.when\.in\[1\]: "):
+        parse_catalog_text(f"metrics:\n  - {{name: a, kind: flag, when: {{field: attributes.x, in: [1, {operand}]}}}}\n")

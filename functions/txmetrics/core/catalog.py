@@ -15,6 +15,11 @@ Format (keys beyond the contract's are optional)::
     window_seconds: [300]     # aggregate windows; 300 is the 5-minute window
     extra_fields: [loyalty_tier]   # top-level fields beyond the contract a dimension may name
 
+A flag's condition compares JSON values: a number by its value (`equals: 0.1` holds for an
+event's 0.1, 0.10 or 1E-1), a string, a boolean or null only with its own kind (`equals: 1`
+never holds for `true`, nor `equals: "1"` for 1); an operand no event can equal (`.nan`, an
+unquoted date) is refused.
+
 A field the catalog names (a dimension in `by` or in `dimension_sets`, a value metric's
 `source`, a flag's `when.field`) that is a near miss of a field of the event contract (a
 typo such as `curency` or `amout`) is refused, naming the field meant, rather than
@@ -67,6 +72,9 @@ class CatalogError(TxmetricsError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Condition:
+    """A flag's condition. Operands are compared with the event's values as JSON values
+    (`json_equal`); `_parse_condition` has made YAML numbers exact Decimals."""
+
     field: str
     op: str
     operand: Any
@@ -76,10 +84,31 @@ class Condition:
         if self.op == "exists":
             return (value is not None) == bool(self.operand)
         if self.op == "equals":
-            return bool(value == self.operand)
+            return json_equal(value, self.operand)
         if self.op == "not_equals":
-            return bool(value != self.operand)
-        return value in self.operand
+            return not json_equal(value, self.operand)
+        return any(json_equal(value, o) for o in self.operand)
+
+
+def json_equal(value: Any, operand: Any) -> bool:
+    """Whether an event's decoded value equals a condition's operand as JSON values: numbers
+    by their exact value, whatever their form (0.1 = 0.10 = 1E-1, 1 = 1.0), never equal to a
+    boolean (Python's True == 1 is not JSON's); strings, booleans and null only to their own
+    kind. The event's numbers are ints and exact Decimals (core/events.py); a YAML number is
+    a float, whose binary value is not the 0.1 the catalog wrote: `_parse_condition` turns
+    it into the Decimal of its shortest text."""
+    if isinstance(operand, Decimal):
+        if type(value) is bool or not isinstance(value, int | float | Decimal):
+            return False
+        if isinstance(value, float):        # not from the event decoder; read as its shortest text, like YAML's
+            value = Decimal(repr(value))
+        # is_finite first: == with a signalling NaN raises
+        return value.is_finite() and value == operand if isinstance(value, Decimal) else Decimal(value) == operand
+    if type(operand) is bool or type(value) is bool:
+        return type(value) is type(operand) and value == operand
+    if operand is None or isinstance(operand, str):
+        return type(value) is type(operand) and value == operand
+    return bool(value == operand)       # a list or mapping operand, compared as decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +134,8 @@ class Metric:
         if self.kind == "flag":
             assert self.when is not None
             when = self.when
-            if when.op == "equals" and "." not in when.field:
+            if when.op == "equals" and "." not in when.field and type(when.operand) is str:
+                # a string is equal only to the same string (json_equal), so == says it
                 field, operand = when.field, when.operand
                 return [1.0 if doc.get(field) == operand else 0.0 for doc in documents]
             return [1.0 if when.holds(doc) else 0.0 for doc in documents]
@@ -374,4 +404,28 @@ def _parse_condition(raw: Any, key: str, fail: _Refusal) -> Condition:
         raise fail(f"{key}.in", "must be a list", "write e.g. in: [approved, pending]")
     if op == "exists" and not isinstance(operand, bool):
         raise fail(f"{key}.exists", "must be true or false", "write exists: true")
-    return Condition(field=raw["field"], op=op, operand=tuple(operand) if op == "in" else operand)
+    if op == "exists":
+        return Condition(field=raw["field"], op=op, operand=operand)
+    where = f"{key}.{op}"
+    if op == "in":
+        return Condition(field=raw["field"], op=op,
+                         operand=tuple(_json_operand(o, f"{where}[{i}]", fail) for i, o in enumerate(operand)))
+    return Condition(field=raw["field"], op=op, operand=_json_operand(operand, where, fail))
+
+
+def _json_operand(value: Any, key: str, fail: _Refusal) -> Any:
+    """A condition's operand as `json_equal` compares it: a YAML number as the exact Decimal
+    of the text it was written as (a float's shortest repr: 0.1, not 0.1000000000000000055...);
+    a value no JSON event can hold (.nan, .inf, a date) refused."""
+    if type(value) is bool or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise fail(key, f"{value!r} is no JSON number, so no event can equal it", "compare with a finite number")
+        return Decimal(repr(value))
+    if isinstance(value, list | dict):
+        return value
+    raise fail(key, f"{value!r} ({type(value).__name__}) is no JSON value, so no event can equal it",
+               "quote it to compare with a string, e.g. equals: '2026-03-01'")
