@@ -123,6 +123,13 @@ def test_rejection_keeps_the_event_id_when_it_can_be_read_and_a_stable_item_key(
                  (("3", 43), ("3", 43), ("3", 44), ("1", 43))]
     keys = [r.item_key for r in anonymous if isinstance(r, Rejection)]
     assert len(keys) == 4 and keys[0] == keys[1] and len(set(keys)) == 3
+    # an event_id that is itself what is wrong still names the event (an audit: a row per resend);
+    # null or empty names nothing
+    for event_id, named in (("x" * 129, True), (12345, True), (1.5, True), (None, False), ("", False), (True, False)):
+        body = json.dumps(valid(event_id=event_id)).encode()
+        resent = [parse_event(InboundEvent(body=body, partition_id=p, sequence_number=n)) for p, n in (("0", 7), ("1", 9))]
+        assert all(isinstance(r, Rejection) and r.event_id is None for r in resent), event_id
+        assert (resent[0].item_key == resent[1].item_key) is named, event_id
 
 
 @pytest.mark.parametrize("amount, expected", [("0", "0"), (0, "0"), ("12.30", "12.30"), (1234567.891, "1234567.891"),

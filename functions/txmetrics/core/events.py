@@ -198,8 +198,9 @@ class _Invalid(Exception):
 
 def item_key(partition_id: str, sequence_number: int, body: bytes, *, identified: bool = False) -> str:
     """A bad event's key in failed_items (a second sighting adds no row). An `identified`
-    body (it names an event_id) is keyed by its bytes alone: sent again, from any partition,
-    it is the same event (contract section 2). A body with no readable event_id cannot be
+    body (it names an event_id: any non-empty string or a number, valid or not) is keyed by
+    its bytes alone: sent again, from any partition, it is the same event (contract section
+    2). A body with no event_id (absent, null, empty, or no JSON object at all) cannot be
     told from another sender's identical bytes (`{}`, an empty body), so it is keyed by its
     delivery too: the host's redelivery of it (same partition and sequence number) adds
     nothing, a distinct delivery adds a row."""
@@ -356,8 +357,10 @@ def _reject(inbound: InboundEvent, code: str, detail: str, text: str | None = No
     else:
         payload, truncated = _masked_raw_payload(inbound.body)
     event_id = None
+    named = False        # the body names an event id, valid or not: its bytes are the event's (item_key)
     if isinstance(doc, dict):
         value = doc.get("event_id")
+        named = (isinstance(value, str) and value != "") or (isinstance(value, int | Decimal) and type(value) is not bool)
         if isinstance(value, str) and 0 < len(value) <= MAX_EVENT_ID:
             event_id = mask_text(value.replace("\x00", "\ufffd"))
     return Rejection(
@@ -369,7 +372,7 @@ def _reject(inbound: InboundEvent, code: str, detail: str, text: str | None = No
         partition_id=inbound.partition_id,
         sequence_number=inbound.sequence_number,
         enqueued_at=inbound.enqueued_at,
-        item_key=item_key(inbound.partition_id, inbound.sequence_number, inbound.body, identified=event_id is not None),
+        item_key=item_key(inbound.partition_id, inbound.sequence_number, inbound.body, identified=named),
     )
 
 
