@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -98,6 +99,27 @@ def test_aggregates_equal_a_recomputation_group_by_group(specs: list[tuple[Any, 
         assert a.sum == exact_sums[key], key             # exact: no double in between
         assert (a.pos_offset, list(a.pos_counts)) == (h.pos_offset, h.pos_counts), key
         assert (a.neg_offset, list(a.neg_counts)) == (h.neg_offset, h.neg_counts), key
+
+
+@pytest.mark.parametrize("n_dims", [5, 6, 7])
+def test_a_wide_dimension_set_of_many_values_keeps_every_event_in_its_own_slice(n_dims: int) -> None:
+    """An independent audit: a set of four dimensions plus a metric's `by` of two, a thousand
+    values each, over many windows, made the batch's int64 group key wrap around: 923 of
+    1,000 events were counted in slices nobody sent. Every event is here its own slice."""
+    dims = [f"d{k}" for k in range(n_dims)]
+    cat = parse_catalog({"metrics": [{"name": "approved", "kind": "flag", "when": {"field": "status", "equals": "approved"},
+                                      "by": dims[4:]}], "dimension_sets": [dims[:4]]})
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    coprime = (1, 3, 7, 9, 11, 13, 17)           # to 1,000: each dimension has 1,000 values in the batch
+    events = [_event(i, **{d: f"{d}-{(i * coprime[k]) % 1000}" for k, d in enumerate(dims)},
+                     occurred_at=(start + timedelta(seconds=i * 67)).isoformat())
+              for i in range(1000)]
+    got = sorted((a.window_start_us, a.dimensions, a.count) for a in aggregate(events, extract_metrics(events, cat), cat).rows())
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    expected = sorted((((start - epoch) // timedelta(microseconds=1)) + (i * 67 - i * 67 % 300) * 1_000_000,
+                       json.dumps({d: events[i].document[d] for d in sorted(dims)}, separators=(",", ":")), 1)
+                      for i in range(1000))
+    assert got == expected
 
 
 def test_optional_column_dimensions_slice_absent_values_apart() -> None:

@@ -290,19 +290,11 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
         for w in catalog.window_seconds:
             starts, window_code = np.unique(occ_sel - occ_sel % (w * 1_000_000), return_inverse=True)
             for dims in catalog.sets_for(metric):
-                # one int64 key per row: mixed-radix number of (window code, dimension codes)
-                key = window_code.astype(np.int64)
-                radices = [len(labels[d]) for d in dims]
-                for d, radix in zip(dims, radices, strict=True):
-                    key = key * radix + codes[d][ev_sel]
-                uniq, inverse = np.unique(key, return_inverse=True)
+                key = _group_key(window_code.reshape(-1), len(starts), [(codes[d][ev_sel], len(labels[d])) for d in dims])
+                uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
                 offset = len(g_dims)
-                rest = uniq
-                part_codes: list[list[int]] = []
-                for radix in reversed(radices):          # decode the keys column-wise
-                    rest, code = np.divmod(rest, radix)
-                    part_codes.append(code.tolist())
-                part_codes.reverse()
+                # each group's window and dimension codes, read from its first row
+                part_codes = [codes[d][ev_sel][first].tolist() for d in dims]
                 label_sets = [labels[d] for d in dims]
                 key_sets = [label_keys[d] for d in dims]
                 for parts in zip(*part_codes, strict=True) if dims else [()] * len(uniq):
@@ -317,7 +309,7 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
                 irregular_rows += [(int(inverse.reshape(-1)[pos]) + offset, value) for pos, value in irregular]
                 g_metric.append(np.full(len(uniq), mi, dtype=np.int64))
                 g_window.append(np.full(len(uniq), w, dtype=np.int64))
-                g_start.append(starts[rest])
+                g_start.append(starts[window_code.reshape(-1)[first]])
     groups = np.concatenate(group_of)
     vals = np.concatenate(value_parts)
     n = len(g_dims)
@@ -338,6 +330,28 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
         min=mins, max=maxs, zero_count=np.bincount(groups[zero], minlength=n).astype(np.int64),
         pos=_buckets(groups[positive], mags[positive], n), neg=_buckets(groups[negative], mags[negative], n),
         sum_units=sum_units, sum_exact=sum_exact)
+
+
+_KEY_LIMIT = 2**62
+
+
+def _group_key(window_code: npt.NDArray[np.int64], windows: int,
+               columns: list[tuple[npt.NDArray[np.int64], int]]) -> npt.NDArray[np.int64]:
+    """One int64 per row, equal for two rows exactly when their window and dimension codes
+    are: the mixed-radix number of (window code, each column's code < its radix). When the
+    next radix would take the numbers past 2^62, the keys so far are first renumbered densely
+    (no more than the rows' count): a set of six dimensions of a thousand values each, in a
+    batch of many windows, wrapped around int64 and merged slices no event had (an audit)."""
+    key = window_code.astype(np.int64)
+    span = windows                                   # every key is below span
+    for code, radix in columns:
+        if span * radix >= _KEY_LIMIT:
+            _, dense = np.unique(key, return_inverse=True)
+            key = dense.reshape(-1).astype(np.int64)
+            span = int(key.max()) + 1 if key.size else 1
+        key = key * radix + code
+        span *= radix
+    return key
 
 
 # Exact sums. A value's double is not the number the event wrote (0.1, or 12345678901234.56),
