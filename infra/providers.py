@@ -165,34 +165,54 @@ def deployer_rule_name(ip: str) -> str:
     return "txmetrics-migration-" + ip.replace(".", "-")
 
 
+def _migration_rules(arm: Arm, server_id: str, api: str) -> list[str]:
+    """The names of the server's firewall rules this step makes (any deployer address), following
+    the list's nextLink pages (Firewall Rules - List By Server: {"value": [...], "nextLink": ...})."""
+    names: list[str] = []
+    page: Any = arm.call("GET", f"{server_id}/firewallRules?{api}") or {}
+    while True:
+        names += [str(r.get("name")) for r in page.get("value") or []
+                  if str(r.get("name", "")).startswith(deployer_rule_name(""))]
+        if not page.get("nextLink"):
+            return names
+        page = arm.call("GET", page["nextLink"]) or {}
+
+
 @contextmanager
 def temporary_deployer_access(arm: Arm, server_id: str, deployer_ip: str) -> Iterator[None]:
     """Public access on, and a firewall rule for the deployer's address only, for the duration of the
     block; both closed again afterwards, also when the block fails. Password login is off on the server,
-    so what the window admits is one address presenting a valid Entra token, over TLS."""
+    so what the window admits is one address presenting a valid Entra token, over TLS.
+
+    Closing leaves the server as the private stack declares it whatever it found: public access off,
+    and no firewall rule of this step left, for any address. A run killed inside the window (Ctrl-C,
+    a CI timeout) leaves it open with its rule; the next run finds the server public and must still
+    close it, and the killed run's deployer may have had another address (found by a review)."""
     api = f"api-version={POSTGRES_API_VERSION}"
     rule = f"{server_id}/firewallRules/{deployer_rule_name(deployer_ip)}?{api}"
     server = arm.call("GET", f"{server_id}?{api}") or {}
     was_public = ((server.get("properties") or {}).get("network") or {}).get("publicNetworkAccess") == "Enabled"
-    opened = False
     try:
         if not was_public:
             arm.call("PATCH", f"{server_id}?{api}", {"properties": {"network": {"publicNetworkAccess": "Enabled"}}})
-            opened = True
         arm.call("PUT", rule, {"properties": {"startIpAddress": deployer_ip, "endIpAddress": deployer_ip}})
         yield
     finally:
         problems = []
         try:
-            arm.call("DELETE", rule)
+            stale = _migration_rules(arm, server_id, api)
         except Exception as exc:
-            problems.append(f"delete firewall rule {deployer_rule_name(deployer_ip)}: {exc}")
-        if opened:
+            problems.append(f"list firewall rules: {exc}")
+            stale = []
+        for name in dict.fromkeys([deployer_rule_name(deployer_ip), *stale]):
             try:
-                arm.call("PATCH", f"{server_id}?{api}",
-                         {"properties": {"network": {"publicNetworkAccess": "Disabled"}}})
+                arm.call("DELETE", f"{server_id}/firewallRules/{name}?{api}")
             except Exception as exc:
-                problems.append(f"disable public network access: {exc}")
+                problems.append(f"delete firewall rule {name}: {exc}")
+        try:
+            arm.call("PATCH", f"{server_id}?{api}", {"properties": {"network": {"publicNetworkAccess": "Disabled"}}})
+        except Exception as exc:
+            problems.append(f"disable public network access: {exc}")
         if problems:
             raise RuntimeError(f"the deployer's temporary access to {server_id} could not be closed "
                                f"({'; '.join(problems)}); close it by hand (Azure portal, the server's Networking "

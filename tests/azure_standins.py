@@ -171,6 +171,16 @@ class ArmStandIn:
         if route == SERVER_ID and method == "PATCH":
             wanted = json.loads(body)["properties"]["network"]["publicNetworkAccess"]
             return self._async(method, lambda: self._set(public=wanted))
+        if route == f"{SERVER_ID}/firewallRules" and method == "GET":
+            # Firewall Rules - List By Server (learn.microsoft.com/rest/api/postgresql/flexibleserver/
+            # firewall-rules/list-by-server): {"value": [rule, ...], "nextLink": ...}; one rule a page
+            # here, so that a caller that ignores nextLink misses rules
+            names = sorted(self.rules)
+            page = int(_query.partition("page=")[2] or 0) if "page=" in _query else 0
+            value = [{"name": n, "properties": self.rules[n]} for n in names[page:page + 1]]
+            more = {"nextLink": f"{self.base}{route}?{_query.split('&page=')[0]}&page={page + 1}"} \
+                if page + 1 < len(names) else {}
+            return 200, {"value": value, **more}, {}
         if route.startswith(f"{SERVER_ID}/firewallRules/"):
             name = route.rsplit("/", 1)[-1]
             if method == "PUT":

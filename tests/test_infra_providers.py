@@ -251,12 +251,19 @@ def test_the_window_closes_when_the_migrations_fail(arm: ArmStandIn) -> None:
     assert (arm.public, arm.rules) == ("Disabled", {})
 
 
-def test_an_already_public_server_is_left_public_and_only_the_rule_is_removed(arm: ArmStandIn) -> None:
+def test_a_window_a_killed_run_left_open_is_closed_by_the_next_run(arm: ArmStandIn) -> None:
+    """A run killed inside the window leaves the server public with its rule (another address,
+    the deployer's laptop of then); the next run must leave the server as the private stack
+    declares it: public access off and no rule of this step, of any address. A review found
+    the next run kept it public (it only closed what it had opened itself)."""
     arm.public = "Enabled"
+    arm.rules = {deployer_rule_name("198.51.100.7"): {"startIpAddress": "198.51.100.7", "endIpAddress": "198.51.100.7"},
+                 deployer_rule_name("198.51.100.8"): {"startIpAddress": "198.51.100.8", "endIpAddress": "198.51.100.8"},
+                 "office": {"startIpAddress": "203.0.113.1", "endIpAddress": "203.0.113.1"}}
     with temporary_deployer_access(Arm(), SERVER_ID, "93.184.216.34"):
-        pass
-    assert (arm.public, arm.rules) == ("Enabled", {})
-    assert not [r for r in arm.requests if r.method == "PATCH"]
+        assert deployer_rule_name("93.184.216.34") in arm.rules
+    assert arm.public == "Disabled"
+    assert list(arm.rules) == ["office"]                  # a rule this step did not make stays
 
 
 def test_a_failed_azure_operation_fails_the_step_with_azures_message(arm: ArmStandIn) -> None:
