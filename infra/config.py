@@ -12,11 +12,13 @@ Keys (namespace `txmetrics:`), defaults in brackets:
                                       first /24 is the Function App's subnet, the second the endpoints')
   eventhubPartitions [4]              partitions of the hub (1-32 on Standard)
   eventhubRetentionDays [1]           message retention (1-7 on Standard)
-  eventhubThroughputUnits [1]         base throughput units (1-40)
+  eventhubThroughputUnits [1]         base throughput units (1-40); with auto-inflate, the units at creation
+                                      (later `up`s leave what auto-inflate set)
   eventhubMaxThroughputUnits [0]      auto-inflate ceiling; 0 disables auto-inflate
   postgresVersion [17]                16, 17 or 18
   postgresSku [Standard_B1ms]         e.g. Standard_D2ds_v5 (tier inferred: B* Burstable, D* GeneralPurpose, E* MemoryOptimized)
-  postgresStorageGb [32]              a size Flexible Server offers: 32, 64, 128, ... 16384 (powers of two)
+  postgresStorageGb [32]              a size Flexible Server offers: 32, 64, 128, ... 16384 (powers of two);
+                                      the size at creation: auto-grow enlarges it, later `up`s leave it
   postgresBackupRetentionDays [7]     7-35
   postgresGeoRedundantBackup [false]
   postgresHighAvailability [false]    zone-redundant standby

@@ -58,7 +58,12 @@ class Database(pulumi.ComponentResource):
             auth_config=pg.AuthConfigArgs(active_directory_auth="Enabled", password_auth="Disabled",
                                           tenant_id=tenant_id),
             network=pg.NetworkArgs(public_network_access="Disabled" if cfg.private_networking else "Enabled"),
-            tags={"stack": cfg.stack}, opts=pulumi.ResourceOptions(parent=self))
+            tags={"stack": cfg.stack},
+            # auto-grow enlarges the disk, and `pulumi refresh` copies what Azure reports into the inputs
+            # (pulumi-azure-native#280): the next `up` would send postgresStorageGb again, a shrink Azure
+            # refuses ("You can't scale down the storage", Learn: how-to-scale-compute-storage-portal). The
+            # setting is the size at creation; growing it later is auto-grow's, or the portal's.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["storage.storageSizeGB"]))
         self.chain: list[pulumi.Resource] = []        # the server's children, each after the previous one
         server_name_out = self.server.name
         self.entra_admin = self._child(pg.Administrator, f"{name}-entra-admin", object_id=admin_object_id,

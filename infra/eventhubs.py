@@ -27,7 +27,11 @@ class EventHubs(pulumi.ComponentResource):
             minimum_tls_version="1.2",
             # private stacks: producers and the function reach it through the VNet (private endpoint) only
             public_network_access="Disabled" if cfg.private_networking else "Enabled",
-            tags={"stack": cfg.stack}, opts=child)
+            tags={"stack": cfg.stack},
+            # with auto-inflate, Azure raises the throughput units under load and `pulumi refresh` copies
+            # them into the inputs (pulumi-azure-native#280): the next `up` would set them back to
+            # eventhubThroughputUnits at once, throttling producers mid-peak (auto-inflate never scales down)
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["sku.capacity"] if inflate else None))
         self.hub = eventhub.EventHub(
             f"{name}-hub", event_hub_name=HUB_NAME, resource_group_name=resource_group,
             namespace_name=self.namespace.name, partition_count=cfg.eventhub_partitions,

@@ -47,6 +47,7 @@ class RecordingMonitor(MockMonitor):
         self.recording.dependencies[request.name] = deps
         self.recording.explicit_dependencies[request.name] = {u.rsplit("::", 1)[-1] for u in request.dependencies}
         self.recording.replace_with[request.name] = {u.rsplit("::", 1)[-1] for u in request.replace_with}
+        self.recording.ignore_changes[request.name] = list(request.ignoreChanges)
         return super().RegisterResource(request)
 
 
@@ -71,6 +72,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.dependencies: dict[str, set[str]] = {}
         self.explicit_dependencies: dict[str, set[str]] = {}
         self.replace_with: dict[str, set[str]] = {}
+        self.ignore_changes: dict[str, list[str]] = {}
         self.subscription_id = subscription_id
         self.token_claims = token_claims or USER_CLAIMS
 

@@ -177,6 +177,18 @@ def test_differences_between_environments(dev: Any, prod: Any) -> None:
     assert (dout["privateNetworking"], pout["privateNetworking"]) == (False, True)
 
 
+def test_what_azure_grows_by_itself_is_not_set_back_by_the_next_up(dev: Any, prod: Any) -> None:
+    """Auto-grow enlarges the server's disk, auto-inflate the namespace's throughput units, and
+    `pulumi refresh` (README: `pulumi up --refresh`) copies what Azure reports into the inputs
+    (pulumi-azure-native#280). Without ignore_changes the next `up` sends the configured values
+    again: a disk shrink Azure refuses, and throughput units set back mid-peak (a review)."""
+    (d, _), (p, _) = dev, prod
+    for mocks in (d, p):
+        assert mocks.ignore_changes[mocks.one(f"{PG}:Server").name] == ["storage.storageSizeGB"]
+    assert p.ignore_changes[p.one("azure-native:eventhub:Namespace").name] == ["sku.capacity"]     # auto-inflate on
+    assert d.ignore_changes[d.one("azure-native:eventhub:Namespace").name] == []                  # off: config rules
+
+
 # ------------------------------------------------------------------ item 1: the first deploy of PostgreSQL
 # A fresh Flexible Server refuses concurrent writes to its children with ServerIsBusy (Azure/azure-postgresql#134,
 # Azure/ResourceModules#3324); the Terraform azurerm provider serialises them (terraform-provider-azurerm#19953).
