@@ -106,3 +106,35 @@ def test_failed_items_dedupe_key_is_unique(db: psycopg.Connection) -> None:
     db.execute(insert)
     with pytest.raises(psycopg.errors.UniqueViolation):
         db.execute(insert)
+
+
+def test_a_client_that_may_write_blobs_but_not_create_containers_still_uploads(
+        services: LocalServices, container_name: str) -> None:
+    """The function's identity holds Blob Data Contributor on the raw-events container only
+    (infra), a client with a container SAS likewise: creating the container is refused with
+    403 even though it exists (Azurite checks the SAS's permissions as Azure does), and the
+    upload must go on. A 403 is not taken for a missing container: the upload then fails."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from txmetrics.adapters.blob import BlobArchive
+
+    owner = BlobServiceClient.from_connection_string(services.storage_connection_string)
+    owner.create_container(container_name)
+    sas = generate_container_sas(AZURITE_ACCOUNT, container_name, account_key=AZURITE_KEY,
+                                 permission=ContainerSasPermissions(read=True, write=True, create=True, list=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    scoped = BlobServiceClient(owner.url, credential=sas)
+    with pytest.raises(HttpResponseError) as refused:
+        scoped.get_container_client(container_name).create_container()
+    assert refused.value.status_code == 403                  # what ensure_container meets
+    archive = BlobArchive(scoped, container_name)
+    archive.upload("raw_events/yyyy=2026/mm=03/dd=01/f.parquet", b"PAR1")
+    assert archive.download("raw_events/yyyy=2026/mm=03/dd=01/f.parquet") == b"PAR1"
+    missing = BlobArchive(BlobServiceClient(owner.url, credential=generate_container_sas(
+        AZURITE_ACCOUNT, container_name + "-gone", account_key=AZURITE_KEY, permission=ContainerSasPermissions(
+            write=True, create=True), expiry=datetime.now(UTC) + timedelta(hours=1))), container_name + "-gone")
+    with pytest.raises(HttpResponseError):
+        missing.upload("x.parquet", b"PAR1")

@@ -61,10 +61,19 @@ class BlobArchive:
         return bool(self._container.get_blob_client(path).exists())
 
     def ensure_container(self) -> None:
+        """Create the container unless it exists. A client that may write blobs but not create
+        containers (the function's identity holds Blob Data Contributor on this container
+        only; a container SAS) gets 403 for the create even when the container is there: then
+        the container is taken to exist (Pulumi makes it), and an upload says so if it does not."""
         if self._container_checked:
             return
-        with contextlib.suppress(ResourceExistsError):
+        try:
             self._container.create_container()
+        except ResourceExistsError:
+            pass
+        except HttpResponseError as exc:
+            if exc.status_code != 403:
+                raise
         self._container_checked = True
 
     def upload(self, path: str, data: bytes) -> None:
