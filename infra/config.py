@@ -20,7 +20,7 @@ Keys (namespace `txmetrics:`), defaults in brackets:
   postgresStorageGb [32]              a size Flexible Server offers: 32, 64, 128, ... 16384 (powers of two);
                                       the size at creation: auto-grow enlarges it, later `up`s leave it
   postgresBackupRetentionDays [7]     7-35
-  postgresGeoRedundantBackup [false]  fixed when the server is created (Azure: "only at server creation";
+  postgresGeoRedundantBackup [false]  fixed when the server is created (Azure allows it "only during server create";
                                       to change it, restore into a new server)
   postgresHighAvailability [false]    zone-redundant standby
   postgresEntraAdminObjectId [the deployer]   pin the PostgreSQL Entra administrator (e.g. a group every
