@@ -135,6 +135,24 @@ _AMOUNT = {"name": "amount", "kind": "value", "source": "amount"}
      "(did you mean 'status'?)", "write status"),
     ({"metrics": [{**_FLAG, "when": {"field": "atributes.channel", "exists": True}}]}, "metrics[0].when.field",
      "(did you mean 'attributes.channel'?)", "write attributes.channel"),
+    # a second audit, of custom catalogs: accepted, then silently nothing or wrong numbers
+    ({"window_seconds": [3600]}, "window_seconds", "lacks 300, the 5-minute window every KPI reader reads",
+     "add 300"),
+    ({"dimension_sets": [[], ["count"]]}, "dimension_sets[1]", "overwritten by the KPI rows' own 'count' column",
+     "group by another field"),
+    ({"dimension_sets": [["p95"]]}, "dimension_sets[0]", "'p95' column", "group by another field"),
+    ({"metrics": [{"name": "volume", "kind": "value", "source": "amount"}]}, "metrics[0].by",
+     "reads amount but is not split by currency", "add by: [currency] to 'volume'"),
+    ({"metrics": [{**_FLAG, "when": {"field": "status", "equals": "aproved"}}]}, "metrics[0].when.equals",
+     "'aproved' is no status a valid event has (did you mean 'approved'?)", "use one of approved, declined"),
+    ({"metrics": [{**_FLAG, "when": {"field": "status", "in": ["declined", "faild"]}}]}, "metrics[0].when.in[1]",
+     "(did you mean 'failed'?)", "use one of"),
+    ({"metrics": [{**_FLAG, "when": {"field": "status", "equals": 1}}]}, "metrics[0].when.equals",
+     "status holds a string (quote it)", "compare status with a string"),
+    ({"metrics": [{**_FLAG, "when": {"field": "currency", "not_equals": "eur"}}]}, "metrics[0].when.not_equals",
+     "'eur' is not an ISO 4217 code", "'EUR'"),
+    ({"metrics": [{**_FLAG, "when": {"field": "processing_ms", "equals": "100"}}]}, "metrics[0].when.equals",
+     "processing_ms holds a number", "compare processing_ms with a number"),
 ])
 def test_a_field_outside_the_event_contract_is_refused(changes: dict[str, Any], key: str, reason: str, fix: str,
                                                            tmp_path: Path) -> None:
@@ -217,7 +235,7 @@ def test_a_metrics_values_of_a_batch_equal_its_value_event_by_event(documents: l
     catalog = parse_catalog({"metrics": [
         {"name": "top", "kind": "value", "source": "x"}, {"name": "nested", "kind": "value", "source": "a.y"},
         {"name": "flag_eq", "kind": "flag", "when": {"field": "status", "equals": "approved"}},
-        {"name": "flag_in", "kind": "flag", "when": {"field": "status", "in": ["approved", 1]}},
+        {"name": "flag_in", "kind": "flag", "when": {"field": "x", "in": ["approved", 1]}},
         {"name": "flag_nested", "kind": "flag", "when": {"field": "a.y", "equals": 1}},
         {"name": "flag_exists", "kind": "flag", "when": {"field": "x", "exists": True}},
         {"name": "flag_number", "kind": "flag", "when": {"field": "x", "equals": 0.1}},
@@ -252,6 +270,59 @@ def test_a_condition_compares_json_values_numbers_by_their_value_and_no_kind_wit
             for m in catalog.metrics}
     assert held == {"tenth": ["0.1", "0.10", "1E-1"], "listed": ["0.3", "3e-1", '"7"'], "one": ["1", "1.0"],
                     "yes": ["true"], "not_null": [s for s in scores if s != "null"]}
+    for metric in catalog.metrics:
+        assert metric.values(documents) == [metric.extract(d) for d in documents]
+
+
+def test_conditions_on_contract_fields_that_valid_events_can_meet_are_taken() -> None:
+    catalog = parse_catalog({"metrics": [
+        {"name": "a", "kind": "flag", "when": {"field": "status", "in": ["approved", "pending"]}},
+        {"name": "b", "kind": "flag", "when": {"field": "event_type", "equals": None}},
+        {"name": "c", "kind": "flag", "when": {"field": "country", "not_equals": "DE"}},
+        {"name": "d", "kind": "flag", "when": {"field": "amount", "equals": 0}},
+        {"name": "e", "kind": "flag", "when": {"field": "attributes.status", "equals": 1}},
+        {"name": "f", "kind": "value", "source": "amount", "by": ["currency"]}]})
+    assert catalog.metric_names == ("a", "b", "c", "d", "e", "f")
+
+
+def test_a_metric_reads_free_form_keys_a_dimension_cannot_name() -> None:
+    """Keys under attributes may hold hyphens or start with a digit (a second audit: both
+    refused, the condition's with a wrong message). A metric only looks them up; a dimension
+    name goes into SQL, so it stays a plain path."""
+    catalog = parse_catalog({"metrics": [
+        {"name": "risk", "kind": "value", "source": "attributes.risk-score"},
+        {"name": "secure", "kind": "flag", "when": {"field": "attributes.3ds", "equals": True}}]})
+    document = {"attributes": {"risk-score": 0.5, "3ds": True}}
+    assert [m.extract(document) for m in catalog.metrics] == [0.5, 1.0]
+    with pytest.raises(CatalogError, match=r"metrics\[0\]\.when\.field: 'status code' is not a dotted field path"):
+        parse_catalog({"metrics": [{"name": "a", "kind": "flag", "when": {"field": "status code", "equals": "x"}}]})
+    with pytest.raises(CatalogError, match=r"dimension_sets\[0\]: .*not a list of field paths"):
+        parse_catalog({"metrics": [_FLAG], "dimension_sets": [["attributes.risk-score"]]})
+
+
+def test_a_flag_on_amount_reads_its_decimal_strings_as_numbers() -> None:
+    """Contract section 1: amount is a JSON number or a decimal string; a value metric reads
+    "10.00" as 10, so a flag compares it as the number too (a second audit: `equals: 0`
+    missed "0.00", `in: [10, 20]` missed "10.00")."""
+    from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
+
+    def document(amount: str) -> dict[str, Any]:
+        body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '
+                f'"amount": {amount}, "currency": "EUR", "payment_method": "card", "status": "approved"}}')
+        event = parse_event(InboundEvent(body=body.encode(), partition_id="0", sequence_number=1))
+        assert isinstance(event, PaymentEvent)
+        return event.document
+
+    catalog = parse_catalog({"metrics": [
+        {"name": "free", "kind": "flag", "when": {"field": "amount", "equals": 0}},
+        {"name": "round", "kind": "flag", "when": {"field": "amount", "in": [10, 20]}},
+        {"name": "paid", "kind": "flag", "when": {"field": "amount", "not_equals": 0}}]})
+    amounts = ['"0.00"', '"0"', "0", "0.0", '"10.00"', '" 20 "', "10", '"10.5"']
+    documents = [document(a) for a in amounts]
+    held = {m.name: [a for a, doc in zip(amounts, documents, strict=True) if m.extract(doc) == 1.0]
+            for m in catalog.metrics}
+    assert held == {"free": ['"0.00"', '"0"', "0", "0.0"], "round": ['"10.00"', '" 20 "', "10"],
+                    "paid": ['"10.00"', '" 20 "', "10", '"10.5"']}
     for metric in catalog.metrics:
         assert metric.values(documents) == [metric.extract(d) for d in documents]
 

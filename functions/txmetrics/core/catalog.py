@@ -15,10 +15,17 @@ Format (keys beyond the contract's are optional)::
     window_seconds: [300]     # aggregate windows; 300 is the 5-minute window
     extra_fields: [loyalty_tier]   # top-level fields beyond the contract a dimension may name
 
+What every reader needs is checked too: `window_seconds` holds 300 (the 5-minute rows the
+KPI readers merge), no dimension is named like a KPI row's own column (`count`, `p95`, ...),
+and a metric reading `amount` is split by currency. A metric's `source` and `when.field` may
+name keys with hyphens or a leading digit under an object (`attributes.risk-score`); a
+dimension stays a plain path (it goes into SQL as a jsonb key).
+
 A flag's condition compares JSON values: a number by its value (`equals: 0.1` holds for an
 event's 0.1, 0.10 or 1E-1), a string, a boolean or null only with its own kind (`equals: 1`
-never holds for `true`, nor `equals: "1"` for 1); an operand no event can equal (`.nan`, an
-unquoted date) is refused.
+never holds for `true`, nor `equals: "1"` for 1), except that `amount`'s decimal strings are
+the numbers they write (contract section 1); an operand no event can equal (`.nan`, an
+unquoted date, `status: aproved`, `currency: eur`, `status: 1`) is refused.
 
 A field the catalog names (a dimension in `by` or in `dimension_sets`, a value metric's
 `source`, a flag's `when.field`) that is a near miss of a field of the event contract (a
@@ -45,16 +52,26 @@ from typing import Any
 import yaml
 
 from ..errors import TxmetricsError
+from .events import STATUSES
 from .fields import COLUMN_DIMENSIONS, SCHEMA
 from .yaml_text import DuplicateKeyError, load_yaml
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")                       # fullmatch: "amount\n" is no name
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# A path a metric reads (source, when.field) is only looked up in the document, never put in
+# SQL as a dimension name is: keys under an object may also hold hyphens or start with a digit
+# (attributes.risk-score, attributes.3ds), as free-form producers write them.
+_READ_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*")
 # A number written as text, as a metric value: plain decimal or exponent form, no more. Not
 # Decimal(text): it also takes "sNaN" (which float() refuses with ValueError), "1_000", "Inf".
 _NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _MAX_NUMBER_TEXT = 100
 _KINDS = ("value", "flag")
+BASE_WINDOW = 300
+# The names of a KPI row's own columns (kpi.KpiRow.record): a dimension of the same name would
+# be overwritten by the figure in `txmetrics kpi`'s json and csv, and its groups not told apart.
+KPI_FIGURES = ("window_start", "count", "true_count", "rate", "sum", "mean", "min", "max")
+_QUANTILE_LABEL = re.compile(r"p[0-9]+(?:\.[0-9]+)?")
 _CONDITIONS = ("equals", "not_equals", "in", "exists")
 _TOP_KEYS = {"metrics", "dimension_sets", "window_seconds", "version", "description", "extra_fields"}
 _METRIC_KEYS = {"name", "kind", "source", "when", "by", "description"}
@@ -81,6 +98,8 @@ class Condition:
 
     def holds(self, document: dict[str, Any]) -> bool:
         value = lookup(document, self.field)
+        if self.field in NUMBER_TEXT_FIELDS and isinstance(value, str):
+            value = _decimal_of_text(value)       # "12.30" is the number 12.30 here (contract section 1)
         if self.op == "exists":
             return (value is not None) == bool(self.operand)
         if self.op == "equals":
@@ -88,6 +107,18 @@ class Condition:
         if self.op == "not_equals":
             return not json_equal(value, self.operand)
         return any(json_equal(value, o) for o in self.operand)
+
+
+# Fields the contract lets an event write as a number or a decimal string ("12.30"): a condition
+# reads the string as the number it is, as ingest does (a value metric reads any number text).
+NUMBER_TEXT_FIELDS = ("amount",)
+
+
+def _decimal_of_text(text: str) -> Decimal | str:
+    stripped = text.strip()
+    if len(stripped) <= _MAX_NUMBER_TEXT and _NUMBER_TEXT.fullmatch(stripped):
+        return Decimal(stripped)
+    return text
 
 
 def json_equal(value: Any, operand: Any) -> bool:
@@ -134,7 +165,8 @@ class Metric:
         if self.kind == "flag":
             assert self.when is not None
             when = self.when
-            if when.op == "equals" and "." not in when.field and type(when.operand) is str:
+            if when.op == "equals" and "." not in when.field and type(when.operand) is str \
+                    and when.field not in NUMBER_TEXT_FIELDS:
                 # a string is equal only to the same string (json_equal), so == says it
                 field, operand = when.field, when.operand
                 return [1.0 if doc.get(field) == operand else 0.0 for doc in documents]
@@ -273,11 +305,18 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
             _check_field(metric.when.field, f"metrics[{i}].when.field", fail, extra)
         for d in metric.by:
             _check_field(d, f"metrics[{i}].by", fail, extra)
+            _check_not_a_figure(d, f"metrics[{i}].by", fail)
         metrics.append(metric)
     sets = _parse_dimension_sets(raw.get("dimension_sets", [[]]), fail)
     for i, dims in enumerate(sets):
         for d in dims:
             _check_field(d, f"dimension_sets[{i}]", fail, extra)
+            _check_not_a_figure(d, f"dimension_sets[{i}]", fail)
+    for i, metric in enumerate(metrics):
+        if metric.source == "amount" and "currency" not in metric.by:
+            raise fail(f"metrics[{i}].by", f"metric {metric.name!r} reads amount but is not split by currency, so "
+                       "amounts of different currencies would be added together (contract section 5)",
+                       f"add by: [currency] to {metric.name!r}")
     return Catalog(path=path, metrics=tuple(metrics), dimension_sets=sets,
                    window_seconds=_parse_windows(raw.get("window_seconds", [300]), fail))
 
@@ -310,7 +349,7 @@ def _parse_metric(m: Any, key: str, fail: _Refusal, *, taken: set[str]) -> Metri
     source = m.get("source")
     when: Condition | None = None
     if kind == "value":
-        if not isinstance(source, str) or not _PATH.fullmatch(source):
+        if not isinstance(source, str) or not _READ_PATH.fullmatch(source):
             raise fail(f"{key}.source", f"{source!r} is not a dotted field path",
                        "name the event field to read, e.g. amount or attributes.risk_score")
         if "when" in m:
@@ -369,6 +408,13 @@ def _check_field(name: str, key: str, fail: _Refusal, extra: tuple[str, ...]) ->
     # by one): taken without extra_fields, so no catalog that worked before is refused
 
 
+def _check_not_a_figure(name: str, key: str, fail: _Refusal) -> None:
+    if name in KPI_FIGURES or _QUANTILE_LABEL.fullmatch(name):
+        raise fail(key, f"a dimension named {name!r} would be overwritten by the KPI rows' own {name!r} column in "
+                   "txmetrics kpi's json and csv (its groups could not be told apart)",
+                   "group by another field (a path under attributes, or a field of your own with another name)")
+
+
 def _parse_dimension_sets(sets_raw: Any, fail: _Refusal) -> tuple[tuple[str, ...], ...]:
     if not isinstance(sets_raw, list) or not sets_raw:
         raise fail("dimension_sets", "must be a non-empty list of lists", "write e.g. dimension_sets: [[], [payment_method]]")
@@ -389,12 +435,20 @@ def _parse_windows(windows_raw: Any, fail: _Refusal) -> tuple[int, ...]:
             isinstance(w, int) and not isinstance(w, bool) and w > 0 and 86400 % w == 0 for w in windows_raw):
         raise fail("window_seconds", f"{windows_raw!r} is not a list of window lengths dividing a day",
                    "use e.g. [300] (5 minutes)")
+    if BASE_WINDOW not in windows_raw:
+        # every reader (txmetrics kpi, the KPI API, payment_metrics_5m, the rollups, the report)
+        # reads the 5-minute rows and merges them into longer windows: without them it has nothing
+        raise fail("window_seconds", f"{windows_raw!r} lacks {BASE_WINDOW}, the 5-minute window every KPI reader "
+                   "reads (longer windows are merged from it)", f"add {BASE_WINDOW}, e.g. [{BASE_WINDOW}, 3600]")
     return tuple(sorted(set(windows_raw)))
 
 
 def _parse_condition(raw: Any, key: str, fail: _Refusal) -> Condition:
-    if not isinstance(raw, dict) or not isinstance(raw.get("field"), str) or not _PATH.fullmatch(raw["field"]):
+    if not isinstance(raw, dict) or "field" not in raw:
         raise fail(key, "a flag metric needs a condition with a 'field'", "write e.g. when: {field: status, equals: approved}")
+    if not isinstance(raw["field"], str) or not _READ_PATH.fullmatch(raw["field"]):
+        raise fail(f"{key}.field", f"{raw['field']!r} is not a dotted field path",
+                   "name the event field to test, e.g. status or attributes.risk-score")
     ops = [op for op in raw if op != "field"]
     if len(ops) != 1 or ops[0] not in _CONDITIONS:
         raise fail(key, f"needs exactly one of {', '.join(_CONDITIONS)}, got {ops}", "write e.g. equals: approved")
@@ -408,9 +462,45 @@ def _parse_condition(raw: Any, key: str, fail: _Refusal) -> Condition:
         return Condition(field=raw["field"], op=op, operand=operand)
     where = f"{key}.{op}"
     if op == "in":
-        return Condition(field=raw["field"], op=op,
-                         operand=tuple(_json_operand(o, f"{where}[{i}]", fail) for i, o in enumerate(operand)))
-    return Condition(field=raw["field"], op=op, operand=_json_operand(operand, where, fail))
+        operands = tuple(_json_operand(o, f"{where}[{i}]", fail) for i, o in enumerate(operand))
+        for i, o in enumerate(operands):
+            _check_operand(raw["field"], o, f"{where}[{i}]", fail)
+        return Condition(field=raw["field"], op=op, operand=operands)
+    single = _json_operand(operand, where, fail)
+    _check_operand(raw["field"], single, where, fail)
+    return Condition(field=raw["field"], op=op, operand=single)
+
+
+_CODES = {"currency": (re.compile(r"[A-Z]{3}"), "an ISO 4217 code (three upper-case letters)"),
+          "country": (re.compile(r"[A-Z]{2}"), "an ISO 3166-1 alpha-2 code (two upper-case letters)")}
+_NUMBER_TYPES = ("decimal", "int64", "float64")
+
+
+def _check_operand(field: str, operand: Any, key: str, fail: _Refusal) -> None:
+    """An operand a field of the event contract can never hold is refused: one of another
+    JSON kind (status: 1), a status no valid event has (aproved), a currency or country
+    code in a form the contract refuses (eur). Such a flag would be 0 for every event.
+    Null stays allowed (`equals: null`: the field is absent); fields beyond the contract and
+    paths under objects take any operand."""
+    declared = {c.name: c for c in SCHEMA.event_fields}.get(field)
+    if declared is None or operand is None:
+        return
+    kind = declared.type
+    if kind in _NUMBER_TYPES:
+        ok, wanted = isinstance(operand, Decimal), "a number"
+    elif kind == "boolean":
+        ok, wanted = type(operand) is bool, "true or false"
+    else:
+        ok, wanted = isinstance(operand, str), "a string (quote it)"
+    if not ok:
+        raise fail(key, f"{field} holds {wanted}, so {operand!r} never equals it", f"compare {field} with {wanted}")
+    if field == "status" and operand not in STATUSES:
+        close = difflib.get_close_matches(operand, STATUSES, n=1)
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        raise fail(key, f"{operand!r} is no status a valid event has{meant}", f"use one of {', '.join(STATUSES)}")
+    if field in _CODES and not _CODES[field][0].fullmatch(operand):
+        raise fail(key, f"{operand!r} is not {_CODES[field][1]}, so no valid event has it",
+                   f"write it as the events do, e.g. {operand.upper()!r}")
 
 
 def _json_operand(value: Any, key: str, fail: _Refusal) -> Any:
