@@ -1,5 +1,4 @@
--- Back to 0007's day partitions and the ledger's primary key (event_key, occurred_at), which
--- every day satisfies (one event_id a day is the stricter rule).
+-- Back to 0007's day partitions (0016's rollback has brought the ledger's primary key back).
 CREATE OR REPLACE FUNCTION txm_ensure_day_partitions(parent regclass, first_day date, last_day date)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
@@ -29,16 +28,4 @@ BEGIN
 END
 $$;
 
-DO $$
-DECLARE
-    part regclass;
-BEGIN
-    FOR part IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'ingested_events'::regclass LOOP
-        EXECUTE format('DROP INDEX IF EXISTS %I', part::text || '_event_key');
-        EXECUTE format('DROP INDEX IF EXISTS %I', part::text || '_event_key_time');
-    END LOOP;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'ingested_events'::regclass AND contype = 'p') THEN
-        ALTER TABLE ingested_events ADD CONSTRAINT ingested_events_pkey PRIMARY KEY (event_key, occurred_at);
-    END IF;
-END
-$$;
+DROP FUNCTION IF EXISTS txm_ledger_day_key(regclass);

@@ -8,15 +8,33 @@
 -- expressions. Each day partition can: it holds one UTC day, so a unique index on event_key
 -- alone in each partition is exactly one event_id a day, race-free (a second writer waits for
 -- the first's commit, as before), and 8 bytes an entry smaller than (event_key, occurred_at).
---   * New day partitions get it from txm_ensure_day_partitions (below), on the standalone
---     table before it is attached (no lock on the ledger for it).
---   * Existing day partitions get it here. A day that already holds an event_id twice (stored
---     under the old key) cannot: it keeps a unique index on (event_key, occurred_at), the old
---     rule, for that day only. Each index is built under a SHARE lock on its partition, so
---     batches writing to the ledger wait until the migration commits (the host retries them).
---   * Then the parent's primary key goes; ON CONFLICT DO NOTHING and COPY's unique check use
---     the partition's own unique index (no conflict target is named anywhere).
+-- Two migrations, so that no day partition is ever made without a key:
+--   * 0015 (this one) replaces txm_ensure_day_partitions, and commits before 0016 starts: new
+--     ledger days get the key on the standalone table before it is attached (while the parent
+--     still has its primary key, they also get that one, which 0016 drops). It also gives a
+--     ledger day in its range that has no unique index one (txm_ledger_day_key) before it
+--     does anything else: a call that began in the old body and was held until after 0016
+--     would otherwise have made a day without any key (found by a review).
+--   * 0016 takes the ledger's lock once, builds the key of every existing day and drops the
+--     parent's primary key. ON CONFLICT DO NOTHING and COPY's unique check then use each
+--     partition's own unique index (no conflict target is named anywhere).
 -- Statements are idempotent (yoyo records a migration in a second transaction).
+
+-- The key of one ledger day partition: a unique index on event_key alone; a day that already
+-- holds an event_id twice (stored under the old key) keeps (event_key, occurred_at), that day only.
+CREATE OR REPLACE FUNCTION txm_ledger_day_key(part regclass)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    IF to_regclass(part::text || '_event_key') IS NOT NULL OR to_regclass(part::text || '_event_key_time') IS NOT NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        EXECUTE format('CREATE UNIQUE INDEX %I ON %s (event_key)', part::text || '_event_key', part);
+    EXCEPTION WHEN unique_violation THEN
+        EXECUTE format('CREATE UNIQUE INDEX %I ON %s (event_key, occurred_at)', part::text || '_event_key_time', part);
+    END;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION txm_ensure_day_partitions(parent regclass, first_day date, last_day date)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
@@ -27,6 +45,14 @@ DECLARE
 BEGIN
     IF last_day < first_day THEN
         RETURN 0;
+    END IF;
+    IF parent = 'ingested_events'::regclass THEN
+        -- a ledger day without a unique index of its own (made by this function's body before
+        -- 0015 after 0016 dropped the parent's key, or by hand) takes one before anything else
+        PERFORM txm_ledger_day_key(p.oid::regclass)
+           FROM generate_series(first_day, last_day, interval '1 day') AS g(day)
+           JOIN pg_class p ON p.oid = to_regclass(format('%s_p%s', parent::text, to_char(g.day, 'YYYYMMDD')))
+          WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = p.oid AND i.indisunique);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM generate_series(first_day, last_day, interval '1 day') AS g(day)
                     WHERE to_regclass(format('%s_p%s', parent::text, to_char(g.day, 'YYYYMMDD'))) IS NULL) THEN
@@ -39,8 +65,7 @@ BEGIN
         IF to_regclass(part) IS NULL THEN
             EXECUTE format('CREATE TABLE %I (LIKE %s INCLUDING ALL)', part, parent);
             IF parent = 'ingested_events'::regclass THEN
-                -- the ledger's key: one event_id a UTC day (this migration's header)
-                EXECUTE format('CREATE UNIQUE INDEX %I ON %I (event_key)', part || '_event_key', part);
+                PERFORM txm_ledger_day_key(part::regclass);      -- the ledger's key (this migration's header)
             END IF;
             EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                            parent, part, d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
@@ -50,23 +75,3 @@ BEGIN
     RETURN created;
 END
 $$;
-
-DO $$
-DECLARE
-    part regclass;
-BEGIN
-    FOR part IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'ingested_events'::regclass LOOP
-        IF to_regclass(part::text || '_event_key') IS NULL AND to_regclass(part::text || '_event_key_time') IS NULL THEN
-            BEGIN
-                EXECUTE format('CREATE UNIQUE INDEX %I ON %s (event_key)', part::text || '_event_key', part);
-            EXCEPTION WHEN unique_violation THEN
-                -- an event_id stored twice on this day under the old key: the old rule, this day only
-                EXECUTE format('CREATE UNIQUE INDEX %I ON %s (event_key, occurred_at)', part::text || '_event_key_time',
-                               part);
-            END;
-        END IF;
-    END LOOP;
-END
-$$;
-
-ALTER TABLE ingested_events DROP CONSTRAINT IF EXISTS ingested_events_pkey;

@@ -55,7 +55,7 @@ def test_parallel_partitions_with_overlapping_keys(env: dict[str, str], db: psyc
         per[e.partition_id].append((e.body, e.sequence_number))
     # the same 50 events also arrive on every partition (producer retries), at the same time;
     # partitions 1-3 get them with occurred_at stamped again, k seconds later (same UTC day):
-    # one event_id a day is stored once, whichever copy commits first (migration 0015)
+    # one event_id a day is stored once, whichever copy commits first (migrations 0015-0016)
     shared = [e.body for e in events if e.bad_kind is None][:50]
     for k, items in enumerate(per.values()):
         base = len(items) + 10_000

@@ -120,7 +120,7 @@ def test_an_event_id_sent_again_with_another_time_of_its_day_adds_nothing(
     """Contract section 4: an event_id delivered again never adds a row, also when the
     producer stamped occurred_at again (or changed anything else) for the resend: the first
     copy stored stays, in every table and the archive. The ledger takes an event_id once per
-    UTC day of occurred_at (migration 0015); another day is stored again (docs/decisions.md,
+    UTC day of occurred_at (migrations 0015-0016); another day is stored again (docs/decisions.md,
     "Same event, different occurred_at")."""
     event = {"event_id": "restamped-1", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z",
              "merchant_id": "m", "amount": 5, "currency": "USD", "payment_method": "card", "status": "approved"}

@@ -179,7 +179,7 @@ def test_the_wide_view_returns_the_rows_the_wide_table_held(empty_db: str) -> No
         ledger_columns = {c[0] for c in conn.execute("SELECT column_name FROM information_schema.columns "
                                                      "WHERE table_name = 'ingested_events'").fetchall()}
         assert ledger_columns == {"event_key", "occurred_at", "dimension_key"}
-        # 0015: no primary key of the ledger; each day partition's unique index is its key
+        # 0016: no primary key of the ledger; each day partition's unique index is its key
         assert conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'p' "
                             "AND conrelid = 'ingested_events'::regclass").fetchone() == (0,)
         assert conn.execute("SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) LIKE '%(event_key)' "
@@ -195,10 +195,11 @@ def test_the_wide_view_returns_the_rows_the_wide_table_held(empty_db: str) -> No
 
 
 def test_the_ledger_takes_an_event_id_once_a_day_and_old_days_keep_their_rule(empty_db: str) -> None:
-    """0015: each day partition of the ledger has a unique index on event_key (one event_id a
-    UTC day), also the partitions made later; a day that already held an event_id twice under
-    the old key keeps (event_key, occurred_at) for that day, so the migration never fails on
-    stored data; its rollback brings the primary key back."""
+    """0015-0016: each day partition of the ledger has a unique index on event_key (one
+    event_id a UTC day), also the partitions made later, and a day found without any key gets
+    one; a day that already held an event_id twice under the old key keeps (event_key,
+    occurred_at) for that day, so the migration never fails on stored data; the rollback
+    brings the primary key back."""
     from yoyo import get_backend, read_migrations
 
     def migrate(rollback_last: bool = False, below: str = "0015") -> None:
@@ -232,6 +233,20 @@ def test_the_ledger_takes_an_event_id_once_a_day_and_old_days_keep_their_rule(em
         with pytest.raises(psycopg.errors.UniqueViolation), conn.cursor().copy(
                 "COPY ingested_events (event_key, occurred_at) FROM STDIN") as copy:
             copy.write_row((UUID(bytes=event_key("once")), "2026-03-02T05:00:00Z"))   # the writer's COPY too
+        # a day made without any key (the old function body, held until after 0016; by hand)
+        # gets it from the next txm_ensure_day_partitions over its range, before anything else
+        conn.execute("CREATE TABLE ingested_events_p20260304 (LIKE ingested_events INCLUDING ALL)")
+        conn.execute("ALTER TABLE ingested_events ATTACH PARTITION ingested_events_p20260304 "
+                     "FOR VALUES FROM ('2026-03-04T00:00:00Z') TO ('2026-03-05T00:00:00Z')")
+        assert insert(conn, "y", "2026-03-04T01:00:00Z") and insert(conn, "y", "2026-03-04T01:00:00Z")   # no key
+        conn.execute("DELETE FROM ingested_events WHERE occurred_at >= '2026-03-04'")
+        conn.execute("SELECT txm_ensure_day_partitions('ingested_events', '2026-03-04', '2026-03-04')")
+        assert insert(conn, "z", "2026-03-04T01:00:00Z") and not insert(conn, "z", "2026-03-04T02:00:00Z")
+        keyless = conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = "
+                               "'ingested_events'::regclass AND NOT EXISTS (SELECT 1 FROM pg_index "
+                               "WHERE indrelid = inhrelid AND indisunique)").fetchall()
+        assert keyless == []
+        conn.execute("DELETE FROM ingested_events WHERE occurred_at >= '2026-03-04'")
     migrate(rollback_last=True)
     with psycopg.connect(empty_db, autocommit=True) as conn:
         assert conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'p' "

@@ -332,7 +332,7 @@ class _Written:
 def _sort_events(inbound: Sequence[InboundEvent]) -> _SortedBatch:
     """Decode and validate each item (never raises: bad content is a Rejection); the same
     event twice in one batch counts once, the first: an event_id once per UTC day of its
-    occurred_at, the ledger's key (migration 0015). Identifiers are compared as sent, never
+    occurred_at, the ledger's key (migrations 0015-0016). Identifiers are compared as sent, never
     masked."""
     batch = _SortedBatch(valid=[], valid_items=[], rejections=[], batch_duplicates=0)
     seen: set[tuple[str, int]] = set()
