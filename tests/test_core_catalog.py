@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,19 @@ def test_a_condition_compares_json_values_numbers_by_their_value_and_no_kind_wit
                     "yes": ["true"], "not_null": [s for s in scores if s != "null"]}
     for metric in catalog.metrics:
         assert metric.values(documents) == [metric.extract(d) for d in documents]
+
+
+def test_a_condition_reads_its_yaml_number_as_written() -> None:
+    """A review: YAML 1.1 reads 1e-1 (no dot, or an unsigned exponent) as a string, so the
+    flag was 0 for every event; and a float's nearest double dropped written digits
+    (0.1000000000000000001 compared as 0.1)."""
+    text = ("metrics:\n"
+            "  - {name: tenth, kind: flag, when: {field: attributes.x, equals: 1e-1}}\n"
+            "  - {name: long, kind: flag, when: {field: attributes.x, in: [0.1000000000000000001, 1.5E3]}}\n")
+    tenth, long = parse_catalog_text(text).metrics
+    for x, expected in ((Decimal("0.1"), (1.0, 0.0)), (Decimal("0.1000000000000000001"), (0.0, 1.0)),
+                        (1500, (0.0, 1.0)), ("1e-1", (0.0, 0.0))):
+        assert (tenth.extract({"attributes": {"x": x}}), long.extract({"attributes": {"x": x}})) == expected, x
 
 
 def test_conditions_on_contract_fields_that_valid_events_can_meet_are_taken() -> None:

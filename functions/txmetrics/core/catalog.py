@@ -125,9 +125,9 @@ def json_equal(value: Any, operand: Any) -> bool:
     """Whether an event's decoded value equals a condition's operand as JSON values: numbers
     by their exact value, whatever their form (0.1 = 0.10 = 1E-1, 1 = 1.0), never equal to a
     boolean (Python's True == 1 is not JSON's); strings, booleans and null only to their own
-    kind. The event's numbers are ints and exact Decimals (core/events.py); a YAML number is
-    a float, whose binary value is not the 0.1 the catalog wrote: `_parse_condition` turns
-    it into the Decimal of its shortest text."""
+    kind. The event's numbers are ints and exact Decimals (core/events.py); the catalog's are
+    read as written (load_yaml's exact_numbers; a float from elsewhere, as the Decimal of its
+    shortest text), so both sides are exact."""
     if isinstance(operand, Decimal):
         if type(value) is bool or not isinstance(value, int | float | Decimal):
             return False
@@ -274,7 +274,7 @@ def parse_catalog_text(text: str, path: str = "<catalog>") -> Catalog:
     """The catalog of YAML `text` (the content of `path`): as parse_catalog, refusing also
     invalid YAML and a key written twice in one mapping (YAML would keep the last silently)."""
     try:
-        raw = load_yaml(text)
+        raw = load_yaml(text, exact_numbers=True)     # condition operands: the numbers as written
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML ({exc}); fix: correct the YAML syntax") from None
     except DuplicateKeyError as exc:
@@ -504,13 +504,17 @@ def _check_operand(field: str, operand: Any, key: str, fail: _Refusal) -> None:
 
 
 def _json_operand(value: Any, key: str, fail: _Refusal) -> Any:
-    """A condition's operand as `json_equal` compares it: a YAML number as the exact Decimal
-    of the text it was written as (a float's shortest repr: 0.1, not 0.1000000000000000055...);
+    """A condition's operand as `json_equal` compares it: a number as the exact Decimal of the
+    text it was written as (a float given in code: its shortest repr, 0.1, not 0.1000...055);
     a value no JSON event can hold (.nan, .inf, a date) refused."""
     if type(value) is bool or value is None or isinstance(value, str):
         return value
     if isinstance(value, int):
         return Decimal(value)
+    if isinstance(value, Decimal):              # a YAML number, read exactly (load_yaml's exact_numbers)
+        if not value.is_finite():
+            raise fail(key, f"{value!r} is no JSON number, so no event can equal it", "compare with a finite number")
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise fail(key, f"{value!r} is no JSON number, so no event can equal it", "compare with a finite number")

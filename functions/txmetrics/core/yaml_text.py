@@ -13,6 +13,8 @@ ones by design. Pure: takes text, no I/O.
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
@@ -82,10 +84,34 @@ class _Loader(yaml.SafeLoader):
         return value
 
 
-def load_yaml(text: str) -> Any:
-    """The data of one YAML document (None for an empty one), as yaml.safe_load gives it.
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# Numbers as JSON writes them that YAML 1.1 reads as strings: an exponent without a dot or
+# without a sign (1e-1, 1E3, 1.5e3). As exact numbers they are a number like any other.
+_JSON_EXPONENT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+
+
+class _ExactLoader(_Loader):
+    """_Loader that reads every non-integer number as the Decimal of the text written (0.1 is
+    0.1, not the nearest double; 12345678901234567.5 keeps its last digit), exponent forms
+    included; .inf and .nan stay floats (no Decimal is written so)."""
+
+    def construct_exact_float(self, node: ScalarNode) -> Any:
+        text = str(self.construct_scalar(node)).replace("_", "")
+        try:
+            return Decimal(text)
+        except InvalidOperation:          # .inf, .nan, sexagesimal 1:30.5: YAML's own float
+            return self.construct_yaml_float(node)
+
+
+_ExactLoader.add_implicit_resolver(_FLOAT_TAG, _JSON_EXPONENT, list("-+0123456789."))
+_ExactLoader.add_constructor(_FLOAT_TAG, _ExactLoader.construct_exact_float)
+
+
+def load_yaml(text: str, *, exact_numbers: bool = False) -> Any:
+    """The data of one YAML document (None for an empty one), as yaml.safe_load gives it;
+    `exact_numbers`: every non-integer number as a Decimal of its text (_ExactLoader).
     Raises yaml.YAMLError for invalid YAML, DuplicateKeyError for a repeated key."""
-    loader = _Loader(text)
+    loader = (_ExactLoader if exact_numbers else _Loader)(text)
     try:
         node = loader.get_single_node()
         if node is None:
