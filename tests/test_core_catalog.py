@@ -191,9 +191,14 @@ def test_contract_fields_object_paths_and_declared_extra_fields_are_dimensions()
             {"name": "loyalty", "kind": "value", "source": "loyalty_points"},
             {"name": "mid", "kind": "value", "source": "merchantid"},
             {"name": "visa", "kind": "flag", "when": {"field": "card.network", "equals": "visa"}},
-            {"name": "gold", "kind": "flag", "when": {"field": "loyalty_tier", "equals": "gold"}}]
+            {"name": "gold", "kind": "flag", "when": {"field": "loyalty_tier", "equals": "gold"}},
+            # another unit of the same quantity is a field of its own, not a typo of processing_ms
+            {"name": "micros", "kind": "value", "source": "processing_us"},
+            {"name": "secs", "kind": "value", "source": "processing_s"}]
     assert parse_catalog({"metrics": read, "extra_fields": ["merchantid"]}).metric_names == (
-        "risk", "loyalty", "mid", "visa", "gold")
+        "risk", "loyalty", "mid", "visa", "gold", "micros", "secs")
+    with pytest.raises(CatalogError, match=r"did you mean 'processing_ms'"):      # the unit itself mistyped
+        parse_catalog({"metrics": [{"name": "a", "kind": "value", "source": "processing_mss"}]})
     from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
 
     body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '

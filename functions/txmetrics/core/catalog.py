@@ -399,6 +399,8 @@ def _check_field(name: str, key: str, fail: _Refusal, extra: tuple[str, ...]) ->
     # payment_methd, merchantid: 0.93, 0.96, 0.95); fields of their own such as event_kind,
     # merchant, merchant_tier, transaction_type (0.89, 0.84, 0.83, 0.80) are not refused
     close = difflib.get_close_matches(head, [*declared, *OBJECT_FIELDS, *extra], n=1, cutoff=0.9)
+    if close and _same_quantity_other_unit(head, close[0]):
+        close = []
     if close:
         meant = close[0] + name[len(head):]
         raise fail(key, f"{name!r} is no field of the event contract (did you mean {meant!r}?)",
@@ -413,6 +415,18 @@ def _check_not_a_figure(name: str, key: str, fail: _Refusal) -> None:
         raise fail(key, f"a dimension named {name!r} would be overwritten by the KPI rows' own {name!r} column in "
                    "txmetrics kpi's json and csv (its groups could not be told apart)",
                    "group by another field (a path under attributes, or a field of your own with another name)")
+
+
+# Time units a field's name may end in: processing_us beside processing_ms is another field of
+# its own (another unit), not a typo of it, though difflib finds them 0.92 alike (a review).
+_UNITS = frozenset({"s", "sec", "secs", "seconds", "ms", "millis", "us", "micros", "ns", "nanos", "min", "minutes",
+                    "h", "hours"})
+
+
+def _same_quantity_other_unit(name: str, field: str) -> bool:
+    stem, _, unit = name.rpartition("_")
+    field_stem, _, field_unit = field.rpartition("_")
+    return bool(stem) and stem == field_stem and unit != field_unit and unit in _UNITS and field_unit in _UNITS
 
 
 def _parse_dimension_sets(sets_raw: Any, fail: _Refusal) -> tuple[tuple[str, ...], ...]:
