@@ -154,6 +154,10 @@ _AMOUNT = {"name": "amount", "kind": "value", "source": "amount"}
      "'eur' is not an ISO 4217 code", "'EUR'"),
     ({"metrics": [{**_FLAG, "when": {"field": "processing_ms", "equals": "100"}}]}, "metrics[0].when.equals",
      "processing_ms holds a number", "compare processing_ms with a number"),
+    ({"metrics": [{**_FLAG, "when": {"field": "attributes.tags", "equals": ["vip", "new"]}}]},
+     "metrics[0].when.equals", "is a list or mapping: a condition compares one value", "use in: [...]"),
+    ({"metrics": [{**_FLAG, "when": {"field": "attributes.x", "in": [1, [1]]}}]}, "metrics[0].when.in[1]",
+     "is a list or mapping", "use in: [...]"),
 ])
 def test_a_field_outside_the_event_contract_is_refused(changes: dict[str, Any], key: str, reason: str, fix: str,
                                                            tmp_path: Path) -> None:

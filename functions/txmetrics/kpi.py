@@ -148,7 +148,8 @@ def plan(catalog: Catalog, metric: str, group_by: list[str] | tuple[str, ...] = 
             meant = f" (did you mean {', '.join(repr(m) for m in close)}?)" if close else ""
             raise UncoveredDimensionsError(
                 f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} no dimension of the catalog "
-                f"in effect ({catalog.path}){meant}; its dimensions are {', '.join(catalog.dimension_fields)}; a field "
+                f"in effect ({catalog.path}){meant}; "
+                f"{'its dimensions are ' + ', '.join(catalog.dimension_fields) if catalog.dimension_fields else 'it has no dimensions'}; a field "
                 f"of your events beyond the contract needs a set in dimension_sets first")
         implicit = f" (with {', '.join(chosen_metric.by)}, which {metric} is always split by)" if chosen_metric.by else ""
         raise UncoveredDimensionsError(

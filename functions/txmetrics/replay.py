@@ -162,8 +162,8 @@ def _stored_at_another_time(item_id: int, event_id: str, occurred_at: datetime, 
     without a word."""
     times = ", ".join(t.astimezone(UTC).isoformat() for t in stored)
     return (f"not replayed: event_id {event_id!r} is already stored with occurred_at {times}, this item has "
-            f"{occurred_at.astimezone(UTC).isoformat()}; a replay cannot change a stored event (it would be counted "
-            f"twice). If the stored event is right, close the item (txmetrics failed resolve {item_id}); to replay "
+            f"{occurred_at.astimezone(UTC).isoformat()}; a replay cannot change a stored event (on another day it "
+            f"would be counted twice). If the stored event is right, close the item (txmetrics failed resolve {item_id}); to replay "
             "it anyway, set occurred_at to the stored time (nothing is added)")
 
 

@@ -282,9 +282,10 @@ class BatchTransaction:
         self.fresh = fresh
 
     def claim_events(self, events: Sequence[PaymentEvent], dimension_keys: Sequence[int]) -> set[tuple[str, int]]:
-        """Insert ledger rows; return the (event_id, occurred_us) keys that were already
-        there (claimed by an earlier delivery): empty in the usual case, so callers filter
-        nothing unless a redelivery brought some.
+        """Insert ledger rows; return the (event_id, occurred_us) of the events whose id the
+        ledger already holds on that UTC day (claimed by an earlier delivery, possibly at
+        another time of the day: the key is one event_id a day, migrations 0015-0016): empty in
+        the usual case, so callers filter nothing unless a redelivery brought some.
 
         The ledger holds each event's key (`naming.event_key`: 16 bytes of SHA-256 of its id),
         its time and its dimension key. Fast path: COPY straight into ingested_events
@@ -293,8 +294,9 @@ class BatchTransaction:
         redelivery), the savepoint is rolled back and the rows go through a staging table
         with ON CONFLICT DO NOTHING, and only the keys that were already there come back.
         Rows go in sorted by key in both paths, so two writers claiming overlapping events
-        lock them in the same order and wait for each other instead of deadlocking. `events`
-        must not repeat a key."""
+        lock them in the same order and wait for each other instead of deadlocking. An id
+        twice in `events` on one day (a file archived before 0016) takes the checked path:
+        the first COPY meets the key, and ON CONFLICT keeps the earlier time."""
         if not events:
             return set()
         ledger_keys, rows = _ledger_rows(events, dimension_keys)

@@ -137,9 +137,7 @@ def json_equal(value: Any, operand: Any) -> bool:
         return value.is_finite() and value == operand if isinstance(value, Decimal) else Decimal(value) == operand
     if type(operand) is bool or type(value) is bool:
         return type(value) is type(operand) and value == operand
-    if operand is None or isinstance(operand, str):
-        return type(value) is type(operand) and value == operand
-    return bool(value == operand)       # a list or mapping operand, compared as decoded
+    return type(value) is type(operand) and value == operand      # a string, or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,7 +531,8 @@ def _json_operand(value: Any, key: str, fail: _Refusal) -> Any:
         if not math.isfinite(value):
             raise fail(key, f"{value!r} is no JSON number, so no event can equal it", "compare with a finite number")
         return Decimal(repr(value))
-    if isinstance(value, list | dict):
-        return value
+    if isinstance(value, list | dict):      # Python's == on them would take true for 1 inside
+        raise fail(key, f"{value!r} is a list or mapping: a condition compares one value",
+                   "compare with a string, a number, true/false or null; for one of several values use in: [...]")
     raise fail(key, f"{value!r} ({type(value).__name__}) is no JSON value, so no event can equal it",
                "quote it to compare with a string, e.g. equals: '2026-03-01'")
