@@ -25,7 +25,9 @@ A flag's condition compares JSON values: a number by its value (`equals: 0.1` ho
 event's 0.1, 0.10 or 1E-1), a string, a boolean or null only with its own kind (`equals: 1`
 never holds for `true`, nor `equals: "1"` for 1), except that `amount`'s decimal strings are
 the numbers they write (contract section 1); an operand no event can equal (`.nan`, an
-unquoted date, `status: aproved`, `currency: eur`, `status: 1`) is refused.
+unquoted date, `status: aproved`, `currency: eur`, `status: 1`) is refused. A field sent as
+null and a field not sent are the same to a condition (`exists: false` and `equals: null`
+hold for both), as they are to a value metric (no row).
 
 A field the catalog names (a dimension in `by` or in `dimension_sets`, a value metric's
 `source`, a flag's `when.field`) that is a near miss of a field of the event contract (a
