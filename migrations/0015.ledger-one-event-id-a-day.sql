@@ -22,8 +22,10 @@
 
 -- The key of one ledger day partition: a unique index on event_key alone; a day that already
 -- holds an event_id twice (stored under the old key) keeps (event_key, occurred_at), that day only.
+-- Not SECURITY DEFINER: it runs as the owner when txm_ensure_day_partitions (which is) calls it,
+-- and as the administrator in 0016; nobody else needs to make indexes.
 CREATE OR REPLACE FUNCTION txm_ledger_day_key(part regclass)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
 BEGIN
     IF to_regclass(part::text || '_event_key') IS NOT NULL OR to_regclass(part::text || '_event_key_time') IS NOT NULL THEN
         RETURN;

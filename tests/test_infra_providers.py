@@ -183,6 +183,13 @@ def test_the_app_role_maps_the_identity_with_data_privileges_only(entra_db: dict
         conn.execute(f'SET ROLE "{role}"')
         assert conn.execute("SELECT txm_ensure_day_partitions('dynamic_metrics', '2027-01-01', "
                             "'2027-01-01')").fetchone() == (1,)
+        # a ledger day with its key (migration 0015: made by a function the app cannot call for itself)
+        assert conn.execute("SELECT txm_ensure_day_partitions('ingested_events', '2027-01-01', "
+                            "'2027-01-01')").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM pg_index WHERE indisunique "
+                            "AND indrelid = 'ingested_events_p20270101'::regclass").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():     # a savepoint
+            conn.execute("SELECT txm_ledger_day_key('failed_items'::regclass)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DROP TABLE failed_items")
 
