@@ -142,8 +142,8 @@ _AMOUNT = {"name": "amount", "kind": "value", "source": "amount"}
     ({"dimension_sets": [[], ["count"]]}, "dimension_sets[1]", "overwritten by the KPI rows' own 'count' column",
      "group by another field"),
     ({"dimension_sets": [["p95"]]}, "dimension_sets[0]", "'p95' column", "group by another field"),
-    ({"metrics": [{"name": "volume", "kind": "value", "source": "amount"}]}, "metrics[0].by",
-     "reads amount but is not split by currency", "add by: [currency] to 'volume'"),
+    ({"metrics": [{**_FLAG, "when": {"field": "status", "in": []}}]}, "metrics[0].when.in",
+     "must be a list of at least one value", "in: [approved, pending]"),
     ({"metrics": [{**_FLAG, "when": {"field": "status", "equals": "aproved"}}]}, "metrics[0].when.equals",
      "'aproved' is no status a valid event has (did you mean 'approved'?)", "use one of approved, declined"),
     ({"metrics": [{**_FLAG, "when": {"field": "status", "in": ["declined", "faild"]}}]}, "metrics[0].when.in[1]",
@@ -282,6 +282,20 @@ def test_a_condition_compares_json_values_numbers_by_their_value_and_no_kind_wit
                     "yes": ["true"], "not_null": [s for s in scores if s != "null"]}
     for metric in catalog.metrics:
         assert metric.values(documents) == [metric.extract(d) for d in documents]
+
+
+def test_the_contracts_example_catalog_is_understood_and_splits_amounts_by_currency() -> None:
+    """Contract section 5: 'At least this form is understood' (its amount has no `by`), and
+    amounts of different currencies are never added together: a metric reading amount is
+    split by currency whatever its `by` says (a review found the example refused)."""
+    contract = (Path(__file__).parents[1] / "docs" / "contract.md").read_text()
+    text = contract.split("## 5. Metric catalog", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    catalog = parse_catalog_text(text)
+    assert catalog.metric_names == ("amount", "approved")
+    amount = catalog.metrics[0]
+    assert amount.by == ("currency",) and all("currency" in s for s in catalog.sets_for(amount))
+    assert parse_catalog({"metrics": [{"name": "volume", "kind": "value", "source": "amount", "by": ["status"]}]}
+                         ).metrics[0].by == ("status", "currency")
 
 
 def test_a_condition_reads_its_yaml_number_as_written() -> None:

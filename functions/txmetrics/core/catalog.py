@@ -17,7 +17,8 @@ Format (keys beyond the contract's are optional)::
 
 What every reader needs is checked too: `window_seconds` holds 300 (the 5-minute rows the
 KPI readers merge), no dimension is named like a KPI row's own column (`count`, `p95`, ...),
-and a metric reading `amount` is split by currency. A metric's `source` and `when.field` may
+and a metric reading `amount` is split by currency (`currency` is added to its `by` when it
+is missing there, as in the contract's example catalog). A metric's `source` and `when.field` may
 name keys with hyphens or a leading digit under an object (`attributes.risk-score`); a
 dimension stays a plain path (it goes into SQL as a jsonb key).
 
@@ -46,7 +47,7 @@ import difflib
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -312,11 +313,11 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
         for d in dims:
             _check_field(d, f"dimension_sets[{i}]", fail, extra)
             _check_not_a_figure(d, f"dimension_sets[{i}]", fail)
-    for i, metric in enumerate(metrics):
-        if metric.source == "amount" and "currency" not in metric.by:
-            raise fail(f"metrics[{i}].by", f"metric {metric.name!r} reads amount but is not split by currency, so "
-                       "amounts of different currencies would be added together (contract section 5)",
-                       f"add by: [currency] to {metric.name!r}")
+    # a metric reading amount is always split by currency, also when its `by` does not say so
+    # (the contract's own example catalog does not): amounts of different currencies are never
+    # added together (contract section 5)
+    metrics = [replace(m, by=(*m.by, "currency")) if m.source == "amount" and "currency" not in m.by else m
+               for m in metrics]
     return Catalog(path=path, metrics=tuple(metrics), dimension_sets=sets,
                    window_seconds=_parse_windows(raw.get("window_seconds", [300]), fail))
 
@@ -468,8 +469,8 @@ def _parse_condition(raw: Any, key: str, fail: _Refusal) -> Condition:
         raise fail(key, f"needs exactly one of {', '.join(_CONDITIONS)}, got {ops}", "write e.g. equals: approved")
     op = ops[0]
     operand = raw[op]
-    if op == "in" and not isinstance(operand, list):
-        raise fail(f"{key}.in", "must be a list", "write e.g. in: [approved, pending]")
+    if op == "in" and (not isinstance(operand, list) or not operand):
+        raise fail(f"{key}.in", "must be a list of at least one value", "write e.g. in: [approved, pending]")
     if op == "exists" and not isinstance(operand, bool):
         raise fail(f"{key}.exists", "must be true or false", "write exists: true")
     if op == "exists":
