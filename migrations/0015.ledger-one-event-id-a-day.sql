@@ -33,7 +33,15 @@ BEGIN
     BEGIN
         EXECUTE format('CREATE UNIQUE INDEX %I ON %s (event_key)', part::text || '_event_key', part);
     EXCEPTION WHEN unique_violation THEN
-        EXECUTE format('CREATE UNIQUE INDEX %I ON %s (event_key, occurred_at)', part::text || '_event_key_time', part);
+        BEGIN
+            EXECUTE format('CREATE UNIQUE INDEX %I ON %s (event_key, occurred_at)', part::text || '_event_key_time',
+                           part);
+        EXCEPTION WHEN unique_violation THEN
+            -- a day made without any key that has already stored a row twice: no key fits it. Failing
+            -- here would stop every later creation of days for good; the day stays as it is, said.
+            RAISE WARNING 'ledger day % holds a row twice and can take no unique index: its events may be counted '
+                          'more than once; see docs/ingest.md, "Upgrading"', part;
+        END;
     END;
 END
 $$;
@@ -48,9 +56,14 @@ BEGIN
     IF last_day < first_day THEN
         RETURN 0;
     END IF;
-    IF parent = 'ingested_events'::regclass THEN
+    IF parent = 'ingested_events'::regclass AND EXISTS (
+            SELECT 1 FROM generate_series(first_day, last_day, interval '1 day') AS g(day)
+              JOIN pg_class p ON p.oid = to_regclass(format('%s_p%s', parent::text, to_char(g.day, 'YYYYMMDD')))
+             WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = p.oid AND i.indisunique)) THEN
         -- a ledger day without a unique index of its own (made by this function's body before
-        -- 0015 after 0016 dropped the parent's key, or by hand) takes one before anything else
+        -- 0015 after 0016 dropped the parent's key, or by hand) takes one before anything else,
+        -- under the creators' lock: two repairs at once would otherwise build two indexes
+        EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE', parent);
         PERFORM txm_ledger_day_key(p.oid::regclass)
            FROM generate_series(first_day, last_day, interval '1 day') AS g(day)
            JOIN pg_class p ON p.oid = to_regclass(format('%s_p%s', parent::text, to_char(g.day, 'YYYYMMDD')))

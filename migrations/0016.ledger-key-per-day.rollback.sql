@@ -1,5 +1,9 @@
 -- The ledger's primary key (event_key, occurred_at) again, which every day satisfies (one
 -- event_id a day is the stricter rule), and no per-day index beside it.
+-- the parent first, as writers take it: dropping a day's index first would take that day
+-- before the parent and could deadlock with a batch (a review)
+LOCK TABLE ingested_events IN ACCESS EXCLUSIVE MODE;
+
 DO $$
 DECLARE
     part regclass;

@@ -242,6 +242,17 @@ def test_the_ledger_takes_an_event_id_once_a_day_and_old_days_keep_their_rule(em
         conn.execute("DELETE FROM ingested_events WHERE occurred_at >= '2026-03-04'")
         conn.execute("SELECT txm_ensure_day_partitions('ingested_events', '2026-03-04', '2026-03-04')")
         assert insert(conn, "z", "2026-03-04T01:00:00Z") and not insert(conn, "z", "2026-03-04T02:00:00Z")
+        # a keyless day that stored a row twice can take no key: said, and day creation goes on
+        conn.execute("CREATE TABLE ingested_events_p20260305 (LIKE ingested_events INCLUDING ALL)")
+        conn.execute("ALTER TABLE ingested_events ATTACH PARTITION ingested_events_p20260305 "
+                     "FOR VALUES FROM ('2026-03-05T00:00:00Z') TO ('2026-03-06T00:00:00Z')")
+        assert insert(conn, "w", "2026-03-05T01:00:00Z") and insert(conn, "w", "2026-03-05T01:00:00Z")
+        warnings: list[str] = []
+        conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
+        assert conn.execute("SELECT txm_ensure_day_partitions('ingested_events', '2026-03-05', "
+                            "'2026-03-06')").fetchone() == (1,)
+        assert any("holds a row twice" in w for w in warnings), warnings
+        conn.execute("DROP TABLE ingested_events_p20260305")
         keyless = conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = "
                                "'ingested_events'::regclass AND NOT EXISTS (SELECT 1 FROM pg_index "
                                "WHERE indrelid = inhrelid AND indisunique)").fetchall()
