@@ -55,7 +55,7 @@ from typing import Any
 import yaml
 
 from ..errors import TxmetricsError
-from .events import STATUSES
+from .events import AMOUNT_LIMIT, MAX_PROCESSING_MS, STATUSES
 from .fields import COLUMN_DIMENSIONS, SCHEMA
 from .yaml_text import DuplicateKeyError, load_yaml
 
@@ -489,6 +489,9 @@ def _parse_condition(raw: Any, key: str, fail: _Refusal) -> Condition:
 _CODES = {"currency": (re.compile(r"[A-Z]{3}"), "an ISO 4217 code (three upper-case letters)"),
           "country": (re.compile(r"[A-Z]{2}"), "an ISO 3166-1 alpha-2 code (two upper-case letters)")}
 _NUMBER_TYPES = ("decimal", "int64", "float64")
+# (low, high exclusive, integral, in words) of the numbers a valid event holds (core/events.py)
+_RANGES = {"amount": (Decimal(0), Decimal(AMOUNT_LIMIT), False, f"a number from 0, below {AMOUNT_LIMIT:.0e}"),
+           "processing_ms": (Decimal(0), Decimal(MAX_PROCESSING_MS) + 1, True, "a whole number from 0 to 2^53")}
 
 
 def _check_operand(field: str, operand: Any, key: str, fail: _Refusal) -> None:
@@ -513,6 +516,10 @@ def _check_operand(field: str, operand: Any, key: str, fail: _Refusal) -> None:
         close = difflib.get_close_matches(operand, STATUSES, n=1)
         meant = f" (did you mean {close[0]!r}?)" if close else ""
         raise fail(key, f"{operand!r} is no status a valid event has{meant}", f"use one of {', '.join(STATUSES)}")
+    if field in _RANGES and isinstance(operand, Decimal):
+        low, high, integral, says = _RANGES[field]
+        if not (low <= operand < high) or (integral and operand != operand.to_integral_value()):
+            raise fail(key, f"{field} is {says}, so {operand} never equals it", f"compare {field} with {says}")
     if field in _CODES and not _CODES[field][0].fullmatch(operand):
         raise fail(key, f"{operand!r} is not {_CODES[field][1]}, so no valid event has it",
                    f"write it as the events do, e.g. {operand.upper()!r}")
