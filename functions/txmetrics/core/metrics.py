@@ -287,14 +287,18 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
             continue
         ev_sel, val_sel, occ_sel = event_index[sel], values[sel], occurred[sel]
         units, irregular = _exact_units(metric, events, ev_sel, val_sel)
+        sets = catalog.sets_for(metric)
+        # each dimension's code of each selected row, once for all the metric's windows and sets
+        row_codes = {d: codes[d][ev_sel] for dims in sets for d in dims}
         for w in catalog.window_seconds:
             starts, window_code = np.unique(occ_sel - occ_sel % (w * 1_000_000), return_inverse=True)
-            for dims in catalog.sets_for(metric):
-                key = _group_key(window_code.reshape(-1), len(starts), [(codes[d][ev_sel], len(labels[d])) for d in dims])
+            window_code = window_code.reshape(-1)
+            for dims in sets:
+                key = _group_key(window_code, len(starts), [(row_codes[d], len(labels[d])) for d in dims])
                 uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
                 offset = len(g_dims)
                 # each group's window and dimension codes, read from its first row
-                part_codes = [codes[d][ev_sel][first].tolist() for d in dims]
+                part_codes = [row_codes[d][first].tolist() for d in dims]
                 label_sets = [labels[d] for d in dims]
                 key_sets = [label_keys[d] for d in dims]
                 for parts in zip(*part_codes, strict=True) if dims else [()] * len(uniq):
@@ -309,7 +313,7 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
                 irregular_rows += [(int(inverse.reshape(-1)[pos]) + offset, value) for pos, value in irregular]
                 g_metric.append(np.full(len(uniq), mi, dtype=np.int64))
                 g_window.append(np.full(len(uniq), w, dtype=np.int64))
-                g_start.append(starts[window_code.reshape(-1)[first]])
+                g_start.append(starts[window_code[first]])
     groups = np.concatenate(group_of)
     vals = np.concatenate(value_parts)
     n = len(g_dims)
