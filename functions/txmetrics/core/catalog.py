@@ -55,7 +55,7 @@ from typing import Any
 import yaml
 
 from ..errors import TxmetricsError
-from .events import AMOUNT_LIMIT, MAX_PROCESSING_MS, STATUSES
+from .events import AMOUNT_LIMIT, COUNTRY_CODE, CURRENCY_CODE, MAX_PROCESSING_MS, STATUSES
 from .fields import COLUMN_DIMENSIONS, SCHEMA
 from .yaml_text import DuplicateKeyError, load_yaml
 
@@ -117,11 +117,15 @@ class Condition:
 NUMBER_TEXT_FIELDS = ("amount",)
 
 
-def _decimal_of_text(text: str) -> Decimal | str:
+def _number_text(text: str) -> str | None:
+    """The text without surrounding blanks when it writes a number (_NUMBER_TEXT), else None."""
     stripped = text.strip()
-    if len(stripped) <= _MAX_NUMBER_TEXT and _NUMBER_TEXT.fullmatch(stripped):
-        return Decimal(stripped)
-    return text
+    return stripped if len(stripped) <= _MAX_NUMBER_TEXT and _NUMBER_TEXT.fullmatch(stripped) else None
+
+
+def _decimal_of_text(text: str) -> Decimal | str:
+    number = _number_text(text)
+    return text if number is None else Decimal(number)
 
 
 def json_equal(value: Any, operand: Any) -> bool:
@@ -138,9 +142,7 @@ def json_equal(value: Any, operand: Any) -> bool:
             value = Decimal(repr(value))
         # is_finite first: == with a signalling NaN raises
         return value.is_finite() and value == operand if isinstance(value, Decimal) else Decimal(value) == operand
-    if type(operand) is bool or type(value) is bool:
-        return type(value) is type(operand) and value == operand
-    return type(value) is type(operand) and value == operand      # a string, or None
+    return type(value) is type(operand) and value == operand      # a string, a boolean or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +197,8 @@ def _as_metric_value(value: Any) -> float | None:
             return None
         number = float(value)                     # beyond the double range: inf, dropped below
     elif isinstance(value, str):
-        text = value.strip()
-        if len(text) > _MAX_NUMBER_TEXT or not _NUMBER_TEXT.fullmatch(text):
+        text = _number_text(value)
+        if text is None:
             return None
         number = float(text)
     else:
@@ -399,7 +401,7 @@ def _check_field(name: str, key: str, fail: _Refusal, extra: tuple[str, ...]) ->
     # a name this close to a contract field is a typo until the catalog says otherwise (curency,
     # payment_methd, merchantid: 0.93, 0.96, 0.95); fields of their own such as event_kind,
     # merchant, merchant_tier, transaction_type (0.89, 0.84, 0.83, 0.80) are not refused
-    close = difflib.get_close_matches(head, [*declared, *OBJECT_FIELDS, *extra], n=1, cutoff=0.9)
+    close = difflib.get_close_matches(head, [*contract_fields(), *extra], n=1, cutoff=0.9)
     if close and _same_quantity_other_unit(head, close[0]):
         close = []
     if close:
@@ -486,8 +488,8 @@ def _parse_condition(raw: Any, key: str, fail: _Refusal) -> Condition:
     return Condition(field=raw["field"], op=op, operand=single)
 
 
-_CODES = {"currency": (re.compile(r"[A-Z]{3}"), "an ISO 4217 code (three upper-case letters)"),
-          "country": (re.compile(r"[A-Z]{2}"), "an ISO 3166-1 alpha-2 code (two upper-case letters)")}
+_CODES = {"currency": (CURRENCY_CODE, "an ISO 4217 code (three upper-case letters)"),
+          "country": (COUNTRY_CODE, "an ISO 3166-1 alpha-2 code (two upper-case letters)")}
 _NUMBER_TYPES = ("decimal", "int64", "float64")
 # (low, high exclusive, integral, in words) of the numbers a valid event holds (core/events.py)
 _RANGES = {"amount": (Decimal(0), Decimal(AMOUNT_LIMIT), False, f"a number from 0, below {AMOUNT_LIMIT:.0e}"),

@@ -83,8 +83,8 @@ _OCCURRED_END_US = datetime_to_us(OCCURRED_END)
 _RFC3339_USUAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-5][0-9])")
 _DECIMAL_STRING = re.compile(r"[0-9]+(\.[0-9]+)?")
 _USUAL_DECIMAL_STRING = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")   # below 10^12, at most AMOUNT_SCALE places
-_CURRENCY = re.compile(r"[A-Z]{3}")
-_COUNTRY = re.compile(r"[A-Z]{2}")
+CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+COUNTRY_CODE = re.compile(r"[A-Z]{2}")
 
 
 class _CardNumberInNumber(Exception):
@@ -617,11 +617,11 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
     if not (type(event_id) is str_ and type(transaction_id) is str_ and type(merchant_id) is str_
             and type(payment_method) is str_ and type(status) is str_ and type(currency) is str_
             and (event_type is None or type(event_type) is str_) and (country is None or type(country) is str_)
-            and status in _STATUS_SET and len(currency) == 3 and _CURRENCY.fullmatch(currency)
+            and status in _STATUS_SET and len(currency) == 3 and CURRENCY_CODE.fullmatch(currency)
             and 0 < len(event_id) <= MAX_EVENT_ID and 0 < len(transaction_id) <= MAX_TEXT
             and 0 < len(merchant_id) <= MAX_TEXT and 0 < len(payment_method) <= MAX_TEXT
             and (event_type is None or 0 < len(event_type) <= MAX_TEXT)
-            and (country is None or (len(country) == 2 and _COUNTRY.fullmatch(country)))):
+            and (country is None or (len(country) == 2 and COUNTRY_CODE.fullmatch(country)))):
         return None
     card, attributes = g("card"), g("attributes")
     if (card is not None and type(card) is not dict) or (attributes is not None and type(attributes) is not dict):
@@ -647,7 +647,7 @@ def _validate_field_by_field(doc: dict[str, Any], text: str, inbound: InboundEve
     amount = _parse_amount(doc.get("amount"))
     currency = _text(doc, "currency", required=True)
     assert currency is not None
-    if not _CURRENCY.fullmatch(currency):
+    if not CURRENCY_CODE.fullmatch(currency):
         raise _Invalid("invalid_currency",
                        f"'currency' {_shown(currency, 20)} is not an ISO 4217 code (three upper-case letters)")
     payment_method = _text(doc, "payment_method", required=True)
@@ -658,7 +658,7 @@ def _validate_field_by_field(doc: dict[str, Any], text: str, inbound: InboundEve
     event_type = _text(doc, "event_type", required=False)
     processing_ms = _parse_processing_ms(doc.get("processing_ms"))
     country = _text(doc, "country", required=False)
-    if country is not None and not _COUNTRY.fullmatch(country):
+    if country is not None and not COUNTRY_CODE.fullmatch(country):
         raise _Invalid("invalid_country", f"'country' {_shown(country, 20)} is not an ISO 3166-1 alpha-2 code")
     for name in ("card", "attributes"):
         if doc.get(name) is not None and not isinstance(doc[name], dict):
