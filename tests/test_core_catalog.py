@@ -108,6 +108,18 @@ def test_a_merge_key_is_no_repeat(tmp_path: Path) -> None:
     assert load_catalog(path).metric_names == ("a", "b")
 
 
+def _event(amount: str = "1", extra: str = "") -> Any:
+    """The PaymentEvent of a valid body whose amount and extra members are given as JSON text."""
+    from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
+
+    body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '
+            f'"amount": {amount}, "currency": "EUR", "payment_method": "card", "status": "approved"'
+            f'{", " + extra if extra else ""}}}')
+    event = parse_event(InboundEvent(body=body.encode(), partition_id="0", sequence_number=1))
+    assert isinstance(event, PaymentEvent), event
+    return event
+
+
 _FLAG = {"name": "approved", "kind": "flag", "when": {"field": "status", "equals": "approved"}}
 _AMOUNT = {"name": "amount", "kind": "value", "source": "amount"}
 
@@ -207,12 +219,7 @@ def test_contract_fields_object_paths_and_declared_extra_fields_are_dimensions()
         "risk", "loyalty", "mid", "visa", "gold", "micros", "secs")
     with pytest.raises(CatalogError, match=r"did you mean 'processing_ms'"):      # the unit itself mistyped
         parse_catalog({"metrics": [{"name": "a", "kind": "value", "source": "processing_mss"}]})
-    from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
-
-    body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '
-            '"amount": 1, "currency": "EUR", "payment_method": "card", "status": "approved", "loyalty_tier": "gold"}')
-    event = parse_event(InboundEvent(body=body.encode(), partition_id="0", sequence_number=1))
-    assert isinstance(event, PaymentEvent)
+    event = _event(extra='"loyalty_tier": "gold"')
     assert dimension_tuple(event, ("loyalty_tier",))[-1] == '{"loyalty_tier":"gold"}'     # its jsonb slice
 
 
@@ -263,15 +270,6 @@ def test_a_condition_compares_json_values_numbers_by_their_value_and_no_kind_wit
     binary value against the event's exact Decimal), `in: [0.3]` missed 0.3, and `equals: 1`
     held for JSON true (Python's True == 1). A condition compares JSON values: a number by its
     value in any form, a string, a boolean or null only with its own kind."""
-    from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
-
-    def document(extra: str) -> dict[str, Any]:
-        body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '
-                f'"amount": 1, "currency": "EUR", "payment_method": "card", "status": "approved", {extra}}}')
-        event = parse_event(InboundEvent(body=body.encode(), partition_id="0", sequence_number=1))
-        assert isinstance(event, PaymentEvent)
-        return event.document
-
     catalog = parse_catalog({"metrics": [
         {"name": "tenth", "kind": "flag", "when": {"field": "attributes.score", "equals": 0.1}},
         {"name": "listed", "kind": "flag", "when": {"field": "attributes.score", "in": [1.5, 0.3, "7"]}},
@@ -279,7 +277,7 @@ def test_a_condition_compares_json_values_numbers_by_their_value_and_no_kind_wit
         {"name": "yes", "kind": "flag", "when": {"field": "attributes.score", "equals": True}},
         {"name": "not_null", "kind": "flag", "when": {"field": "attributes.score", "not_equals": None}}]})
     scores = ["0.1", "0.10", "1E-1", "0.3", "3e-1", "1", "1.0", "true", '"1"', '"7"', "7", "null", "0.1000001"]
-    documents = [document(f'"attributes": {{"score": {score}}}') for score in scores]
+    documents = [_event(extra=f'"attributes": {{"score": {score}}}').document for score in scores]
     held = {m.name: [score for score, doc in zip(scores, documents, strict=True) if m.extract(doc) == 1.0]
             for m in catalog.metrics}
     assert held == {"tenth": ["0.1", "0.10", "1E-1"], "listed": ["0.3", "3e-1", '"7"'], "one": ["1", "1.0"],
@@ -345,21 +343,12 @@ def test_a_flag_on_amount_reads_its_decimal_strings_as_numbers() -> None:
     """Contract section 1: amount is a JSON number or a decimal string; a value metric reads
     "10.00" as 10, so a flag compares it as the number too (a second audit: `equals: 0`
     missed "0.00", `in: [10, 20]` missed "10.00")."""
-    from txmetrics.core.events import InboundEvent, PaymentEvent, parse_event
-
-    def document(amount: str) -> dict[str, Any]:
-        body = ('{"event_id": "e", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", '
-                f'"amount": {amount}, "currency": "EUR", "payment_method": "card", "status": "approved"}}')
-        event = parse_event(InboundEvent(body=body.encode(), partition_id="0", sequence_number=1))
-        assert isinstance(event, PaymentEvent)
-        return event.document
-
     catalog = parse_catalog({"metrics": [
         {"name": "free", "kind": "flag", "when": {"field": "amount", "equals": 0}},
         {"name": "round", "kind": "flag", "when": {"field": "amount", "in": [10, 20]}},
         {"name": "paid", "kind": "flag", "when": {"field": "amount", "not_equals": 0}}]})
     amounts = ['"0.00"', '"0"', "0", "0.0", '"10.00"', '" 20 "', "10", '"10.5"']
-    documents = [document(a) for a in amounts]
+    documents = [_event(amount=a).document for a in amounts]
     held = {m.name: [a for a, doc in zip(amounts, documents, strict=True) if m.extract(doc) == 1.0]
             for m in catalog.metrics}
     assert held == {"free": ['"0.00"', '"0"', "0", "0.0"], "round": ['"10.00"', '" 20 "', "10"],
