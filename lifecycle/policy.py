@@ -55,6 +55,13 @@ PROTECTED_CONTAINERS = {
 }
 
 
+def reaches_raw_archive(container: str, prefix: str) -> bool:
+    """Whether a rule on `container` with `prefix` acts on raw archive blobs: a prefix inside
+    the raw_events tree, or one the tree's own path starts with (`raw`, or "" for the whole
+    container). Azure matches `prefixMatch` as a plain string prefix of the blob's path."""
+    return container == RAW_EVENTS_CONTAINER and (prefix.startswith(RAW_PREFIX) or RAW_PREFIX.startswith(prefix))
+
+
 class LifecycleError(ValueError):
     """An invalid retention policy; the message names file, rule and fix."""
 
@@ -78,7 +85,7 @@ class BlobRule:
         A staged output holds raw events of its day too: it tiers and is deleted at the same ages,
         never sooner (compliance), and never much later (an orphan outliving its day's files would
         look like their only copy; docs/decisions.md, "Lifecycle of compaction staging")."""
-        if self.container == RAW_EVENTS_CONTAINER and self.prefix.startswith(RAW_PREFIX):
+        if reaches_raw_archive(self.container, self.prefix) and self.prefix:
             return (self.prefix, compaction_staging_path(self.prefix))
         return (self.prefix,)
 
@@ -157,6 +164,12 @@ def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: 
     file a section came from, the key, what is wrong and the fix: the storage account, the
     minimum retentions, each blob rule, the tables."""
     fail = _Refusal(origin, files)
+    for section, example in (("storage", "storage: {redundancy: Standard_LRS, containers: [raw-events]}"),
+                             ("tables", "tables: {dynamic_metrics: 35, ingested_events: 35, ...}"),
+                             ("minimum_retention_days", "minimum_retention_days: {raw_events: 2555}")):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise fail(section, section, f"must be a mapping of keys to values, got {_shape(raw[section])}",
+                       f"write e.g. {example}")
     redundancy, containers = _validate_storage(raw.get("storage") or {}, fail)
     rules_raw = raw.get("blob_rules") or []
     if not isinstance(rules_raw, list):
@@ -171,6 +184,19 @@ def validate(raw: dict[str, Any], *, stack: str, origin: dict[str, str], files: 
                                     taken={rule.name for rule in rules}))
     return Policy(stack=stack, files=files, redundancy=redundancy, containers=containers, blob_rules=tuple(rules),
                   tables=_validate_tables(raw.get("tables") or {}, fail, minimums=minimums), minimums=minimums)
+
+
+def _shape(value: Any) -> str:
+    """What a YAML value is, for a refusal (a list, a number, ...)."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return type(value).__name__
 
 
 class _Refusal:
@@ -193,7 +219,11 @@ def _validate_storage(storage: dict[str, Any], fail: _Refusal) -> tuple[str, tup
     if redundancy not in REDUNDANCIES:
         raise fail("storage", "storage.redundancy", f"{redundancy!r} is not a storage redundancy",
                    f"use one of {', '.join(sorted(REDUNDANCIES))}")
-    containers = tuple(storage.get("containers") or ())
+    listed = storage.get("containers") or []
+    if not isinstance(listed, list) or not all(isinstance(c, str) and c for c in listed):
+        raise fail("storage", "storage.containers", f"must be a list of container names, got {_shape(listed)}",
+                   "write e.g. containers: [raw-events]")
+    containers = tuple(listed)
     if not containers:
         raise fail("storage", "storage.containers", "no containers listed", "list the containers the rules act on")
     for container in containers:
@@ -266,6 +296,10 @@ def _validate_rule(r: Any, i: int, fail: _Refusal, *, redundancy: str, container
         raise fail("blob_rules", where, f"the archive tier is not available on {redundancy} accounts",
                    "use Standard_LRS, Standard_GRS or Standard_RAGRS in storage.redundancy, or tier to cold "
                    "instead of archive")
+    for key in ("enabled", "allow_early_deletion"):
+        if key in r and not isinstance(r[key], bool):
+            raise fail("blob_rules", where, f"{key} must be true or false, got {_shape(r[key])}",
+                       f"write {key}: true or {key}: false, unquoted")
     if "delete" in days and not r.get("allow_early_deletion", False):
         for tier, minimum in EARLY_DELETION_DAYS.items():
             if tier in days and days["delete"] - days[tier] < minimum:
@@ -273,13 +307,14 @@ def _validate_rule(r: Any, i: int, fail: _Refusal, *, redundancy: str, container
                            f"{tier} falls inside its {minimum}-day early-deletion window (charged as if kept "
                            f"{minimum} days)", f"set delete_after_days >= {days[tier] + minimum}, or "
                            "allow_early_deletion: true if the charge is intended")
-    if container == RAW_EVENTS_CONTAINER and prefix.startswith(RAW_PREFIX) and "delete" in days:
+    if reaches_raw_archive(container, prefix) and "delete" in days:
+        # any rule that matches raw archive blobs, also one on a shorter prefix or the whole container
         floor = minimums.get("raw_events")
         if floor is not None and days["delete"] < floor:
             raise fail("blob_rules", where, f"delete_after_days {days['delete']} is below the minimum retention "
                        f"of {floor} days for raw events", f"keep raw events at least {floor} days, or lower "
                        "minimum_retention_days.raw_events with the compliance owner's approval")
-    return BlobRule(name=name, container=container, prefix=prefix, days=days, enabled=bool(r.get("enabled", True)))
+    return BlobRule(name=name, container=container, prefix=prefix, days=days, enabled=r.get("enabled", True))
 
 
 def _validate_tables(tables_raw: dict[str, Any], fail: _Refusal, *, minimums: dict[str, int]) -> dict[str, int]:
@@ -341,9 +376,11 @@ def table_retention(policy: Policy) -> dict[str, int]:
     """PostgreSQL retention in days per table, as txmetrics.retention.enforce takes it. The raw
     file manifest follows the raw archive's delete rule (its rows go when the blobs go)."""
     out = dict(policy.tables)
-    for rule in policy.blob_rules:
-        if rule.container == RAW_EVENTS_CONTAINER and rule.prefix.startswith(RAW_PREFIX) and "delete" in rule.days:
-            out["raw_files"] = rule.days["delete"]
+    # the first rule to delete raw archive blobs decides (a disabled rule deletes nothing)
+    deletes = [rule.days["delete"] for rule in policy.blob_rules
+               if rule.enabled and "delete" in rule.days and reaches_raw_archive(rule.container, rule.prefix)]
+    if deletes:
+        out["raw_files"] = min(deletes)
     return out
 
 

@@ -261,3 +261,56 @@ def test_table_retention_per_stack() -> None:
     assert table_retention(load_policy("dev")) == {"dynamic_metrics": 14, "ingested_events": 14, "failed_items": 30,
                                                    "aggregate_histograms": 90, "raw_files": 270}
     assert table_retention(load_policy("prod"))["dynamic_metrics"] == 35
+
+
+@pytest.mark.parametrize("prefix", ["", "raw", "raw_ev"])
+def test_a_rule_reaching_the_raw_archive_from_a_shorter_prefix_keeps_its_minimum(tmp_path: Path, prefix: str) -> None:
+    """Azure matches prefixMatch as a plain string prefix: a rule on the raw container with
+    prefix "" or "raw" deletes raw_events/ blobs too, and was taken below the 7-year floor
+    (an audit: `prefix: raw, delete_after_days: 40` rendered and accepted)."""
+    rule = {"name": "cleanup", "container": "raw-events", "prefix": prefix, "delete_after_days": 40}
+    base = yaml.safe_load((LIFECYCLE_DIR / "base.yaml").read_text())
+    msg = refused(tmp_path, base_changes={"blob_rules": [*base["blob_rules"], rule]})
+    assert "rule 'cleanup': delete_after_days 40 is below the minimum retention of 2555 days for raw events" in msg
+
+
+def test_the_raw_manifest_follows_the_first_rule_that_deletes_raw_blobs(tmp_path: Path) -> None:
+    """raw_files rows go when the blobs go: with a whole-container rule deleting sooner than the
+    tree's own rule, the sooner one decides (and a disabled rule deletes nothing); its staged
+    outputs are matched by the same rule."""
+    base = yaml.safe_load((LIFECYCLE_DIR / "base.yaml").read_text())
+    tree_delete = base["blob_rules"][0]["delete_after_days"]
+    rules = [*base["blob_rules"],
+             {"name": "whole", "container": "raw-events", "prefix": "raw", "delete_after_days": tree_delete - 5},
+             {"name": "off", "container": "raw-events", "prefix": "", "delete_after_days": tree_delete - 9,
+              "enabled": False}]
+    directory = write_policy(tmp_path, base_changes={"blob_rules": rules, "minimum_retention_days": {}})
+    policy = load_policy("test", directory, project_dir=directory)
+    assert table_retention(policy)["raw_files"] == tree_delete - 5
+    assert policy.rule("whole").prefixes == ("raw", "_staging/compaction/raw")
+
+
+@pytest.mark.parametrize("key", ["enabled", "allow_early_deletion"])
+@pytest.mark.parametrize("value", ["false", "maybe", 0])
+def test_rule_switches_must_be_booleans(tmp_path: Path, key: str, value: Any) -> None:
+    """`enabled: "false"` rendered an enabled rule, and `allow_early_deletion: "false"` turned the
+    early-deletion check off (bool() of a non-empty string)."""
+    msg = refused(tmp_path, rule_changes={key: value})
+    assert f"{tmp_path / 'base.yaml'}: rule 'raw-events-tiering': {key} must be true or false" in msg
+    assert f"fix: write {key}: true or {key}: false, unquoted" in msg
+
+
+@pytest.mark.parametrize(("stack", "where"), [
+    ({"tables": [{"dynamic_metrics": 21}]}, "tables: must be a mapping of keys to values, got a list"),
+    ({"tables": 35}, "tables: must be a mapping of keys to values, got the number 35"),
+    ({"storage": "Standard_LRS"}, "storage: must be a mapping of keys to values, got the text 'Standard_LRS'"),
+    ({"minimum_retention_days": 7}, "minimum_retention_days: must be a mapping of keys to values, got the number 7"),
+    ({"storage": {"containers": "raw-events"}},
+     "storage.containers: must be a list of container names, got the text 'raw-events'"),
+])
+def test_sections_of_the_wrong_shape_are_refused_naming_file_and_key(tmp_path: Path, stack: dict[str, Any],
+                                                                     where: str) -> None:
+    """They escaped as TypeErrors (`tables: 35`), or blamed base.yaml and listed the characters of
+    a container name written as a string (an audit)."""
+    msg = refused(tmp_path, stack=stack)
+    assert msg.startswith(f"{tmp_path / 'test.yaml'}: {where}; fix: write e.g."), msg

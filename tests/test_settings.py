@@ -52,7 +52,26 @@ def test_defaults_and_blank_values() -> None:
 @pytest.mark.parametrize(("env", "message"), [
     ({"DATABASE_AUTH": "kerberos"}, "DATABASE_AUTH='kerberos': set 'entra'"),
     ({"TXMETRICS_RETENTION": "[35]"}, "TXMETRICS_RETENTION is not a JSON object of table: days"),
-    ({"TXMETRICS_RETENTION": '{"dynamic_metrics": "a month"}'}, "TXMETRICS_RETENTION is not a JSON object"),
+    ({"TXMETRICS_RETENTION": '{"dynamic_metrics": "a month"}'},
+     "TXMETRICS_RETENTION: dynamic_metrics must be a whole number of days >= 1, got 'a month'"),
+    # the daily timer drops what this says: -1 dropped today's partitions (an audit), 0 and 1.9
+    # (cut to 1) were taken, a misspelt table was kept for ever without a word
+    ({"TXMETRICS_RETENTION": '{"dynamic_metrics": -1, "ingested_events": -1}'},
+     "TXMETRICS_RETENTION: dynamic_metrics must be a whole number of days >= 1, got -1"),
+    ({"TXMETRICS_RETENTION": '{"dynamic_metrics": 0}'}, "dynamic_metrics must be a whole number of days >= 1, got 0"),
+    ({"TXMETRICS_RETENTION": '{"dynamic_metrics": 1.9}'},
+     "dynamic_metrics must be a whole number of days >= 1, got 1.9"),
+    ({"TXMETRICS_RETENTION": '{"failed_items": true}'}, "failed_items must be a whole number of days >= 1, got True"),
+    ({"TXMETRICS_RETENTION": '{"dynamc_metrics": 14}'},
+     "TXMETRICS_RETENTION: 'dynamc_metrics' is not a table with a retention (use dynamic_metrics, ingested_events"),
+    ({"TXMETRICS_RETENTION": '{"dynamic_metrics": 14, "ingested_events": 3}'},
+     "ingested_events (3 days) is shorter than dynamic_metrics (14 days)"),
+    ({"TXMETRICS_RETENTION": '{"ingested_events": 3}'},
+     "ingested_events (3 days) is shorter than dynamic_metrics (kept for ever)"),
+    ({"RAW_EVENTS_CONTAINER": "Raw_Events"}, "RAW_EVENTS_CONTAINER='Raw_Events' is not a Blob Storage container name"),
+    ({"RAW_EVENTS_CONTAINER": "raw--events"}, "RAW_EVENTS_CONTAINER='raw--events' is not a Blob Storage container"),
+    ({"RAW_EVENTS_CONTAINER": "ab"}, "RAW_EVENTS_CONTAINER='ab' is not a Blob Storage container name"),
+    ({"RAW_EVENTS_CONTAINER": "a" * 64}, "is not a Blob Storage container name"),
 ])
 def test_a_malformed_setting_is_refused_with_its_name(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
@@ -79,3 +98,14 @@ def test_only_settings_reads_the_environment() -> None:
     files = [*sorted((FUNCTIONS / "txmetrics").rglob("*.py")), FUNCTIONS / "function_app.py"]
     readers = {str(p.relative_to(FUNCTIONS)): lines for p in files if (lines := environment_reads(p))}
     assert set(readers) == {"txmetrics/settings.py"}, readers
+
+
+def test_retention_as_lifecycle_renders_it_is_taken() -> None:
+    """The setting `pulumi up` renders from each stack's lifecycle files passes the same checks."""
+    from lifecycle.policy import load_policy, table_retention, table_retention_setting
+
+    for stack in ("dev", "prod"):
+        setting = table_retention_setting(load_policy(stack))
+        assert Settings.from_env({"TXMETRICS_RETENTION": setting}).retention_days == \
+            table_retention(load_policy(stack))
+    assert Settings.from_env({"RAW_EVENTS_CONTAINER": "a" * 63}).raw_events_container == "a" * 63

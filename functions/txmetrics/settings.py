@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.naming import RAW_EVENTS_CONTAINER as DEFAULT_RAW_EVENTS_CONTAINER
+from .core.tables import TABLES
 from .errors import TxmetricsError
 
 BUNDLED_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -65,7 +67,7 @@ class Settings:
         return cls(database_url=_get(e, "DATABASE_URL"),
                    storage_connection_string=_get(e, "AZURE_STORAGE_CONNECTION_STRING"),
                    storage_account_url=_get(e, "AZURE_STORAGE_ACCOUNT_URL"),
-                   raw_events_container=_get(e, "RAW_EVENTS_CONTAINER") or DEFAULT_RAW_EVENTS_CONTAINER,
+                   raw_events_container=_container(_get(e, "RAW_EVENTS_CONTAINER")),
                    metric_catalog=Path(_get(e, "METRIC_CATALOG") or BUNDLED_CATALOG),
                    database_auth=auth, managed_identity_client_id=_get(e, "AZURE_CLIENT_ID"),
                    retention_days=_retention(_get(e, "TXMETRICS_RETENTION")))
@@ -85,14 +87,50 @@ class Settings:
         return self.storage_connection_string, self.storage_account_url
 
 
+# Azure's container names: 3-63 characters, lower-case letters, digits and single hyphens, a
+# letter or digit first and last (Learn, "Naming and referencing containers, blobs, and metadata")
+_CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+
+
+def _container(raw: str | None) -> str:
+    if raw is None:
+        return DEFAULT_RAW_EVENTS_CONTAINER
+    if not _CONTAINER_NAME.fullmatch(raw):
+        raise SettingsError(f"RAW_EVENTS_CONTAINER={raw!r} is not a Blob Storage container name: 3-63 lower-case "
+                            "letters, digits and single hyphens, starting and ending with a letter or digit; set it "
+                            f"to e.g. {DEFAULT_RAW_EVENTS_CONTAINER}, or unset it")
+    return raw
+
+
+# the keys retention takes: each table's `retention_key` (core/tables.py)
+_RETENTION_KEYS = tuple(t.retention_key for t in TABLES if t.retention_key)
+_FIX = ("it is rendered by pulumi up from lifecycle/<stack>.yaml (checked there): deploy again, or correct it by "
+        "hand as a JSON object such as {\"dynamic_metrics\": 35, \"ingested_events\": 35}")
+
+
 def _retention(raw: str | None) -> dict[str, int]:
+    """Table retention in days. Checked as the lifecycle files are: the daily timer drops what
+    this says, so a wrong value (negative, a typo of a table, a ledger kept shorter than the
+    rows it deduplicates) must stop it rather than drop today's partitions."""
     if raw is None:
         return {}
     try:
         parsed = json.loads(raw)
-        if not isinstance(parsed, dict):
-            raise ValueError("not an object")
-        return {str(k): int(v) for k, v in parsed.items()}
-    except (ValueError, TypeError) as exc:
-        raise SettingsError(f"TXMETRICS_RETENTION is not a JSON object of table: days ({exc}); it is rendered by "
-                            "pulumi up from lifecycle/: deploy again, or unset it") from None
+    except ValueError as exc:
+        raise SettingsError(f"TXMETRICS_RETENTION is not JSON ({exc}); {_FIX}") from None
+    if not isinstance(parsed, dict):
+        raise SettingsError(f"TXMETRICS_RETENTION is not a JSON object of table: days; {_FIX}")
+    for key, days in parsed.items():
+        if key not in _RETENTION_KEYS:
+            raise SettingsError(f"TXMETRICS_RETENTION: {key!r} is not a table with a retention (use "
+                                f"{', '.join(_RETENTION_KEYS)}); {_FIX}")
+        if type(days) is not int or days < 1:
+            raise SettingsError(f"TXMETRICS_RETENTION: {key} must be a whole number of days >= 1, got {days!r}; "
+                                f"{_FIX}")
+    ledger, rows = parsed.get("ingested_events"), parsed.get("dynamic_metrics")
+    if ledger is not None and (rows is None or ledger < rows):
+        # an absent table is kept for ever: the ledger must outlive the rows it deduplicates
+        raise SettingsError(f"TXMETRICS_RETENTION: ingested_events ({ledger} days) is shorter than dynamic_metrics "
+                            f"({'kept for ever' if rows is None else f'{rows} days'}): a redelivered event older than "
+                            f"the ledger would be counted twice; {_FIX}")
+    return dict(parsed)
