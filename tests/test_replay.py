@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 
 from localdev.services import LocalServices
 from tests.helpers import archive_rows, empty_tables, ledger_event_ids
-from txmetrics import replay, runtime
+from txmetrics import kpi, replay, runtime
 from txmetrics.adapters.blob import BlobArchive
 from txmetrics.adapters.postgres import PostgresStore
 from txmetrics.compaction import compact_day
@@ -136,3 +137,46 @@ def test_a_forced_replay_with_a_corrected_time_is_refused(
     replay.set_field(db, item_id, "occurred_at", "2026-03-01T05:00:00Z")
     again = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id], force=True)[0]
     assert again.replayed and again.note.startswith("replayed (event already ingested") and stored() == before
+
+
+def test_failed_set_keeps_every_number_as_written(deliver: Callable[..., None], db: psycopg.Connection,
+                                                  env: dict[str, str]) -> None:
+    """`failed set` re-encodes the payload: through a float, an amount of 123456789.123456789
+    was stored, counted and archived as 123456789.12345679 (an audit), and a value typed for
+    the amount itself lost its last digits the same way."""
+    from typer.testing import CliRunner
+
+    from txmetrics_cli.main import app
+
+    body = ('{"event_id": "exact-1", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m",'
+            ' "amount": 123456789.123456789, "currency": "eur", "payment_method": "card", "status": "approved",'
+            ' "attributes": {"score": 0.30000000000000001}}')
+    deliver([body.encode(), {**BAD_CURRENCY, "event_id": "exact-2", "currency": "EUR", "amount": -1}],
+            partition_id="3")
+    items = dict(db.execute("SELECT event_id, id FROM failed_items").fetchall())
+    stored = replay.set_field(db, items["exact-1"], "currency", "EUR")
+    assert '"amount":123456789.123456789' in stored and '"score":0.30000000000000001' in stored
+    typed = CliRunner().invoke(app, ["failed", "set", str(items["exact-2"]), "amount", "1234567890.123456789"])
+    assert typed.exit_code == 0 and '"amount":1234567890.123456789' in typed.stdout, typed.output
+    outcomes = replay.replay(db, runtime.get_pipeline(), item_ids=sorted(items.values()))
+    assert [o.replayed for o in outcomes] == [True, True]
+    (row,) = kpi.query(db, metric="amount", start=datetime(2026, 3, 1, tzinfo=UTC),
+                       end=datetime(2026, 3, 2, tzinfo=UTC))
+    assert row.sum == Decimal("123456789.123456789") + Decimal("1234567890.123456789")
+
+
+def test_replaying_a_resolved_item_says_so(deliver: Callable[..., None], db: psycopg.Connection,
+                                           env: dict[str, str]) -> None:
+    """A closed item named by id was skipped in silence ("nothing to replay: no open item
+    matches"), though it exists (an audit)."""
+    deliver([{**BAD_CURRENCY, "event_id": "closed-1"}, {**BAD_CURRENCY, "event_id": "open-1"}], partition_id="3")
+    items = dict(db.execute("SELECT event_id, id FROM failed_items").fetchall())
+    assert replay.resolve(db, [items["closed-1"]]) == 1
+    outcomes = replay.replay(db, runtime.get_pipeline(), item_ids=[items["open-1"], items["closed-1"]])
+    assert [(o.item_id, o.replayed) for o in outcomes] == sorted([(items["closed-1"], False), (items["open-1"], False)])
+    notes = {o.item_id: o.note for o in outcomes}
+    assert notes[items["closed-1"]].startswith("not replayed: the item is resolved (closed")
+    assert notes[items["open-1"]].startswith("still invalid: invalid_currency")
+    # by error code, closed items stay out of it, as before
+    assert [o.item_id for o in replay.replay(db, runtime.get_pipeline(), error_code="invalid_currency")] == \
+        [items["open-1"]]

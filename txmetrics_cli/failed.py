@@ -85,16 +85,10 @@ def failed_set(item_id: ItemId,
     """Set one field of an item's payload.
 
     Prints the payload as stored."""
-    import json
-
     from txmetrics import replay
 
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        parsed = value
     with context.connect() as conn:
-        typer.echo(replay.set_field(conn, item_id, field, parsed))
+        typer.echo(replay.set_field(conn, item_id, field, replay.parse_value(value)))
 
 
 @app.command("replay")

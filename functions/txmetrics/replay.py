@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
+import msgspec
 import psycopg
 
 from .adapters import failed_items, partitions
@@ -69,12 +71,28 @@ def fix(conn: psycopg.Connection, item_id: int, payload: str, *, source: str = "
             raise NotFoundError(f"no failed item {item_id}: `txmetrics failed list --all` lists them")
 
 
+# Numbers as written: an amount of 123456789.123456789 read into a float and written back
+# would be stored, counted and archived as 123456789.12345679 (exact Decimals both ways).
+_EXACT_DECODER = msgspec.json.Decoder(float_hook=Decimal)
+_EXACT_ENCODER = msgspec.json.Encoder(decimal_format="number")
+
+
+def parse_value(text: str) -> Any:
+    """A value typed for `set_field`: JSON if it parses (numbers exactly as written), else the
+    text itself."""
+    try:
+        return _EXACT_DECODER.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
 def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any) -> str:
-    """Edit one (dotted) field of the item's JSON payload; returns the new payload as stored."""
+    """Edit one (dotted) field of the item's JSON payload; returns the new payload as stored.
+    Every other number of the payload keeps the digits it was written with."""
     item = show(conn, item_id)
     try:
-        doc = json.loads(item["fixed_payload"] or item["payload"])
-    except ValueError:
+        doc = _EXACT_DECODER.decode(item["fixed_payload"] or item["payload"])
+    except msgspec.DecodeError:
         raise InvalidRequestError(f"failed item {item_id} is not JSON; use `txmetrics failed fix` with a whole "
                                   "corrected payload") from None
     if not isinstance(doc, dict):
@@ -90,7 +108,7 @@ def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any) -> 
         node.pop(parts[-1], None)
     else:
         node[parts[-1]] = value
-    payload = json.dumps(doc)
+    payload = _EXACT_ENCODER.encode(doc).decode()
     fix(conn, item_id, payload)
     return mask_text(payload)           # as stored
 
@@ -116,8 +134,13 @@ def replay(conn: psycopg.Connection, pipeline: Any, *, item_ids: list[int] | Non
     if not item_ids and not error_code:
         raise InvalidRequestError("name the items to replay: ids or --code ERROR_CODE")
     _require(conn, list(item_ids or []))
-    return [_replay_one(conn, pipeline, item, force=force)
-            for item in failed_items.replayable(conn, item_ids=item_ids or [], error_code=error_code)]
+    outcomes = [_replay_one(conn, pipeline, item, force=force)
+                for item in failed_items.replayable(conn, item_ids=item_ids or [], error_code=error_code)]
+    # an item named by id that is closed is said, not skipped in silence
+    outcomes += [ReplayOutcome(i, False, "not replayed: the item is resolved (closed, `txmetrics failed resolve`); "
+                                         "`txmetrics failed show` says when and why")
+                 for i in failed_items.resolved_ids(conn, item_ids=item_ids or [])]
+    return sorted(outcomes, key=lambda o: o.item_id)
 
 
 def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Replayable, *, force: bool

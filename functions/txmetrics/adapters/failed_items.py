@@ -120,6 +120,12 @@ def replayable(conn: psycopg.Connection, *, item_ids: Sequence[int], error_code:
     return [Replayable(*r) for r in rows]
 
 
+def resolved_ids(conn: psycopg.Connection, *, item_ids: Sequence[int]) -> list[int]:
+    """Those of `item_ids` that are resolved (closed), in id order."""
+    return [r[0] for r in conn.execute("SELECT id FROM failed_items WHERE id = ANY(%s) AND resolved ORDER BY id",
+                                       (list(item_ids),))]
+
+
 def stored_times(conn: psycopg.Connection, *, event_id: str) -> list[datetime]:
     """The occurred_at of every event the ledger holds under this event id, earliest first:
     what a replay checks before storing its event. One lookup of the ledger's key
