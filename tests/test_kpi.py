@@ -293,3 +293,29 @@ def test_two_smallest_sets_both_added_later_are_not_taken_for_the_whole(
     monkeypatch.setenv("METRIC_CATALOG", str(tmp_path / "dropped.yaml"))
     with pytest.raises(kpi.KpiError, match=r"misses events of the range: \[merchant_id, payment_method\] counts 8"):
         kpi.query(db, metric="approved", start=kpi_time(START), end=kpi_time(END))
+
+
+def test_naive_bounds_in_the_python_api_are_utc(deliver: Callable[..., None], db: psycopg.Connection,
+                                                env: dict[str, str]) -> None:
+    """An audit: with a fresh daily rollup in the range, naive bounds raised TypeError (naive
+    against aware); without one, PostgreSQL read them in the session's TimeZone, so a New York
+    session counted 1 of a day's 2 events. Naive bounds are UTC, as the 5-minute marks are."""
+    from datetime import UTC, date, datetime
+
+    from txmetrics.rollup import roll_day
+
+    deliver([{"event_id": f"n{i}", "transaction_id": "t", "occurred_at": at, "merchant_id": "m", "amount": "1.00",
+              "currency": "EUR", "payment_method": "card", "status": "approved"}
+             for i, at in enumerate(["2026-03-02T02:00:00Z", "2026-03-02T23:30:00Z", "2026-03-03T12:00:00Z"])],
+            partition_id="0")
+    day = {"start": datetime(2026, 3, 2), "end": datetime(2026, 3, 3)}
+    aware = {k: v.replace(tzinfo=UTC) for k, v in day.items()}
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'America/New_York'")
+        assert [r.count for r in kpi.query(conn, metric="approved", **day)] == [2]
+        db.execute("SELECT txm_fold_aggregates()")
+        roll_day(db, date(2026, 3, 2))
+        wide = {"start": datetime(2026, 3, 1), "end": datetime(2026, 3, 4)}
+        assert [r.count for r in kpi.query(conn, metric="approved", **wide)] == [3]
+        assert [r.count for r in kpi.query(conn, metric="approved", **day)] == \
+            [r.count for r in kpi.query(db, metric="approved", **aware)] == [2]

@@ -174,7 +174,9 @@ def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: dateti
 
     Reads in one snapshot (a REPEATABLE READ transaction unless the caller's transaction is
     already open), so a fold running meanwhile cannot make an event count twice or not at
-    all between the rollup check and the rows."""
+    all between the rollup check and the rows. Naive `start` and `end` are UTC, as the
+    5-minute marks are (never the session's TimeZone, which PostgreSQL would apply to them)."""
+    start, end = (m if m.tzinfo is not None else m.replace(tzinfo=UTC) for m in (start, end))
     with read_snapshot(conn):
         return _query(conn, metric=metric, start=start, end=end, group_by=group_by, filters=filters, window=window,
                       quantiles=quantiles, use_rollups=use_rollups, catalog=catalog)

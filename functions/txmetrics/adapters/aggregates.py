@@ -242,7 +242,10 @@ def event_counts(conn: psycopg.Connection, *, metric: str, start: datetime, end:
     sql, params = histogram_rows(conn, metric=metric, dimension_set=None, start=start, end=end,
                                  window_seconds=None, use_rollups=use_rollups, counts_only=True)
     # summed per dimensions first: the names are read once per group, not once per row
-    rows = conn.execute(f"SELECT ARRAY(SELECT jsonb_object_keys(dimensions) ORDER BY 1), sum(n)::bigint "
+    # (names in the "C" collation, Python's own order: a database's default collation, such as
+    # en_US, can sort `Region` after `payment_method`, and the set would not be recognised)
+    rows = conn.execute(f"SELECT ARRAY(SELECT k FROM jsonb_object_keys(dimensions) AS k ORDER BY k COLLATE \"C\"), "
+                        f"sum(n)::bigint "
                         f"FROM (SELECT dimensions, sum(count) AS n FROM ({sql}) AS r GROUP BY 1) AS g GROUP BY 1",
                         params).fetchall()
     return {tuple(keys): int(n) for keys, n in rows}
