@@ -12,6 +12,7 @@ import pytest
 
 from localdev.eventhub import make_batch
 from localdev.run import indexed_functions
+from txmetrics.settings import SettingsError
 
 
 def test_binding_matches_the_contract() -> None:
@@ -90,6 +91,12 @@ def test_daily_timer_functions(ingest_fn: Callable[..., None], db: psycopg.Conne
                           "payment_method": "card", "status": "approved"}) for i in range(3)]
     for i, body in enumerate(bodies):           # one small file per batch, all on an old day
         ingest_fn(make_batch([body], partition_id="0", first_sequence=i))
+    # a retention edited wrong by hand (-1 days dropped today's partitions, an audit) stops the
+    # retention job before it drops anything, and only that job
+    monkeypatch.setenv("TXMETRICS_RETENTION", json.dumps({"dynamic_metrics": -1, "ingested_events": -1}))
+    with pytest.raises(SettingsError, match="TXMETRICS_RETENTION: dynamic_metrics must be a whole number"):
+        load_function("retention")(TimerRequest())
+    assert db.execute("SELECT count(*) FROM dynamic_metrics").fetchone() == (6,)      # 3 events x amount, approved
     monkeypatch.setenv("TXMETRICS_RETENTION", json.dumps({"dynamic_metrics": 1, "ingested_events": 1}))
     load_function("maintenance")(TimerRequest())
     assert db.execute("SELECT count(*) FROM raw_files WHERE state = 'uploaded'").fetchone() == (1,)   # compacted

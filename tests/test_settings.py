@@ -75,7 +75,16 @@ def test_defaults_and_blank_values() -> None:
 ])
 def test_a_malformed_setting_is_refused_with_its_name(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
-        Settings.from_env(env)
+        Settings.from_env(env).retention_days      # noqa: B018  # the retention is checked where it is read
+
+
+def test_a_bad_retention_stops_the_retention_job_not_the_rest() -> None:
+    """Ingest, the catalog and the timers that drop nothing read the settings too: a retention
+    edited wrong by hand must not stop them, only the job that would drop data."""
+    settings = Settings.from_env({"TXMETRICS_RETENTION": '{"dynamic_metrics": -1}', "RAW_EVENTS_CONTAINER": "raw-x"})
+    assert (settings.raw_events_container, settings.metric_catalog) == ("raw-x", BUNDLED_CATALOG)
+    with pytest.raises(SettingsError, match="dynamic_metrics must be a whole number of days >= 1, got -1"):
+        settings.retention_days      # noqa: B018  # reading it is the check
 
 
 def test_a_missing_service_is_refused_where_it_is_needed() -> None:

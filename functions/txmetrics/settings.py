@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .core.naming import RAW_EVENTS_CONTAINER as DEFAULT_RAW_EVENTS_CONTAINER
@@ -53,7 +53,7 @@ class Settings:
     metric_catalog: Path = BUNDLED_CATALOG
     database_auth: str = "password"   # "entra": a managed-identity token is the password (deployed apps)
     managed_identity_client_id: str | None = None
-    retention_days: dict[str, int] = field(default_factory=dict)
+    retention_setting: str | None = None    # TXMETRICS_RETENTION as set; read by `retention_days`
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,7 +70,13 @@ class Settings:
                    raw_events_container=_container(_get(e, "RAW_EVENTS_CONTAINER")),
                    metric_catalog=Path(_get(e, "METRIC_CATALOG") or BUNDLED_CATALOG),
                    database_auth=auth, managed_identity_client_id=_get(e, "AZURE_CLIENT_ID"),
-                   retention_days=_retention(_get(e, "TXMETRICS_RETENTION")))
+                   retention_setting=_get(e, "TXMETRICS_RETENTION"))
+
+    @property
+    def retention_days(self) -> dict[str, int]:
+        """TXMETRICS_RETENTION, checked when it is read (by the retention timer), not with the
+        other settings: a wrong retention must stop the job that would drop data, not ingest."""
+        return _retention(self.retention_setting)
 
     def require_database(self) -> str:
         if not self.database_url:
