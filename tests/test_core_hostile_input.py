@@ -95,6 +95,9 @@ MEBIBYTES = [
     ("escapes before card numbers", _mebibyte_of("\n4111111111111111")),
     ("card numbers as JSON numbers", body(attributes='{"x": [' + ",".join(["4111111111111111"] * 61_000) + "]}")),
     ("card numbers in exponent form", body(attributes='{"x": [' + ",".join(["1.8e13"] * 145_000) + "]}")),
+    # an audit: each string just under the window budget, which was per string: 24 s
+    ("many strings of one-digit words", body(attributes=json.dumps(
+        {"notes": ["0 " * 999 + "0"] * 520 + ["1 " * 100 + "4111 1111 1111 1111"]}))),
 ]
 
 
