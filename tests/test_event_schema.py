@@ -105,6 +105,22 @@ def test_schema_version_absent_means_1_and_a_newer_one_is_refused(version: Any, 
         assert "newer than this platform declares (up to 1)" in rejection.detail and "replay" in rejection.detail
 
 
+@pytest.mark.parametrize(("written", "expected"), [
+    ("1.0", None), ("1e0", None), ("10E-1", None), ("2.0", "unsupported_schema_version"),
+    ("1.5", "invalid_schema_version"), ("0.0", "invalid_schema_version"), ("-1.0", "invalid_schema_version"),
+])
+def test_schema_version_is_a_whole_number_in_any_json_form(written: str, expected: str | None) -> None:
+    """JSON has one number type: 1.0 and 1e0 are the whole number 1, as processing_ms takes
+    100.0 (an audit: refused, with the detail "must be a whole number from 1, got 1")."""
+    text = json.dumps({**BASE, "event_id": "e-1"})[:-1] + f', "schema_version": {written}}}'
+    result = parse_event(InboundEvent(text.encode(), "0", 1))
+    assert (result.error_code if isinstance(result, Rejection) else None) == expected
+    if expected is None:
+        assert isinstance(result, PaymentEvent)
+        assert parquet.events_table([result]).column("schema_version").to_pylist() == [1]
+        assert f'"schema_version": {written}' in result.payload          # archived as written
+
+
 @pytest.fixture
 def version_2(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventSchema]:
     """The declaration with a version 2 that adds three optional fields."""

@@ -218,6 +218,8 @@ def declared_problem(document: dict[str, Any]) -> tuple[str, str] | None:
     raw = document.get(SCHEMA_VERSION_FIELD)
     if raw is None and not schema.added_fields:
         return None
+    if isinstance(raw, Decimal) and raw.is_finite() and raw == raw.to_integral_value():
+        raw = int(raw)                    # 1.0 and 1e0 are the whole number 1 (JSON has one number type)
     if raw is None:
         version = 1
     elif type(raw) is not int or raw < 1:
