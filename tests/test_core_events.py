@@ -300,3 +300,17 @@ def test_the_usual_amount_reads_as_the_general_path_does(text: str) -> None:
             assert isinstance(exc, NumberOutOfRange | InvalidOperation) or type(exc).__name__ == "_CardNumberInNumber"
             continue
         assert _amount(_parse_amount, value) == _amount(_parse_amount_general, value)
+
+
+@pytest.mark.parametrize("event_type", ["", "   "])
+@pytest.mark.parametrize("card_like", [False, True])
+def test_event_type_is_any_string_even_an_empty_one(event_type: str, card_like: bool) -> None:
+    """The contract calls event_type a "string" where the identifiers and payment_method are
+    "non-empty": "" was refused as invalid_event_type (an audit). Both validation paths take it
+    (a card-like digit run elsewhere in the body sends it down the field-by-field one)."""
+    extra = {"attributes": {"note": "ref 4111 1111 1111 1111"}} if card_like else {}
+    ev = parse(valid(event_type=event_type, **extra))
+    assert isinstance(ev, PaymentEvent), ev
+    assert ev.event_type == event_type
+    refused = parse(valid(payment_method=event_type))                  # still a non-empty string
+    assert isinstance(refused, Rejection) and refused.error_code == "invalid_payment_method"

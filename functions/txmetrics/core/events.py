@@ -416,7 +416,10 @@ def _shown(value: str, limit: int = 40) -> str:
     return repr(mask_text(value)[:limit])
 
 
-def _text(doc: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TEXT) -> str | None:
+def _text(doc: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TEXT,
+          blank: bool = False) -> str | None:
+    """A text field as sent. `blank` takes an empty or all-blank string (a field the contract
+    calls a plain "string", not a "non-empty string")."""
     value = doc.get(name)
     if value is None:
         if required:
@@ -424,7 +427,7 @@ def _text(doc: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TE
         return None
     if not isinstance(value, str):
         raise _Invalid(f"invalid_{name}", f"'{name}' must be a string, got {_kind(value)}")
-    if not value or value.isspace():   # as `not value.strip()`, without a copy
+    if not blank and (not value or value.isspace()):   # as `not value.strip()`, without a copy
         raise _Invalid(f"invalid_{name}", f"'{name}' must not be empty")
     if len(value) > limit:
         raise _Invalid(f"invalid_{name}", f"'{name}' is {len(value)} characters; at most {limit} are allowed")
@@ -620,7 +623,7 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
             and status in _STATUS_SET and len(currency) == 3 and CURRENCY_CODE.fullmatch(currency)
             and 0 < len(event_id) <= MAX_EVENT_ID and 0 < len(transaction_id) <= MAX_TEXT
             and 0 < len(merchant_id) <= MAX_TEXT and 0 < len(payment_method) <= MAX_TEXT
-            and (event_type is None or 0 < len(event_type) <= MAX_TEXT)
+            and (event_type is None or len(event_type) <= MAX_TEXT)
             and (country is None or (len(country) == 2 and COUNTRY_CODE.fullmatch(country)))):
         return None
     card, attributes = g("card"), g("attributes")
@@ -628,7 +631,7 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
         return None
     joined = f"{event_id}\x00{transaction_id}\x00{merchant_id}\x00{payment_method}\x00{event_type or '-'}"
     if joined.count("\x00") != 4 or event_id.isspace() or transaction_id.isspace() or merchant_id.isspace() \
-            or payment_method.isspace() or (event_type is not None and event_type.isspace()):
+            or payment_method.isspace():
         return None
     occurred_us = _parse_occurred_at(g("occurred_at"))
     amount = _parse_amount(g("amount"))
@@ -655,7 +658,7 @@ def _validate_field_by_field(doc: dict[str, Any], text: str, inbound: InboundEve
     status = _text(doc, "status", required=True)
     if status not in STATUSES:
         raise _Invalid("invalid_status", f"'status' {_shown(status or '')} is not one of {', '.join(STATUSES)}")
-    event_type = _text(doc, "event_type", required=False)
+    event_type = _text(doc, "event_type", required=False, blank=True)     # contract: "string", may be empty
     processing_ms = _parse_processing_ms(doc.get("processing_ms"))
     country = _text(doc, "country", required=False)
     if country is not None and not COUNTRY_CODE.fullmatch(country):
