@@ -129,6 +129,8 @@ def card_shapes(rng: random.Random) -> Iterator[tuple[str, str]]:
     yield "before a year", f"{' '.join(grouped)} {rng.randint(2024, 2030)}"
     yield "in a URL query", f"/pay?card={pan}&cvv=123"
     yield "after a newline", f"note\n{pan}"
+    yield "before an expiry", f"{pan}-{rng.randint(1, 12):02d}/{rng.randint(24, 32)}"
+    yield "spaced, before a CVV", f"{' '.join(grouped)}-{_digits(rng, 3)}"
 
 
 # --- the run ---------------------------------------------------------------------------------

@@ -15,7 +15,10 @@ Luhn check, and is a token of its own:
 * a leading plus makes it a phone number or a signed number (``+8613812345678``); a plus after a
   word is a URL-encoded space and separates (``card+4111111111111111`` is masked);
 * a space separates words, so a card number next to another number is still found
-  (``12 4111111111111111``, ``4111 1111 1111 1111 2024``).
+  (``12 4111111111111111``, ``4111 1111 1111 1111 2024``);
+* a window may also end before a dash inside a run that is a token of its own, so a card
+  number followed by a dash and digits is found (``4111111111111111-12/26``, an expiry;
+  ``4111 1111 1111 1111-123``, a CVV); a window never starts after a dash (the UUID rule above).
 
 A sequence of words inside a spaced IBAN that passes the IBAN check (ISO 13616, mod 97) is not
 a card number (``DE89 3704 0044 0532 0130 00``). Masking keeps the last four digits and the
@@ -148,12 +151,15 @@ def _run_card_spans(text: str, start: int, end: int, budget: list[int]) -> list[
     when the run is to be masked whole. `budget` holds the windows this string may still
     check (see _WINDOW_BUDGET)."""
     run = text[start:end]
-    if " " not in run:            # one word: the whole run or nothing
+    if " " not in run:            # one word: the whole run, or a card number before a dash and digits
         if _glued_before(text, start) or _glued_after(text, end):
             return []
-        return [(start, end)] if _is_pan(run.replace("-", "")) else []
+        if _is_pan(run.replace("-", "")):
+            return [(start, end)]
+        return [(start, start + cut) for cut, digits in _dash_cuts(run) if _is_pan(digits)]
     n_words = run.count(" ") + 1
-    windows = n_words * min(n_words, 19)      # an upper bound: a window holds at most 19 digits
+    # an upper bound: a window holds at most 19 digits, and may end at a word's dashes too
+    windows = (n_words + run.count("-")) * min(n_words, 19)
     if windows > budget[0]:
         return None
     budget[0] -= windows
@@ -169,12 +175,31 @@ def _run_card_spans(text: str, start: int, end: int, budget: list[int]) -> list[
             continue
         digits = ""
         for j in range(i, n_words):
-            digits += words[j][2]
+            w_start, w_end, w_digits = words[j]
+            glued = j == last and _glued_after(text, end)
+            if not glued and "-" in text[w_start:w_end]:     # windows ending before one of the word's dashes
+                spans += [(words[i][0], w_start + cut) for cut, part in _dash_cuts(text[w_start:w_end])
+                          if _is_pan(digits + part)]
+            digits += w_digits
             if len(digits) > 19:
                 break
-            if len(digits) >= 13 and (j < last or not _glued_after(text, end)) and luhn_ok(digits):
-                spans.append((words[i][0], words[j][1]))
+            if len(digits) >= 13 and not glued and luhn_ok(digits):
+                spans.append((words[i][0], w_end))
     return spans
+
+
+def _dash_cuts(word: str) -> Iterator[tuple[int, str]]:
+    """(length, digits) of each part of a dashed word that ends before one of its dashes:
+    `4111111111111111-12` -> (16, "4111111111111111"). A card number written before a dash
+    and more digits (an expiry `-12/26`, a CVV `-123`) is still a card number (contract: a
+    run split by dashes; it touches a dash, not a letter or digit); a digit after its dash
+    only made the whole word too long to be one (an audit). Only in a word that is a token
+    of its own: in `32738016-8191-4276-80f5-...` (a UUID) the run is glued to the letter after
+    it, and `32738016-8191-4276` is no card number."""
+    at = word.find("-")
+    while at > 0:
+        yield at, word[:at].replace("-", "")
+        at = word.find("-", at + 1)
 
 
 # --- IBANs (ISO 13616): a spaced IBAN holds digit groups that may pass Luhn ----------------------
