@@ -364,3 +364,18 @@ def test_a_condition_no_event_can_meet_is_refused(operand: str, reason: str) -> 
         parse_catalog_text(f"metrics:\n  - {{name: a, kind: flag, when: {{field: attributes.x, equals: {operand}}}}}\n")
     with pytest.raises(CatalogError, match=r"metrics\[0\]\.when\.in\[1\]: "):
         parse_catalog_text(f"metrics:\n  - {{name: a, kind: flag, when: {{field: attributes.x, in: [1, {operand}]}}}}\n")
+
+
+@pytest.mark.parametrize(("written", "value"), [("010", 8), ("1_000", 1000), ("1:30", 90), ("0b11", 3)])
+def test_yaml_1_1_integer_forms_are_refused_with_the_fix(written: str, value: int) -> None:
+    """PyYAML reads `equals: 010` as 8 (octal), so the flag compared events' 10 with 8 and was
+    0 for every event; JSON and YAML 1.2 read these forms otherwise (10, or text)."""
+    text = f"metrics:\n  - {{name: f, kind: flag, when: {{field: attributes.x, equals: {written}}}}}\n"
+    with pytest.raises(CatalogError) as err:
+        parse_catalog_text(text, "cat.yaml")
+    message = str(err.value)
+    assert message.startswith(f"cat.yaml: not valid YAML ({written} is the integer {value} to YAML 1.1 but not to JSON")
+    assert f"quote it for text ('{written}')" in message and "line 2" in message
+    for plain, operand in (("10", 10), ("-5", -5), ("0x1F", 31), (f"'{written}'", written)):
+        (metric,) = parse_catalog_text(text.replace(written, plain)).metrics
+        assert metric.when is not None and metric.when.operand == operand

@@ -85,6 +85,10 @@ class _Loader(yaml.SafeLoader):
 
 
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_INT_TAG = "tag:yaml.org,2002:int"
+# Integers as JSON and YAML 1.2 write them (a sign allowed), and hexadecimal (the same number
+# in YAML 1.1 and 1.2). Every other integer form of YAML 1.1 means something else elsewhere.
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*|0x[0-9a-fA-F]+)")
 # Numbers as JSON writes them that YAML 1.1 reads as strings: an exponent without a dot or
 # without a sign (1e-1, 1E3, 1.5e3). As exact numbers they are a number like any other.
 _JSON_EXPONENT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
@@ -102,9 +106,23 @@ class _ExactLoader(_Loader):
         except InvalidOperation:          # .inf, .nan, sexagesimal 1:30.5: YAML's own float
             return self.construct_yaml_float(node)
 
+    def construct_plain_int(self, node: ScalarNode) -> Any:
+        """An integer as JSON writes it; YAML 1.1's other forms are refused: `010` is 8 (octal)
+        to PyYAML and 10 to JSON and YAML 1.2, `1_000` and `1:30` (90, sexagesimal) are text to
+        YAML 1.2, `0b11` is 3. A condition `equals: 010` compared events' 10 with 8, silently."""
+        text = str(self.construct_scalar(node))
+        if _PLAIN_INT.fullmatch(text) is None:
+            value = self.construct_yaml_int(node)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text} is the integer {value} to YAML 1.1 but not to JSON or YAML 1.2 (a leading zero, "
+                "underscores, a colon or 0b); write the number without them, or quote it for text "
+                f"('{text}')", node.start_mark)
+        return self.construct_yaml_int(node)
+
 
 _ExactLoader.add_implicit_resolver(_FLOAT_TAG, _JSON_EXPONENT, list("-+0123456789."))
 _ExactLoader.add_constructor(_FLOAT_TAG, _ExactLoader.construct_exact_float)
+_ExactLoader.add_constructor(_INT_TAG, _ExactLoader.construct_plain_int)
 
 
 def load_yaml(text: str, *, exact_numbers: bool = False) -> Any:
