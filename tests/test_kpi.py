@@ -319,3 +319,36 @@ def test_naive_bounds_in_the_python_api_are_utc(deliver: Callable[..., None], db
         assert [r.count for r in kpi.query(conn, metric="approved", **wide)] == [3]
         assert [r.count for r in kpi.query(conn, metric="approved", **day)] == \
             [r.count for r in kpi.query(db, metric="approved", **aware)] == [2]
+
+
+def test_a_metric_added_later_says_what_it_does_not_count(deliver: Callable[..., None], db: psycopg.Connection,
+                                                         env: dict[str, str], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stored set of a metric added to the catalog holds only the events ingested after
+    the change, so the set check cannot see the gap: the KPI answered 2 of 8 events without
+    a word. The manifest records each file's metrics: the command says how many archived
+    events are not counted, and the backfill that adds them; once backfilled, nothing."""
+    def event(i: int, minute: int) -> dict[str, Any]:
+        return {"event_id": f"a{i}", "transaction_id": f"t{i}", "occurred_at": f"2026-03-01T10:{minute:02d}:00Z",
+                "merchant_id": "m-1", "payment_method": "card", "currency": "USD", "amount": "1.00",
+                "status": "declined" if i % 2 else "approved"}
+
+    deliver([event(i, i) for i in range(6)], partition_id="0")
+    extended = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    extended["metrics"].append({"name": "declined", "kind": "flag", "when": {"field": "status", "equals": "declined"}})
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(extended))
+    monkeypatch.setenv("METRIC_CATALOG", str(path))
+    deliver([event(10 + i, 30 + i) for i in range(2)], partition_id="0", first_sequence=100)
+    declined = ("--metric", "declined", "--start", START, "--end", END)
+    result = cli(*declined, "--format", "json")
+    assert result.exit_code == 0 and [r["count"] for r in json.loads(result.stdout)] == [2], result.output
+    assert ("6 archived event(s) in 1 raw file(s) overlapping this range were ingested before declined was in the "
+            "catalog and are not counted: `txmetrics backfill --metric declined --start 2026-03-01T00:00:00+00:00 "
+            "--end 2026-03-02T00:00:00+00:00` adds them") in result.stderr
+    assert "archived event(s)" not in cli("--metric", "approved", "--start", START, "--end", END).stderr
+    backfill = CliRunner().invoke(app, ["backfill", "--metric", "declined", "--start", "2026-03-01T00:00:00+00:00",
+                                        "--end", "2026-03-02T00:00:00+00:00"])
+    assert backfill.exit_code == 0, backfill.output
+    result = cli(*declined, "--format", "json")
+    assert [r["count"] for r in json.loads(result.stdout)] == [8] and "archived event(s)" not in result.stderr

@@ -200,6 +200,7 @@ def kpi_command(
     with context.connect() as conn:
         rows = kpi.query(conn, metric=metric, start=start, end=end, group_by=list(by or []), filters=filters,
                          window=window, catalog=catalog)
+        files, uncounted = kpi.events_before_metric(conn, metric=metric, start=start, end=end)
     flag = chosen.metric.kind == "flag"
     figures = ["count", "true_count", "rate"] if flag else [
         "count", "sum", "mean", "min", "max", *(kpi.quantile_label(q) for q in kpi.QUANTILES)]
@@ -213,6 +214,13 @@ def kpi_command(
     if not rows:
         note(f"no {metric} data in [{start.isoformat()}, {end.isoformat()})"
              + (f" where {', '.join(f'{k}={v}' for k, v in filters.items())}" if filters else ""))
+    if files:
+        # a metric added to the catalog counts the events ingested after the change; the
+        # manifest says which archived files predate it (docs/lake.md, backfill)
+        note(f"{uncounted:,} archived event(s) in {files:,} raw file(s) overlapping this range were ingested before "
+             f"{metric} was in the catalog and are not counted: `txmetrics backfill --metric {metric} "
+             f"--start {start.isoformat()} --end {end.isoformat()}` "
+             "adds them")
 
 
 def _group_label(record: Mapping[str, Any], group_by: tuple[str, ...]) -> str:

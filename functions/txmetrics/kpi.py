@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from .adapters import aggregates
+from .adapters import aggregates, manifest
 from .adapters.postgres import read_snapshot
 from .core import histogram
 from .core.catalog import Catalog, Metric, contract_fields, is_plain_field_path, load_catalog
@@ -239,6 +239,15 @@ def _complete_set(conn: psycopg.Connection, chosen: KpiPlan, start: datetime, en
         f"{describe_set(witness)} counts {expected}, {', '.join(short)} (a set added to the catalog holds "
         "the events ingested after the change); start the range later, or group and filter within a set that "
         "holds them all")
+
+
+def events_before_metric(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime
+                         ) -> tuple[int, int]:
+    """(files, events) of the range's archive that `metric`'s rows do not count: ingested
+    before the metric was in the catalog, not backfilled since. Every stored set of such a
+    metric is equally partial, so the set check (`_complete_set`) cannot see it; the
+    manifest's record of each file's metrics can."""
+    return manifest.events_before_metric(conn, metric=metric, start=start, end=end)
 
 
 def whole_windows(start: datetime, end: datetime) -> tuple[datetime, datetime]:

@@ -224,6 +224,19 @@ def files_lacking_metric(conn: psycopg.Connection, *, metric: str, start: dateti
                          None if r[6] is None else bytes(r[6])) for r in rows]
 
 
+def events_before_metric(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime
+                         ) -> tuple[int, int]:
+    """(files, events) of the live files that can hold events in [start, end) and whose
+    record says their events lack `metric` (ingested before the catalog had it, not
+    backfilled). Files from before the record (migration 0009) are not counted: unknown."""
+    row = conn.execute(
+        f"""SELECT count(*), coalesce(sum(f.row_count), 0)::bigint FROM raw_files f
+            WHERE {_LIVE_IN_RANGE} AND f.metrics IS NOT NULL AND NOT %(metric)s = ANY (f.metrics)""",
+        {"start": start, "end": end, "metric": metric}).fetchone()
+    assert row is not None          # an aggregate always has its row
+    return int(row[0]), int(row[1])
+
+
 def lock_file(conn: psycopg.Connection, *, file_id: int) -> tuple[str, tuple[str, ...] | None] | None:
     """Lock a file's manifest row for this transaction; its (state, metrics), or None when it
     is gone. Two backfills of one file take turns here; the second then sees the first's
