@@ -489,3 +489,83 @@ def test_a_serial_rebuild_over_the_archive_tier_names_each_file_once(
     finally:
         store.close()
     assert sorted(report.archived) == names
+
+
+class _HeldArchive(BlobArchive):
+    """Fails uploads of the paths in `fail`; holds uploads of the paths in `hold` (made from
+    another thread) until `release`: a slow upload in flight."""
+
+    def __init__(self, base: BlobArchive) -> None:
+        super().__init__(base.service, base.container_name)
+        self.fail: set[str] = set()
+        self.hold: set[str] = set()
+        self.holding, self.release = threading.Event(), threading.Event()
+
+    def upload(self, path: str, data: bytes) -> None:
+        if path in self.fail:
+            raise ConnectionError("storage unavailable")
+        if path in self.hold and threading.current_thread() is not threading.main_thread():
+            self.holding.set()
+            assert self.release.wait(30)
+        super().upload(path, data)
+
+
+@pytest.mark.parametrize("left_behind", [False, True])
+def test_an_upload_in_flight_never_brings_back_a_compacted_file(db: psycopg.Connection, archive: BlobArchive,
+                                                                services: LocalServices, left_behind: bool) -> None:
+    """An audit: the daily timer's flush took a file whose upload was in flight (the batch's
+    own, or its flush of a file a failed attempt left behind) as left behind, uploaded and
+    marked it; its compaction merged the file and deleted the blob; then the slow upload
+    landed and put the superseded file back into the tree, its events twice. A file is
+    uploaded only while its manifest row is locked and still pending: the timer leaves it to
+    the uploader, compaction leaves it out until it is marked, and every event stays once."""
+    from tests.lake_helpers import pipeline
+    from txmetrics.core.events import InboundEvent
+    from txmetrics.settings import BUNDLED_CATALOG
+
+    def batch(ids: list[str], hour: int, first: int) -> list[InboundEvent]:
+        return [InboundEvent(json.dumps({"event_id": e, "transaction_id": "t", "merchant_id": "m", "amount": 1,
+                                         "occurred_at": f"2026-03-05T{hour:02d}:00:{i:02d}Z", "currency": "EUR",
+                                         "payment_method": "card", "status": "approved"}).encode(), "0", first + i)
+                for i, e in enumerate(ids)]
+
+    def path(first: int) -> str:
+        return f"raw_events/yyyy=2026/mm=03/dd=05/part-0-seq-{first:020d}-20260305.parquet"
+
+    held = _HeldArchive(archive)
+    worker, timer = pipeline(services, held, BUNDLED_CATALOG), pipeline(services, held, BUNDLED_CATALOG)
+    worker.process("0", batch(["e0", "e1", "e2"], 1, 0))
+    if left_behind:        # committed, its upload failed: the partition's next batch flushes it
+        held.fail.add(path(3))
+        with pytest.raises(ConnectionError):
+            worker.process("0", batch(["f0", "f1", "f2"], 2, 3))
+        held.fail.clear()
+        slow, last = path(3), batch(["g0", "g1", "g2"], 3, 6)
+    else:                  # the batch's own upload is slow
+        worker.process("0", batch(["f0", "f1", "f2"], 2, 3))
+        slow, last = path(6), batch(["g0", "g1", "g2"], 3, 6)
+    held.hold.add(slow)
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: errors.extend(_raised(worker.process, "0", last)))
+    thread.start()
+    assert held.holding.wait(30)
+    assert timer.flush_outbox(None) == 0                 # in flight: left to its uploader
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        assert compact_day(conn, archive, datetime(2026, 3, 5).date()).inputs == 2     # the marked ones only
+    held.release.set()
+    thread.join(30)
+    assert not errors, errors
+    keys = [tuple(r[:3]) for r in archive_rows(archive)]
+    assert len(keys) == len(set(keys)) == 9
+    assert db.execute("SELECT count(*) FROM raw_files WHERE state = 'pending'").fetchone() == (0,)
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:     # merged with the rest the next time
+        assert compact_day(conn, archive, datetime(2026, 3, 5).date()).inputs == 2
+    assert sorted(tuple(r[:3]) for r in archive_rows(archive)) == sorted(keys)
+
+
+def _raised(call: Callable[..., Any], *args: Any) -> list[BaseException]:
+    try:
+        call(*args)
+    except BaseException as exc:  # noqa: BLE001  # reported by the test's thread
+        return [exc]
+    return []

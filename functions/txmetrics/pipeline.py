@@ -9,9 +9,12 @@ a retry (or any redelivery, however the batch is re-cut) has the effect of one d
 Order of effects (the transactional-outbox pattern):
   1. one PostgreSQL transaction: claim events in the ledger, manifest + Parquet bytes in
      the outbox, metric rows, histogram deltas, failed items; commit;
-  2. upload the Parquet files (overwrite), then mark them uploaded and empty the outbox;
-     the same statement counts the files of this partition still pending (a crashed
-     earlier attempt's), and when there are any, uploads and marks them too.
+  2. upload the Parquet files (overwrite) while their manifest rows are locked, then mark
+     them uploaded and empty the outbox in that transaction (a file the daily flush is
+     already uploading is left to it; no upload lands after a file was marked, so none can
+     bring back a file compaction has merged); the same statement counts the files of this
+     partition still pending (a crashed earlier attempt's), and when there are any, uploads
+     and marks them too.
 A crash before 1 commits leaves nothing; after 1, the partition's next batch that reaches
 its mark (usually the redelivery) finishes step 2 from the outbox, and so does the daily
 maintenance timer. Blobs are written only for committed files, so no orphan or duplicate
@@ -125,11 +128,14 @@ class Pipeline:
             self.crash_hook(name)
 
     def flush_outbox(self, partition_id: str | None) -> int:
-        """Upload files committed but not yet confirmed in Blob Storage. Idempotent."""
-        pending = self.store.pending_files(partition_id)
-        for _, path, content in pending:
-            self.archive.upload(path, content)
-        self.store.mark_uploaded([fid for fid, _, _ in pending])
+        """Upload files committed but not yet confirmed in Blob Storage (of one partition, or
+        all); a file another process is uploading is left to it. Idempotent."""
+        conn = self.store.connection()
+        with conn.transaction():       # the files' rows stay locked until they are marked (manifest.pending_uploads)
+            pending = manifest.pending_uploads(conn, partition_id=partition_id)
+            for _, path, content in pending:
+                self.archive.upload(path, content)
+            manifest.mark_uploaded(conn, file_ids=[fid for fid, _, _ in pending])
         return len(pending)
 
     def process(self, partition_id: str, inbound: Sequence[InboundEvent]) -> BatchReport:
@@ -170,11 +176,15 @@ class Pipeline:
         report.failed_new = written.failed_new
         report.files = [(f.path, len(f.content)) for f in written.files]
 
-        for f in written.files:                                           # step 2
-            self.archive.upload(f.path, f.content)
-        timer.lap("upload")
-        self._crash_point("after_upload")
-        left_behind = self.store.mark_uploaded([f.id for f in written.files], partition_id=partition_id)
+        conn = self.store.connection()                                    # step 2
+        with conn.transaction():   # uploaded while their rows are locked, then marked (manifest.pending_uploads)
+            mine = manifest.lock_pending(conn, file_ids=[f.id for f in written.files])
+            for f in written.files:
+                if f.id in mine:       # else the daily flush got to it first: it uploads and marks it
+                    self.archive.upload(f.path, f.content)
+            timer.lap("upload")
+            self._crash_point("after_upload")
+            left_behind = manifest.mark_uploaded(conn, file_ids=sorted(mine), partition_id=partition_id)
         timer.lap("mark_uploaded")
         if left_behind:
             self.flush_outbox(partition_id)

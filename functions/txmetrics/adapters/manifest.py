@@ -136,14 +136,33 @@ def record_pending(conn: psycopg.Connection, *, file: RawFile, content: bytes, c
 
 
 # ------------------------------------------------------------------ the outbox (after the batch commits)
+# Uploading a committed file happens while its manifest row is locked, and only while the row
+# is still 'pending' (`pending_uploads`, `lock_pending`, in the transaction that then marks it
+# uploaded): two uploaders of one file (the partition's next batch and the daily timer's
+# flush) take turns or skip it, and no upload can land after the file was marked uploaded and
+# compaction merged and deleted it (an audit: such a late upload put the superseded file back
+# into the tree, its events twice). Compaction takes only 'uploaded' files.
+
 def pending_uploads(conn: psycopg.Connection, *, partition_id: str | None) -> list[tuple[int, str, bytes]]:
     """(id, path, bytes) of the files committed but not confirmed uploaded (of one partition,
-    or of all with None), in id order."""
+    or of all with None), in id order, locked for this transaction; a file another uploader
+    holds is skipped (it is being uploaded)."""
     rows = conn.execute(
         """SELECT f.id, f.path, o.content FROM raw_file_outbox o JOIN raw_files f ON f.id = o.raw_file_id
-            WHERE (%(p)s::text IS NULL OR f.partition_id = %(p)s) ORDER BY f.id""",
+            WHERE (%(p)s::text IS NULL OR f.partition_id = %(p)s) AND f.state = 'pending'
+            ORDER BY f.id FOR UPDATE OF f SKIP LOCKED""",
         {"p": partition_id}).fetchall()
     return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+
+def lock_pending(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> set[int]:
+    """Those of `file_ids` still pending, locked for this transaction (to upload them, then
+    mark them); a file another uploader holds, or one already uploaded, is left out."""
+    if not file_ids:
+        return set()
+    return {int(r[0]) for r in conn.execute(
+        "SELECT id FROM raw_files WHERE id = ANY(%s) AND state = 'pending' FOR UPDATE SKIP LOCKED",
+        (list(file_ids),))}
 
 
 def mark_uploaded(conn: psycopg.Connection, *, file_ids: Sequence[int], partition_id: str | None = None) -> int:

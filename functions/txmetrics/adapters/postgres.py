@@ -33,7 +33,7 @@ from ..core.events import PaymentEvent, Rejection
 from ..core.metrics import DIMENSION_COLUMNS, TABLE_COLUMNS, Aggregates, DimensionTuple, MetricRows
 from ..core.naming import datetime_to_us, event_key
 from ..core.tables import DAY_PARTITIONED, LEDGER
-from . import aggregates, failed_items, manifest, partitions, pgcopy
+from . import aggregates, failed_items, partitions, pgcopy
 
 T = TypeVar("T")
 
@@ -205,22 +205,6 @@ class PostgresStore:
         conn = self.connection()
         with conn.transaction():
             return aggregates.fold(conn)
-
-    # ------------------------------------------------------------------ outbox
-    def pending_files(self, partition_id: str | None) -> list[tuple[int, str, bytes]]:
-        """(id, path, bytes) of the files committed but not confirmed uploaded (manifest.pending_uploads)."""
-        conn = self.connection()
-        with conn.transaction():
-            return manifest.pending_uploads(conn, partition_id=partition_id)
-
-    def mark_uploaded(self, file_ids: Sequence[int], *, partition_id: str | None = None) -> int:
-        """The files are in Blob Storage (manifest.mark_uploaded), in a transaction of its own;
-        with `partition_id`, how many other files of that partition are still pending."""
-        if not file_ids and partition_id is None:
-            return 0
-        conn = self.connection()
-        with conn.transaction():
-            return manifest.mark_uploaded(conn, file_ids=file_ids, partition_id=partition_id)
 
 
 _LEDGER = "ingested_events (event_key, occurred_at, dimension_key)"
