@@ -146,7 +146,15 @@ def maintenance(timer: func.TimerRequest) -> None:
     flushed = pipeline.flush_outbox(None)
     pipeline.store.fold_aggregates()     # rollups are built from folded rows
     today = datetime.now(UTC).date()
+    compacted: dict[str, int | str] = {}
     with pipeline.store.autocommit_connection() as conn:
         rolled = [str(d) for d in days_to_roll(conn, today) if roll_day(conn, d)]
-        compacted = {str(d): len(compact_day(conn, pipeline.archive, d).outputs) for d in days_to_compact(conn, today)}
+        for day in days_to_compact(conn, today):
+            try:            # one day's failure must not stop the other days' compaction, day after day
+                compacted[str(day)] = len(compact_day(conn, pipeline.archive, day).outputs)
+            except Exception as exc:    # raised below, after the other days
+                compacted[str(day)] = f"failed: {type(exc).__name__}: {exc}"
     log.info("maintenance %s", json.dumps({"outbox_flushed": flushed, "rolled_up": rolled, "compacted": compacted}))
+    if failed := [day for day, outcome in compacted.items() if isinstance(outcome, str)]:
+        raise RuntimeError(f"compaction failed for {', '.join(failed)} (the other days were compacted); "
+                           "see the maintenance log line")

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import psycopg
 import pytest
@@ -131,3 +132,35 @@ def test_consumer_lag_is_measured_from_the_oldest_instant() -> None:
     lag_s = lag(now - timedelta(seconds=60), naive_oldest)
     assert lag_s is not None and 899 <= lag_s <= 910
     assert lag(None, None) is None
+
+
+def test_one_day_s_failed_compaction_does_not_stop_the_others(ingest_fn: Callable[..., None], db: psycopg.Connection,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daily timer compacted the days in one expression: a day whose compaction failed (an
+    audit's stuck day, after a rebuild) stopped every later day's, every day. Each day now has
+    its try; the timer still fails, naming the day, so the failure alert fires."""
+    from azure.functions.timer import TimerRequest
+
+    from localdev.run import load_function
+    from txmetrics import compaction
+
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=3), today - timedelta(days=2)]
+    for n, day in enumerate(days):
+        for i in range(2):                      # two small files per day
+            ingest_fn(make_batch([json.dumps({"event_id": f"c{n}{i}", "transaction_id": "t", "merchant_id": "m",
+                                              "amount": 1, "occurred_at": f"{day}T0{i}:00:00Z", "currency": "USD",
+                                              "payment_method": "card", "status": "approved"})],
+                                 partition_id="0", first_sequence=10 * n + i))
+    real = compaction.compact_day
+
+    def first_day_fails(conn: Any, archive: Any, day: Any, **kwargs: Any) -> Any:
+        if day == days[0]:
+            raise RuntimeError("a stuck day")
+        return real(conn, archive, day, **kwargs)
+
+    monkeypatch.setattr(compaction, "compact_day", first_day_fails)
+    with pytest.raises(RuntimeError, match=f"compaction failed for {days[0]} \\(the other days were compacted\\)"):
+        load_function("maintenance")(TimerRequest())
+    assert db.execute("SELECT event_date, count(*) FROM raw_files WHERE state = 'uploaded' GROUP BY 1 ORDER BY 1"
+                      ).fetchall() == [(days[0], 2), (days[1], 1)]

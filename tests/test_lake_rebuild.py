@@ -375,3 +375,57 @@ def test_the_raw_archives_first_whole_day_allows_for_the_blob_rules_strict_age()
     assert (rows, ledger) == (date(2026, 11, 16), date(2026, 11, 16))
     assert raw == date(2026, 3, 6) and today - timedelta(days=270) == date(2026, 3, 5)
     assert retention_since({}, today) == (None, None, None)
+
+
+@pytest.mark.parametrize("old_output_is_an_input", [True, False])
+def test_a_compaction_after_a_rebuild_never_takes_the_name_of_one_before(
+        ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
+        db: psycopg.Connection, old_output_is_an_input: bool) -> None:
+    """An audit: a compaction was named by a hash of its input ids, and ids restart at 1 in a
+    rebuilt database. The first compaction after the rebuild whose inputs got the ids of one
+    before the loss took its name: when the old output was no input (production outputs are
+    large), it was published over the old compacted file, the day's only copy of 120 events;
+    else the day's compaction failed on every run (and stopped the maintenance timer's later
+    days). The name now hashes the inputs' paths too; publishing over a live file is refused."""
+    day = date(2026, 3, 5)
+
+    def send(ids: list[str], hour: int, partition: str, first: int) -> None:
+        ingest_fn(make_batch([json.dumps({"event_id": e, "transaction_id": "t", "merchant_id": "m", "amount": 1,
+                                          "occurred_at": f"2026-03-05T{hour:02d}:{i // 60:02d}:{i % 60:02d}Z",
+                                          "currency": "EUR", "payment_method": "card", "status": "approved"})
+                              for i, e in enumerate(ids)], partition_id=partition, first_sequence=first))
+
+    def restart_file_ids() -> None:        # a fresh deployment, or a database rebuilt from nothing
+        db.execute("ALTER SEQUENCE raw_files_id_seq RESTART")
+
+    restart_file_ids()
+    if not old_output_is_an_input:     # a file of another day first: the day's inputs are ids 2 and 3
+        ingest_fn(make_batch([json.dumps({"event_id": "d0", "transaction_id": "t", "merchant_id": "m", "amount": 1,
+                                          "occurred_at": "2026-03-04T01:00:00Z", "currency": "EUR",
+                                          "payment_method": "card", "status": "approved"})], partition_id="2"))
+    send([f"a{i}" for i in range(60)], 1, "0", 0)
+    send([f"b{i}" for i in range(60)], 2, "0", 60)
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        assert compact_day(conn, archive, day, target_bytes=1 << 30).inputs == 2
+    late = 1 if old_output_is_an_input else 2
+    for i in range(late):                                         # late files of the day
+        send([f"late{i}"], 3 + i, "1", i)
+    before = sorted(tuple(r[:3]) for r in archive_rows(archive) if r[2] != "d0")
+    assert len(before) == 120 + late
+    empty_tables(db)                                              # the database is lost
+    restart_file_ids()
+    store = PostgresStore(services.database_url)
+    try:
+        rebuild(store=store, archive=archive, catalog=load_catalog(BUNDLED_CATALOG), start=day,
+                end=day + timedelta(days=1), today=TODAY)
+    finally:
+        store.close()
+    # the day's compacted file is id 1, the late ones 2 (and 3): the ids of the first compaction's inputs
+    (big,) = db.execute("SELECT byte_size FROM raw_files WHERE path LIKE %s", ("%compacted%",)).fetchone()
+    target = 1 << 30 if old_output_is_an_input else 2 * big
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        report = compact_day(conn, archive, day, target_bytes=target)
+    assert report.inputs == 2
+    assert sorted(tuple(r[:3]) for r in archive_rows(archive) if r[2] != "d0") == before
+    assert db.execute("SELECT count(*) FROM raw_compactions WHERE state <> 'done'").fetchone() == (0,)
+    assert not [b.name for b in archive.list("_staging/")]

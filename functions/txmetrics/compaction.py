@@ -190,6 +190,11 @@ def _publish(conn: psycopg.Connection, archive: BlobArchive, path: str, data: by
     a crash between any two of its steps is finished by the next run."""
     staged = compaction_staging_path(path)
     if staged in manifest.paths_in_manifest(conn, paths=[staged]):
+        if path in manifest.paths_in_manifest(conn, paths=[path]):
+            # another live file has the name (it cannot be this output's: its row still names
+            # the staged copy): publishing would overwrite it, the only copy of its events
+            raise RuntimeError(f"compaction output {path} would overwrite a live file of the same name; nothing "
+                               "published (the staged copy stays): report this, the names should never meet")
         archive.upload(path, data if data is not None else archive.download(staged))
         manifest.move(conn, old_path=staged, new_path=path)
     archive.delete(staged)
@@ -250,7 +255,7 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     input_ids = [file_id for file_id, _ in small]
     merged, distinct = _merged_inputs(archive, [path for _, path in small])          # 1
     per_file = _rows_per_output(merged, target_bytes)
-    generation = hashlib.sha256(",".join(map(str, input_ids)).encode()).hexdigest()[:16]
+    generation = _generation(small)
     outputs = [compacted_file_path(day, generation, i) for i in range(-(-merged.num_rows // per_file))]
     if not manifest.start_compaction(conn, generation=generation, day=day, input_ids=input_ids,  # 2
                                      output_paths=outputs):
@@ -290,6 +295,16 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     report.outputs += [(p, len(d)) for p, _, d in written]
     report.rows += merged.num_rows
     return None
+
+
+def _generation(inputs: list[tuple[int, str]]) -> str:
+    """The compaction's name (its journal key and its outputs' names): a hash of its inputs'
+    ids and paths. The same inputs again give the same name (a run that picked the inputs a
+    finished one merged never reopens its journal). Ids alone were not enough: they restart at
+    1 in a rebuilt database, so a compaction after a rebuild took the name of one before it and
+    published over its output, the only copy of those events (an audit); a live file's path is
+    unique in the archive, and a compaction's inputs are gone from it once merged."""
+    return hashlib.sha256("\n".join(f"{file_id}\t{path}" for file_id, path in inputs).encode()).hexdigest()[:16]
 
 
 def _merged_inputs(archive: BlobArchive, paths: list[str]) -> tuple[pa.Table, pa.Table]:
