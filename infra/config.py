@@ -10,7 +10,8 @@ Keys (namespace `txmetrics:`), defaults in brackets:
                                       PostgreSQL; public network access off on all of them (on in prod)
   vnetAddressSpace [10.40.0.0/16]     the VNet's range when privateNetworking is on (/16 to /23; the
                                       first /24 is the Function App's subnet, the second the endpoints')
-  eventhubPartitions [4]              partitions of the hub (1-32 on Standard)
+  eventhubPartitions [4]              partitions of the hub (1-32 on Standard); fixed when the hub is created
+                                      (Azure changes it on Premium only; later `up`s leave it)
   eventhubRetentionDays [1]           message retention (1-7 on Standard)
   eventhubThroughputUnits [1]         base throughput units (1-40); with auto-inflate, the units at creation
                                       (later `up`s leave what auto-inflate set)
@@ -21,13 +22,16 @@ Keys (namespace `txmetrics:`), defaults in brackets:
                                       the size at creation: auto-grow enlarges it, later `up`s leave it
   postgresBackupRetentionDays [7]     7-35
   postgresGeoRedundantBackup [false]  fixed when the server is created (Azure allows it "only during server create";
-                                      to change it, restore into a new server)
+                                      to change it, restore into a new server; later `up`s leave it)
   postgresHighAvailability [false]    zone-redundant standby
   postgresEntraAdminObjectId [the deployer]   pin the PostgreSQL Entra administrator (e.g. a group every
   postgresEntraAdminName [the deployer]       deployer of a shared stack is in); with ObjectId set, Name and
   postgresEntraAdminType [the deployer]       Type (User, Group, ServicePrincipal) are required too
   functionInstanceMemoryMb [2048]     2048 or 4096
   functionMaximumInstances [40]       40-1000
+  protectData [true]                  Pulumi's `protect` on the data stores (PostgreSQL server, data storage
+                                      account, Event Hubs namespace): a destroy or a replacing change stops
+                                      at the preview instead of deleting data; dev sets false
   alertEmail [required]               on-call address(es) for the alerts' action group, comma-separated
   alertFunctionFailures [5]           failed ingest invocations (each one is retried) in 15 minutes
   alertThrottledRequests [0]          Event Hubs throttled requests in 5 minutes
@@ -112,6 +116,7 @@ class StackConfig:
     postgres_storage_gb: int
     postgres_backup_retention_days: int
     postgres_geo_redundant_backup: bool
+    protect_data: bool
     postgres_high_availability: bool
     postgres_entra_admin: EntraAdmin | None
     postgres_entra_admin_name: str | None      # the deployer's name when its token has none (service principals)
@@ -291,6 +296,7 @@ def load() -> StackConfig:
         postgres_storage_gb=storage_gb,
         postgres_backup_retention_days=_int(cfg, "postgresBackupRetentionDays", 7, 7, 35),
         postgres_geo_redundant_backup=_bool(cfg, "postgresGeoRedundantBackup", False),
+        protect_data=_bool(cfg, "protectData", True),
         postgres_high_availability=ha,
         postgres_entra_admin=_entra_admin(cfg),
         postgres_entra_admin_name=cfg.get("postgresEntraAdminName"),

@@ -63,7 +63,11 @@ class Database(pulumi.ComponentResource):
             # (pulumi-azure-native#280): the next `up` would send postgresStorageGb again, a shrink Azure
             # refuses ("You can't scale down the storage", Learn: how-to-scale-compute-storage-portal). The
             # setting is the size at creation; growing it later is auto-grow's, or the portal's.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["storage.storageSizeGB"]))
+            # Geo-redundant backup is creation-only ("only allowed during server create"; the provider
+            # would plan a replacement of the server, pulumi-azure-native#71): a later change is left
+            # alone, and `protect` stops any replacing plan at the preview (protectData).
+            opts=pulumi.ResourceOptions(parent=self, protect=cfg.protect_data,
+                                        ignore_changes=["storage.storageSizeGB", "backup.geoRedundantBackup"]))
         self.chain: list[pulumi.Resource] = []        # the server's children, each after the previous one
         server_name_out = self.server.name
         self.entra_admin = self._child(pg.Administrator, f"{name}-entra-admin", object_id=admin_object_id,

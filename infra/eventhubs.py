@@ -31,11 +31,15 @@ class EventHubs(pulumi.ComponentResource):
             # with auto-inflate, Azure raises the throughput units under load and `pulumi refresh` copies
             # them into the inputs (pulumi-azure-native#280): the next `up` would set them back to
             # eventhubThroughputUnits at once, throttling producers mid-peak (auto-inflate never scales down)
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["sku.capacity"] if inflate else None))
+            opts=pulumi.ResourceOptions(parent=self, protect=cfg.protect_data,
+                                        ignore_changes=["sku.capacity"] if inflate else None))
         self.hub = eventhub.EventHub(
             f"{name}-hub", event_hub_name=HUB_NAME, resource_group_name=resource_group,
             namespace_name=self.namespace.name, partition_count=cfg.eventhub_partitions,
-            message_retention_in_days=cfg.eventhub_retention_days, opts=child)
+            message_retention_in_days=cfg.eventhub_retention_days,
+            # the partition count is fixed at creation below Premium (Learn, "Configure properties for an
+            # event hub"): the provider would send an update Azure refuses mid-`up`; a later change is left
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["partitionCount"]))
         self.consumer_group = eventhub.ConsumerGroup(
             f"{name}-cg", consumer_group_name=CONSUMER_GROUP, resource_group_name=resource_group,
             namespace_name=self.namespace.name, event_hub_name=self.hub.name, opts=child)

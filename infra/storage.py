@@ -21,7 +21,7 @@ DEPLOYMENT_CONTAINER = "deployments"
 
 
 def _account(name: str, account_name: pulumi.Input[str], cfg: StackConfig, resource_group: pulumi.Input[str],
-             sku: str, parent: pulumi.Resource) -> storage.StorageAccount:
+             sku: str, parent: pulumi.Resource, *, protect: bool = False) -> storage.StorageAccount:
     private = cfg.private_networking
     return storage.StorageAccount(
         name, account_name=account_name, resource_group_name=resource_group, location=cfg.location,
@@ -36,7 +36,7 @@ def _account(name: str, account_name: pulumi.Input[str], cfg: StackConfig, resou
         network_rule_set=storage.NetworkRuleSetArgs(
             default_action=storage.DefaultAction.DENY if private else storage.DefaultAction.ALLOW,
             bypass=storage.Bypass.NONE if private else storage.Bypass.AZURE_SERVICES),
-        tags={"stack": cfg.stack}, opts=pulumi.ResourceOptions(parent=parent))
+        tags={"stack": cfg.stack}, opts=pulumi.ResourceOptions(parent=parent, protect=protect))
 
 
 class Storage(pulumi.ComponentResource):
@@ -45,7 +45,8 @@ class Storage(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("txmetrics:infra:Storage", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.account = _account(f"{name}-data", account_name, cfg, resource_group, policy.redundancy, self)
+        self.account = _account(f"{name}-data", account_name, cfg, resource_group, policy.redundancy, self,
+                                protect=cfg.protect_data)        # the raw archive: the system of record
         self.containers = {
             c: storage.BlobContainer(f"{name}-{c}", container_name=c, account_name=self.account.name,
                                      resource_group_name=resource_group, public_access=storage.PublicAccess.NONE,

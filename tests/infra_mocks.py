@@ -48,6 +48,7 @@ class RecordingMonitor(MockMonitor):
         self.recording.explicit_dependencies[request.name] = {u.rsplit("::", 1)[-1] for u in request.dependencies}
         self.recording.replace_with[request.name] = {u.rsplit("::", 1)[-1] for u in request.replace_with}
         self.recording.ignore_changes[request.name] = list(request.ignoreChanges)
+        self.recording.protect[request.name] = bool(request.protect)
         return super().RegisterResource(request)
 
 
@@ -73,6 +74,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.explicit_dependencies: dict[str, set[str]] = {}
         self.replace_with: dict[str, set[str]] = {}
         self.ignore_changes: dict[str, list[str]] = {}
+        self.protect: dict[str, bool] = {}
         self.subscription_id = subscription_id
         self.token_claims = token_claims or USER_CLAIMS
 

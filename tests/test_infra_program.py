@@ -184,9 +184,25 @@ def test_what_azure_grows_by_itself_is_not_set_back_by_the_next_up(dev: Any, pro
     again: a disk shrink Azure refuses, and throughput units set back mid-peak (a review)."""
     (d, _), (p, _) = dev, prod
     for mocks in (d, p):
-        assert mocks.ignore_changes[mocks.one(f"{PG}:Server").name] == ["storage.storageSizeGB"]
+        # geo-redundant backup and the partition count are creation-only: a change would make the provider
+        # replace the server (pulumi-azure-native#71) or send an update Azure refuses (an audit)
+        assert mocks.ignore_changes[mocks.one(f"{PG}:Server").name] == ["storage.storageSizeGB",
+                                                                       "backup.geoRedundantBackup"]
+        assert mocks.ignore_changes[mocks.one("azure-native:eventhub:EventHub").name] == ["partitionCount"]
     assert p.ignore_changes[p.one("azure-native:eventhub:Namespace").name] == ["sku.capacity"]     # auto-inflate on
     assert d.ignore_changes[d.one("azure-native:eventhub:Namespace").name] == []                  # off: config rules
+
+
+def test_prod_s_data_stores_are_protected_from_deletion_and_replacement(dev: Any, prod: Any) -> None:
+    """A destroy, or a change the provider can only make by replacing a resource, must stop at
+    the preview in prod rather than delete its data: the PostgreSQL server, the raw archive's
+    account, the namespace holding unprocessed events. dev sets protectData false."""
+    (d, _), (p, _) = dev, prod
+    data = [f"{PG}:Server", "azure-native:eventhub:Namespace"]
+    for kind in data:
+        assert p.protect[p.one(kind).name] and not d.protect[d.one(kind).name], kind
+    assert p.protect[account(p, "data").name] and not d.protect[account(d, "data").name]
+    assert not p.protect[account(p, "host").name]            # the host's account holds no data of ours
 
 
 # ------------------------------------------------------------------ item 1: the first deploy of PostgreSQL
