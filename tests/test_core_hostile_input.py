@@ -98,6 +98,10 @@ MEBIBYTES = [
     # an audit: each string just under the window budget, which was per string: 24 s
     ("many strings of one-digit words", body(attributes=json.dumps(
         {"notes": ["0 " * 999 + "0"] * 520 + ["1 " * 100 + "4111 1111 1111 1111"]}))),
+    # a review: the windows that end before a dash (round 12) first built every prefix of a
+    # dashed word, 79 s for 200 KB of "1-1-1-..."; and a spaced run holding one such word
+    ("a dashed word of one-digit numbers", _mebibyte_of("1-")),
+    ("dashed words in a spaced run", _mebibyte_of("1 " + "1-" * 9_997 + "1 4111111111111111-12/26 x ")),
 ]
 
 
