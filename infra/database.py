@@ -84,7 +84,7 @@ class Database(pulumi.ComponentResource):
             self.firewall_rules.append(self._child(
                 pg.FirewallRule, f"{name}-deployer", firewall_rule_name="Deployer", start_ip_address=cfg.deployer_ip,
                 end_ip_address=cfg.deployer_ip, server_name=server_name_out, resource_group_name=resource_group))
-        self.database = self._child(pg.Database, f"{name}-db", database_name=DATABASE_NAME, server_name=server_name_out,
+        self.database = self._child(pg.Database, f"{name}-db", protect=cfg.protect_data, database_name=DATABASE_NAME, server_name=server_name_out,
                                     resource_group_name=resource_group, charset="UTF8", collation="en_US.utf8")
         self.settings = [
             self._child(pg.Configuration, f"{name}-{key.replace('_', '-')}", configuration_name=key, value=value,
@@ -94,10 +94,11 @@ class Database(pulumi.ComponentResource):
         self.host = self.server.fully_qualified_domain_name
         self.register_outputs({"server": server_name_out, "host": self.host})
 
-    def _child(self, cls: type[_R], resource_name: str, **kwargs: Any) -> _R:
+    def _child(self, cls: type[_R], resource_name: str, protect: bool = False, **kwargs: Any) -> _R:
         """A child of the server, created only after the previous child (never two writes at once)."""
         depends_on = [self.chain[-1]] if self.chain else [self.server]
-        resource = cls(resource_name, **kwargs, opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on))
+        resource = cls(resource_name, **kwargs,
+                       opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on, protect=protect))
         self.chain.append(resource)
         return resource
 

@@ -39,7 +39,7 @@ class EventHubs(pulumi.ComponentResource):
             message_retention_in_days=cfg.eventhub_retention_days,
             # the partition count is fixed at creation below Premium (Learn, "Configure properties for an
             # event hub"): the provider would send an update Azure refuses mid-`up`; a later change is left
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["partitionCount"]))
+            opts=pulumi.ResourceOptions(parent=self, protect=cfg.protect_data, ignore_changes=["partitionCount"]))
         self.consumer_group = eventhub.ConsumerGroup(
             f"{name}-cg", consumer_group_name=CONSUMER_GROUP, resource_group_name=resource_group,
             namespace_name=self.namespace.name, event_hub_name=self.hub.name, opts=child)

@@ -47,10 +47,11 @@ class Storage(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.account = _account(f"{name}-data", account_name, cfg, resource_group, policy.redundancy, self,
                                 protect=cfg.protect_data)        # the raw archive: the system of record
+        # protect is not inherited from the account (only from a parent): each container holding data has its own
         self.containers = {
             c: storage.BlobContainer(f"{name}-{c}", container_name=c, account_name=self.account.name,
                                      resource_group_name=resource_group, public_access=storage.PublicAccess.NONE,
-                                     opts=child)
+                                     opts=pulumi.ResourceOptions(parent=self, protect=cfg.protect_data))
             for c in policy.containers
         }
         self.raw_events = self.containers[RAW_EVENTS_CONTAINER]

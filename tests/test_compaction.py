@@ -569,3 +569,28 @@ def _raised(call: Callable[..., Any], *args: Any) -> list[BaseException]:
     except BaseException as exc:      # reported by the test's thread
         return [exc]
     return []
+
+
+def test_output_names_taken_by_another_compaction_s_files_stop_it_before_anything_changes(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: the refusal to publish over a live file came after the commit and the inputs'
+    deletion, leaving their events in the staged copy only. Names that the manifest already
+    has (another compaction's outputs: a name reused, as after a rebuild before round 12) stop
+    the run before its journal, its uploads or its commit."""
+    many_small_files(ingest_fn, 4)
+    day = datetime(2026, 3, 5).date()
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        ((first, size),) = compact_day(conn, archive, day, target_bytes=1 << 30).outputs
+        many_small_files(ingest_fn, 2, partition="1")
+        before = sorted(tuple(r[:3]) for r in archive_rows(archive))
+        live = db.execute("SELECT id, path, state FROM raw_files ORDER BY id").fetchall()
+        db.execute("DELETE FROM raw_compactions")     # as in a rebuilt database: the journal knows no name
+        taken = first.split("-")[-2]                   # compacted-<day>-<generation>-<n>.parquet
+        monkeypatch.setattr(compaction, "_generation", lambda _: taken)
+        with pytest.raises(RuntimeError, match=f"compaction {taken} of 2026-03-05: output name.* taken"):
+            compact_day(conn, archive, day, target_bytes=2 * size)     # the big file is no input
+    assert sorted(tuple(r[:3]) for r in archive_rows(archive)) == before
+    assert db.execute("SELECT id, path, state FROM raw_files ORDER BY id").fetchall() == live
+    assert db.execute("SELECT count(*) FROM raw_compactions").fetchone() == (0,)
+    assert not [b.name for b in archive.list("_staging/")]

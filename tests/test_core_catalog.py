@@ -366,7 +366,7 @@ def test_a_condition_no_event_can_meet_is_refused(operand: str, reason: str) -> 
         parse_catalog_text(f"metrics:\n  - {{name: a, kind: flag, when: {{field: attributes.x, in: [1, {operand}]}}}}\n")
 
 
-@pytest.mark.parametrize(("written", "value"), [("010", 8), ("1_000", 1000), ("1:30", 90), ("0b11", 3)])
+@pytest.mark.parametrize(("written", "value"), [("010", 8), ("1_000", 1000), ("1:30", 90), ("0b11", 3), ("-0x1F", -31)])
 def test_yaml_1_1_integer_forms_are_refused_with_the_fix(written: str, value: int) -> None:
     """PyYAML reads `equals: 010` as 8 (octal), so the flag compared events' 10 with 8 and was
     0 for every event; JSON and YAML 1.2 read these forms otherwise (10, or text)."""

@@ -198,10 +198,14 @@ def test_prod_s_data_stores_are_protected_from_deletion_and_replacement(dev: Any
     the preview in prod rather than delete its data: the PostgreSQL server, the raw archive's
     account, the namespace holding unprocessed events. dev sets protectData false."""
     (d, _), (p, _) = dev, prod
-    data = [f"{PG}:Server", "azure-native:eventhub:Namespace"]
+    # protect is inherited from a parent only: the database, the containers and the hub are not the
+    # server's, the account's and the namespace's children in Pulumi's tree, so each has its own (a review)
+    data = [f"{PG}:Server", f"{PG}:Database", "azure-native:eventhub:Namespace", "azure-native:eventhub:EventHub"]
     for kind in data:
         assert p.protect[p.one(kind).name] and not d.protect[d.one(kind).name], kind
     assert p.protect[account(p, "data").name] and not d.protect[account(d, "data").name]
+    raw = next(c for c in p.of_type("azure-native:storage:BlobContainer") if c.inputs["containerName"] == "raw-events")
+    assert p.protect[raw.name]
     assert not p.protect[account(p, "host").name]            # the host's account holds no data of ours
 
 

@@ -217,8 +217,8 @@ def kpi_command(
     if files:
         # a metric added to the catalog counts the events ingested after the change; the
         # manifest says which archived files predate it (docs/lake.md, backfill)
-        note(f"{uncounted:,} archived event(s) in {files:,} raw file(s) overlapping this range were ingested before "
-             f"{metric} was in the catalog and are not counted: `txmetrics backfill --metric {metric} "
+        note(f"up to {uncounted:,} archived event(s) in {files:,} raw file(s) overlapping this range were ingested "
+             f"before {metric} was in the catalog and are not counted: `txmetrics backfill --metric {metric} "
              f"--start {start.isoformat()} --end {end.isoformat()}` "
              "adds them")
 

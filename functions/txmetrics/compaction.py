@@ -257,6 +257,12 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     per_file = _rows_per_output(merged, target_bytes)
     generation = _generation(small)
     outputs = [compacted_file_path(day, generation, i) for i in range(-(-merged.num_rows // per_file))]
+    if (taken := manifest.paths_in_manifest(conn, paths=outputs)) and \
+            manifest.compaction_state(conn, generation=generation) not in ("committed", "done"):
+        # another compaction's files (its own are a finished run's: start_compaction says so below);
+        # refused before anything changes (`_publish` checks again): the names should never meet
+        raise RuntimeError(f"compaction {generation} of {day}: output name(s) {', '.join(sorted(taken))} are taken "
+                           "by files the manifest has; nothing done")
     if not manifest.start_compaction(conn, generation=generation, day=day, input_ids=input_ids,  # 2
                                      output_paths=outputs):
         return f"compaction {generation} of these {len(small)} file(s) has already committed; re-run"

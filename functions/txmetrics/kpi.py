@@ -246,7 +246,8 @@ def events_before_metric(conn: psycopg.Connection, *, metric: str, start: dateti
     """(files, events) of the range's archive that `metric`'s rows do not count: ingested
     before the metric was in the catalog, not backfilled since. Every stored set of such a
     metric is equally partial, so the set check (`_complete_set`) cannot see it; the
-    manifest's record of each file's metrics can."""
+    manifest's record of each file's metrics can. Naive bounds are UTC, as in `query`."""
+    start, end = (m if m.tzinfo is not None else m.replace(tzinfo=UTC) for m in (start, end))
     return manifest.events_before_metric(conn, metric=metric, start=start, end=end)
 
 

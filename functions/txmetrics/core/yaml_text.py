@@ -88,7 +88,7 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 _INT_TAG = "tag:yaml.org,2002:int"
 # Integers as JSON and YAML 1.2 write them (a sign allowed), and hexadecimal (the same number
 # in YAML 1.1 and 1.2). Every other integer form of YAML 1.1 means something else elsewhere.
-_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*|0x[0-9a-fA-F]+)")
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+")   # -0x1F is text to YAML 1.2
 # Numbers as JSON writes them that YAML 1.1 reads as strings: an exponent without a dot or
 # without a sign (1e-1, 1E3, 1.5e3). As exact numbers they are a number like any other.
 _JSON_EXPONENT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
@@ -115,7 +115,7 @@ class _ExactLoader(_Loader):
             value = self.construct_yaml_int(node)
             raise yaml.constructor.ConstructorError(
                 None, None, f"{text} is the integer {value} to YAML 1.1 but not to JSON or YAML 1.2 (a leading zero, "
-                "underscores, a colon or 0b); write the number without them, or quote it for text "
+                "underscores, a colon, 0b, or a sign before 0x); write the number without them, or quote it for text "
                 f"('{text}')", node.start_mark)
         return self.construct_yaml_int(node)
 
