@@ -11,7 +11,7 @@ Order of effects (the transactional-outbox pattern):
      the outbox, metric rows, histogram deltas, failed items; commit;
   2. upload the Parquet files (overwrite) while their manifest rows are locked, then mark
      them uploaded and empty the outbox in that transaction (a file the daily flush is
-     already uploading is left to it; no upload lands after a file was marked, so none can
+     already uploading is left to it; no upload starts after a file was marked, so none can
      bring back a file compaction has merged); the same statement counts the files of this
      partition still pending (a crashed earlier attempt's), and when there are any, uploads
      and marks them too.

@@ -139,7 +139,7 @@ def record_pending(conn: psycopg.Connection, *, file: RawFile, content: bytes, c
 # Uploading a committed file happens while its manifest row is locked, and only while the row
 # is still 'pending' (`pending_uploads`, `lock_pending`, in the transaction that then marks it
 # uploaded): two uploaders of one file (the partition's next batch and the daily timer's
-# flush) take turns or skip it, and no upload can land after the file was marked uploaded and
+# flush) take turns or skip it, and no upload starts after the file was marked uploaded and
 # compaction merged and deleted it (an audit: such a late upload put the superseded file back
 # into the tree, its events twice). Compaction takes only 'uploaded' files.
 
