@@ -16,10 +16,11 @@ Luhn check, and is a token of its own:
   word is a URL-encoded space and separates (``card+4111111111111111`` is masked);
 * a space separates words, so a card number next to another number is still found
   (``12 4111111111111111``, ``4111 1111 1111 1111 2024``);
-* a window may also end before the last dash of a word of a run that is a token of its own
-  when what follows is written as card data (a CVV of 3-4 digits, an expiry's month then
-  "/"), so ``4111111111111111-12/26`` and ``4111 1111 1111 1111-123`` are found; a window
-  never starts after a dash (the UUID rule above).
+* a window may also end before a dash of a word of a run that is a token of its own when
+  the rest of the word is written as card data (a CVV of 3-4 digits, an expiry's month then
+  "/", or two to three dashed groups of 1-4 digits), so ``4111111111111111-12/26``,
+  ``4111 1111 1111 1111-123`` and ``4111111111111111-12-26`` are found; a window never starts
+  after a dash (the UUID rule above).
 
 A sequence of words inside a spaced IBAN that passes the IBAN check (ISO 13616, mod 97) is not
 a card number (``DE89 3704 0044 0532 0130 00``). Masking keeps the last four digits and the
@@ -53,10 +54,11 @@ _PRE = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
 # windows checked per string, or per document for `mask_value` (an audit: 523 strings of
 # 19,000 windows each, one 1 MiB event, took 24 s when the budget was per string), a run is
 # masked whole instead (every digit but its last four): bounded time (about 0.3 s at most on
-# the slower bench machine), and no card number can survive. Each window checked is counted,
-# not an upper bound per run: 60 strings of 20 two-digit readings, 3.8 KB, check about 9,300
-# (a review found the per-run bound masking such an event). Text people write stays below it.
-_WINDOW_BUDGET = 50_000
+# the slower bench machine, 300 s for a batch of 1,000 such events, half the function's
+# timeout), and no card number can survive. Each window checked is counted, not an upper bound
+# per run: 400 strings of 20 two-digit readings, 23 KB, check about 62,000 (reviews found an
+# earlier bound masking such events). Text people write stays below it.
+_WINDOW_BUDGET = 100_000
 
 
 # JSON may write any character as \uXXXX: "\u0034\u0031..." is a card number to every JSON
@@ -160,16 +162,15 @@ def _run_card_spans(text: str, start: int, end: int, budget: list[int]) -> list[
             return []
         if _is_pan(run.replace("-", "")):
             return [(start, end)]
-        cut = _card_data_cut(run, follower)
-        return [(start, start + cut[0])] if cut is not None and _is_pan(cut[1]) else []
+        return [(start, start + at) for at, digits in _card_data_cuts(run, follower) if _is_pan(digits)]
     n_words = run.count(" ") + 1
     if n_words > budget[0]:       # at least a window per word: masked whole without splitting it
         return None
-    words: list[tuple[int, int, str, tuple[int, str] | None]] = []    # (start, end, digits, cut)
+    words: list[tuple[int, int, str, list[tuple[int, str]]]] = []    # (start, end, digits, cuts)
     pos = start
     for j, part in enumerate(run.split(" ")):
-        cut = _card_data_cut(part, follower if j == n_words - 1 else " ") if "-" in part else None
-        words.append((pos, pos + len(part), part.replace("-", ""), cut))
+        cuts = _card_data_cuts(part, follower if j == n_words - 1 else " ") if "-" in part else []
+        words.append((pos, pos + len(part), part.replace("-", ""), cuts))
         pos += len(part) + 1
     last = n_words - 1
     glued_after = _glued_after(text, end)
@@ -182,10 +183,10 @@ def _run_card_spans(text: str, start: int, end: int, budget: list[int]) -> list[
             budget[0] -= 1
             if budget[0] < 0:
                 return None
-            w_start, w_end, w_digits, w_cut = words[j]
+            w_start, w_end, w_digits, w_cuts = words[j]
             glued = j == last and glued_after
-            if w_cut is not None and not glued and _is_pan(digits + w_cut[1]):
-                spans.append((words[i][0], w_start + w_cut[0]))      # the window ends before the word's last dash
+            if not glued:                 # windows ending before a dash of the word that card data follows
+                spans += [(words[i][0], w_start + at) for at, part in w_cuts if _is_pan(digits + part)]
             digits += w_digits
             if len(digits) > 19:
                 break
@@ -194,22 +195,27 @@ def _run_card_spans(text: str, start: int, end: int, budget: list[int]) -> list[
     return spans
 
 
-def _card_data_cut(word: str, follower: str) -> tuple[int, str] | None:
-    """(length, digits) of a dashed word's part before its last dash when what follows that
-    dash is written as card data is: a CVV (3 or 4 digits: `4111111111111111-123`) or an
-    expiry's month (1 or 2 digits, then "/": `4111111111111111-12/26`); else None. A card
-    number written so is still a card number (contract: a run split by dashes; it touches a
-    dash, not a letter or digit), but the digits after the dash made the word too long to be
-    one (an audit). Other suffixes keep the word whole: an id such as `1764412345678-5` (a
-    Redis stream entry) or `...-12` is no card number and no identifier is refused for it.
-    `follower`: the character after the word. Linear in the word."""
-    at = word.rfind("-")
-    if at > 37:                   # more than 19 digits (and 18 dashes) before it: no card number
-        return None
-    suffix = word[at + 1:]
-    if not (3 <= len(suffix) <= 4 or (1 <= len(suffix) <= 2 and follower == "/")):
-        return None
-    return at, word[:at].replace("-", "")
+def _card_data_cuts(word: str, follower: str) -> list[tuple[int, str]]:
+    """(length, digits) of a dashed word's parts before each of its dashes after which the
+    rest of the word is written as card data is. Card data: a CVV (3 or 4
+    digits: `4111111111111111-123`), an expiry's month then "/" (`-12/26`), or two to three
+    dashed groups of 1-4 digits (an expiry and a CVV: `-12-26`, `-12-2026`, `-0126-123`,
+    `-123-12/26`). A card number written so is still a card number (contract: a run split by
+    dashes; it touches a dash, not a letter or digit), but the digits after the dash made the
+    word too long to be one (an audit). Other suffixes keep the word whole: an id such as
+    `1764412345678-5` (a Redis stream entry) or `...-12` is no card number, and no identifier
+    is refused for it. `follower`: the character after the word. A few steps per word."""
+    cuts = []
+    at = word.find("-")
+    while 0 < at <= 37:           # more than 19 digits (and 18 dashes) before it: no card number
+        rest = word[at + 1:]
+        if len(rest) <= 14:
+            groups = rest.split("-")
+            if all(g.isdigit() and len(g) <= 4 for g in groups) and (
+                    (len(groups) == 1 and (len(rest) >= 3 or follower == "/")) or 2 <= len(groups) <= 3):
+                cuts.append((at, word[:at].replace("-", "")))
+        at = word.find("-", at + 1)
+    return cuts
 
 
 # --- IBANs (ISO 13616): a spaced IBAN holds digit groups that may pass Luhn ----------------------
