@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -37,7 +37,7 @@ from .adapters import aggregates, manifest
 from .adapters.postgres import read_snapshot
 from .core import histogram
 from .core.catalog import Catalog, Metric, contract_fields, is_plain_field_path, load_catalog
-from .core.naming import datetime_to_us, us_to_datetime
+from .core.naming import as_utc, datetime_to_us, us_to_datetime
 from .errors import InvalidRequestError
 from .settings import metric_catalog_path
 
@@ -176,7 +176,7 @@ def query(conn: psycopg.Connection, *, metric: str, start: datetime, end: dateti
     already open), so a fold running meanwhile cannot make an event count twice or not at
     all between the rollup check and the rows. Naive `start` and `end` are UTC, as the
     5-minute marks are (never the session's TimeZone, which PostgreSQL would apply to them)."""
-    start, end = (m if m.tzinfo is not None else m.replace(tzinfo=UTC) for m in (start, end))
+    start, end = as_utc(start), as_utc(end)
     with read_snapshot(conn):
         return _query(conn, metric=metric, start=start, end=end, group_by=group_by, filters=filters, window=window,
                       quantiles=quantiles, use_rollups=use_rollups, catalog=catalog)
@@ -247,7 +247,7 @@ def events_before_metric(conn: psycopg.Connection, *, metric: str, start: dateti
     before the metric was in the catalog, not backfilled since. Every stored set of such a
     metric is equally partial, so the set check (`_complete_set`) cannot see it; the
     manifest's record of each file's metrics can. Naive bounds are UTC, as in `query`."""
-    start, end = (m if m.tzinfo is not None else m.replace(tzinfo=UTC) for m in (start, end))
+    start, end = as_utc(start), as_utc(end)
     return manifest.events_before_metric(conn, metric=metric, start=start, end=end)
 
 
@@ -255,7 +255,7 @@ def whole_windows(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """[start, end) widened to whole 5-minute windows (UTC): the range `query` accepts that
     holds every event of the given one (and the events of the windows' edges)."""
     step = aggregates.STORED_WINDOW * 1_000_000
-    a, b = (datetime_to_us(m if m.tzinfo is not None else m.replace(tzinfo=UTC)) for m in (start, end))
+    a, b = datetime_to_us(as_utc(start)), datetime_to_us(as_utc(end))
     return us_to_datetime(a - a % step), us_to_datetime(b + (-b) % step)
 
 
