@@ -189,8 +189,9 @@ def _publish(conn: psycopg.Connection, archive: BlobArchive, path: str, data: by
     """Move a committed output from staging to its place in the tree (step 5); idempotent, so
     a crash between any two of its steps is finished by the next run."""
     staged = compaction_staging_path(path)
-    if staged in manifest.paths_in_manifest(conn, paths=[staged]):
-        if path in manifest.paths_in_manifest(conn, paths=[path]):
+    listed = manifest.paths_in_manifest(conn, paths=[staged, path])
+    if staged in listed:
+        if path in listed:
             # another live file has the name (it cannot be this output's: its row still names
             # the staged copy): publishing would overwrite it, the only copy of its events
             raise RuntimeError(f"compaction output {path} would overwrite a live file of the same name; nothing "
