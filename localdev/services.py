@@ -199,8 +199,14 @@ class EmbeddedPostgres:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
 
     def stop(self) -> None:
-        if (self.data_dir / "PG_VERSION").exists() and self.is_running():
-            self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", timeout=60)
+        """Stopped when it returns, or ServiceError: an outage test that goes on with the server
+        still up would test nothing (a loaded machine can take more than pg_ctl's default 60 s
+        for the shutdown checkpoint, and pg_ctl then gives up with the server still running)."""
+        if not (self.data_dir / "PG_VERSION").exists() or not self.is_running():
+            return
+        res = self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "180", timeout=200)
+        if res.returncode != 0 and self.is_running():
+            raise ServiceError(f"PostgreSQL in {self.data_dir} did not stop: {res.stderr.strip() or res.stdout.strip()}")
 
 
 class ExternalPostgres:
