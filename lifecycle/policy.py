@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX, compaction_staging_path
+from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX, STAGING_PREFIX, compaction_staging_path
 from txmetrics.core.tables import RETAINED
 from txmetrics.core.yaml_text import DuplicateKeyError, load_yaml
 
@@ -60,6 +60,14 @@ def reaches_raw_archive(container: str, prefix: str) -> bool:
     the raw_events tree, or one the tree's own path starts with (`raw`, or "" for the whole
     container). Azure matches `prefixMatch` as a plain string prefix of the blob's path."""
     return container == RAW_EVENTS_CONTAINER and (prefix.startswith(RAW_PREFIX) or RAW_PREFIX.startswith(prefix))
+
+
+def reaches_staged_raw_events(container: str, prefix: str) -> bool:
+    """Whether a rule acts on compaction outputs waiting in staging (`_staging/compaction/raw_events/...`):
+    they hold raw events, and one a killed run left can be their only copy, so they keep the
+    raw events' minimum retention (docs/decisions.md, "Lifecycle of compaction staging")."""
+    staged = STAGING_PREFIX + RAW_PREFIX
+    return container == RAW_EVENTS_CONTAINER and (prefix.startswith(staged) or staged.startswith(prefix))
 
 
 class LifecycleError(ValueError):
@@ -307,8 +315,9 @@ def _validate_rule(r: Any, i: int, fail: _Refusal, *, redundancy: str, container
                            f"{tier} falls inside its {minimum}-day early-deletion window (charged as if kept "
                            f"{minimum} days)", f"set delete_after_days >= {days[tier] + minimum}, or "
                            "allow_early_deletion: true if the charge is intended")
-    if reaches_raw_archive(container, prefix) and "delete" in days:
-        # any rule that matches raw archive blobs, also one on a shorter prefix or the whole container
+    if (reaches_raw_archive(container, prefix) or reaches_staged_raw_events(container, prefix)) and "delete" in days:
+        # any rule that matches raw archive blobs, also one on a shorter prefix or the whole container,
+        # or on the staged compaction outputs (raw events too, maybe their only copy)
         floor = minimums.get("raw_events")
         if floor is not None and days["delete"] < floor:
             raise fail("blob_rules", where, f"delete_after_days {days['delete']} is below the minimum retention "

@@ -314,3 +314,16 @@ def test_sections_of_the_wrong_shape_are_refused_naming_file_and_key(tmp_path: P
     a container name written as a string (an audit)."""
     msg = refused(tmp_path, stack=stack)
     assert msg.startswith(f"{tmp_path / 'test.yaml'}: {where}; fix: write e.g."), msg
+
+
+@pytest.mark.parametrize("prefix", ["_staging/", "_staging/compaction/", "_staging/compaction/raw_events/", "_"])
+def test_a_rule_on_compaction_staging_keeps_the_raw_events_minimum(tmp_path: Path, prefix: str) -> None:
+    """A staged compaction output holds raw events and can be their only copy (a run killed
+    between deleting its inputs and publishing; a rebuild settles it): docs/decisions.md,
+    "Lifecycle of compaction staging", says no rule may delete it sooner than the raw events'
+    retention. A "clean up staging leftovers" rule (`prefix: _staging/, delete_after_days: 1`)
+    was accepted below the 7-year floor."""
+    rule = {"name": "staging-cleanup", "container": "raw-events", "prefix": prefix, "delete_after_days": 40}
+    base = yaml.safe_load((LIFECYCLE_DIR / "base.yaml").read_text())
+    msg = refused(tmp_path, base_changes={"blob_rules": [*base["blob_rules"], rule]})
+    assert "rule 'staging-cleanup': delete_after_days 40 is below the minimum retention of 2555 days for raw events" in msg
