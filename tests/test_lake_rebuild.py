@@ -429,3 +429,33 @@ def test_a_compaction_after_a_rebuild_never_takes_the_name_of_one_before(
     assert sorted(tuple(r[:3]) for r in archive_rows(archive) if r[2] != "d0") == before
     assert db.execute("SELECT count(*) FROM raw_compactions WHERE state <> 'done'").fetchone() == (0,)
     assert not [b.name for b in archive.list("_staging/")]
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ('{"dynamic_metrics": -1, "ingested_events": 14}', "dynamic_metrics must be a whole number of days >= 1"),
+    ('{"dynamic_metrics": true, "ingested_events": 14}', "dynamic_metrics must be a whole number of days >= 1"),
+    ('{"dynamic_metric": 14, "ingested_events": 14}', "'dynamic_metric' is not a table with a retention"),
+    ('{"dynamic_metrics": 14, "ingested_events": 7}', "ingested_events (7 days) is shorter than dynamic_metrics"),
+])
+def test_a_wrong_retention_setting_stops_the_rebuild_before_it_restores_anything(
+        ingest_fn: Callable[[list[Any]], None], services: LocalServices, archive: BlobArchive,
+        db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, setting: str, named: str) -> None:
+    """The rebuild reads TXMETRICS_RETENTION when no --stack is given. The daily retention job
+    refuses a wrong value with the key and the fix (docs/retention.md); the rebuild took it as
+    it came: -1 restored dynamic_metrics from tomorrow on (no day's rows, silently), `true` kept
+    1 day, a misspelt table was ignored, a ledger shorter than the rows was taken. Each file is
+    entered in the manifest as it is restored, so a second run with the right value skips it:
+    the rows it did not restore were not restorable without emptying the database again."""
+    deliver_corpus(ingest_fn, corpus(n=200))
+    empty_tables(db)
+    for k, v in {"DATABASE_URL": services.database_url,
+                 "AZURE_STORAGE_CONNECTION_STRING": services.storage_connection_string,
+                 "RAW_EVENTS_CONTAINER": archive.container_name, "TXMETRICS_RETENTION": setting}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("METRIC_CATALOG", raising=False)
+    result = CliRunner().invoke(app, ["rebuild", "--start", "2026-03-01", "--end", "2026-03-03", "--workers", "1"])
+    assert result.exit_code == 2, result.output
+    assert "TXMETRICS_RETENTION" in result.stderr and named in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert scalar(db, "SELECT count(*) FROM raw_files") == 0
+    assert scalar(db, "SELECT count(*) FROM retention_horizons") == 0

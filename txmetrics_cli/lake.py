@@ -8,7 +8,7 @@ whose transaction rolls back; the same command again carries on where it stopped
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -168,13 +168,10 @@ def _retention(stack: str | None) -> tuple[dict[str, int] | None, str]:
         return table_retention(load_policy(stack)), f"stack {stack}"
     raw = context.environment().get("TXMETRICS_RETENTION", "").strip()
     if raw:
-        try:
-            return {str(k): int(v) for k, v in json.loads(raw).items()}, "TXMETRICS_RETENTION"
-        except (ValueError, TypeError, AttributeError):
-            from txmetrics.settings import SettingsError
-
-            raise SettingsError(f"TXMETRICS_RETENTION is not a JSON object of days per table: {raw[:80]!r}; fix: "
-                                "set it as `txmetrics lifecycle render` prints it, or pass --stack") from None
+        # checked as the daily retention job checks it (Settings.retention_days): a negative or
+        # boolean day count, a misspelt table or a ledger shorter than the rows would restore
+        # less than the function keeps, and a restored file is never restored again
+        return dataclasses.replace(context.settings(), retention_setting=raw).retention_days, "TXMETRICS_RETENTION"
     return None, "none"
 
 
