@@ -401,3 +401,27 @@ def test_an_empty_range_is_refused(catalogs: tuple[Path, Path], lake: dict[str, 
     with pytest.raises(InvalidRequestError, match="the range is empty"):
         backfill(store=lake["store"], archive=lake["archive"], catalog=load_catalog(catalogs[1]), metric="risk_score",
                  start=END, end=START)
+
+
+def test_a_backfill_that_could_read_no_file_does_not_say_every_file_has_the_metric(
+        services: LocalServices, catalogs: tuple[Path, Path], lake: dict[str, Any], db: psycopg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file of the range in the archive tier: the command listed them with the rehydrate
+    hint, but its summary line said "nothing to backfill: every file of the range already has
+    risk_score" (none had it), and, past retention, that days "got aggregates only" (they got
+    nothing). An operator reading the first line stops there."""
+    old, new = catalogs
+    ingest(pipeline(services, lake["archive"], old), corpus(n=300))
+    archive: BlobArchive = lake["archive"]
+    paths = [p for (p,) in db.execute("SELECT path FROM raw_files ORDER BY id").fetchall()]
+    assert paths
+    for path in paths:
+        archive.set_tier(path, "Archive")
+    cli_env(monkeypatch, services, archive, new)
+    result = CliRunner().invoke(app, ["backfill", "--metric", "risk_score", "--start", "2026-03-01",
+                                      "--end", "2026-03-03", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "already has risk_score" not in result.stderr
+    assert f"{len(paths)} file(s) of the range still lack risk_score" in result.stderr
+    assert f"{len(paths)} file(s) in the archive tier were not read" in result.stderr
+    assert db.execute("SELECT count(*) FROM raw_files WHERE 'risk_score' = ANY (metrics)").fetchone() == (0,)

@@ -143,9 +143,14 @@ def backfill_command(
                           progress=progress)
     emit(report.records(), fmt, columns=BACKFILL_COLUMNS)
     rate = report.events / report.seconds if report.seconds else 0.0
-    note(f"backfilled {metric}: {report.files:,} file(s), {report.events:,} event(s), {report.rows:,} row(s) in "
-         f"{report.seconds:.1f} s ({rate:,.0f} events/s)" if report.files else
-         f"nothing to backfill: every file of the range already has {metric}")
+    unread = len(report.archived) + len(report.skipped_legacy)
+    if report.files:
+        note(f"backfilled {metric}: {report.files:,} file(s), {report.events:,} event(s), {report.rows:,} row(s) in "
+             f"{report.seconds:.1f} s ({rate:,.0f} events/s)")
+    elif unread:          # not "every file has it": these were not read (below says why)
+        note(f"nothing backfilled: {unread:,} file(s) of the range still lack {metric}")
+    else:
+        note(f"nothing to backfill: every file of the range already has {metric}")
     if report.aggregates_only_days:
         days = report.aggregates_only_days
         note(f"{len(days)} day(s) got aggregates only (their dynamic_metrics partitions were dropped by retention): "

@@ -81,7 +81,8 @@ class BackfillReport(DailyReport[DayReport]):
 
     @property
     def aggregates_only_days(self) -> list[date]:
-        return sorted(d.day for d in self.days.values() if d.mode != ROWS_AND_AGGREGATES)
+        """Days that got aggregates and no rows (a day whose files were all archived got nothing)."""
+        return sorted(d.day for d in self.days.values() if d.mode != ROWS_AND_AGGREGATES and d.files)
 
 
 def metric_of(catalog: Catalog, name: str) -> Catalog:
