@@ -59,3 +59,23 @@ def test_retention_apply_shows_what_it_drops_and_dry_run_drops_nothing(expired_p
     remaining = partitions(db, "dynamic_metrics")
     assert not set(expected) & set(remaining) and "dynamic_metrics_p20260616" in remaining
     assert db.execute("SELECT event_id FROM dynamic_metrics").fetchall() == [("e-2026-06-16",)]
+
+
+def test_retention_apply_refuses_a_date_after_today(expired_partitions: list[str], db: psycopg.Connection) -> None:
+    """`--today 2027-...` for 2026-... (a year's typo) dropped every partition and aggregate the
+    policy still keeps, the manifest rows of blobs still in the tree, and moved the ledger's
+    first day (retention_horizons, which only moves forward) past today: the function then
+    refused every live event as past_retention (an audit: 193 of 200 new events). A date after
+    today is refused; --dry-run still previews it (as `txmetrics lifecycle plan --at` does)."""
+    from datetime import UTC, datetime, timedelta
+
+    future = (datetime.now(UTC) + timedelta(days=400)).date().isoformat()
+    result = CliRunner().invoke(app, ["retention", "apply", "--stack", "dev", "--today", future])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert f"--today {future} is after today" in result.stderr and "fix:" in result.stderr
+    assert partitions(db, "dynamic_metrics") == expired_partitions       # nothing dropped
+    assert db.execute("SELECT count(*) FROM dynamic_metrics").fetchone() == (2,)
+    assert db.execute("SELECT count(*) FROM retention_horizons").fetchone() == (0,)
+    dry = CliRunner().invoke(app, ["retention", "apply", "--stack", "dev", "--today", future, "--dry-run"])
+    assert dry.exit_code == 0, dry.output

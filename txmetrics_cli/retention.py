@@ -119,6 +119,16 @@ def retention_apply(stack: StackOption = "dev",
 
     policy = _policy(stack)
     day = (today or datetime.now(UTC)).date()
+    if day > datetime.now(UTC).date() and not dry_run:
+        # as of a later date it drops what the policy still keeps, and moves the ledger's first
+        # day (retention_horizons, forward only) past today: live events would be refused
+        from txmetrics.errors import InvalidRequestError
+
+        raise InvalidRequestError(
+            f"--today {day} is after today ({datetime.now(UTC).date()}): retention as of a later date drops what "
+            "the policy still keeps, and moves the ledger's first day past today (the function would refuse live "
+            "events as past_retention); fix: give a date up to today, or preview a later one with --dry-run or "
+            f"`txmetrics lifecycle plan --stack {stack} --at {day}`")
     with context.connect(autocommit=True) as conn:
         dropped, deleted = plan_tables(policy, conn, day)
         emit(table_rows(dropped, deleted), fmt, table=_plan_view(), columns=PLAN_COLUMNS)
