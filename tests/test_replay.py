@@ -180,3 +180,33 @@ def test_replaying_a_resolved_item_says_so(deliver: Callable[..., None], db: psy
     # by error code, closed items stay out of it, as before
     assert [o.item_id for o in replay.replay(db, runtime.get_pipeline(), error_code="invalid_currency")] == \
         [items["open-1"]]
+
+
+def test_failed_cli_says_why_a_selection_or_an_edit_missed(deliver: Callable[..., None], db: psycopg.Connection,
+                                                          env: dict[str, str]) -> None:
+    """An operator's typo looked like success (an audit): `failed set ID statuss approved` added
+    a field the event never had and left status unfixed; `failed list --code` with a misspelt
+    code printed an empty list, as for a clean queue; and `failed set ID amount -5` was taken
+    for an option."""
+    from typer.testing import CliRunner
+
+    from txmetrics_cli.main import app
+
+    deliver([{**BAD_CURRENCY, "event_id": "typo-1", "status": "aproved"}], partition_id="3")
+    (item_id,) = db.execute("SELECT id FROM failed_items WHERE event_id = 'typo-1'").fetchone()
+    before = db.execute("SELECT fixed_payload FROM failed_items WHERE id = %s", (item_id,)).fetchone()
+    runner = CliRunner()
+    typo = runner.invoke(app, ["failed", "set", str(item_id), "statuss", "approved"])
+    assert typo.exit_code != 0 and "did you mean 'status'" in typo.output, typo.output
+    assert db.execute("SELECT fixed_payload FROM failed_items WHERE id = %s", (item_id,)).fetchone() == before
+    own = runner.invoke(app, ["failed", "set", str(item_id), "loyalty_tier", "gold"])   # a field of the producer's own
+    assert own.exit_code == 0 and '"loyalty_tier":"gold"' in own.stdout, own.output
+    negative = runner.invoke(app, ["failed", "set", str(item_id), "amount", "-5"])
+    assert negative.exit_code == 0 and '"amount":-5' in negative.stdout, negative.output
+    listed = runner.invoke(app, ["failed", "list", "--code", "invalid_curency"])
+    assert listed.exit_code == 0 and "did you mean 'invalid_currency'" in listed.output, listed.output
+    replayed = runner.invoke(app, ["failed", "replay", "--code", "nosuchcode"])
+    assert replayed.exit_code == 0 and "the codes open items have: invalid_currency" in replayed.output, \
+        replayed.output
+    present = runner.invoke(app, ["failed", "list", "--code", "invalid_currency", "--format", "csv"])
+    assert "no open items have" not in present.output and "typo-1" in present.output, present.output

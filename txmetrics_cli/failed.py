@@ -41,6 +41,11 @@ def failed_list(code: Annotated[str | None, typer.Option(metavar="CODE", help="o
                          right=frozenset({"id"})))
     if len(items) == limit:
         note(f"showing the first {limit} item(s): --limit N for more")
+    elif not items and code is not None:
+        with context.connect() as conn:
+            why = replay.codes_note(conn, code, include_done=all_items)
+        if why:
+            note(why)
 
 
 @app.command("show")
@@ -76,7 +81,8 @@ def failed_fix(item_id: ItemId,
     note(f"item {item_id}: corrected payload stored; replay it with `txmetrics failed replay {item_id}`")
 
 
-@app.command("set")
+# A VALUE such as -5 is the value, not an option (click would say "No such option: -5").
+@app.command("set", context_settings={"ignore_unknown_options": True})
 def failed_set(item_id: ItemId,
                field: Annotated[str, typer.Argument(metavar="FIELD", help="dotted field path, e.g. card.network")],
                value: Annotated[str, typer.Argument(
@@ -114,7 +120,11 @@ def failed_replay(ids: Annotated[list[int] | None, typer.Argument(
     emit(({"id": o.item_id, "replayed": o.replayed, "note": o.note} for o in outcomes), fmt,
          columns=("id", "replayed", "note"))
     if not outcomes:
-        note("nothing to replay: no open item matches")
+        why = ""
+        if code is not None:
+            with context.connect() as conn:
+                why = replay.codes_note(conn, code, include_done=False)
+        note(f"nothing to replay: {why}" if why else "nothing to replay: no open item matches")
 
 
 @app.command("resolve")

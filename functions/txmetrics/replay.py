@@ -16,6 +16,7 @@ occurred_at), so it would be stored twice; a replay cannot change a stored event
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ import msgspec
 import psycopg
 
 from .adapters import failed_items, partitions
+from .core.catalog import contract_fields
 from .core.events import InboundEvent, Rejection, parse_event
 from .core.masking import mask_text
 from .core.naming import replay_sequence_number
@@ -47,6 +49,20 @@ class ReplayOutcome:
 def list_items(conn: psycopg.Connection, *, error_code: str | None = None, include_done: bool = False,
                limit: int = 50) -> list[dict[str, Any]]:
     return failed_items.list_items(conn, error_code=error_code, include_done=include_done, limit=limit)
+
+
+def codes_note(conn: psycopg.Connection, error_code: str, *, include_done: bool) -> str:
+    """Why a selection by `error_code` found nothing, when the code is one no item has (a
+    misspelt code selects nothing, and would otherwise look like a clean queue)."""
+    codes = failed_items.error_codes(conn, include_done=include_done)
+    which = "items" if include_done else "open items"
+    if error_code in codes:
+        return ""
+    if not codes:
+        return f"no {which} at all (error code {error_code!r} or any other)"
+    close = difflib.get_close_matches(error_code, codes, n=1, cutoff=0.8)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"no {which} have error code {error_code!r}{hint}; the codes {which} have: {', '.join(codes)}"
 
 
 def show(conn: psycopg.Connection, item_id: int) -> dict[str, Any]:
@@ -100,6 +116,7 @@ def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any) -> 
                                   "whole corrected payload")
     node = doc
     parts = path.split(".")
+    _refuse_near_miss(item_id, parts[0], doc, path)
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
@@ -111,6 +128,21 @@ def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any) -> 
     payload = _EXACT_ENCODER.encode(doc).decode()
     fix(conn, item_id, payload)
     return mask_text(payload)           # as stored
+
+
+def _refuse_near_miss(item_id: int, head: str, doc: dict[str, Any], path: str) -> None:
+    """A new top-level field that is a near miss of a field of the event contract (statuss,
+    curency) is a typo: set, it would leave the field meant unfixed and add one the event
+    never had. A field of the producer's own (events may carry them) is set as asked."""
+    if head in doc or head in contract_fields():
+        return
+    close = difflib.get_close_matches(head, contract_fields(), n=1, cutoff=0.9)
+    if close:
+        meant = close[0] + path[len(head):]
+        raise InvalidRequestError(
+            f"failed item {item_id} has no field {head!r}, and the event contract has none (did you mean {meant!r}?); "
+            f"nothing was stored; fix: `txmetrics failed set {item_id} {meant} VALUE`, or, to add a field of your "
+            f"own named {head!r}, `txmetrics failed fix {item_id} --payload-file FILE` with the whole payload")
 
 
 def _require(conn: psycopg.Connection, item_ids: list[int]) -> None:

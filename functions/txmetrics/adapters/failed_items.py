@@ -79,6 +79,13 @@ def list_items(conn: psycopg.Connection, *, error_code: str | None, include_done
     return [dict(zip(LISTED, r, strict=True)) for r in rows]
 
 
+def error_codes(conn: psycopg.Connection, *, include_done: bool) -> list[str]:
+    """The error codes items have (open ones only unless `include_done`), sorted."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT error_code FROM failed_items WHERE %(all)s OR (NOT replayed AND NOT resolved) "
+        "ORDER BY 1", {"all": include_done})]
+
+
 def get(conn: psycopg.Connection, *, item_id: int) -> dict[str, Any] | None:
     """Every column of one item, or None."""
     cur = conn.execute("SELECT * FROM failed_items WHERE id = %s", (item_id,))
