@@ -594,3 +594,26 @@ def test_output_names_taken_by_another_compaction_s_files_stop_it_before_anythin
     assert db.execute("SELECT id, path, state FROM raw_files ORDER BY id").fetchall() == live
     assert db.execute("SELECT count(*) FROM raw_compactions").fetchone() == (0,)
     assert not [b.name for b in archive.list("_staging/")]
+
+
+def test_a_day_with_an_input_in_the_archive_tier_is_left_as_it_is_with_the_fix(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """A late event's day, months on, has files the lifecycle rules moved to Archive: compacting
+    it stopped with Azure's bare "BlobArchived" (an audit). Now nothing is started or changed,
+    and the answer says which files and how to bring them back."""
+    from txmetrics.adapters.blob import ARCHIVE_TIER
+
+    many_small_files(ingest_fn, 3)
+    day = datetime(2026, 3, 5).date()
+    frozen = sorted(b.name for b in archive.list())[1]
+    archive.set_tier(frozen, ARCHIVE_TIER)
+    blobs = sorted(b.name for b in archive.list())
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        files = conn.execute("SELECT id, path, state FROM raw_files ORDER BY id").fetchall()
+        report = compact_day(conn, archive, day, target_bytes=1 << 30)
+        assert report.skipped_reason is not None and report.inputs == 0, report
+        assert f"1 of 3 small file(s) of {day} are in the archive tier" in report.skipped_reason
+        assert frozen in report.skipped_reason and "--rehydrate Standard" in report.skipped_reason
+        assert conn.execute("SELECT id, path, state FROM raw_files ORDER BY id").fetchall() == files
+        assert conn.execute("SELECT count(*) FROM raw_compactions").fetchone() == (0,)
+    assert sorted(b.name for b in archive.list()) == blobs

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import psycopg
@@ -254,7 +254,13 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     meanwhile (then undo); 5. delete the inputs, then publish the outputs into the tree.
     Returns why it stopped without committing, or None."""
     input_ids = [file_id for file_id, _ in small]
-    merged, distinct = _merged_inputs(archive, [path for _, path in small])          # 1
+    try:
+        merged, distinct = _merged_inputs(archive, [path for _, path in small])      # 1
+    except _InputsArchived as frozen:
+        # unreadable until rehydrated (a late event's day, months on): nothing started, nothing changed
+        return (f"{len(frozen.paths)} of {len(small)} small file(s) of {day} are in the archive tier and cannot be "
+                f"read (e.g. {frozen.paths[0]}); nothing done. Fix: rehydrate them (`txmetrics query --start {day} "
+                f"--end {day + timedelta(days=1)} --rehydrate Standard` asks Azure to), then compact again")
     per_file = _rows_per_output(merged, target_bytes)
     generation = _generation(small)
     outputs = [compacted_file_path(day, generation, i) for i in range(-(-merged.num_rows // per_file))]
@@ -314,6 +320,12 @@ def _generation(inputs: list[tuple[int, str]]) -> str:
     return hashlib.sha256("\n".join(f"{file_id}\t{path}" for file_id, path in inputs).encode()).hexdigest()[:16]
 
 
+class _InputsArchived(Exception):
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(", ".join(paths))
+        self.paths = paths
+
+
 def _merged_inputs(archive: BlobArchive, paths: list[str]) -> tuple[pa.Table, pa.Table]:
     """The inputs' rows, in event time order, each event once, and the inputs' distinct
     (partition_id, sequence_number, event_id) (for `_not_kept`). An event is its three
@@ -321,8 +333,12 @@ def _merged_inputs(archive: BlobArchive, paths: list[str]) -> tuple[pa.Table, pa
     redelivery, an input somehow duplicated) and are kept once; rows sharing a partition and
     sequence number with different event_ids are different events (a recreated or failed-over
     event hub restarts its sequence numbers; replayed items re-use ids after a database
-    rebuild) and are all kept: the archive is the system of record."""
-    rows = pa.concat_tables([parquet.decode(archive.download(path)) for path in paths])
+    rebuild) and are all kept: the archive is the system of record. _InputsArchived names
+    the inputs in the archive tier, when there are any (none is read then)."""
+    contents = [archive.download_unless_archived(path) for path in paths]
+    if archived := [path for path, data in zip(paths, contents, strict=True) if data is None]:
+        raise _InputsArchived(archived)
+    rows = pa.concat_tables([parquet.decode(data) for data in contents if data is not None])
     keys = parquet.KEY_COLUMNS
     first = (rows.select(keys).append_column("_row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
              .group_by(keys, use_threads=False).aggregate([("_row", "min")]))
