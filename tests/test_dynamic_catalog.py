@@ -65,3 +65,45 @@ def test_the_bundled_catalog_loads_at_start_up() -> None:
     assert result.returncode == 0, result.stderr
     # ingest, the minute fold of aggregate deltas, and the daily retention and maintenance timers
     assert result.stdout.strip() == "4"
+
+
+def test_a_metric_source_holding_a_card_number_refuses_the_event_visibly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ingest_fn: Callable[..., None],
+        db: psycopg.Connection) -> None:
+    """A value metric on epoch milliseconds: 1 in 10 such numbers pass Luhn, and masking turned
+    them into strings, so the event was stored without its row and nothing said so (an audit).
+    Now it is refused, as a card number in amount is, and its replay waits for the value to be
+    set; a masked string elsewhere in the event, or in a source no metric reads, refuses nothing."""
+    from txmetrics import replay, runtime
+
+    catalog = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    catalog["metrics"].append({"name": "settled_ms", "kind": "value", "source": "attributes.settled_ms"})
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    monkeypatch.setenv("METRIC_CATALOG", str(path))
+    runtime.reset()
+    base = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": 1,
+            "currency": "USD", "payment_method": "card", "status": "approved"}
+    bodies = [json.dumps({**base, "event_id": "ms-0", "attributes": {"settled_ms": 1772366400123}}),
+              json.dumps({**base, "event_id": "ms-1", "attributes": {"settled_ms": 1772366400128}}),   # passes Luhn
+              json.dumps({**base, "event_id": "ms-2", "attributes": {"settled_ms": "1772366400128"}}),
+              json.dumps({**base, "event_id": "ms-3", "attributes": {"settled_ms": 5, "ref": 1772366400128}}),
+              json.dumps({**base, "event_id": "ms-4", "attributes": {"settled_ms": "at 1772366400128"}})]
+    ingest_fn(make_batch(bodies, partition_id="0"))
+    assert db.execute("SELECT event_id, value FROM dynamic_metrics WHERE metric_name = 'settled_ms' "
+                      "ORDER BY 1").fetchall() == [("ms-0", 1772366400123.0), ("ms-3", 5.0)]
+    assert db.execute("SELECT event_id FROM dynamic_metrics WHERE metric_name = 'approved' ORDER BY 1").fetchall() \
+        == [("ms-0",), ("ms-3",), ("ms-4",)]          # ms-4's source is text, no number: no row, as before
+    failed = db.execute("SELECT event_id, error_code, detail, payload, id FROM failed_items ORDER BY 1").fetchall()
+    assert [(f[0], f[1]) for f in failed] == [("ms-1", "card_number_in_metric_source"),
+                                            ("ms-2", "card_number_in_metric_source")]
+    assert "'attributes.settled_ms', the source of metric 'settled_ms'" in failed[0][2]
+    assert all("1772366400128" not in f[3] for f in failed)
+    pipeline = runtime.get_pipeline()
+    (waiting,) = replay.replay(db, pipeline, item_ids=[failed[0][4]])
+    assert not waiting.replayed and "a metric's source held a card number" in waiting.note
+    replay.set_field(db, failed[0][4], "attributes.settled_ms", 1772366400)
+    (done,) = replay.replay(db, pipeline, item_ids=[failed[0][4]])
+    assert done.replayed, done
+    assert db.execute("SELECT value FROM dynamic_metrics WHERE event_id = 'ms-1' AND metric_name = 'settled_ms'"
+                      ).fetchone() == (1772366400.0,)

@@ -146,7 +146,7 @@ class Pipeline:
             report.seq_min, report.seq_max = min(seqs), max(seqs)
         timer = _Timer(report)
 
-        sorted_batch = _sort_events(inbound)
+        sorted_batch = _sort_events(inbound, self.catalog)
         timer.lap("decode_validate")
         self._extract_metrics(sorted_batch)
         timer.lap("metrics_extract")
@@ -339,14 +339,14 @@ class _Written:
     files: list[OutboxFile]
 
 
-def _sort_events(inbound: Sequence[InboundEvent]) -> _SortedBatch:
+def _sort_events(inbound: Sequence[InboundEvent], catalog: Catalog) -> _SortedBatch:
     """Decode and validate each item (never raises: bad content is a Rejection); the same
     event twice in one batch counts once, the first: an event_id once per UTC day of its
     occurred_at, the ledger's key (migrations 0015-0016). Identifiers are compared as sent, never
     masked."""
     batch = _SortedBatch(valid=[], valid_items=[], rejections=[], batch_duplicates=0)
     seen: set[tuple[str, int]] = set()
-    for item, parsed in zip(inbound, parse_events(inbound), strict=True):
+    for item, parsed in zip(inbound, parse_events(inbound, masked_check=catalog.masked_source_problem), strict=True):
         if isinstance(parsed, Rejection):
             batch.rejections.append(parsed)
             continue

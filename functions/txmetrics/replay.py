@@ -37,6 +37,7 @@ from .errors import InvalidRequestError, NotFoundError
 REPLAY_PARTITION = "replay"
 # refusals whose stored payload has an identifier masked (core/events.py)
 MASKED_IDENTIFIER_CODES = frozenset(f"card_number_in_{f}" for f in ("event_id", "transaction_id", "merchant_id"))
+MASKED_METRIC_SOURCE_CODE = "card_number_in_metric_source"      # Catalog.masked_source_problem
 
 
 @dataclass
@@ -183,8 +184,14 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
         field = item.error_code.removeprefix("card_number_in_")
         return _not_replayed(conn, item.id, f"not replayed: its {field} held a card number and is masked in the "
                                             f"stored payload; set the producer's real {field} first (failed fix / set)")
+    if item.error_code == MASKED_METRIC_SOURCE_CODE and not item.fixed:
+        # replayed as is, the masked value would store the event without that metric's row
+        return _not_replayed(conn, item.id, "not replayed: a metric's source held a card number and is masked in the "
+                                            "stored payload (`txmetrics failed show` names it); set it first "
+                                            "(failed set ID FIELD VALUE, or null to store the event without it)")
     body = item.payload.encode("utf-8")
-    parsed = parse_event(InboundEvent(body=body, partition_id=REPLAY_PARTITION, sequence_number=0))
+    parsed = parse_event(InboundEvent(body=body, partition_id=REPLAY_PARTITION, sequence_number=0),
+                         masked_check=pipeline.catalog.masked_source_problem)      # as ingest will parse it
     if isinstance(parsed, Rejection):
         return _not_replayed(conn, item.id, f"still invalid: {parsed.error_code}: {parsed.detail}")
     kept_since = partitions.horizon(conn, table=LEDGER)

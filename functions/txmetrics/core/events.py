@@ -20,7 +20,8 @@ Error codes: body_not_utf8, body_not_json, body_not_object, body_too_large, body
 number_out_of_range, missing_<field>, invalid_<field> (field = event_id, transaction_id,
 occurred_at, merchant_id, amount, currency, payment_method, status, event_type,
 processing_ms, country, card, attributes), card_number_in_<field> (event_id,
-transaction_id, merchant_id, amount, processing_ms), and internal_error (an unforeseen
+transaction_id, merchant_id, amount, processing_ms), card_number_in_metric_source (asked of the
+caller's MaskedValueCheck, the catalog's: a value metric's source that masking changed), and internal_error (an unforeseen
 exception: a bug, recorded for that event alone). Then the declaration's own rules
 (core/fields.py): invalid_schema_version, unsupported_schema_version, and invalid_<field> /
 card_number_in_<field> for fields added by later schema versions.
@@ -31,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -216,28 +217,39 @@ def item_key(partition_id: str, sequence_number: int, body: bytes, *, identified
     return h.hexdigest()
 
 
-def parse_event(inbound: InboundEvent, *, card_characters: bool = True) -> PaymentEvent | Rejection:
+# Asked of a body that masking changed, with the document as sent and as masked: the
+# refusal (error_code, detail) when the change reaches a typed value the caller stores
+# (the metric catalog's sources: Catalog.masked_source_problem), or None.
+MaskedValueCheck = Callable[[dict[str, Any], dict[str, Any]], "tuple[str, str] | None"]
+
+
+def parse_event(inbound: InboundEvent, *, card_characters: bool = True,
+                masked_check: MaskedValueCheck | None = None) -> PaymentEvent | Rejection:
     """The event, validated and masked, or its Rejection. Never raises. `card_characters`
     False says the body has neither a run of 13 digits, spaces and dashes nor an escaped one
     (`masking.bodies_with_card_characters`, run over a whole batch by `parse_events`); True
-    leaves the body's own check to decide."""
+    leaves the body's own check to decide. `masked_check` (MaskedValueCheck) may refuse a
+    body that masking changed."""
     try:
-        return _parse(inbound, card_characters)
+        return _parse(inbound, card_characters, masked_check)
     except Exception as exc:   # a bug, not bad input: refuse this event alone, never its batch
         return unexpected_failure(inbound, "parsing", exc)
 
 
-def parse_events(items: Sequence[InboundEvent]) -> list[PaymentEvent | Rejection]:
+def parse_events(items: Sequence[InboundEvent], *,
+                 masked_check: MaskedValueCheck | None = None) -> list[PaymentEvent | Rejection]:
     """`parse_event` of each item, with the card-number pre-filters run once for the batch.
     Bodies over the size limit are left out of that pass (they are refused unread)."""
     try:
         flagged = bodies_with_card_characters([b if len(b := item.body) <= MAX_BODY_BYTES else b"" for item in items])
     except Exception:          # a bug here must not cost the batch: each body checks itself instead
-        return [parse_event(item) for item in items]
-    return [parse_event(item, card_characters=i in flagged) for i, item in enumerate(items)]
+        return [parse_event(item, masked_check=masked_check) for item in items]
+    return [parse_event(item, card_characters=i in flagged, masked_check=masked_check)
+            for i, item in enumerate(items)]
 
 
-def _parse(inbound: InboundEvent, card_characters: bool = True) -> PaymentEvent | Rejection:
+def _parse(inbound: InboundEvent, card_characters: bool = True,
+           masked_check: MaskedValueCheck | None = None) -> PaymentEvent | Rejection:
     body = inbound.body
     text: str | None = None
     doc: Any = None
@@ -265,6 +277,8 @@ def _parse(inbound: InboundEvent, card_characters: bool = True) -> PaymentEvent 
         # The decoded document is masked, and the payload re-encoded when needed (_stored_text).
         if card_numbers or strings_may_hold_one:
             masked = mask_value(doc)
+            if masked_check is not None and masked != doc and (refused := masked_check(doc, masked)) is not None:
+                raise _Invalid(*refused)
             payload = _stored_text(text, doc, masked)
             if payload is not text:
                 event.document = masked
