@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -73,6 +73,8 @@ def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
     """Finish or undo the day's unfinished compactions (the caller holds the day's lock)."""
     fixed = 0
     for run in manifest.unfinished_compactions(conn, day=day):
+        if run.state == "started" and _commit_forgotten(conn, archive, day, run):
+            run = replace(run, state="committed")
         if run.state == "started":
             for path in run.output_paths:
                 archive.delete(compaction_staging_path(path))
@@ -87,6 +89,43 @@ def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
             manifest.finish_compaction(conn, generation=run.generation, state="done")
         fixed += 1
     return fixed
+
+
+def _commit_forgotten(conn: psycopg.Connection, archive: BlobArchive, day: date, run: manifest.Compaction) -> bool:
+    """A 'started' run with an input gone from the tree went past its commit in a timeline
+    the database no longer remembers (restored from a backup taken while the run was
+    'started': a run deletes inputs only after its commit). Its outputs (staged, or
+    published already) then hold the only copy of the deleted inputs' events: undoing the
+    run would lose them. So its commit is done again, from the outputs as written, and the
+    caller finishes it as a committed run. False (nothing changed) when every input is still
+    there: the run never committed, and undoing it is safe. Raises, leaving everything as it
+    is, when the outputs cannot be taken (one missing, or not holding every event of the
+    surviving inputs, or the inputs' metric lists no longer one)."""
+    inputs = manifest.paths_of(conn, file_ids=run.input_ids)
+    surviving = [p for p in inputs if archive.has(p)]
+    if len(surviving) == len(run.input_ids):
+        return False
+    stop = (f"compaction {run.generation} of {day} is 'started' in the journal, but {len(inputs) - len(surviving)} "
+            "of its inputs are gone from the tree (the database was restored from a backup taken during it?)")
+    written: list[tuple[str, pa.Table, bytes]] = []
+    held = ArchiveKeys()
+    for path in run.output_paths:
+        staged = compaction_staging_path(path)
+        where = staged if archive.has(staged) else path if archive.has(path) else None
+        if where is None:
+            raise RuntimeError(f"{stop}; its output {path} is nowhere: nothing changed, restore the inputs' "
+                               "blobs or rebuild the day")
+        data = archive.download(where)
+        held.add(parquet.decode_keys(data))
+        written.append((path, parquet.decode(data), data))
+    for path in surviving:
+        if not held.contains(parquet.decode_keys(archive.download(path))).all():
+            raise RuntimeError(f"{stop}; its outputs lack events of input {path}: nothing changed")
+    keys = {_metric_key(m) for _, m in manifest.lock_uploaded(conn, file_ids=run.input_ids)}
+    if len(keys) != 1 or not _commit(conn, archive.container_name, day, run.generation, list(run.input_ids),
+                                     keys.pop(), written):
+        raise RuntimeError(f"{stop}; its inputs' metric lists differ: nothing changed")
+    return True
 
 
 @dataclass
@@ -196,7 +235,11 @@ def _publish(conn: psycopg.Connection, archive: BlobArchive, path: str, data: by
             # the staged copy): publishing would overwrite it, the only copy of its events
             raise RuntimeError(f"compaction output {path} would overwrite a live file of the same name; nothing "
                                "published (the staged copy stays): report this, the names should never meet")
-        archive.upload(path, data if data is not None else archive.download(staged))
+        if data is None:
+            # a database restored from a backup may name the staged copy of an output that was
+            # published (and its staged copy deleted) since: the tree holds the same bytes
+            data = archive.download(staged if archive.has(staged) else path)
+        archive.upload(path, data)
         manifest.move(conn, old_path=staged, new_path=path)
     archive.delete(staged)
 
