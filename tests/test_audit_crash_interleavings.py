@@ -97,3 +97,46 @@ def _rows(archive: BlobArchive, name: str) -> list[tuple[Any, ...]]:
     return list(zip(t["partition_id"].to_pylist(), t["sequence_number"].to_pylist(), t["event_id"].to_pylist(),
                     t["payload"].to_pylist(), strict=True))
 
+
+def test_a_compaction_between_a_backfill_s_plan_and_its_reads_is_passed_over(
+        services: Any, db: psycopg.Connection, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/lake.md: "Compaction meanwhile: a file superseded under the backfill is skipped,
+    and the compacted output comes up in the next pass". The maintenance timer compacts the
+    day after the backfill planned its files and before it read them: the planned inputs'
+    blobs are deleted. The backfill must carry on (and then do the output), not fail on a
+    file that is gone."""
+    from datetime import UTC, datetime
+
+    from tests.lake_helpers import archive_for, corpus, ingest, metric_counts, pipeline, write_catalogs
+    from tests.test_lake_backfill import reference
+    from txmetrics.adapters import manifest
+    from txmetrics.adapters.postgres import PostgresStore
+    from txmetrics.backfill import backfill
+    from txmetrics.core.catalog import load_catalog
+
+    old, new = write_catalogs(tmp_path)
+    batches = corpus(n=400)
+    ref = reference(services, new, "audit-400", batches)
+    archive = archive_for(services)
+    ingest(pipeline(services, archive, old), batches)
+    planned_once: list[int] = []
+    real = manifest.files_lacking_metric
+
+    def plan_then_compact(conn: psycopg.Connection, **kwargs: Any) -> Any:
+        files = real(conn, **kwargs)
+        if not planned_once:
+            planned_once.append(len(files))
+            with psycopg.connect(services.database_url, autocommit=True) as other:
+                assert compact_day(other, archive, date(2026, 3, 1), target_bytes=1 << 30).inputs > 1
+        return files
+
+    monkeypatch.setattr(manifest, "files_lacking_metric", plan_then_compact)
+    store = PostgresStore(services.database_url)
+    try:
+        backfill(store=store, archive=archive, catalog=load_catalog(new), metric="risk_score",
+                 start=datetime(2026, 3, 1, tzinfo=UTC), end=datetime(2026, 3, 3, tzinfo=UTC))
+    finally:
+        store.close()
+    assert metric_counts(db) == ref["counts"]
+    assert db.execute("SELECT count(*) FROM raw_files WHERE state <> 'superseded' AND NOT 'risk_score' = ANY(metrics)"
+                      ).fetchone() == (0,)

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any, Generic, Protocol, TypeVar
 
 import pyarrow as pa
+from azure.core.exceptions import ResourceNotFoundError
 
 from .adapters import manifest, parquet
 from .adapters.blob import BlobArchive
@@ -83,32 +84,50 @@ class Read(Generic[T]):
 
     item: T
     table: pa.Table | None
+    gone: bool = False          # `missing_ok` and the blob is not there (table None)
 
 
-def _read(archive: BlobArchive, path: str, outbox: bytes | None) -> pa.Table | None:
+_GONE = object()
+
+
+def _read(archive: BlobArchive, path: str, outbox: bytes | None, missing_ok: bool = False) -> pa.Table | object | None:
     if outbox is not None:              # committed, upload not yet confirmed: the outbox has the bytes
         return parquet.decode(outbox)
-    data = manifest.download_file(archive, path)
+    try:
+        data = manifest.download_file(archive, path)
+    except ResourceNotFoundError:
+        if not missing_ok:
+            raise
+        return _GONE
     return None if data is None else parquet.decode(data)
 
 
-def read_ahead(archive: BlobArchive, items: Sequence[T], where: Callable[[T], tuple[str, bytes | None]]
-               ) -> Iterator[Read[T]]:
+def _result(item: T, future: Future[pa.Table | object | None]) -> Read[T]:
+    table = future.result()
+    if table is _GONE:
+        return Read(item, None, gone=True)
+    assert table is None or isinstance(table, pa.Table)
+    return Read(item, table)
+
+
+def read_ahead(archive: BlobArchive, items: Sequence[T], where: Callable[[T], tuple[str, bytes | None]], *,
+               missing_ok: bool = False) -> Iterator[Read[T]]:
     """Each item's file, in order, downloaded and decoded by a small thread pool up to
     PREFETCH files ahead (pyarrow decodes without the GIL). Stopping early (an interrupt)
-    cancels what is not started yet."""
+    cancels what is not started yet. `missing_ok`: a file whose blob is gone (a compaction
+    merged and deleted it after the plan) comes back `gone` instead of raising."""
     pool = ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="txmetrics-lake-read")
-    pending: list[tuple[T, Future[pa.Table | None]]] = []
+    pending: list[tuple[T, Future[pa.Table | object | None]]] = []
     try:
         upcoming = iter(items)
         for item in upcoming:
-            pending.append((item, pool.submit(_read, archive, *where(item))))
+            pending.append((item, pool.submit(_read, archive, *where(item), missing_ok)))
             if len(pending) > PREFETCH:
                 first, future = pending.pop(0)
-                yield Read(first, future.result())
+                yield _result(first, future)
         while pending:
             first, future = pending.pop(0)
-            yield Read(first, future.result())
+            yield _result(first, future)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
