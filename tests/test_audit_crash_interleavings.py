@@ -140,3 +140,79 @@ def test_a_compaction_between_a_backfill_s_plan_and_its_reads_is_passed_over(
     assert metric_counts(db) == ref["counts"]
     assert db.execute("SELECT count(*) FROM raw_files WHERE state <> 'superseded' AND NOT 'risk_score' = ANY(metrics)"
                       ).fetchone() == (0,)
+
+
+def waiting(db: psycopg.Connection, query: str) -> None:
+    """Until a session running `query` waits for a lock."""
+    import time
+
+    for _ in range(200):
+        if db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s "
+                      "AND query NOT LIKE '%%pg_stat_activity%%'", (f"%{query}%",)).fetchone()[0]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{query} never waited")
+
+
+def _event(event_id: str, at: str) -> str:
+    return json.dumps({"event_id": event_id, "transaction_id": "t", "merchant_id": "m", "occurred_at": at,
+                       "amount": 2.5, "currency": "EUR", "payment_method": "card", "status": "approved"})
+
+
+def test_a_day_s_first_rollup_beside_a_fold_in_flight_is_not_marked_fresh_without_its_events(
+        ingest_fn: Callable[..., None], db: psycopg.Connection) -> None:
+    """The fold timer (every minute) folds a late event of yesterday while the daily
+    maintenance rolls yesterday up for the first time (no aggregate_rollups row yet). The
+    fold's statement took its snapshot before the rollup's row existed, so its 'mark the
+    rollups of these days stale' finds no row to bump; the rollup read the 5-minute rows
+    before the fold committed. The rollup must not end up fresh without the late event:
+    KPIs read fresh rollups instead of the 5-minute rows, for good."""
+    import threading
+
+    from txmetrics.rollup import roll_day
+
+    ingest_fn(make_batch([_event("r-1", "2026-03-05T10:01:00Z")], partition_id="0", first_sequence=0))
+    db.execute("SELECT txm_fold_aggregates()")
+    ingest_fn(make_batch([_event("r-2", "2026-03-05T10:02:00Z")], partition_id="0", first_sequence=1))  # late
+    errors: list[BaseException] = []
+    with psycopg.connect(db.info.dsn) as holder:            # holds the 10:00 window's rows: the fold waits
+        holder.execute("SELECT 1 FROM aggregate_histograms WHERE window_seconds = 300 "
+                       "AND window_start = '2026-03-05T10:00:00Z' FOR UPDATE")
+
+        def fold() -> None:
+            try:
+                with psycopg.connect(db.info.dsn, autocommit=True) as c:
+                    c.execute("SELECT txm_fold_aggregates()")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=fold)
+        thread.start()
+        waiting(db, "txm_fold_aggregates")
+
+        def roll() -> None:                                  # the maintenance's first rollup of the day
+            try:
+                with psycopg.connect(db.info.dsn, autocommit=True) as c:
+                    roll_day(c, DAY)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        rolling = threading.Thread(target=roll)
+        rolling.start()
+        for _ in range(200):                                 # done, or waiting for the fold (a fix may)
+            rolling.join(timeout=0.05)
+            if not rolling.is_alive() or db.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%%advisory%%' AND query NOT LIKE '%%pg_stat_activity%%'").fetchone()[0]:
+                break
+        holder.rollback()                                    # the fold goes on
+    thread.join(timeout=60)
+    rolling.join(timeout=60)
+    assert not errors and not thread.is_alive() and not rolling.is_alive()
+    five_minute = db.execute("SELECT sum(count) FROM aggregate_histograms WHERE window_seconds = 300 "
+                             "AND metric_name = 'approved' AND dimensions = '{}'").fetchone()[0]
+    daily, stale = db.execute(
+        "SELECT h.count, r.stale FROM aggregate_histograms h JOIN aggregate_rollups r ON r.day = %s "
+        "WHERE h.window_seconds = 86400 AND h.metric_name = 'approved' AND h.dimensions = '{}'", (DAY,)).fetchone()
+    assert five_minute == 2
+    assert daily == 2 or stale, f"the day's rollup counts {daily} of 2 events and is marked fresh"

@@ -66,11 +66,19 @@ def fresh_rollup_days(conn: psycopg.Connection, *, first: date, last: date) -> s
 
 
 def begin_rollup(conn: psycopg.Connection, *, day: date) -> int:
-    """Mark the day's rollup stale and bump its version; the version this rollup builds."""
-    row = conn.execute(
-        """INSERT INTO aggregate_rollups (day, stale) VALUES (%s, true)
-           ON CONFLICT (day) DO UPDATE SET stale = true, version = aggregate_rollups.version + 1
-           RETURNING version""", (day,)).fetchone()
+    """Mark the day's rollup stale and bump its version; the version this rollup builds.
+
+    Under the fold's lock (txm_fold_aggregates takes it before its one statement): a fold in
+    flight whose snapshot predates the day's first rollup row would find no row to bump, and
+    the rollup, having read the 5-minute rows before that fold committed, would be marked
+    fresh without its events (an audit). With the lock, a fold either committed before (the
+    rollup reads its rows) or starts after this row exists (and bumps it)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('txmetrics.fold_aggregates'))")
+        row = conn.execute(
+            """INSERT INTO aggregate_rollups (day, stale) VALUES (%s, true)
+               ON CONFLICT (day) DO UPDATE SET stale = true, version = aggregate_rollups.version + 1
+               RETURNING version""", (day,)).fetchone()
     assert row is not None
     return int(row[0])
 
