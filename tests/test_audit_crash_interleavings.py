@@ -216,3 +216,141 @@ def test_a_day_s_first_rollup_beside_a_fold_in_flight_is_not_marked_fresh_withou
         "WHERE h.window_seconds = 86400 AND h.metric_name = 'approved' AND h.dimensions = '{}'", (DAY,)).fetchone()
     assert five_minute == 2
     assert daily == 2 or stale, f"the day's rollup counts {daily} of 2 events and is marked fresh"
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_two_replays_of_an_item_and_the_producer_s_fixed_resend_at_once_store_it_once(
+        round_: int, deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        services: Any) -> None:
+    """`txmetrics failed replay` run twice at once (two operators) while the producer sends the
+    fixed event again on another partition: the event once in the ledger, dynamic_metrics, the
+    aggregates and the tree; the failed item once."""
+    import threading
+
+    from txmetrics import replay
+    from txmetrics.adapters.postgres import PostgresStore
+    from txmetrics.core.catalog import load_catalog
+    from txmetrics.pipeline import Pipeline
+    from txmetrics.settings import BUNDLED_CATALOG
+
+    bad = json.loads(_event("fix-me", "2026-03-05T11:00:00Z"))
+    bad["amount"] = "twelve"
+    deliver([json.dumps(bad)], partition_id="0", first_sequence=0)
+    (item_id,) = db.execute("SELECT id FROM failed_items").fetchone()
+    fixed = _event("fix-me", "2026-03-05T11:00:00Z")
+    replay.fix(db, item_id, fixed)
+    catalog = load_catalog(BUNDLED_CATALOG)
+    start = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def replayer() -> None:
+        store = PostgresStore(services.database_url)
+        try:
+            with psycopg.connect(services.database_url, autocommit=True) as conn:
+                start.wait()
+                replay.replay(conn, Pipeline(store, archive, catalog), item_ids=[item_id])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    def producer() -> None:
+        try:
+            start.wait()
+            deliver([fixed], partition_id="3", first_sequence=77)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replayer), threading.Thread(target=replayer), threading.Thread(target=producer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    db.execute("SELECT txm_fold_aggregates()")
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (1,)
+    assert db.execute("SELECT metric_name, count(*) FROM dynamic_metrics GROUP BY 1 HAVING count(*) <> 1"
+                      ).fetchall() == []
+    assert db.execute("SELECT count FROM aggregate_histograms WHERE metric_name = 'approved' AND dimensions = '{}'"
+                      ).fetchall() == [(1,)]
+    assert [r[2] for r in archive_rows(archive)] == ["fix-me"]
+    assert db.execute("SELECT count(*), bool_and(replayed) FROM failed_items").fetchone() == (1, True)
+
+
+def test_two_overlapping_maintenance_runs_beside_late_events_and_redeliveries_keep_every_event_once(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daily maintenance (flush, fold, rollups, compaction) twice at once (a singleton lease
+    that expired during a long run), the minute fold and the retention job, while late events
+    of the day being compacted arrive on two partitions, some delivered twice. Afterwards: each
+    event once in the tree, in the ledger and in dynamic_metrics; the aggregates after a fold
+    equal a recomputation from dynamic_metrics; a fresh daily rollup equals its 5-minute rows."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    from azure.functions.timer import TimerRequest
+
+    from localdev.run import load_function
+    from tests.aggregate_check import recompute_and_compare
+    from txmetrics.core.catalog import load_catalog
+    from txmetrics.settings import BUNDLED_CATALOG
+
+    monkeypatch.setenv("TXMETRICS_RETENTION", json.dumps({"dynamic_metrics": 14, "ingested_events": 14}))
+    day = datetime.now(UTC).date() - timedelta(days=2)
+
+    def batch(partition: str, b: int) -> list[Any]:
+        bodies = [_event(f"m-{partition}-{b}-{i}", f"{day}T{b % 24:02d}:{(7 * i) % 60:02d}:00Z") for i in range(6)]
+        return make_batch(bodies, partition_id=partition, first_sequence=b * 6)
+
+    for b in range(20):
+        ingest_fn(batch("0", b))
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> threading.Thread:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+        return threading.Thread(target=run)
+
+    def late(partition: str) -> Callable[[], None]:
+        def send() -> None:
+            for b in range(15):
+                ingest_fn(batch(partition, b))
+                if b % 4 == 0:
+                    ingest_fn(batch(partition, b))          # redelivered
+        return send
+
+    def maintenance() -> None:
+        for _ in range(3):
+            load_function("maintenance")(TimerRequest())
+
+    def fold_and_retention() -> None:
+        for _ in range(3):
+            load_function("fold_aggregates")(TimerRequest())
+            load_function("retention")(TimerRequest())
+
+    threads = [guarded(late("1")), guarded(late("2")), guarded(maintenance), guarded(maintenance),
+               guarded(fold_and_retention)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    load_function("maintenance")(TimerRequest())
+    ids = [r[2] for r in archive_rows(archive)]
+    assert len(ids) == len(set(ids)) == 20 * 6 + 2 * 15 * 6
+    assert not list(archive.list("_staging/"))
+    assert db.execute("SELECT count(*) FROM raw_compactions WHERE state = 'done'").fetchone()[0] >= 1
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (len(ids),)
+    assert db.execute("SELECT count(*) FROM (SELECT event_id, metric_name FROM dynamic_metrics GROUP BY 1, 2 "
+                      "HAVING count(*) > 1) d").fetchone() == (0,)
+    assert recompute_and_compare(db, load_catalog(BUNDLED_CATALOG)) > 0
+    fresh = db.execute("SELECT count(*) FROM aggregate_rollups WHERE day = %s AND NOT stale", (day,)).fetchone()[0]
+    if fresh:
+        daily, five = db.execute(
+            "SELECT (SELECT count FROM aggregate_histograms WHERE window_seconds = 86400 AND metric_name = 'approved' "
+            "AND dimensions = '{}'), (SELECT sum(count) FROM aggregate_histograms WHERE window_seconds = 300 "
+            "AND metric_name = 'approved' AND dimensions = '{}')").fetchone()
+        assert daily == five
