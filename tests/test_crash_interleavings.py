@@ -354,3 +354,31 @@ def test_two_overlapping_maintenance_runs_beside_late_events_and_redeliveries_ke
             "AND dimensions = '{}'), (SELECT sum(count) FROM aggregate_histograms WHERE window_seconds = 300 "
             "AND metric_name = 'approved' AND dimensions = '{}')").fetchone()
         assert daily == five
+
+
+def test_recovery_never_republishes_a_started_run_of_a_day_past_raw_retention(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """A run killed before its commit leaves 'started' and its staged outputs; the raw
+    lifecycle rule then deletes the day's input files (their age). Its inputs are gone, but
+    not because a restored database forgot a commit: a rebuild past the raw retention
+    (`settle_staging(raw_since=...)`) must not publish the outputs back into the tree, which
+    would bring back events retention removed (a review)."""
+    from datetime import timedelta
+
+    from txmetrics.compaction import settle_staging
+
+    small_files(ingest_fn, 4)
+
+    def killed(step: str) -> None:
+        if step == "before_commit":
+            raise RuntimeError("killed")
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        with pytest.raises(RuntimeError, match="killed"):
+            compact_day(conn, archive, DAY, target_bytes=1 << 30, crash_hook=killed)
+        assert list(archive.list("_staging/"))
+        for blob in list(archive.list("raw_events/")):          # the lifecycle rule: past the raw retention
+            archive.delete(blob.name)
+        settle_staging(conn, archive, [DAY], raw_since=DAY + timedelta(days=1))
+        assert conn.execute("SELECT state FROM raw_compactions").fetchall() == [("aborted",)]
+    assert not list(archive.list("raw_events/")), "events past retention published back into the tree"

@@ -69,11 +69,13 @@ class CompactionReport:
     skipped_reason: str | None = None
 
 
-def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date) -> int:
-    """Finish or undo the day's unfinished compactions (the caller holds the day's lock)."""
+def _recover(conn: psycopg.Connection, archive: BlobArchive, day: date, *, republish: bool = True) -> int:
+    """Finish or undo the day's unfinished compactions (the caller holds the day's lock).
+    `republish` False: a 'started' run is undone even when its inputs are gone (a day past
+    the raw retention, whose lifecycle rule deletes them)."""
     fixed = 0
     for run in manifest.unfinished_compactions(conn, day=day):
-        if run.state == "started" and _commit_forgotten(conn, archive, day, run):
+        if run.state == "started" and republish and _commit_forgotten(conn, archive, day, run):
             run = replace(run, state="committed")
         if run.state == "started":
             for path in run.output_paths:
@@ -115,17 +117,26 @@ def _commit_forgotten(conn: psycopg.Connection, archive: BlobArchive, day: date,
         if where is None:
             raise RuntimeError(f"{stop}; its output {path} is nowhere: nothing changed, restore the inputs' "
                                "blobs or rebuild the day")
-        data = archive.download(where)
+        data = _readable(archive, where, stop)
         held.add(parquet.decode_keys(data))
         written.append((path, parquet.decode(data), data))
     for path in surviving:
-        if not held.contains(parquet.decode_keys(archive.download(path))).all():
+        if not held.contains(parquet.decode_keys(_readable(archive, path, stop))).all():
             raise RuntimeError(f"{stop}; its outputs lack events of input {path}: nothing changed")
     keys = {_metric_key(m) for _, m in manifest.lock_uploaded(conn, file_ids=run.input_ids)}
     if len(keys) != 1 or not _commit(conn, archive.container_name, day, run.generation, list(run.input_ids),
                                      keys.pop(), written):
         raise RuntimeError(f"{stop}; its inputs' metric lists differ: nothing changed")
     return True
+
+
+def _readable(archive: BlobArchive, path: str, stop: str) -> bytes:
+    data = archive.download_unless_archived(path)
+    if data is None:
+        raise RuntimeError(f"{stop}; {path} is in the archive tier and cannot be read: nothing changed. Fix: rehydrate "
+                           "the day's files and staged outputs (`txmetrics query ... --rehydrate Standard` asks Azure "
+                           "to), then run again")
+    return data
 
 
 @dataclass
@@ -169,7 +180,9 @@ def settle_staging(conn: psycopg.Connection, archive: BlobArchive, days: Sequenc
         with manifest.compaction_lock(conn, day) as held:
             if not held:
                 continue
-            _recover(conn, archive, day)
+            # past the raw retention a run's inputs are gone because the lifecycle rule deleted
+            # them, not because a restored database forgot its commit: never republished
+            _recover(conn, archive, day, republish=raw_since is None or day >= raw_since)
             orphans: dict[str, list[BlobInfo]] = {}
             for blob in staged:
                 generation = compacted_generation(blob.name) or ""
