@@ -16,7 +16,12 @@ import yaml
 
 from localdev.eventhub import make_batch
 from tests.helpers import ROOT
+from txmetrics.core.catalog import parse_catalog_text
+from txmetrics.core.events import InboundEvent, PaymentEvent, Rejection, parse_event
 from txmetrics.settings import BUNDLED_CATALOG
+
+_BASE = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": 1,
+         "currency": "USD", "payment_method": "card", "status": "approved"}
 
 
 def test_a_new_metric_from_the_catalog_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -82,8 +87,7 @@ def test_a_metric_source_holding_a_card_number_refuses_the_event_visibly(
     path.write_text(yaml.safe_dump(catalog))
     monkeypatch.setenv("METRIC_CATALOG", str(path))
     runtime.reset()
-    base = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": 1,
-            "currency": "USD", "payment_method": "card", "status": "approved"}
+    base = _BASE
     bodies = [json.dumps({**base, "event_id": "ms-0", "attributes": {"settled_ms": 1772366400123}}),
               json.dumps({**base, "event_id": "ms-1", "attributes": {"settled_ms": 1772366400128}}),   # passes Luhn
               json.dumps({**base, "event_id": "ms-2", "attributes": {"settled_ms": "1772366400128"}}),
@@ -101,9 +105,44 @@ def test_a_metric_source_holding_a_card_number_refuses_the_event_visibly(
     assert all("1772366400128" not in f[3] for f in failed)
     pipeline = runtime.get_pipeline()
     (waiting,) = replay.replay(db, pipeline, item_ids=[failed[0][4]])
-    assert not waiting.replayed and "a metric's source held a card number" in waiting.note
+    assert not waiting.replayed and "attributes.settled_ms held a card number" in waiting.note
+    # an edit of another field is no fix of the source: replayed, the event would have no row (a review)
+    replay.set_field(db, failed[0][4], "attributes.note", "checked")
+    (still,) = replay.replay(db, pipeline, item_ids=[failed[0][4]])
+    assert not still.replayed and "attributes.settled_ms held a card number" in still.note
     replay.set_field(db, failed[0][4], "attributes.settled_ms", 1772366400)
     (done,) = replay.replay(db, pipeline, item_ids=[failed[0][4]])
     assert done.replayed, done
     assert db.execute("SELECT value FROM dynamic_metrics WHERE event_id = 'ms-1' AND metric_name = 'settled_ms'"
                       ).fetchone() == (1772366400.0,)
+
+
+def _with_settled_ms() -> str:
+    catalog = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    catalog["metrics"].append({"name": "settled_ms", "kind": "value", "source": "attributes.settled_ms"})
+    return yaml.safe_dump(catalog)
+
+
+@pytest.mark.parametrize("sent", [1772366400128, "1772366400128", -1772366400128, 4111111.111111111e9,
+                                  "4111111111111111e0", "4111111.111111111e9", "00004111111111111111",
+                                  "+4111111111111111", " 4111111111111111.25 "])
+def test_a_metric_source_whose_number_is_a_card_number_is_refused(sent: object) -> None:
+    """Masking leaves some of these as they are (a number with an exponent, a leading plus
+    or zeros in a string), and the metric would read the card's digits into
+    dynamic_metrics.value exactly; the others it masks, and the event would lose its row.
+    Judged by the exact value's integer part, as amount is (a review)."""
+    catalog = parse_catalog_text(_with_settled_ms())
+    body = json.dumps({**_BASE, "event_id": "e", "attributes": {"settled_ms": sent}}).encode()
+    parsed = parse_event(InboundEvent(body=body, partition_id="0", sequence_number=1),
+                         masked_check=catalog.masked_source_problem)
+    assert isinstance(parsed, Rejection) and parsed.error_code == "card_number_in_metric_source", parsed
+
+
+@pytest.mark.parametrize("sent", [1772366400123, "1772366400123", 4111111111111.5, "12.5", None, "n/a", True,
+                                  {"v": 4111111111111111}, [4111111111111111]])
+def test_a_metric_source_that_is_no_card_number_is_taken(sent: object) -> None:
+    catalog = parse_catalog_text(_with_settled_ms())
+    body = json.dumps({**_BASE, "event_id": "e", "attributes": {"settled_ms": sent}}).encode()
+    parsed = parse_event(InboundEvent(body=body, partition_id="0", sequence_number=1),
+                         masked_check=catalog.masked_source_problem)
+    assert isinstance(parsed, PaymentEvent), parsed

@@ -9,9 +9,11 @@ import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from localdev.services import LocalServices
 from tests.helpers import archive_rows, empty_tables, ledger_event_ids
@@ -203,6 +205,11 @@ def test_failed_cli_says_why_a_selection_or_an_edit_missed(deliver: Callable[...
     assert own.exit_code == 0 and '"loyalty_tier":"gold"' in own.stdout, own.output
     negative = runner.invoke(app, ["failed", "set", str(item_id), "amount", "-5"])
     assert negative.exit_code == 0 and '"amount":-5' in negative.stdout, negative.output
+    stored = db.execute("SELECT fixed_payload FROM failed_items WHERE id = %s", (item_id,)).fetchone()
+    for option in ("--bogus", "--dry-run", "-h"):     # an option, misspelt or not, is never taken as the value (a review)
+        refused = runner.invoke(app, ["failed", "set", str(item_id), "event_type", option])
+        assert refused.exit_code == 2 and "No such option" in refused.output, refused.output
+    assert db.execute("SELECT fixed_payload FROM failed_items WHERE id = %s", (item_id,)).fetchone() == stored
     listed = runner.invoke(app, ["failed", "list", "--code", "invalid_curency"])
     assert listed.exit_code == 0 and "did you mean 'invalid_currency'" in listed.output, listed.output
     replayed = runner.invoke(app, ["failed", "replay", "--code", "nosuchcode"])
@@ -210,3 +217,27 @@ def test_failed_cli_says_why_a_selection_or_an_edit_missed(deliver: Callable[...
         replayed.output
     present = runner.invoke(app, ["failed", "list", "--code", "invalid_currency", "--format", "csv"])
     assert "no open items have" not in present.output and "typo-1" in present.output, present.output
+
+
+def test_failed_set_takes_a_field_the_catalog_lists_in_extra_fields(
+        deliver: Callable[..., None], db: psycopg.Connection, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """extra_fields declares top-level fields that are near misses of contract fields and
+    meant (`merchant_ids`): `failed set` takes them as the catalog does (a review)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from txmetrics_cli.main import app
+
+    catalog = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    catalog["extra_fields"] = ["merchant_ids"]
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    deliver([{**BAD_CURRENCY, "event_id": "extra-1"}], partition_id="3")
+    (item_id,) = db.execute("SELECT id FROM failed_items WHERE event_id = 'extra-1'").fetchone()
+    runner = CliRunner()
+    refused = runner.invoke(app, ["failed", "set", str(item_id), "merchant_ids", "m1"])
+    assert refused.exit_code == 2 and "did you mean 'merchant_id'" in refused.output, refused.output
+    monkeypatch.setenv("METRIC_CATALOG", str(path))
+    taken = runner.invoke(app, ["failed", "set", str(item_id), "merchant_ids", "m1"])
+    assert taken.exit_code == 0 and '"merchant_ids":"m1"' in taken.stdout, taken.output

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from . import context
 from .output import FormatOption, TableView, cell, emit, note
@@ -81,8 +83,24 @@ def failed_fix(item_id: ItemId,
     note(f"item {item_id}: corrected payload stored; replay it with `txmetrics failed replay {item_id}`")
 
 
-# A VALUE such as -5 is the value, not an option (click would say "No such option: -5").
-@app.command("set", context_settings={"ignore_unknown_options": True})
+_NEGATIVE_NUMBER = re.compile(r"-\.?[0-9]")       # -5, -0.5, -.5, -1e3
+
+
+class _NegativeValueCommand(TyperCommand):
+    """`failed set ID amount -5`: a token that writes a negative number is a value, not an
+    option (click said "No such option: -5"); any other token starting with a dash is still
+    an option, so a misspelt one is refused, never stored as the value."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:   # typer's own click Context
+        if "--" not in args:
+            for i, arg in enumerate(args):
+                if _NEGATIVE_NUMBER.match(arg):
+                    args = [*args[:i], "--", *args[i:]]
+                    break
+        return super().parse_args(ctx, args)
+
+
+@app.command("set", cls=_NegativeValueCommand)
 def failed_set(item_id: ItemId,
                field: Annotated[str, typer.Argument(metavar="FIELD", help="dotted field path, e.g. card.network")],
                value: Annotated[str, typer.Argument(
@@ -92,9 +110,12 @@ def failed_set(item_id: ItemId,
 
     Prints the payload as stored."""
     from txmetrics import replay
+    from txmetrics.core.catalog import load_catalog
 
+    # the catalog's extra_fields are top-level fields of the producer's own, meant as named
+    meant = load_catalog(context.settings().metric_catalog).extra_fields
     with context.connect() as conn:
-        typer.echo(replay.set_field(conn, item_id, field, replay.parse_value(value)))
+        typer.echo(replay.set_field(conn, item_id, field, replay.parse_value(value), extra_fields=meant))
 
 
 @app.command("replay")

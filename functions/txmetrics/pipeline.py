@@ -346,7 +346,9 @@ def _sort_events(inbound: Sequence[InboundEvent], catalog: Catalog) -> _SortedBa
     masked."""
     batch = _SortedBatch(valid=[], valid_items=[], rejections=[], batch_duplicates=0)
     seen: set[tuple[str, int]] = set()
-    for item, parsed in zip(inbound, parse_events(inbound, masked_check=catalog.masked_source_problem), strict=True):
+    # the catalog's check of its metric sources, when it has any to check (the bundled one has not)
+    check = catalog.masked_source_problem if catalog.card_checked_metrics else None
+    for item, parsed in zip(inbound, parse_events(inbound, masked_check=check), strict=True):
         if isinstance(parsed, Rejection):
             batch.rejections.append(parsed)
             continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -103,9 +104,12 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any) -> str:
+def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any, *,
+              extra_fields: Sequence[str] = ()) -> str:
     """Edit one (dotted) field of the item's JSON payload; returns the new payload as stored.
-    Every other number of the payload keeps the digits it was written with."""
+    Every other number of the payload keeps the digits it was written with. A new top-level
+    field that is a near miss of a contract field is refused as a typo, unless it is one of
+    `extra_fields` (the catalog's: fields beyond the contract, listed on purpose)."""
     item = show(conn, item_id)
     try:
         doc = _EXACT_DECODER.decode(item["fixed_payload"] or item["payload"])
@@ -117,7 +121,8 @@ def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any) -> 
                                   "whole corrected payload")
     node = doc
     parts = path.split(".")
-    _refuse_near_miss(item_id, parts[0], doc, path)
+    if parts[0] not in extra_fields:
+        _refuse_near_miss(item_id, parts[0], doc, path)
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
@@ -143,7 +148,8 @@ def _refuse_near_miss(item_id: int, head: str, doc: dict[str, Any], path: str) -
         raise InvalidRequestError(
             f"failed item {item_id} has no field {head!r}, and the event contract has none (did you mean {meant!r}?); "
             f"nothing was stored; fix: `txmetrics failed set {item_id} {meant} VALUE`, or, to add a field of your "
-            f"own named {head!r}, `txmetrics failed fix {item_id} --payload-file FILE` with the whole payload")
+            f"own named {head!r}, list it in the catalog's extra_fields, or use `txmetrics failed fix {item_id} "
+            "--payload-file FILE` with the whole payload")
 
 
 def _require(conn: psycopg.Connection, item_ids: list[int]) -> None:
@@ -184,11 +190,12 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
         field = item.error_code.removeprefix("card_number_in_")
         return _not_replayed(conn, item.id, f"not replayed: its {field} held a card number and is masked in the "
                                             f"stored payload; set the producer's real {field} first (failed fix / set)")
-    if item.error_code == MASKED_METRIC_SOURCE_CODE and not item.fixed:
-        # replayed as is, the masked value would store the event without that metric's row
-        return _not_replayed(conn, item.id, "not replayed: a metric's source held a card number and is masked in the "
-                                            "stored payload (`txmetrics failed show` names it); set it first "
-                                            "(failed set ID FIELD VALUE, or null to store the event without it)")
+    if item.error_code == MASKED_METRIC_SOURCE_CODE and \
+            (masked := pipeline.catalog.sources_holding_text(_document_or_empty(item.payload))):
+        # replayed so, the masked value would store the event without that metric's row
+        return _not_replayed(conn, item.id, f"not replayed: {', '.join(masked)} held a card number and is masked in "
+                                            "the stored payload; set it first (failed set ID FIELD VALUE, with a "
+                                            "number, or null to store the event without it)")
     body = item.payload.encode("utf-8")
     parsed = parse_event(InboundEvent(body=body, partition_id=REPLAY_PARTITION, sequence_number=0),
                          masked_check=pipeline.catalog.masked_source_problem)      # as ingest will parse it
@@ -214,6 +221,14 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
     with conn.transaction():
         failed_items.mark_replayed(conn, item_id=item.id, note=note)
     return ReplayOutcome(item.id, True, note)
+
+
+def _document_or_empty(payload: str) -> dict[str, Any]:
+    try:
+        doc = _EXACT_DECODER.decode(payload)
+    except msgspec.DecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _stored_at_another_time(item_id: int, event_id: str, occurred_at: datetime, stored: list[datetime]) -> str:

@@ -57,6 +57,7 @@ import yaml
 from ..errors import TxmetricsError
 from .events import AMOUNT_LIMIT, COUNTRY_CODE, CURRENCY_CODE, MAX_PROCESSING_MS, STATUSES
 from .fields import COLUMN_DIMENSIONS, SCHEMA
+from .masking import card_digits_of_decimal, card_digits_of_int
 from .yaml_text import DuplicateKeyError, load_yaml
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")                       # fullmatch: "amount\n" is no name
@@ -181,6 +182,20 @@ class Metric:
         return [float(v) if type(v) is int and -_FLOAT_INT_LIMIT < v < _FLOAT_INT_LIMIT else convert(v) for v in raw]
 
 
+_TYPED_SOURCES = ("amount", "processing_ms")      # validated as typed columns (card_number_in_<field>)
+
+
+def _holds_card_number(value: Any) -> bool:
+    """Whether a JSON number, or a string writing one, is a card number by its exact value's
+    integer part (as `amount` is judged)."""
+    if isinstance(value, str):
+        text = _number_text(value)
+        return text is not None and card_digits_of_decimal(Decimal(text)) is not None
+    if isinstance(value, int):
+        return card_digits_of_int(value) is not None
+    return isinstance(value, Decimal) and card_digits_of_decimal(value) is not None
+
+
 def _as_metric_value(value: Any) -> float | None:
     """A finite float from a JSON value, or None (not a number, or not a finite double).
     Never raises: an integer of 4,000 digits, 1E+999999 or "sNaN" simply have no value."""
@@ -217,6 +232,7 @@ class Catalog:
     metrics: tuple[Metric, ...]
     dimension_sets: tuple[tuple[str, ...], ...]
     window_seconds: tuple[int, ...]
+    extra_fields: tuple[str, ...] = ()      # top-level fields beyond the contract, listed on purpose
 
     def sets_for(self, metric: Metric) -> tuple[tuple[str, ...], ...]:
         """The dimension sets of one metric: each catalog set plus the metric's own `by`."""
@@ -226,18 +242,30 @@ class Catalog:
             seen.setdefault(merged, None)
         return tuple(seen)
 
+    @property
+    def card_checked_metrics(self) -> tuple[Metric, ...]:
+        """The value metrics whose number no event validation checks for a card number (all
+        but those reading `amount` or `processing_ms`, which refuse such an event themselves)."""
+        return tuple(m for m in self.metrics if m.kind == "value" and m.source not in (None, *_TYPED_SOURCES))
+
     def masked_source_problem(self, sent: dict[str, Any], masked: dict[str, Any]) -> tuple[str, str] | None:
-        """(error_code, detail) when masking changed the source of a value metric that the event
-        sent as a number (a value the metric would take): it holds a card number, and the event
-        would be stored without that metric's row, in silence (an audit: an epoch-milliseconds
-        source loses 1 row in 10). Refused instead, as amount and processing_ms are; None when no
-        value metric's source was masked (core/events.py asks only of bodies masking changed)."""
-        for metric in self.metrics:
+        """(error_code, detail) when the source of a card-checked value metric holds a card
+        number (`sent` is the document as sent, `masked` as masking left it, the same object
+        when masking did not run), else None. Such a source would put the card's digits in
+        dynamic_metrics.value (a number such as 4111111111111111e0 or "+4111111111111111",
+        which masking leaves as it is), or, masked, leave the event without that metric's row,
+        in silence (an audit: an epoch-milliseconds source lost 1 row in 10). Refused instead,
+        as amount and processing_ms are. core/events.py asks it of every event when the
+        pipeline passes it (only catalogs with card-checked metrics: the bundled one has none)."""
+        for metric in self.card_checked_metrics:
             source = metric.source
-            if metric.kind != "value" or source is None:
-                continue
+            assert source is not None
             value = lookup(sent, source)
-            if _as_metric_value(value) is not None and lookup(masked, source) != value:
+            number = _as_metric_value(value)
+            if number is None:
+                continue
+            if (masked is not sent and lookup(masked, source) != value) or \
+                    (abs(number) >= 1e12 and _holds_card_number(value)):
                 return ("card_number_in_metric_source",
                         f"'{source}', the source of metric '{metric.name}', holds a card number: the event is refused "
                         f"rather than storing the number in dynamic_metrics or the event without its '{metric.name}' "
@@ -245,6 +273,12 @@ class Catalog:
                         f"milliseconds), or take '{metric.name}' out of the catalog; then set {source} on the item "
                         "(`txmetrics failed set`) and replay it")
         return None
+
+    def sources_holding_text(self, document: dict[str, Any]) -> list[str]:
+        """The card-checked metrics' sources that hold text that is no number (a masked card
+        number, in a stored failed item): replayed so, the event would have no row for them."""
+        return [m.source for m in self.card_checked_metrics if m.source is not None
+                and isinstance(value := lookup(document, m.source), str) and _as_metric_value(value) is None]
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -341,7 +375,7 @@ def parse_catalog(raw: Any, path: str = "<catalog>") -> Catalog:
     metrics = [replace(m, by=(*m.by, "currency")) if m.source == "amount" and "currency" not in m.by else m
                for m in metrics]
     return Catalog(path=path, metrics=tuple(metrics), dimension_sets=sets,
-                   window_seconds=_parse_windows(raw.get("window_seconds", [300]), fail))
+                   window_seconds=_parse_windows(raw.get("window_seconds", [300]), fail), extra_fields=extra)
 
 
 class _Refusal:

@@ -217,9 +217,9 @@ def item_key(partition_id: str, sequence_number: int, body: bytes, *, identified
     return h.hexdigest()
 
 
-# Asked of a body that masking changed, with the document as sent and as masked: the
-# refusal (error_code, detail) when the change reaches a typed value the caller stores
-# (the metric catalog's sources: Catalog.masked_source_problem), or None.
+# Asked of each valid event, with the document as sent and as masked (the same object when
+# masking did not run): the refusal (error_code, detail) when a value the caller stores as a
+# number holds a card number (the metric catalog's sources: Catalog.masked_source_problem), or None.
 MaskedValueCheck = Callable[[dict[str, Any], dict[str, Any]], "tuple[str, str] | None"]
 
 
@@ -228,8 +228,8 @@ def parse_event(inbound: InboundEvent, *, card_characters: bool = True,
     """The event, validated and masked, or its Rejection. Never raises. `card_characters`
     False says the body has neither a run of 13 digits, spaces and dashes nor an escaped one
     (`masking.bodies_with_card_characters`, run over a whole batch by `parse_events`); True
-    leaves the body's own check to decide. `masked_check` (MaskedValueCheck) may refuse a
-    body that masking changed."""
+    leaves the body's own check to decide. `masked_check` (MaskedValueCheck) may refuse the
+    event."""
     try:
         return _parse(inbound, card_characters, masked_check)
     except Exception as exc:   # a bug, not bad input: refuse this event alone, never its batch
@@ -275,10 +275,10 @@ def _parse(inbound: InboundEvent, card_characters: bool = True,
         if problem is not None:
             raise _Invalid(*problem)
         # The decoded document is masked, and the payload re-encoded when needed (_stored_text).
-        if card_numbers or strings_may_hold_one:
-            masked = mask_value(doc)
-            if masked_check is not None and masked != doc and (refused := masked_check(doc, masked)) is not None:
-                raise _Invalid(*refused)
+        masked = mask_value(doc) if card_numbers or strings_may_hold_one else doc
+        if masked_check is not None and (refused := masked_check(doc, masked)) is not None:
+            raise _Invalid(*refused)
+        if masked is not doc:
             payload = _stored_text(text, doc, masked)
             if payload is not text:
                 event.document = masked
