@@ -382,3 +382,36 @@ def test_recovery_never_republishes_a_started_run_of_a_day_past_raw_retention(
         settle_staging(conn, archive, [DAY], raw_since=DAY + timedelta(days=1))
         assert conn.execute("SELECT state FROM raw_compactions").fetchall() == [("aborted",)]
     assert not list(archive.list("raw_events/")), "events past retention published back into the tree"
+
+
+def test_the_timer_never_republishes_a_started_run_whose_inputs_retention_deleted(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """As above, but the next to see the 'started' run is the daily timer (or `txmetrics
+    compact`), not a rebuild: days_to_compact lists every day with a started run, whatever its
+    age. Inputs gone from the manifest as well as from the tree were deleted by retention, not
+    forgotten by a restore (a restored database lists them): the run is undone, where it was
+    published back, or failed on every run with "metric lists differ" (a review). With the
+    rows still listed, recovery takes the run for a forgotten commit: the timer recovers a
+    started run within a day, and a point-in-time restore reaches back 35 days at most, far
+    below any raw retention a policy may set (docs/decisions.md)."""
+    from datetime import timedelta
+
+    from txmetrics.compaction import days_to_compact
+
+    small_files(ingest_fn, 4)
+
+    def killed(step: str) -> None:
+        if step == "before_commit":
+            raise RuntimeError("killed")
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        with pytest.raises(RuntimeError, match="killed"):
+            compact_day(conn, archive, DAY, target_bytes=1 << 30, crash_hook=killed)
+        for blob in list(archive.list("raw_events/")):          # the lifecycle rule: past the raw retention
+            archive.delete(blob.name)
+        # the raw_files retention has run too (rows older than the blob rule's age)
+        conn.execute("DELETE FROM raw_files WHERE state <> 'pending' AND path NOT LIKE '_staging/%'")
+        assert DAY in days_to_compact(conn, DAY + timedelta(days=400))   # the timer, a year on, still picks it
+        compact_day(conn, archive, DAY)      # neither republished nor failing day after day
+        assert conn.execute("SELECT state FROM raw_compactions").fetchall() == [("aborted",)]
+    assert not list(archive.list("raw_events/")), "events past retention published back into the tree"

@@ -125,7 +125,8 @@ def _with_settled_ms() -> str:
 
 @pytest.mark.parametrize("sent", [1772366400128, "1772366400128", -1772366400128, 4111111.111111111e9,
                                   "4111111111111111e0", "4111111.111111111e9", "00004111111111111111",
-                                  "+4111111111111111", " 4111111111111111.25 "])
+                                  "+4111111111111111", " 4111111111111111.25 ", "4111111111111111E-5",
+                                  "-4111111111111111e-5"])
 def test_a_metric_source_whose_number_is_a_card_number_is_refused(sent: object) -> None:
     """Masking leaves some of these as they are (a number with an exponent, a leading plus
     or zeros in a string), and the metric would read the card's digits into
@@ -146,3 +147,30 @@ def test_a_metric_source_that_is_no_card_number_is_taken(sent: object) -> None:
     parsed = parse_event(InboundEvent(body=body, partition_id="0", sequence_number=1),
                          masked_check=catalog.masked_source_problem)
     assert isinstance(parsed, PaymentEvent), parsed
+
+
+def test_a_fixed_item_replays_though_another_metrics_source_holds_ordinary_text(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ingest_fn: Callable[..., None],
+        db: psycopg.Connection) -> None:
+    """The replay guard asks every card-checked metric's source, not the one the refusal named:
+    an event whose other metric's source holds ordinary text ("n/a": ingest takes such an
+    event, without that metric's row) waits for ever once its masked source is fixed (a review)."""
+    from txmetrics import replay, runtime
+
+    catalog = yaml.safe_load(BUNDLED_CATALOG.read_text())
+    catalog["metrics"].append({"name": "settled_ms", "kind": "value", "source": "attributes.settled_ms"})
+    catalog["metrics"].append({"name": "fee_minor", "kind": "value", "source": "attributes.fee_minor"})
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    monkeypatch.setenv("METRIC_CATALOG", str(path))
+    runtime.reset()
+    bodies = [json.dumps({**_BASE, "event_id": "ok-0", "attributes": {"settled_ms": 5, "fee_minor": "n/a"}}),
+              json.dumps({**_BASE, "event_id": "ms-1", "attributes": {"settled_ms": 1772366400128,
+                                                                       "fee_minor": "n/a"}})]
+    ingest_fn(make_batch(bodies, partition_id="0"))
+    assert db.execute("SELECT count(*) FROM dynamic_metrics WHERE event_id = 'ok-0'").fetchone()[0] > 0
+    ((item_id,),) = db.execute("SELECT id FROM failed_items WHERE error_code = 'card_number_in_metric_source'"
+                               ).fetchall()
+    replay.set_field(db, item_id, "attributes.settled_ms", 1772366400)
+    (done,) = replay.replay(db, runtime.get_pipeline(), item_ids=[item_id])
+    assert done.replayed, done

@@ -104,6 +104,12 @@ def _commit_forgotten(conn: psycopg.Connection, archive: BlobArchive, day: date,
     is, when the outputs cannot be taken (one missing, or not holding every event of the
     surviving inputs, or the inputs' metric lists no longer one)."""
     inputs = manifest.paths_of(conn, file_ids=run.input_ids)
+    if len(inputs) < len(run.input_ids):
+        # inputs gone from the manifest too: retention deleted them (a run older than the raw
+        # retention), no restore forgot a commit. A restored database still lists them: point-in-
+        # time restore reaches back at most 35 days, below any raw retention a policy may set
+        # (minimum_retention_days), and the next timer run recovers a 'started' run within a day
+        return False
     surviving = [p for p in inputs if archive.has(p)]
     if len(surviving) == len(run.input_ids):
         return False

@@ -191,7 +191,7 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
         return _not_replayed(conn, item.id, f"not replayed: its {field} held a card number and is masked in the "
                                             f"stored payload; set the producer's real {field} first (failed fix / set)")
     if item.error_code == MASKED_METRIC_SOURCE_CODE and \
-            (masked := pipeline.catalog.sources_holding_text(_document_or_empty(item.payload))):
+            (masked := pipeline.catalog.masked_sources(_document_or_empty(item.payload))):
         # replayed so, the masked value would store the event without that metric's row
         return _not_replayed(conn, item.id, f"not replayed: {', '.join(masked)} held a card number and is masked in "
                                             "the stored payload; set it first (failed set ID FIELD VALUE, with a "

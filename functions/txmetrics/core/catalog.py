@@ -57,7 +57,7 @@ import yaml
 from ..errors import TxmetricsError
 from .events import AMOUNT_LIMIT, COUNTRY_CODE, CURRENCY_CODE, MAX_PROCESSING_MS, STATUSES
 from .fields import COLUMN_DIMENSIONS, SCHEMA
-from .masking import card_digits_of_decimal, card_digits_of_int
+from .masking import card_digits_of_decimal, card_digits_of_int, card_digits_of_number
 from .yaml_text import DuplicateKeyError, load_yaml
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")                       # fullmatch: "amount\n" is no name
@@ -160,7 +160,11 @@ class Metric:
             assert self.when is not None
             return 1.0 if self.when.holds(document) else 0.0
         assert self.source is not None
-        return _as_metric_value(lookup(document, self.source))
+        value = lookup(document, self.source)
+        number = _as_metric_value(value)
+        if number is not None and self.source not in _TYPED_SOURCES and _is_card_value(value, number):
+            return None     # never a card number in dynamic_metrics.value (see `values`)
+        return number
 
     def values(self, documents: Sequence[dict[str, Any]]) -> list[float | None]:
         """`extract` of each document, the usual forms without a call per document: a flag
@@ -179,21 +183,41 @@ class Metric:
         source = self.source
         raw = [doc.get(source) for doc in documents] if "." not in source else [lookup(d, source) for d in documents]
         convert = _as_metric_value
-        return [float(v) if type(v) is int and -_FLOAT_INT_LIMIT < v < _FLOAT_INT_LIMIT else convert(v) for v in raw]
+        values = [float(v) if type(v) is int and -_FLOAT_INT_LIMIT < v < _FLOAT_INT_LIMIT else convert(v) for v in raw]
+        if source not in _TYPED_SOURCES:
+            # a value that is a card number has no row: ingest refuses such an event
+            # (Catalog.masked_source_problem), but a backfill or rebuild reads events archived
+            # before the metric was in the catalog, or before that check
+            for i, number in enumerate(values):
+                if number is not None and _is_card_value(raw[i], number):
+                    values[i] = None
+        return values
 
 
 _TYPED_SOURCES = ("amount", "processing_ms")      # validated as typed columns (card_number_in_<field>)
 
 
+_PAN_FLOOR = 1e12         # below it no number's integer part has the 13 digits of a card number
+
+
 def _holds_card_number(value: Any) -> bool:
-    """Whether a JSON number, or a string writing one, is a card number by its exact value's
-    integer part (as `amount` is judged)."""
+    """Whether a JSON number, or a string writing one, is a card number: by its exact value's
+    integer part (as `amount` is judged), or, for a string, by the digits it is written with
+    (`"4111111111111111E-5"`, as the same JSON number is judged)."""
     if isinstance(value, str):
         text = _number_text(value)
-        return text is not None and card_digits_of_decimal(Decimal(text)) is not None
+        if text is None:
+            return False
+        return card_digits_of_number(text.lstrip("+-"), Decimal(text)) is not None
     if isinstance(value, int):
         return card_digits_of_int(value) is not None
     return isinstance(value, Decimal) and card_digits_of_decimal(value) is not None
+
+
+def _is_card_value(value: Any, number: float) -> bool:
+    """`_holds_card_number` for a value whose metric value is `number`, skipped for the usual
+    number (below 10^12: no card digits in its integer part; a string may still write them)."""
+    return (abs(number) >= _PAN_FLOOR or type(value) is str) and _holds_card_number(value)
 
 
 def _as_metric_value(value: Any) -> float | None:
@@ -264,8 +288,7 @@ class Catalog:
             number = _as_metric_value(value)
             if number is None:
                 continue
-            if (masked is not sent and lookup(masked, source) != value) or \
-                    (abs(number) >= 1e12 and _holds_card_number(value)):
+            if (masked is not sent and lookup(masked, source) != value) or _holds_card_number(value):
                 return ("card_number_in_metric_source",
                         f"'{source}', the source of metric '{metric.name}', holds a card number: the event is refused "
                         f"rather than storing the number in dynamic_metrics or the event without its '{metric.name}' "
@@ -274,11 +297,13 @@ class Catalog:
                         "(`txmetrics failed set`) and replay it")
         return None
 
-    def sources_holding_text(self, document: dict[str, Any]) -> list[str]:
-        """The card-checked metrics' sources that hold text that is no number (a masked card
-        number, in a stored failed item): replayed so, the event would have no row for them."""
+    def masked_sources(self, document: dict[str, Any]) -> list[str]:
+        """The card-checked metrics' sources that hold masked text (a card number masked in a
+        stored failed item: `*` and no number): replayed so, the event would have no row for
+        them. Other text, such as "n/a", is no number to ingest either, and is let through."""
         return [m.source for m in self.card_checked_metrics if m.source is not None
-                and isinstance(value := lookup(document, m.source), str) and _as_metric_value(value) is None]
+                and isinstance(value := lookup(document, m.source), str) and "*" in value
+                and _as_metric_value(value) is None]
 
     @property
     def metric_names(self) -> tuple[str, ...]:
