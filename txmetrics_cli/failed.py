@@ -83,7 +83,7 @@ def failed_fix(item_id: ItemId,
     note(f"item {item_id}: corrected payload stored; replay it with `txmetrics failed replay {item_id}`")
 
 
-_NEGATIVE_NUMBER = re.compile(r"-\.?[0-9]")       # -5, -0.5, -.5, -1e3
+_NEGATIVE_NUMBER = re.compile(r"-\.?[0-9]")       # -5, -0.5, -1e3 (-.5 too, kept as text: no JSON number)
 
 
 class _NegativeValueCommand(TyperCommand):
