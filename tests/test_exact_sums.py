@@ -75,6 +75,23 @@ def test_a_rolled_up_day_beside_pending_deltas_stays_exact(deliver: Callable[...
         assert kpi_json(*args)[0]["sum"] == Decimal("0.76"), args
 
 
+def test_a_rolled_up_day_keeps_a_sum_of_more_than_28_digits_exact(deliver: Callable[..., None],
+                                                                  db: psycopg.Connection, env: dict[str, str]) -> None:
+    """An audit: the daily rollup added its windows' sums in Python's default decimal context
+    (28 significant digits), so eleven valid amounts of 999999999999999999.123456789 (below
+    10^18, nine places) rolled up to a day whose sum was rounded, and `txmetrics kpi` answered
+    the same day differently from a rollup and from its 5-minute rows."""
+    amount = Decimal("999999999999999999.123456789")
+    deliver([payment(i, str(amount), minute=i % 2) for i in range(11)], partition_id="0")
+    db.execute("SELECT txm_fold_aggregates()")
+    exact = Decimal("10999999999999999990.358024679")        # 11 x amount: 29 significant digits
+    assert kpi_json()[0]["sum"] == exact                     # from the 5-minute rows
+    assert roll_day(db, DAY)
+    assert db.execute("SELECT sum FROM aggregate_histograms WHERE metric_name = 'amount' AND window_seconds = 86400"
+                      ).fetchone() == (exact,)
+    assert kpi_json()[0]["sum"] == exact                     # from the rollup
+
+
 def test_sums_beyond_nine_places_or_int64_are_exact_too(db: psycopg.Connection) -> None:
     """The writer's delta rows round-trip through PostgreSQL exactly, whatever the values: one
     group per value (a merchant each), on the units path (int64, nine places) and the Decimal

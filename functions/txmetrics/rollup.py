@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 
 import psycopg
 
 from .adapters import aggregates
 from .core.histogram import SCALE, Histogram
+
+# the windows' exact sums added without rounding: Python's default context keeps 28 significant
+# digits, and a day of valid amounts (below 10^18, nine places) needs more (an audit)
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 def days_to_roll(conn: psycopg.Connection, before: date, lookback_days: int = 7) -> list[date]:
@@ -36,7 +40,7 @@ def roll_day(conn: psycopg.Connection, day: date) -> bool:
     for metric, dims, histogram, total in aggregates.five_minute_histograms(
             conn, start=start, end=start + timedelta(days=1), scale=SCALE):
         merged[(metric, dims)] = merged[(metric, dims)].merge(histogram)
-        sums[(metric, dims)] += total
+        sums[(metric, dims)] = _EXACT.add(sums[(metric, dims)], total)
     with conn.transaction():
         return aggregates.replace_rollup(conn, day=day, version=version, scale=SCALE, rows=(
             (metric, dims, h, sums[(metric, dims)]) for (metric, dims), h in sorted(merged.items())))
