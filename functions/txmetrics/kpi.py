@@ -217,26 +217,32 @@ def _complete_set(conn: psycopg.Connection, chosen: KpiPlan, start: datetime, en
     Each stored set of a metric counts every event once, so a set counting fewer events
     than another misses some: a set added to the catalog holds only the events ingested
     after the change (an audit found `--by merchant_id` answering 2 of 8 events from a new
-    [merchant_id] set). The expected count is the largest of every stored set's, counted in
-    one pass over the metric's rows of the range (the pass each single count already made:
-    the rows are found by metric and time, then by set); sets the catalog no longer names
-    count too, since they may be the only ones that saw the range's start. A covering set
+    [merchant_id] set). The expected count is, per 5-minute window (per day where a rollup is
+    read), the largest of every stored set's, added up over the range (`aggregates.event_counts`:
+    one pass over the metric's rows of the range); sets the catalog no longer names count too,
+    since they may be the only ones that saw the range's start. A change of every set of the
+    metric (its `by` extended) leaves no set that holds the whole range, the old sets holding
+    the windows before it, the new ones those after: the largest single total answered 5 of 8
+    events in silence (an audit); the sum of the windows' largest counts says 8. A covering set
     that counts fewer is passed over for the next one; when every covering set does, the
     query is refused, saying why."""
-    counted = aggregates.event_counts(conn, metric=chosen.metric.name, start=start, end=end,
-                                      use_rollups=use_rollups)
+    counted, least = aggregates.event_counts(conn, metric=chosen.metric.name, start=start, end=end,
+                                             use_rollups=use_rollups)
     if not counted:
         return chosen
     witness = max(counted, key=lambda dims: (counted[dims], -len(dims)))
-    expected = counted[witness]
+    expected = max(least, counted[witness])
     short = []
     for dims in chosen.covering:
         if counted.get(dims, 0) >= expected:
             return chosen if dims == chosen.dimension_set else replace(chosen, dimension_set=dims)
         short.append(f"{describe_set(dims)} counts {counted.get(dims, 0)}")
+    lead = (f"{describe_set(witness)} counts {expected}" if counted[witness] >= expected else
+            f"its stored sets together count at least {expected} (no one set holds them all: every set of the "
+            "metric changed)")
     raise KpiError(
         f"every stored set of {chosen.metric.name!r} that holds this query misses events of the range: "
-        f"{describe_set(witness)} counts {expected}, {', '.join(short)} (a set added to the catalog holds "
+        f"{lead}, {', '.join(short)} (a set added to the catalog holds "
         "the events ingested after the change); start the range later, or group and filter within a set that "
         "holds them all")
 

@@ -191,7 +191,8 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
     (bucket, dimensions, count, sum, min, max, zero_count, pos_offset, pos_counts,
     neg_offset, neg_counts) for `metric`'s rows stored under exactly `dimension_set` in
     [start, end); `bucket` is the window of `window_seconds` the row falls in (NULL without).
-    `counts_only` yields (dimensions, count) instead; with it, `dimension_set` None reads
+    `counts_only` yields (bucket, dimensions, count) instead, `bucket` being the row's 5-minute
+    window, or its day where the day's rollup is read; with it, `dimension_set` None reads
     the rows of every stored set.
 
     Full days with a fresh daily rollup are read from it (1 row instead of 288), the rest
@@ -222,8 +223,12 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
                "max, zero_count, pos_keys[1], txm_hist_dense(pos_keys, pos_counts), neg_keys[1], "
                "txm_hist_dense(neg_keys, neg_counts) FROM aggregate_deltas")
     if counts_only:      # the same rows, counts only: folded and pending need no merging into keys first
-        currents = ["SELECT dimensions, count FROM aggregate_histograms", "SELECT dimensions, count FROM aggregate_deltas"]
-        rollup, pending = currents
+        currents = ["SELECT window_start AS bucket, dimensions, count FROM aggregate_histograms",
+                    "SELECT window_start AS bucket, dimensions, count FROM aggregate_deltas"]
+        rollup = currents[0]
+        # a rolled-up day's pending 5-minute deltas count in the day, as its rollup row does
+        pending = ("SELECT date_bin(interval '1 day', window_start, timestamptz 'epoch') AS bucket, dimensions, count "
+                   "FROM aggregate_deltas")
     parts = []
     if rolled:
         params["rolled"] = [datetime.combine(d, datetime.min.time(), tzinfo=UTC) for d in rolled]
@@ -241,22 +246,35 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
 
 
 def event_counts(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime,
-                 use_rollups: bool = True) -> dict[tuple[str, ...], int]:
+                 use_rollups: bool = True) -> tuple[dict[tuple[str, ...], int], int]:
     """How many events `metric`'s rows count in [start, end), per stored dimension set (its
-    sorted names), whether or not the catalog in effect still names it: the same rows
-    `histogram_rows` reads, counts only, in one pass. Every stored set of a metric counts
-    each event once, so a set that counts fewer than another misses events: one added to the
-    catalog after them (kpi.py chooses by this)."""
+    sorted names), whether or not the catalog in effect still names it, and the least number
+    of events the range holds: per 5-minute window (per day where its rollup is read), the
+    largest count of any set, added up. The same rows `histogram_rows` reads, counts only (in
+    the query's snapshot: kpi.query reads in one). Every stored set of a metric counts each event once, so a set that counts fewer
+    than that misses events: one added to the catalog after them, or one that every set of the
+    metric replaced (a `by` extended changes them all: no set holds the whole range, and the
+    largest total alone let a query answer from the events after the change; an audit).
+    kpi.py chooses by this."""
     sql, params = histogram_rows(conn, metric=metric, dimension_set=None, start=start, end=end,
                                  window_seconds=None, use_rollups=use_rollups, counts_only=True)
-    # summed per dimensions first: the names are read once per group, not once per row
-    # (names in the "C" collation, Python's own order: a database's default collation, such as
-    # en_US, can sort `Region` after `payment_method`, and the set would not be recognised)
-    rows = conn.execute(f"SELECT ARRAY(SELECT k FROM jsonb_object_keys(dimensions) AS k ORDER BY k COLLATE \"C\"), "
-                        f"sum(n)::bigint "
-                        f"FROM (SELECT dimensions, sum(count) AS n FROM ({sql}) AS r GROUP BY 1) AS g GROUP BY 1",
-                        params).fetchall()
-    return {tuple(keys): int(n) for keys, n in rows}
+    # each distinct dimensions' names are read once (in the "C" collation, Python's own order: a
+    # database's default collation, such as en_US, can sort `Region` after `payment_method`, and
+    # the set would not be recognised), then the rows are counted per (set, window): two scans
+    # of the rows, 0.7 s against 0.45 s for the per-set totals alone over 388,800 rows
+    rows = conn.execute(
+        f"""WITH named AS MATERIALIZED (
+                 SELECT dimensions, ARRAY(SELECT k FROM jsonb_object_keys(dimensions) AS k ORDER BY k COLLATE "C") AS keys
+                   FROM (SELECT DISTINCT dimensions FROM ({sql}) AS r) AS d),
+                 per_set AS MATERIALIZED (
+                 SELECT named.keys, r.bucket, sum(r.count) AS n FROM ({sql}) AS r JOIN named USING (dimensions)
+                  GROUP BY 1, 2)
+            SELECT keys, sum(n)::bigint FROM per_set GROUP BY 1
+            UNION ALL
+            SELECT NULL, coalesce(sum(top), 0)::bigint FROM (SELECT max(n) AS top FROM per_set GROUP BY bucket) AS b""",
+        params).fetchall()
+    least = next(int(n) for keys, n in rows if keys is None)
+    return {tuple(keys): int(n) for keys, n in rows if keys is not None}, least
 
 
 def _rolled_days(conn: psycopg.Connection, start: datetime, end: datetime) -> set[date]:
