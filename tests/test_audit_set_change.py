@@ -80,3 +80,25 @@ def test_the_change_on_another_day_is_seen_through_a_rollup(
     assert [r.count for r in kpi.query(db, metric="amount", start=utc("2026-03-02"), end=utc("2026-03-03"))] == [5]
     assert [r.count for r in kpi.query(db, metric="approved", start=utc("2026-03-01"), end=utc("2026-03-03"),
                                        group_by=["payment_method"])] == [8]
+
+
+def test_a_change_within_a_rolled_up_day_is_seen_as_before_the_rollup(
+        deliver: Callable[..., None], db: psycopg.Connection, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The change in the middle of a day that is then rolled up: the rollup's one row per set
+    cannot tell the morning (old sets) from the afternoon (new sets), so that day is counted
+    from its 5-minute rows, and the query is refused as it was before the rollup."""
+    deliver([event(i, f"2026-03-01T0{i}:00:00Z") for i in range(3)], partition_id="0")
+    by_country(tmp_path, monkeypatch)
+    deliver([event(10 + i, f"2026-03-01T1{i}:00:00Z") for i in range(5)], partition_id="0", first_sequence=100)
+    deliver([event(20 + i, f"2026-03-02T1{i}:00:00Z") for i in range(2)], partition_id="0", first_sequence=200)
+    db.execute("SELECT txm_fold_aggregates()")
+    for rolled in (False, True):
+        if rolled:
+            assert roll_day(db, date(2026, 3, 1))
+        with pytest.raises(kpi.KpiError, match=r"count at least 10"):
+            kpi.query(db, metric="amount", start=utc("2026-03-01"), end=utc("2026-03-03"))
+        assert [r.count for r in kpi.query(db, metric="amount", start=utc("2026-03-01T10:00"),
+                                           end=utc("2026-03-03"))] == [7]
+        assert [r.count for r in kpi.query(db, metric="approved", start=utc("2026-03-01"),
+                                           end=utc("2026-03-03"))] == [10]

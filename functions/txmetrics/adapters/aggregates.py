@@ -185,8 +185,8 @@ def merged_histograms(conn: psycopg.Connection, *, metric: str, dimension_set: t
 
 
 def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tuple[str, ...] | None, start: datetime,
-                   end: datetime, window_seconds: int | None, use_rollups: bool = True, counts_only: bool = False
-                   ) -> tuple[str, dict[str, Any]]:
+                   end: datetime, window_seconds: int | None, use_rollups: bool = True, counts_only: bool = False,
+                   unrolled: frozenset[date] = frozenset()) -> tuple[str, dict[str, Any]]:
     """The one source of histogram rows for KPIs: SQL (and its parameters) yielding
     (bucket, dimensions, count, sum, min, max, zero_count, pos_offset, pos_counts,
     neg_offset, neg_counts) for `metric`'s rows stored under exactly `dimension_set` in
@@ -205,7 +205,7 @@ def histogram_rows(conn: psycopg.Connection, *, metric: str, dimension_set: tupl
     if window_seconds is not None:
         bucket_expr = f"date_bin(interval '{int(window_seconds)} seconds', window_start, timestamptz 'epoch')"
     params: dict[str, Any] = {"metric": metric, "keys": keys}
-    rolled = sorted(_rolled_days(conn, start, end)) if use_rollups and window_seconds in (None, DAY) else []
+    rolled = sorted(_rolled_days(conn, start, end) - unrolled) if use_rollups and window_seconds in (None, DAY) else []
     where = """metric_name = %(metric)s
                     AND dimensions ?& %(keys)s::text[]
                     AND (SELECT count(*) FROM jsonb_object_keys(dimensions)) = cardinality(%(keys)s::text[])"""
@@ -251,13 +251,28 @@ def event_counts(conn: psycopg.Connection, *, metric: str, start: datetime, end:
     sorted names), whether or not the catalog in effect still names it, and the least number
     of events the range holds: per 5-minute window (per day where its rollup is read), the
     largest count of any set, added up. The same rows `histogram_rows` reads, counts only (in
-    the query's snapshot: kpi.query reads in one). Every stored set of a metric counts each event once, so a set that counts fewer
-    than that misses events: one added to the catalog after them, or one that every set of the
-    metric replaced (a `by` extended changes them all: no set holds the whole range, and the
-    largest total alone let a query answer from the events after the change; an audit).
-    kpi.py chooses by this."""
+    the query's snapshot: kpi.query reads in one). Every stored set of a metric counts each
+    event once, so a set that counts fewer than that misses events: one added to the catalog
+    after them, or one that every set of the metric replaced (a `by` extended changes them all:
+    no set holds the whole range, and the largest total alone let a query answer from the
+    events after the change; an audit). A rolled-up day whose sets count differently (the
+    catalog changed that day: the old sets hold its start, the new ones its end) is counted
+    from its 5-minute rows, as it is before its rollup. kpi.py chooses by this."""
+    counted, least, mixed = _event_counts(conn, metric=metric, start=start, end=end, use_rollups=use_rollups)
+    if mixed:
+        counted, least, _ = _event_counts(conn, metric=metric, start=start, end=end, use_rollups=use_rollups,
+                                          unrolled=frozenset(mixed))
+    return counted, least
+
+
+def _event_counts(conn: psycopg.Connection, *, metric: str, start: datetime, end: datetime, use_rollups: bool,
+                  unrolled: frozenset[date] = frozenset()) -> tuple[dict[tuple[str, ...], int], int, set[date]]:
+    """(counts per set, least events of the range, the rolled-up days read whose sets count
+    differently)."""
     sql, params = histogram_rows(conn, metric=metric, dimension_set=None, start=start, end=end,
-                                 window_seconds=None, use_rollups=use_rollups, counts_only=True)
+                                 window_seconds=None, use_rollups=use_rollups, counts_only=True, unrolled=unrolled)
+    rolled = params.get("rolled", [])
+    params = {**params, "rolled_days": rolled}
     # each distinct dimensions' names are read once (in the "C" collation, Python's own order: a
     # database's default collation, such as en_US, can sort `Region` after `payment_method`, and
     # the set would not be recognised), then the rows are counted per (set, window): two scans
@@ -269,12 +284,18 @@ def event_counts(conn: psycopg.Connection, *, metric: str, start: datetime, end:
                  per_set AS MATERIALIZED (
                  SELECT named.keys, r.bucket, sum(r.count) AS n FROM ({sql}) AS r JOIN named USING (dimensions)
                   GROUP BY 1, 2)
-            SELECT keys, sum(n)::bigint FROM per_set GROUP BY 1
+            SELECT 'set', keys, sum(n)::bigint, NULL::timestamptz FROM per_set GROUP BY 2
             UNION ALL
-            SELECT NULL, coalesce(sum(top), 0)::bigint FROM (SELECT max(n) AS top FROM per_set GROUP BY bucket) AS b""",
+            SELECT 'least', NULL, coalesce(sum(top), 0)::bigint, NULL
+              FROM (SELECT max(n) AS top FROM per_set GROUP BY bucket) AS b
+            UNION ALL
+            SELECT 'mixed', NULL, NULL, bucket FROM per_set WHERE bucket = ANY(%(rolled_days)s::timestamptz[])
+             GROUP BY bucket HAVING min(n) <> max(n)""",
         params).fetchall()
-    least = next(int(n) for keys, n in rows if keys is None)
-    return {tuple(keys): int(n) for keys, n in rows if keys is not None}, least
+    counted = {tuple(keys): int(n) for kind, keys, n, _ in rows if kind == "set"}
+    least = next(int(n) for kind, _, n, _ in rows if kind == "least")
+    mixed = {bucket.astimezone(UTC).date() for kind, _, _, bucket in rows if kind == "mixed"}
+    return counted, least, mixed
 
 
 def _rolled_days(conn: psycopg.Connection, start: datetime, end: datetime) -> set[date]:
