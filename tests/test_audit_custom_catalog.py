@@ -473,3 +473,25 @@ def test_custom_catalog_end_to_end(deliver: Callable[..., None], db: psycopg.Con
     # --by country2 is no set of cat3 any more: refused
     refused = cli("kpi", "--metric", "risk", "--start", "2026-03-01", "--end", "2026-03-03", "--by", "country2")
     assert refused.exit_code == 2, refused.output
+
+
+def test_a_boolean_group_prints_as_the_where_that_selects_it(
+        deliver: Callable[..., None], db: psycopg.Connection, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table labels groups `DIM=VALUE`, the form --where takes: a boolean dimension printed
+    as Python's `True`, and `--where attributes.vip=True` answered "no data" for a group the
+    same table had just shown (filters compare the stored JSON's text, `true`)."""
+    use_catalog(tmp_path, monkeypatch, "c.yaml", {"window_seconds": [300], "dimension_sets": [[], ["attributes.vip"]],
+                                                  "metrics": [{"name": "risk", "kind": "value",
+                                                               "source": "attributes.risk"}]})
+    deliver([{"event_id": f"e{i}", "transaction_id": "t", "occurred_at": f"2026-03-01T10:0{i}:00Z", "merchant_id": "m",
+              "amount": 1, "currency": "EUR", "payment_method": "card", "status": "approved",
+              "attributes": {"risk": i + 1, "vip": v}} for i, v in enumerate([True, False, True])])
+    args = ["kpi", "--metric", "risk", "--start", "2026-03-01", "--end", "2026-03-02"]
+    table = CliRunner().invoke(app, [*args, "--by", "attributes.vip"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    labels = [line.split()[0] for line in table.stdout.splitlines() if line.startswith("attributes.vip=")]
+    assert sorted(labels) == ["attributes.vip=false", "attributes.vip=true"], table.stdout
+    for label, count in (("attributes.vip=true", 2), ("attributes.vip=false", 1)):
+        result = CliRunner().invoke(app, [*args, "--where", label, "--format", "json"])
+        assert [r["count"] for r in json.loads(result.stdout)] == [count], result.output

@@ -224,7 +224,17 @@ def kpi_command(
 
 
 def _group_label(record: Mapping[str, Any], group_by: tuple[str, ...]) -> str:
-    """payment_method=card currency=EUR; (all) for the total."""
+    """payment_method=card currency=EUR; (all) for the total. A value as --where takes it (the
+    stored JSON's text): a boolean as true/false, not Python's True (an audit: the label
+    copied into --where answered "no data")."""
     if not group_by:
         return "(all)"
-    return " ".join(f"{d}={'null' if record.get(d) is None else record.get(d)}" for d in group_by)
+    return " ".join(f"{d}={_label_value(record.get(d))}" for d in group_by)
+
+
+def _label_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
