@@ -70,3 +70,28 @@ def test_empty_and_single_value() -> None:
     assert h.quantile(0.0) == h.quantile(1.0) == 42.0
     with pytest.raises(ValueError):
         h.quantile(1.5)
+
+
+def test_merge_all_is_the_merge_one_by_one() -> None:
+    """The daily rollup merges a day's windows at once (histogram.merge_all); it must give
+    exactly what merging them one by one from an empty histogram gives: counts, bucket
+    offsets, the float sum in the same order, min and max. Windows with no positive or no
+    negative values, empty ones and ones spread over 29 decades are among them."""
+    from txmetrics.core.histogram import merge_all
+
+    rng = np.random.default_rng(7)
+    windows = [Histogram.of([]), Histogram.of([0.0, -0.0])]
+    for i in range(60):
+        scale = 10.0 ** rng.integers(-12, 17)
+        values = rng.normal(0, scale, size=int(rng.integers(1, 40)))
+        if i % 3 == 0:
+            values = np.abs(values)
+        elif i % 3 == 1:
+            values = -np.abs(values)
+        windows.append(Histogram.of(values.tolist()))
+    one_by_one = Histogram()
+    for h in windows:
+        one_by_one = one_by_one.merge(h)
+    assert merge_all(windows) == one_by_one
+    assert merge_all([]) == Histogram()
+    assert one_by_one.pos_counts and one_by_one.neg_counts and one_by_one.zero_count >= 2

@@ -18,7 +18,7 @@ from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 import psycopg
 
 from .adapters import aggregates
-from .core.histogram import SCALE, Histogram
+from .core.histogram import SCALE, Histogram, merge_all
 
 # the windows' exact sums added without rounding: Python's default context keeps 28 significant
 # digits, and a day of valid amounts (below 10^18, nine places) needs more (an audit)
@@ -35,12 +35,13 @@ def roll_day(conn: psycopg.Connection, day: date) -> bool:
     `conn` must be in autocommit mode."""
     version = aggregates.begin_rollup(conn, day=day)
     start = datetime.combine(day, time(0), tzinfo=UTC)
-    merged: dict[tuple[str, str], Histogram] = defaultdict(Histogram)
+    windows: dict[tuple[str, str], list[Histogram]] = defaultdict(list)
     sums: dict[tuple[str, str], Decimal] = defaultdict(Decimal)   # exact, as the numeric column
     for metric, dims, histogram, total in aggregates.five_minute_histograms(
             conn, start=start, end=start + timedelta(days=1), scale=SCALE):
-        merged[(metric, dims)] = merged[(metric, dims)].merge(histogram)
+        windows[(metric, dims)].append(histogram)
         sums[(metric, dims)] = _EXACT.add(sums[(metric, dims)], total)
+    merged = {key: merge_all(histograms) for key, histograms in windows.items()}
     with conn.transaction():
         return aggregates.replace_rollup(conn, day=day, version=version, scale=SCALE, rows=(
             (metric, dims, h, sums[(metric, dims)]) for (metric, dims), h in sorted(merged.items())))

@@ -96,6 +96,36 @@ class Histogram:
                         self.min, self.max)
 
 
+def merge_all(histograms: Iterable[Histogram]) -> Histogram:
+    """The merge of many histograms (a day's 288 windows, in the daily rollup): the same as
+    merging them one by one from an empty one (sums added in the same order), with each
+    side's bucket counts added in one numpy pass. Merging one by one walked the whole merged
+    width in Python per merge: 63 us each for values spread over 29 decades (3,300 buckets),
+    14 s of a 6-day rollup in the custom-catalog test."""
+    parts = list(histograms)
+    out = Histogram()
+    for h in parts:
+        out.count += h.count
+        out.sum += h.sum
+        out.min = min(out.min, h.min)
+        out.max = max(out.max, h.max)
+        out.zero_count += h.zero_count
+    out.pos_offset, out.pos_counts = _merge_dense([(h.pos_offset, h.pos_counts) for h in parts])
+    out.neg_offset, out.neg_counts = _merge_dense([(h.neg_offset, h.neg_counts) for h in parts])
+    return out
+
+
+def _merge_dense(parts: Sequence[tuple[int | None, Sequence[int]]]) -> tuple[int | None, list[int]]:
+    present = [(offset, counts) for offset, counts in parts if offset is not None]
+    if not present:
+        return None, []
+    lo = min(offset for offset, _ in present)
+    total = np.zeros(max(offset + len(counts) for offset, counts in present) - lo, dtype=np.int64)
+    for offset, counts in present:
+        total[offset - lo:offset - lo + len(counts)] += np.asarray(counts, dtype=np.int64)
+    return lo, [int(c) for c in total]
+
+
 def _dense(mags: npt.NDArray[np.float64]) -> tuple[int | None, list[int]]:
     if mags.size == 0:
         return None, []
