@@ -172,8 +172,11 @@ class EmbeddedPostgres:
         try:
             if not _pid_alive(pid):
                 return False
-            # a stale pid file after a crash may name a pid another process has since taken
-            return b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            # a stale pid file after a crash may name a pid another process has since taken, even
+            # another cluster's postgres: this cluster's postmaster was started with -D its data dir
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
+            ours = {os.fsencode(self.data_dir), os.fsencode(self.data_dir.absolute())}
+            return bool(cmdline) and cmdline[0].endswith(b"postgres") and not ours.isdisjoint(cmdline)
         except PermissionError:          # alive, another user's: not this cluster's postmaster
             return False
         except FileNotFoundError:        # gone meanwhile, or no /proc (then kill(pid, 0) decided)

@@ -505,3 +505,35 @@ def test_a_boolean_group_prints_as_the_where_that_selects_it(
     for label, count in (("attributes.vip=true", 2), ("attributes.vip=false", 1)):
         result = CliRunner().invoke(app, [*args, "--where", label, "--format", "json"])
         assert [r["count"] for r in json.loads(result.stdout)] == [count], result.output
+
+
+def test_a_null_group_label_copied_into_where_answers_that_group(
+        deliver: Callable[..., None], db: psycopg.Connection, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A null group prints as `attributes.tier=null`; `--where attributes.tier=null` answered
+    'no data' (->> of a JSON null is SQL NULL, never equal to 'null'; a review)."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from tests.test_kpi_set_change import event
+    from txmetrics import runtime
+    from txmetrics_cli.main import app
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"window_seconds": [300], "dimension_sets": [[], ["attributes.tier"]],
+                                    "metrics": [{"name": "approved", "kind": "flag",
+                                                 "when": {"field": "status", "equals": "approved"}}]}))
+    monkeypatch.setenv("METRIC_CATALOG", str(path))
+    runtime.reset()
+    evs = [event(i, f"2026-03-01T0{i}:00:00Z") for i in range(2)]
+    evs[0]["attributes"] = {"tier": None}
+    evs[1]["attributes"] = {"tier": "gold"}
+    deliver(evs, partition_id="0")
+    base = ["kpi", "--metric", "approved", "--start", "2026-03-01", "--end", "2026-03-02"]
+    table = CliRunner().invoke(app, [*base, "--by", "attributes.tier"], env={"COLUMNS": "200"})
+    assert "attributes.tier=null" in table.stdout, table.output
+    picked = CliRunner().invoke(app, [*base, "--where", "attributes.tier=null", "--format", "json"],
+                                env={"COLUMNS": None})
+    assert picked.exit_code == 0 and [r["count"] for r in json.loads(picked.stdout or "[]")] == [1], picked.output

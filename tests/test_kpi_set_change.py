@@ -85,9 +85,10 @@ def test_the_change_on_another_day_is_seen_through_a_rollup(
 def test_a_change_within_a_rolled_up_day_is_seen_as_before_the_rollup(
         deliver: Callable[..., None], db: psycopg.Connection, env: dict[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The change in the middle of a day that is then rolled up: the rollup's one row per set
-    cannot tell the morning (old sets) from the afternoon (new sets), so that day is counted
-    from its 5-minute rows, and the query is refused as it was before the rollup."""
+    """The change in the middle of a day that is then rolled up: a rollup's one row per set
+    cannot tell the morning (old sets) from the afternoon (new sets), so that day is not rolled
+    up (it stays stale) and is counted from its 5-minute rows: the query is refused as it was
+    before the rollup job ran."""
     deliver([event(i, f"2026-03-01T0{i}:00:00Z") for i in range(3)], partition_id="0")
     by_country(tmp_path, monkeypatch)
     deliver([event(10 + i, f"2026-03-01T1{i}:00:00Z") for i in range(5)], partition_id="0", first_sequence=100)
@@ -95,10 +96,29 @@ def test_a_change_within_a_rolled_up_day_is_seen_as_before_the_rollup(
     db.execute("SELECT txm_fold_aggregates()")
     for rolled in (False, True):
         if rolled:
-            assert roll_day(db, date(2026, 3, 1))
+            assert not roll_day(db, date(2026, 3, 1)) and roll_day(db, date(2026, 3, 2))
         with pytest.raises(kpi.KpiError, match=r"count at least 10"):
             kpi.query(db, metric="amount", start=utc("2026-03-01"), end=utc("2026-03-03"))
         assert [r.count for r in kpi.query(db, metric="amount", start=utc("2026-03-01T10:00"),
                                            end=utc("2026-03-03"))] == [7]
         assert [r.count for r in kpi.query(db, metric="approved", start=utc("2026-03-01"),
                                            end=utc("2026-03-03"))] == [10]
+
+
+def test_a_change_within_a_rolled_up_day_with_equal_counts_on_each_side_is_still_refused(
+        deliver: Callable[..., None], db: psycopg.Connection, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The change at noon, 3 events before it (old sets) and 3 after it (new sets): a rollup's
+    per-set day counts are equal (3 and 3), and the set check, reading the rollup, answered 3
+    of 6 in silence where it had refused before the rollup (a review). Such a day is not
+    rolled up: it stays stale and is read from its 5-minute rows."""
+    deliver([event(i, f"2026-03-01T0{i}:00:00Z") for i in range(3)], partition_id="0")
+    by_country(tmp_path, monkeypatch)
+    deliver([event(10 + i, f"2026-03-01T1{i}:00:00Z") for i in range(3)], partition_id="0", first_sequence=100)
+    db.execute("SELECT txm_fold_aggregates()")
+    for rolled in (False, True):
+        if rolled:
+            assert not roll_day(db, date(2026, 3, 1))
+            assert db.execute("SELECT stale FROM aggregate_rollups WHERE day = '2026-03-01'").fetchone() == (True,)
+        with pytest.raises(kpi.KpiError, match=r"count at least 6"):
+            kpi.query(db, metric="amount", start=utc("2026-03-01"), end=utc("2026-03-02"))

@@ -110,3 +110,30 @@ def test_the_endpoint_shown_for_a_real_account_never_holds_its_key() -> None:
                                              "AccountName=devstoreaccount1;AccountKey=k;"
                                              "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"))
     assert azurite.blob_endpoint == "http://127.0.0.1:10000/devstoreaccount1"
+
+
+def test_a_stale_pid_file_naming_another_clusters_postgres_is_not_running(tmp_path: Path) -> None:
+    """After a crash the pid file stays; its pid, reused by another postgres process (another
+    cluster's backend on a CI machine running several), makes this dead cluster 'running':
+    start() then returns without starting it. The postmaster's command line names its data
+    directory (-D), which a reused pid's does not."""
+    data = tmp_path / "pg"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("17\n")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              "postgres: postgres txmetrics 127.0.0.1(5000) idle"])
+    try:
+        while b"postgres" not in Path(f"/proc/{other.pid}/cmdline").read_bytes():   # exec done
+            time.sleep(0.05)
+        (data / "postmaster.pid").write_text(f"{other.pid}\n{data}\n1764420000\n5432\n")
+        assert not EmbeddedPostgres(data).is_running()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_an_empty_pid_file_mid_write_is_not_running(tmp_path: Path) -> None:
+    data = tmp_path / "pg"
+    data.mkdir()
+    (data / "postmaster.pid").write_text("")
+    assert not EmbeddedPostgres(data).is_running()

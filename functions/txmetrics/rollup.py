@@ -41,10 +41,27 @@ def roll_day(conn: psycopg.Connection, day: date) -> bool:
             conn, start=start, end=start + timedelta(days=1), scale=SCALE):
         windows[(metric, dims)].append(histogram)
         sums[(metric, dims)] = _EXACT.add(sums[(metric, dims)], total)
+    if _sets_changed_within(conn, {metric for metric, _ in windows}, start):
+        return False           # left stale (begin_rollup): readers count and answer from its 5-minute rows
     merged = {key: merge_all(histograms) for key, histograms in windows.items()}
     with conn.transaction():
         return aggregates.replace_rollup(conn, day=day, version=version, scale=SCALE, rows=(
             (metric, dims, h, sums[(metric, dims)]) for (metric, dims), h in sorted(merged.items())))
+
+
+def _sets_changed_within(conn: psycopg.Connection, metrics: set[str], start: datetime) -> bool:
+    """Whether a metric's stored sets changed during the day (the catalog changed: the old sets
+    hold its start, the new ones its end), so that no set holds the whole day. A rollup keeps
+    one row per set per day, and the KPI set check (aggregates.event_counts) could no longer
+    see the change when the sides count the same (3 and 3 answered 3 of 6; a review): such a
+    day is not rolled up. Read from its 5-minute rows: per window the largest count of any
+    set, added up, against the largest set's day total."""
+    for metric in sorted(metrics):
+        counted, least = aggregates.event_counts(conn, metric=metric, start=start, end=start + timedelta(days=1),
+                                                 use_rollups=False)
+        if counted and least > max(counted.values()):
+            return True
+    return False
 
 
 def fresh_days(conn: psycopg.Connection, first: date, last: date) -> set[date]:
