@@ -356,6 +356,23 @@ def test_two_overlapping_maintenance_runs_beside_late_events_and_redeliveries_ke
         assert daily == five
 
 
+def killed_before_commit_then_inputs_deleted(ingest_fn: Callable[..., None], conn: psycopg.Connection,
+                                             archive: BlobArchive) -> None:
+    """A compaction of DAY killed before its commit ('started', outputs staged), then the raw
+    lifecycle rule deleting the day's input files (their age)."""
+    small_files(ingest_fn, 4)
+
+    def killed(step: str) -> None:
+        if step == "before_commit":
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        compact_day(conn, archive, DAY, target_bytes=1 << 30, crash_hook=killed)
+    assert list(archive.list("_staging/"))
+    for blob in list(archive.list("raw_events/")):
+        archive.delete(blob.name)
+
+
 def test_recovery_never_republishes_a_started_run_of_a_day_past_raw_retention(
         ingest_fn: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
     """A run killed before its commit leaves 'started' and its staged outputs; the raw
@@ -367,18 +384,8 @@ def test_recovery_never_republishes_a_started_run_of_a_day_past_raw_retention(
 
     from txmetrics.compaction import settle_staging
 
-    small_files(ingest_fn, 4)
-
-    def killed(step: str) -> None:
-        if step == "before_commit":
-            raise RuntimeError("killed")
-
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
-        with pytest.raises(RuntimeError, match="killed"):
-            compact_day(conn, archive, DAY, target_bytes=1 << 30, crash_hook=killed)
-        assert list(archive.list("_staging/"))
-        for blob in list(archive.list("raw_events/")):          # the lifecycle rule: past the raw retention
-            archive.delete(blob.name)
+        killed_before_commit_then_inputs_deleted(ingest_fn, conn, archive)
         settle_staging(conn, archive, [DAY], raw_since=DAY + timedelta(days=1))
         assert conn.execute("SELECT state FROM raw_compactions").fetchall() == [("aborted",)]
     assert not list(archive.list("raw_events/")), "events past retention published back into the tree"
@@ -398,17 +405,8 @@ def test_the_timer_never_republishes_a_started_run_whose_inputs_retention_delete
 
     from txmetrics.compaction import days_to_compact
 
-    small_files(ingest_fn, 4)
-
-    def killed(step: str) -> None:
-        if step == "before_commit":
-            raise RuntimeError("killed")
-
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
-        with pytest.raises(RuntimeError, match="killed"):
-            compact_day(conn, archive, DAY, target_bytes=1 << 30, crash_hook=killed)
-        for blob in list(archive.list("raw_events/")):          # the lifecycle rule: past the raw retention
-            archive.delete(blob.name)
+        killed_before_commit_then_inputs_deleted(ingest_fn, conn, archive)
         # the raw_files retention has run too (rows older than the blob rule's age)
         conn.execute("DELETE FROM raw_files WHERE state <> 'pending' AND path NOT LIKE '_staging/%'")
         assert DAY in days_to_compact(conn, DAY + timedelta(days=400))   # the timer, a year on, still picks it
