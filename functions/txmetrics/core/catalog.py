@@ -276,8 +276,8 @@ class Catalog:
         """(error_code, detail) when the source of a card-checked value metric holds a card
         number (`sent` is the document as sent, `masked` as masking left it, the same object
         when masking did not run), else None. Such a source would put the card's digits in
-        dynamic_metrics.value (a number such as 4111111111111111e0 or "+4111111111111111",
-        which masking leaves as it is), or, masked, leave the event without that metric's row,
+        dynamic_metrics.value (a numeric string such as "4111111111111111e0" or
+        "+4111111111111111", which masking leaves as it is), or, masked, leave the event without that metric's row,
         in silence (an audit: an epoch-milliseconds source lost 1 row in 10). Refused instead,
         as amount and processing_ms are. core/events.py asks it of every event when the
         pipeline passes it (only catalogs with card-checked metrics: the bundled one has none)."""

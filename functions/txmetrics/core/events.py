@@ -20,8 +20,8 @@ Error codes: body_not_utf8, body_not_json, body_not_object, body_too_large, body
 number_out_of_range, missing_<field>, invalid_<field> (field = event_id, transaction_id,
 occurred_at, merchant_id, amount, currency, payment_method, status, event_type,
 processing_ms, country, card, attributes), card_number_in_<field> (event_id,
-transaction_id, merchant_id, amount, processing_ms), card_number_in_metric_source (asked of the
-caller's MaskedValueCheck, the catalog's: a value metric's source that masking changed), and internal_error (an unforeseen
+transaction_id, merchant_id, amount, processing_ms), card_number_in_metric_source (from the
+caller's MaskedValueCheck, the catalog's: a value metric's source holding a card number), and internal_error (an unforeseen
 exception: a bug, recorded for that event alone). Then the declaration's own rules
 (core/fields.py): invalid_schema_version, unsupported_schema_version, and invalid_<field> /
 card_number_in_<field> for fields added by later schema versions.
