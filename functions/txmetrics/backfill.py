@@ -25,7 +25,7 @@ in dynamic_metrics instead (days past retention: left alone, and said so).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -90,8 +90,7 @@ def metric_of(catalog: Catalog, name: str) -> Catalog:
     InvalidRequestError naming the metrics the catalog has."""
     for metric in catalog.metrics:
         if metric.name == name:
-            return Catalog(path=catalog.path, metrics=(metric,), dimension_sets=catalog.dimension_sets,
-                           window_seconds=catalog.window_seconds)
+            return replace(catalog, metrics=(metric,))    # every other field kept
     raise InvalidRequestError(f"unknown metric {name!r}: the catalog in effect ({catalog.path}) defines "
                               f"{', '.join(catalog.metric_names)}; add it there first (backfill computes a metric as "
                               "the catalog defines it)")

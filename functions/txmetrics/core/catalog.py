@@ -47,7 +47,7 @@ import difflib
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -257,6 +257,14 @@ class Catalog:
     dimension_sets: tuple[tuple[str, ...], ...]
     window_seconds: tuple[int, ...]
     extra_fields: tuple[str, ...] = ()      # top-level fields beyond the contract, listed on purpose
+    # The value metrics whose number no event validation checks for a card number (all but
+    # those reading `amount` or `processing_ms`, which refuse such an event themselves). Found
+    # once: masked_source_problem runs for every event of a catalog that has any.
+    card_checked_metrics: tuple[Metric, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "card_checked_metrics", tuple(
+            m for m in self.metrics if m.kind == "value" and m.source not in (None, *_TYPED_SOURCES)))
 
     def sets_for(self, metric: Metric) -> tuple[tuple[str, ...], ...]:
         """The dimension sets of one metric: each catalog set plus the metric's own `by`."""
@@ -265,12 +273,6 @@ class Catalog:
             merged = tuple(sorted(set(dims) | set(metric.by)))
             seen.setdefault(merged, None)
         return tuple(seen)
-
-    @property
-    def card_checked_metrics(self) -> tuple[Metric, ...]:
-        """The value metrics whose number no event validation checks for a card number (all
-        but those reading `amount` or `processing_ms`, which refuse such an event themselves)."""
-        return tuple(m for m in self.metrics if m.kind == "value" and m.source not in (None, *_TYPED_SOURCES))
 
     def masked_source_problem(self, sent: dict[str, Any], masked: dict[str, Any]) -> tuple[str, str] | None:
         """(error_code, detail) when the source of a card-checked value metric holds a card
@@ -288,7 +290,7 @@ class Catalog:
             number = _as_metric_value(value)
             if number is None:
                 continue
-            if (masked is not sent and lookup(masked, source) != value) or _holds_card_number(value):
+            if (masked is not sent and lookup(masked, source) != value) or _is_card_value(value, number):
                 return ("card_number_in_metric_source",
                         f"'{source}', the source of metric '{metric.name}', holds a card number: the event is refused "
                         f"rather than storing the number in dynamic_metrics or the event without its '{metric.name}' "
