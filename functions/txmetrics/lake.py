@@ -87,27 +87,16 @@ class Read(Generic[T]):
     gone: bool = False          # `missing_ok` and the blob is not there (table None)
 
 
-_GONE = object()
-
-
-def _read(archive: BlobArchive, path: str, outbox: bytes | None, missing_ok: bool = False) -> pa.Table | object | None:
+def _read(item: T, archive: BlobArchive, path: str, outbox: bytes | None, missing_ok: bool = False) -> Read[T]:
     if outbox is not None:              # committed, upload not yet confirmed: the outbox has the bytes
-        return parquet.decode(outbox)
+        return Read(item, parquet.decode(outbox))
     try:
         data = manifest.download_file(archive, path)
     except ResourceNotFoundError:
         if not missing_ok:
             raise
-        return _GONE
-    return None if data is None else parquet.decode(data)
-
-
-def _result(item: T, future: Future[pa.Table | object | None]) -> Read[T]:
-    table = future.result()
-    if table is _GONE:
         return Read(item, None, gone=True)
-    assert table is None or isinstance(table, pa.Table)
-    return Read(item, table)
+    return Read(item, None if data is None else parquet.decode(data))
 
 
 def read_ahead(archive: BlobArchive, items: Sequence[T], where: Callable[[T], tuple[str, bytes | None]], *,
@@ -117,17 +106,16 @@ def read_ahead(archive: BlobArchive, items: Sequence[T], where: Callable[[T], tu
     cancels what is not started yet. `missing_ok`: a file whose blob is gone (a compaction
     merged and deleted it after the plan) comes back `gone` instead of raising."""
     pool = ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="txmetrics-lake-read")
-    pending: list[tuple[T, Future[pa.Table | object | None]]] = []
+    pending: list[Future[Read[T]]] = []
     try:
         upcoming = iter(items)
         for item in upcoming:
-            pending.append((item, pool.submit(_read, archive, *where(item), missing_ok)))
+            path, outbox = where(item)
+            pending.append(pool.submit(_read, item, archive, path, outbox, missing_ok))
             if len(pending) > PREFETCH:
-                first, future = pending.pop(0)
-                yield _result(first, future)
+                yield pending.pop(0).result()
         while pending:
-            first, future = pending.pop(0)
-            yield _result(first, future)
+            yield pending.pop(0).result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
