@@ -123,11 +123,11 @@ def _commit_forgotten(conn: psycopg.Connection, archive: BlobArchive, day: date,
         if where is None:
             raise RuntimeError(f"{stop}; its output {path} is nowhere: nothing changed, restore the inputs' "
                                "blobs or rebuild the day")
-        data = _readable(archive, where, stop)
+        data = _readable(archive, where, stop, day)
         held.add(parquet.decode_keys(data))
         written.append((path, parquet.decode(data), data))
     for path in surviving:
-        if not held.contains(parquet.decode_keys(_readable(archive, path, stop))).all():
+        if not held.contains(parquet.decode_keys(_readable(archive, path, stop, day))).all():
             raise RuntimeError(f"{stop}; its outputs lack events of input {path}: nothing changed")
     keys = {_metric_key(m) for _, m in manifest.lock_uploaded(conn, file_ids=run.input_ids)}
     if len(keys) != 1 or not _commit(conn, archive.container_name, day, run.generation, list(run.input_ids),
@@ -136,13 +136,18 @@ def _commit_forgotten(conn: psycopg.Connection, archive: BlobArchive, day: date,
     return True
 
 
-def _readable(archive: BlobArchive, path: str, stop: str) -> bytes:
+def _readable(archive: BlobArchive, path: str, stop: str, day: date) -> bytes:
     data = archive.download_unless_archived(path)
     if data is None:
-        raise RuntimeError(f"{stop}; {path} is in the archive tier and cannot be read: nothing changed. Fix: rehydrate "
-                           "the day's files and staged outputs (`txmetrics query ... --rehydrate Standard` asks Azure "
-                           "to), then run again")
+        raise RuntimeError(f"{stop}; {path} is in the archive tier and cannot be read: nothing changed. "
+                           f"{_rehydrate_fix(day)}, then run again")
     return data
+
+
+def _rehydrate_fix(day: date) -> str:
+    """How to bring a day's archived files back (query asks Azure for the files it lists)."""
+    return (f"Fix: rehydrate them (`txmetrics query --start {day} --end {day + timedelta(days=1)} --rehydrate "
+            "Standard` asks Azure to)")
 
 
 @dataclass
@@ -321,8 +326,7 @@ def _compact_group(conn: psycopg.Connection, archive: BlobArchive, day: date, sm
     except _InputsArchived as frozen:
         # unreadable until rehydrated (a late event's day, months on): nothing started, nothing changed
         return (f"{len(frozen.paths)} of {len(small)} small file(s) of {day} are in the archive tier and cannot be "
-                f"read (e.g. {frozen.paths[0]}); nothing done. Fix: rehydrate them (`txmetrics query --start {day} "
-                f"--end {day + timedelta(days=1)} --rehydrate Standard` asks Azure to), then compact again")
+                f"read (e.g. {frozen.paths[0]}); nothing done. {_rehydrate_fix(day)}, then compact again")
     per_file = _rows_per_output(merged, target_bytes)
     generation = _generation(small)
     outputs = [compacted_file_path(day, generation, i) for i in range(-(-merged.num_rows // per_file))]
