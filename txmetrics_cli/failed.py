@@ -36,6 +36,8 @@ def failed_list(code: Annotated[str | None, typer.Option(metavar="CODE", help="o
 
     with context.connect() as conn:
         items = replay.list_items(conn, error_code=code, include_done=all_items, limit=limit)
+        # a code no item has says so (a misspelt code would look like an empty queue)
+        why = replay.codes_note(conn, code, include_done=all_items) if not items and code is not None else ""
     columns = ("id", "error_code", "event_id", "received_at", "state", "detail")
     emit(items, fmt, columns=LIST_COLUMNS,
          table=TableView(columns, lambda r: [cell(r["id"]), r["error_code"], cell(r["event_id"]),
@@ -43,11 +45,8 @@ def failed_list(code: Annotated[str | None, typer.Option(metavar="CODE", help="o
                          right=frozenset({"id"})))
     if len(items) == limit:
         note(f"showing the first {limit} item(s): --limit N for more")
-    elif not items and code is not None:
-        with context.connect() as conn:
-            why = replay.codes_note(conn, code, include_done=all_items)
-        if why:
-            note(why)
+    if why:
+        note(why)
 
 
 @app.command("show")
@@ -136,16 +135,13 @@ def failed_replay(ids: Annotated[list[int] | None, typer.Argument(
     try:
         with context.connect() as conn:
             outcomes = replay.replay(conn, pipeline, item_ids=list(ids or []), error_code=code, force=force)
+            why = replay.codes_note(conn, code, include_done=False) if not outcomes and code is not None else ""
     finally:
         pipeline.store.close()
     emit(({"id": o.item_id, "replayed": o.replayed, "note": o.note} for o in outcomes), fmt,
          columns=("id", "replayed", "note"))
     if not outcomes:
-        why = ""
-        if code is not None:
-            with context.connect() as conn:
-                why = replay.codes_note(conn, code, include_done=False)
-        note(f"nothing to replay: {why}" if why else "nothing to replay: no open item matches")
+        note(f"nothing to replay: {why or 'no open item matches'}")
 
 
 @app.command("resolve")
