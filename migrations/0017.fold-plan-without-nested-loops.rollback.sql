@@ -1,0 +1,1 @@
+ALTER FUNCTION txm_fold_aggregates() RESET enable_nestloop;

@@ -1,0 +1,13 @@
+-- depends: 0016.ledger-key-per-day
+-- The fold's plan must not depend on aggregate_deltas' statistics. The table is a queue:
+-- every fold empties it, and an ANALYZE (autovacuum's, or anyone's) that runs while it is
+-- empty but not yet truncated records reltuples = 0 with relpages > 0. PostgreSQL then
+-- estimates every later fill at 0 rows, whatever its size (estimate_rel_size: the density
+-- reltuples / relpages times the pages now), until the next ANALYZE. On that estimate the
+-- planner joined the deltas to their keys by a nested loop: every delta compared with every
+-- key. 20,000 deltas took 27 s instead of 0.6 s, and 100,000 (a minute of a busy stream)
+-- would take about ten minutes, holding the fold's lock, which the daily rollup waits for.
+-- A CI run met it (one fold at 100% CPU for 20 minutes). Without nested loops the joins are
+-- hash or merge joins, linear whatever the estimate; the lateral unnest, which only a
+-- nested loop can run, keeps one. docs/decisions.md, "The fold's plan".
+ALTER FUNCTION txm_fold_aggregates() SET enable_nestloop = off;
