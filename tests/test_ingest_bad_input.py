@@ -192,6 +192,26 @@ def test_an_event_that_breaks_metric_extraction_fails_alone(deliver: Callable[..
     assert db.execute("SELECT count(DISTINCT event_id) FROM dynamic_metrics").fetchone() == (3,)
 
 
+def test_a_bad_event_twice_in_a_batch_is_one_failed_item_and_one_duplicate(
+        ingest_fn: Callable[..., None], db: psycopg.Connection, caplog: pytest.LogCaptureFixture) -> None:
+    """The same bad bytes naming an event_id twice in one batch are one bad event (failed_items'
+    item key): one row, counted failed once and a duplicate once, so the batch line adds up to
+    what the tables hold (hypothesis found two copies of `"event_id": 0` counted failed twice
+    for one row). An unnamed body (`{}`) is keyed by delivery: two deliveries, two rows."""
+    caplog.set_level(logging.INFO, logger="txmetrics.ingest")
+    named_bad = json.dumps({**valid_event("x"), "event_id": 0}).encode()
+    batch = [named_bad, b"{}", json.dumps(valid_event("v")).encode(), named_bad, b"{}"]
+    for delivery in range(2):
+        caplog.clear()
+        ingest_fn(make_batch(batch, partition_id="twice", first_sequence=1))
+        line = batch_line(caplog)
+        codes = db.execute("SELECT error_code, count(*) FROM failed_items GROUP BY 1").fetchall()
+        assert sorted(db.execute("SELECT sequence_number FROM failed_items").fetchall()) == [(1,), (2,), (5,)]
+        assert line["failed_by_code"] == dict(codes) and sum(line["failed_by_code"].values()) == 3
+        assert (line["received"], line["new"], line["duplicates"], line["failed"]) == (5, 1 - delivery,
+                                                                                        1 + delivery, 3)
+
+
 def test_a_failed_item_keeps_where_and_when_it_came_from(ingest_fn: Callable[..., None],
                                                           db: psycopg.Connection) -> None:
     """What an operator needs to find and replay a bad event, column by column, for the

@@ -57,12 +57,12 @@ CrashHook = Callable[[str], None]
 @dataclass
 class BatchReport:
     """What one batch did. Every event received is exactly one of: new (stored now), a
-    duplicate (already stored, or twice in this batch) or failed (recorded in failed_items):
+    duplicate (already stored, or twice in this batch, a bad event as well) or failed
+    (recorded in failed_items, once per item key):
     received == new_events + duplicates + failed."""
 
     partition_id: str
     received: int = 0
-    valid: int = 0                      # new_events + duplicates
     new_events: int = 0
     duplicates: int = 0
     failed: int = 0
@@ -168,10 +168,9 @@ class Pipeline:
         for rejection in sorted_batch.rejections:
             report.failed_by_code[rejection.error_code] = report.failed_by_code.get(rejection.error_code, 0) + 1
         report.failed = len(sorted_batch.rejections)
-        report.valid = len(sorted_batch.valid) + sorted_batch.batch_duplicates
         self._crash_point("after_commit")
         report.new_events = written.new_events
-        report.duplicates = report.valid - written.new_events
+        report.duplicates = len(sorted_batch.valid) + sorted_batch.batch_duplicates - written.new_events
         report.metric_rows, report.aggregate_rows = written.metric_rows, written.aggregate_rows
         report.failed_new = written.failed_new
         report.files = [(f.path, len(f.content)) for f in written.files]
@@ -342,14 +341,21 @@ class _Written:
 def _sort_events(inbound: Sequence[InboundEvent], catalog: Catalog) -> _SortedBatch:
     """Decode and validate each item (never raises: bad content is a Rejection); the same
     event twice in one batch counts once, the first: an event_id once per UTC day of its
-    occurred_at, the ledger's key (migrations 0015-0016). Identifiers are compared as sent, never
-    masked."""
+    occurred_at, the ledger's key (migrations 0015-0016), and a bad event once per item key
+    (failed_items' key). Identifiers are compared as sent, never masked."""
     batch = _SortedBatch(valid=[], valid_items=[], rejections=[], batch_duplicates=0)
     seen: set[tuple[str, int]] = set()
+    refused: set[str] = set()
     # the catalog's check of its metric sources, when it has any to check (the bundled one has not)
     check = catalog.masked_source_problem if catalog.card_checked_metrics else None
     for item, parsed in zip(inbound, parse_events(inbound, masked_check=check), strict=True):
         if isinstance(parsed, Rejection):
+            # a bad event twice in the batch (same item key: the same bytes naming an event_id)
+            # is one failed item, so the second copy counts as a duplicate, as a valid one does
+            if parsed.item_key in refused:
+                batch.batch_duplicates += 1
+                continue
+            refused.add(parsed.item_key)
             batch.rejections.append(parsed)
             continue
         key = (parsed.event_id, parsed.occurred_us // US_PER_DAY)
