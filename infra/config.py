@@ -163,7 +163,7 @@ def _bool(cfg: pulumi.Config, key: str, default: bool) -> bool:
 
 def _deployer_ip(cfg: pulumi.Config) -> str:
     raw = cfg.get("deployerIp")
-    fix = "set your public address: `pulumi config set deployerIp $(curl -s https://ifconfig.me)`"
+    fix = "set your public address: `pulumi config set deployerIp $(curl -4 -s https://ifconfig.me)`"
     if not raw:
         raise ConfigError("txmetrics:deployerIp is not set: the migration step runs on this machine and connects "
                           "to PostgreSQL from its address (in private stacks through a firewall rule opened for the "

@@ -461,6 +461,22 @@ def test_deployer_ip_is_required_and_the_preview_says_so(stack: str) -> None:
     assert "pulumi config set deployerIp" in str(err.value)
 
 
+# The documented way to find deployerIp is `curl ... https://ifconfig.me`: on a dual-stack machine curl connects
+# over IPv6 and the service answers with the IPv6 address (Gozargah/Marzban-scripts#46, "Use IPv4 for fetching
+# server IP ifconfig.me"; mpolden/echoip#97: `-4` fixes it). PostgreSQL firewall rules take IPv4 only (Learn,
+# Microsoft.DBforPostgreSQL flexibleServers/firewallRules: startIpAddress/endIpAddress "Must be expressed in IPv4
+# format"), so the program refuses the address; the fix it prints must then give the IPv4 address, not repeat
+# the command that produced the IPv6 one.
+def test_the_deployer_ip_fix_asks_for_the_ipv4_address_on_dual_stack_machines() -> None:
+    with pytest.raises(Exception) as err:
+        run_program("dev", BUNDLE, {"txmetrics:deployerIp": "2001:db8::1"})
+    assert "is not an IPv4 address" in str(err.value)
+    assert "curl -4 -s https://ifconfig.me" in str(err.value)
+    for doc in ("README.md", "Pulumi.dev.yaml"):
+        text = (infra_mocks.ROOT / doc).read_text()
+        assert "ifconfig.me" in text and "curl -s https://ifconfig.me" not in text, doc
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("txmetrics:eventhubPartitions", "64", "txmetrics:eventhubPartitions = 64 is out of range 1-32"),
     ("txmetrics:postgresVersion", "13", "txmetrics:postgresVersion = '13' is not supported; set 16, 17 or 18"),
