@@ -229,3 +229,34 @@ def test_every_field_the_workbook_and_alerts_read_is_in_the_functions_batch_line
     assert (batch["received"], batch["new"], batch["failed"], batch["partition"]) == (2, 1, 1, "7")
     assert sum(batch["failed_by_code"].values()) == 1
     assert 119 <= batch["lag_s"] < 180 and batch["duration_ms"] > 0
+
+
+LOG_LEVELS = ("Trace", "Debug", "Information", "Warning", "Error", "Critical", "None")
+
+
+def effective_log_level(host_json: dict[str, Any], category: str) -> str:
+    """The host's level for a log category: the longest configured prefix of it wins, else `default`
+    (Learn, "Configure monitoring for Azure Functions": "the more defined logs ones are matched first")."""
+    levels = (host_json.get("logging") or {}).get("logLevel") or {}
+    matches = [k for k in levels if k != "default" and (category == k or category.startswith(k + "."))]
+    return str(levels[max(matches, key=len)] if matches else levels.get("default", "Information"))
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_host_logs_what_the_workbook_and_alerts_read(stack: str, dev: Any, prod: Any) -> None:
+    """AppRequests rows come from the host's `Host.Results` category, all written at Information: with
+    `Host.Results: Error` only failed executions reach the table (Learn, "Configure monitoring for Azure
+    Functions", Configure categories and the CAUTION under Configure log levels). The workbook's
+    "Ingest invocations and failures" tile counts every AppRequests row as an invocation: it would show
+    invocations == failures, and nothing at all while the function is healthy. The batch line is a user log
+    (`Function.ingest.User`, AppTraces) at Information: the lag alert, the no-events alert and most tiles
+    read it."""
+    mocks, _ = stack_of(stack, dev, prod)
+    host_json = json.loads((infra_mocks.ROOT / "functions" / "host.json").read_text())
+    read = list(queries(mocks).values()) + [a.inputs["criteria"]["allOf"][0]["query"] for a in alerts(mocks).values()
+                                            if a.typ == "azure-native:monitor:ScheduledQueryRule"]
+    needs = {"AppRequests": "Host.Results", "AppTraces": "Function.ingest.User"}
+    for table, category in needs.items():
+        assert any(q.lstrip().startswith(table) or f"toscalar({table}" in q for q in read), table
+        level = effective_log_level(host_json, category)
+        assert LOG_LEVELS.index(level) <= LOG_LEVELS.index("Information"), (category, level)
