@@ -27,10 +27,12 @@ class Monitoring(pulumi.ComponentResource):
         self.diagnostics: list[monitor.DiagnosticSetting] = []
         self.register_outputs({"workspace": self.workspace.name, "app_insights": self.app_insights.name})
 
-    def send_diagnostics(self, name: str, resource_uri: pulumi.Input[str], *, logs: bool = True) -> None:
-        """All logs (category group allLogs) and all metrics of a resource to the workspace."""
+    def send_diagnostics(self, name: str, resource_uri: pulumi.Input[str], *, logs: bool = True,
+                         metrics: str = "AllMetrics") -> None:
+        """All logs (category group allLogs) and the metrics of `metrics`, a metric category
+        of the resource, to the workspace."""
         self.diagnostics.append(monitor.DiagnosticSetting(
             f"diag-{name}", name="txmetrics", resource_uri=resource_uri, workspace_id=self.workspace.id,
             logs=[monitor.DiagnosticsLogSettingsArgs(category_group="allLogs", enabled=True)] if logs else None,
-            metrics=[monitor.DiagnosticsMetricSettingsArgs(category="AllMetrics", enabled=True)],
+            metrics=[monitor.DiagnosticsMetricSettingsArgs(category=metrics, enabled=True)],
             opts=pulumi.ResourceOptions(parent=self)))

@@ -79,8 +79,15 @@ def build(cfg: StackConfig, bundle: Bundle) -> dict[str, Any]:
                       app_depends_on=private_path)
     for label, resource in (("eventhubs", hubs.namespace), ("postgres", db.server)):
         monitoring.send_diagnostics(label, resource.id)
-    monitoring.send_diagnostics("blob", store.account.id.apply(lambda i: f"{i}/blobServices/default"))
-    monitoring.send_diagnostics("storage", store.account.id, logs=False)
+    # Storage takes its metric categories by name: `AllMetrics` has been refused there ("Metric
+    # category 'AllMetrics' is not supported, supported categories are: 'Capacity;Transaction'",
+    # Azure/terraform-azurerm-avm-res-storage-storageaccount#325) and `Capacity` too (#322), while
+    # Learn's diagnostic-settings template samples send `Transaction`. Nothing reads the
+    # storage metrics from the workspace (the workbook reads Event Hubs' and PostgreSQL's);
+    # capacity stays in Azure Monitor's platform metrics.
+    monitoring.send_diagnostics("blob", store.account.id.apply(lambda i: f"{i}/blobServices/default"),
+                                metrics="Transaction")
+    monitoring.send_diagnostics("storage", store.account.id, logs=False, metrics="Transaction")
     operations = Operations("operations", cfg, rg.name, workspace_id=monitoring.workspace.id,
                             function_app=app.app.name, hub=hubs.hub.name, eventhubs_namespace_id=hubs.namespace.id,
                             postgres_server_id=db.server.id)

@@ -515,3 +515,17 @@ def test_private_networking_is_the_stack_setting_not_the_stack_name() -> None:
     assert len(mocks.of_type("azure-native:network:PrivateEndpoint")) == 5
     mocks, _ = run_program("prod", BUNDLE, {"txmetrics:privateNetworking": "false"})
     assert mocks.of_type("azure-native:network:VirtualNetwork") == []
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_diagnostic_metric_categories_are_ones_each_resource_accepts(stack: str, dev: Any, prod: Any) -> None:
+    """Storage accounts and their blob service take metric categories by name (`Transaction`):
+    `AllMetrics` has been refused there with a 400 naming 'Capacity;Transaction'
+    (Azure/terraform-azurerm-avm-res-storage-storageaccount#325, #322; Learn's diagnostic-settings
+    template samples send `Transaction`). Event Hubs and PostgreSQL take `AllMetrics`, and the
+    workbook reads their metrics from the workspace."""
+    mocks, _ = stack_of(stack, dev, prod)
+    categories = {r.name: [m["category"] for m in r.inputs["metrics"]]
+                  for r in mocks.of_type("azure-native:monitor:DiagnosticSetting")}
+    assert categories == {"diag-eventhubs": ["AllMetrics"], "diag-postgres": ["AllMetrics"],
+                          "diag-blob": ["Transaction"], "diag-storage": ["Transaction"]}
