@@ -260,3 +260,59 @@ def test_the_fold_stays_linear_after_its_queue_was_analysed_empty(ingest_fn: Cal
     assert db.execute("SELECT txm_fold_aggregates()").fetchone() == (deltas,)
     db.execute("RESET statement_timeout")
     assert recompute_and_compare(db, load_catalog(BUNDLED_CATALOG), fold=False) > 0
+
+
+def _ingest_at(ingest_fn: Callable[[list[Any]], None], *, seed: int, n: int, start: datetime, merchants: int) -> None:
+    gen = Generator(seed=seed, partitions=WRITERS, merchants=merchants, bad_rate=0.0, start=start, days=1 / 24)
+    per: dict[str, list[tuple[bytes, int]]] = {}
+    for e in gen.events(n):
+        per.setdefault(e.partition_id, []).append((e.body, e.sequence_number))
+    for partition, items in sorted(per.items()):
+        for i in range(0, len(items), 200):
+            chunk = items[i:i + 200]
+            ingest_fn(make_batch([b for b, _ in chunk], partition_id=partition,
+                                 sequence_numbers=[s for _, s in chunk]))
+
+
+def test_kpi_statements_stay_linear_for_windows_written_since_the_last_analyze(
+        ingest_fn: Callable[[list[Any]], None], db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aggregate_histograms' statistics of window_start end at its last ANALYZE, and windows
+    written since (the latest hours, what a dashboard asks for) are estimated at 1 row. On that
+    estimate kpi.query's two statements joined by nested loops: event_counts every row with
+    every distinct dimensions, merged_histograms every group's totals with every group's
+    bucket counts (6 hours by merchant, 100 merchants: 36 s instead of 1 s). They run without
+    nested loops for their joins (aggregates.without_nested_loops), so no join filter rejects
+    a row, whatever the statistics say."""
+    later = START + timedelta(hours=3)
+    db.execute("ALTER TABLE aggregate_histograms SET (autovacuum_enabled = false)")   # keeps the stale statistics
+    try:
+        _ingest_at(ingest_fn, seed=31, n=300, start=START, merchants=40)
+        db.execute("SELECT txm_fold_aggregates()")
+        db.execute("ANALYZE aggregate_histograms")          # statistics of the early windows only
+        _ingest_at(ingest_fn, seed=32, n=1500, start=later, merchants=40)
+        db.execute("SELECT txm_fold_aggregates()")
+        recent = "FROM aggregate_histograms WHERE window_start >= %s"
+        (estimate,), = db.execute("EXPLAIN (FORMAT JSON) SELECT 1 " + recent, (later,)).fetchone()
+        (actual,) = db.execute("SELECT count(*) " + recent, (later,)).fetchone()
+        assert estimate["Plan"]["Plan Rows"] * 10 < actual   # the statistics that misled the planner
+        plans: list[dict[str, Any]] = []
+        execute = db.execute
+
+        def explaining(sql: Any, params: Any = None, **kw: Any) -> Any:
+            if isinstance(sql, str) and " JOIN " in sql:     # the plan the statement runs with, where it runs
+                (plan,), = execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()
+                plans.append(plan)
+            return execute(sql, params, **kw)
+
+        monkeypatch.setattr(db, "execute", explaining)
+        db.execute("SET statement_timeout = '120s'")        # a regression fails here instead of hanging the suite
+        rows = kpi.query(db, metric="approved", start=later, end=later + timedelta(hours=1), group_by=["merchant_id"],
+                         window="5m", catalog=load_catalog(BUNDLED_CATALOG))
+        monkeypatch.undo()
+        db.execute("RESET statement_timeout")
+    finally:
+        db.execute("ALTER TABLE aggregate_histograms RESET (autovacuum_enabled)")
+    assert len(rows) > 200 and len(plans) == 2
+    # a nested loop over (groups x groups) rejects about groups^2 rows here
+    rejected = [_join_filter_rejections(p["Plan"]) for p in plans]
+    assert rejected == [0, 0], f"{rejected} rows compared and rejected for {len(rows)} groups"
