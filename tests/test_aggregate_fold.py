@@ -281,7 +281,7 @@ def test_kpi_statements_stay_linear_for_windows_written_since_the_last_analyze(
     estimate kpi.query's two statements joined by nested loops: event_counts every row with
     every distinct dimensions, merged_histograms every group's totals with every group's
     bucket counts (6 hours by merchant, 100 merchants: 36 s instead of 1 s). They run without
-    nested loops for their joins (aggregates.without_nested_loops), so no join filter rejects
+    nested loops for their joins (adapters/plans.py), so no join filter rejects
     a row, whatever the statistics say."""
     later = START + timedelta(hours=3)
     db.execute("ALTER TABLE aggregate_histograms SET (autovacuum_enabled = false)")   # keeps the stale statistics

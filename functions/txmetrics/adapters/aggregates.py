@@ -10,7 +10,6 @@ statement, so it is all or nothing in whatever transaction runs it.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -21,6 +20,7 @@ import psycopg
 
 from ..core.catalog import is_plain_field_path
 from ..core.histogram import Histogram
+from .plans import without_nested_loops
 
 STORED_WINDOW = 300          # the 5-minute rows
 DAY = 86400                  # the daily rollups
@@ -124,33 +124,6 @@ def _array(counts: list[int], offset: int | None) -> str | None:
 
 
 # ------------------------------------------------------------------ the KPI row source
-@contextlib.contextmanager
-def without_nested_loops(conn: psycopg.Connection) -> Iterator[None]:
-    """The statements run inside join their CTEs and aggregates by hash or merge joins only
-    (enable_nestloop off for this transaction while inside; a lateral unnest, which only a
-    nested loop can run, keeps one), as the fold does (migration 0017). Their inputs are
-    estimated through filters PostgreSQL cannot measure (jsonb key sets) and through
-    window_start, whose statistics end at the last ANALYZE: windows written since, the latest
-    hours that a dashboard asks for, are estimated at 1 row. On that estimate the planner
-    joined the groups' totals to their bucket counts, and the rows to their dimension names,
-    by nested loops: every group against every group (6 hours by merchant, 100 merchants:
-    36 s instead of 1 s; 200 x 4 methods: cancelled after 180 s instead of 4 s). Opens a
-    transaction when none is open (autocommit callers such as the daily rollup)."""
-    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        with conn.transaction():
-            conn.execute("SET LOCAL enable_nestloop = off")
-            yield
-        return
-    row = conn.execute("SELECT (SELECT current_setting('enable_nestloop')), "
-                       "set_config('enable_nestloop', 'off', true)").fetchone()
-    try:
-        yield
-    finally:
-        # an error leaves the transaction aborted: its rollback undoes the setting
-        if row is not None and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-            conn.execute("SELECT set_config('enable_nestloop', %s, true)", (row[0],))
-
-
 @dataclass(frozen=True, slots=True)
 class GroupHistogram:
     """One group's merged histogram (per window when one was asked for): the totals and the
