@@ -73,3 +73,12 @@ def test_the_outbox_statements_stay_linear_after_a_backlog_on_a_queue_analysed_e
     # a nested loop over (outbox rows x pending files) rejects about files^2 / 2 rows here
     rejected = {f"{i}: {stmt}": _join_filter_rejections(plan["Plan"]) for i, (stmt, plan) in enumerate(plans)}
     assert not any(rejected.values()), rejected
+
+
+def test_pending_uploads_refuses_to_run_outside_a_transaction(db: psycopg.Connection) -> None:
+    """Its row locks are what keeps two uploaders off one file (manifest.pending_uploads): on
+    an autocommit connection outside a transaction they would end with the statement."""
+    with pytest.raises(ValueError, match="inside one"):
+        manifest.pending_uploads(db, partition_id=None)
+    with db.transaction():
+        assert manifest.pending_uploads(db, partition_id=None) == []

@@ -147,7 +147,11 @@ def record_pending(conn: psycopg.Connection, *, file: RawFile, content: bytes, c
 def pending_uploads(conn: psycopg.Connection, *, partition_id: str | None) -> list[tuple[int, str, bytes]]:
     """(id, path, bytes) of the files committed but not confirmed uploaded (of one partition,
     or of all with None), in id order, locked for this transaction; a file another uploader
-    holds is skipped (it is being uploaded)."""
+    holds is skipped (it is being uploaded). Called inside the transaction that marks them:
+    outside one, the locks would end with the statement and two uploaders could take a file."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+        raise ValueError("pending_uploads locks the files for the caller's transaction: call it inside one "
+                         "(with conn.transaction(): ...), which marks them uploaded")
     # Without nested loops: the outbox is a queue, analysed while (nearly) empty, and pending
     # files are rare when raw_files is analysed, so both sides are estimated at 1 row; after
     # an outage of Blob Storage, thousands of files wait, and a nested loop compared every
