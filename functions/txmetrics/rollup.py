@@ -13,16 +13,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+from decimal import Decimal
 
 import psycopg
 
 from .adapters import aggregates
 from .core.histogram import SCALE, Histogram, merge_all
-
-# the windows' exact sums added without rounding: Python's default context keeps 28 significant
-# digits, and a day of valid amounts (below 10^18, nine places) needs more (an audit)
-_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+from .core.metrics import EXACT
 
 
 def days_to_roll(conn: psycopg.Connection, before: date, lookback_days: int = 7) -> list[date]:
@@ -40,7 +37,9 @@ def roll_day(conn: psycopg.Connection, day: date) -> bool:
     for metric, dims, histogram, total in aggregates.five_minute_histograms(
             conn, start=start, end=start + timedelta(days=1), scale=SCALE):
         windows[(metric, dims)].append(histogram)
-        sums[(metric, dims)] = _EXACT.add(sums[(metric, dims)], total)
+        # added without rounding: Python's default context keeps 28 significant digits, and a
+        # day of valid amounts (below 10^18, nine places) needs more (an audit)
+        sums[(metric, dims)] = EXACT.add(sums[(metric, dims)], total)
     if _sets_changed_within(conn, {metric for metric, _ in windows}, start):
         return False           # left stale (begin_rollup): readers count and answer from its 5-minute rows
     merged = {key: merge_all(histograms) for key, histograms in windows.items()}

@@ -370,7 +370,7 @@ _UNIT = SUM_UNIT
 _UNITS_LIMIT = 2**62                   # |units| of one value below this: held in int64
 _INT_LIMIT = _UNITS_LIMIT // _UNIT
 _LOW_BITS = 26
-_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)     # no rounding, ever
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)      # no rounding, ever (also rollup's day sums)
 
 
 def _exact_units(metric: Metric, events: Sequence[PaymentEvent], ev_sel: npt.NDArray[np.int64],
@@ -390,7 +390,7 @@ def _exact_units(metric: Metric, events: Sequence[PaymentEvent], ev_sel: npt.NDA
             units.append(value * _UNIT)
             continue
         exact = written_number(value)
-        scaled = exact.scaleb(SUM_SCALE, _EXACT)
+        scaled = exact.scaleb(SUM_SCALE, EXACT)
         whole = int(scaled)
         if whole == scaled and -_UNITS_LIMIT < whole < _UNITS_LIMIT:
             units.append(whole)
@@ -446,7 +446,7 @@ def _exact_sums(groups: npt.NDArray[np.int64], units: npt.NDArray[np.int64], irr
         fits = np.abs(high_i) < 2**(62 - _LOW_BITS)
         sums = np.where(fits, (np.where(fits, high_i, 0) << _LOW_BITS) + low_i, 0)
         for g in np.flatnonzero(~fits).tolist():
-            exact[g] = Decimal((int(high_i[g]) << _LOW_BITS) + int(low_i[g])).scaleb(-SUM_SCALE, _EXACT)
+            exact[g] = Decimal((int(high_i[g]) << _LOW_BITS) + int(low_i[g])).scaleb(-SUM_SCALE, EXACT)
     else:                                          # a very large call (a rebuild): Python integers
         totals = [0] * n
         for g, u in zip(groups.tolist(), units.tolist(), strict=True):
@@ -456,12 +456,12 @@ def _exact_sums(groups: npt.NDArray[np.int64], units: npt.NDArray[np.int64], irr
             if -_UNITS_LIMIT < total < _UNITS_LIMIT:
                 sums[g] = total
             else:
-                exact[g] = Decimal(total).scaleb(-SUM_SCALE, _EXACT)
+                exact[g] = Decimal(total).scaleb(-SUM_SCALE, EXACT)
     for g, value in irregular:
         base = exact.get(g)
         if base is None:
-            base = Decimal(int(sums[g])).scaleb(-SUM_SCALE, _EXACT)
-        exact[g] = _EXACT.add(base, value)
+            base = Decimal(int(sums[g])).scaleb(-SUM_SCALE, EXACT)
+        exact[g] = EXACT.add(base, value)
     return sums.astype(np.int64), exact
 
 
