@@ -8,7 +8,8 @@ The other helper modules are listed in docs/testing.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, LiteralString
@@ -147,3 +148,33 @@ def compact_killed_at(conn: psycopg.Connection, archive: BlobArchive, day: Any, 
 
     with pytest.raises(RuntimeError, match="killed"):
         compact_day(conn, archive, day, target_bytes=1 << 30, crash_hook=killed)
+
+
+def join_filter_rejections(plan: dict[str, Any]) -> int:
+    """Rows the join filters of an EXPLAIN (ANALYZE, FORMAT JSON) plan node compared and
+    rejected, over the node and all below it: about left x right for a nested loop over
+    unindexed sides, 0 for hash and merge joins."""
+    own = int(plan.get("Rows Removed by Join Filter", 0)) * int(plan.get("Actual Loops", 1))
+    return own + sum(join_filter_rejections(p) for p in plan.get("Plans", []))
+
+
+@contextlib.contextmanager
+def explaining(conn: psycopg.Connection, marker: str) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Inside: each statement run on `conn` whose text holds `marker` is first run under
+    EXPLAIN (ANALYZE, FORMAT JSON) where it runs (its transaction, its settings), and
+    (its text, its plan) appended to the list yielded. A statement_timeout of 120 s makes a
+    regression fail instead of hanging the suite."""
+    plans: list[tuple[str, dict[str, Any]]] = []
+    execute = conn.execute
+
+    def explained(sql: Any, params: Any = None, **kw: Any) -> Any:
+        if isinstance(sql, str) and marker in sql:
+            (plan,), = execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()
+            plans.append((sql, plan))
+        return execute(sql, params, **kw)
+
+    execute("SET statement_timeout = '120s'")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conn, "execute", explained)
+        yield plans
+    execute("RESET statement_timeout")

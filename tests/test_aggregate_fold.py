@@ -23,6 +23,7 @@ import pytest
 from localdev.eventhub import make_batch
 from localdev.synth import Generator
 from tests.aggregate_check import recompute_and_compare
+from tests.helpers import explaining, join_filter_rejections
 from txmetrics import kpi
 from txmetrics.core.catalog import load_catalog
 from txmetrics.settings import BUNDLED_CATALOG
@@ -31,8 +32,9 @@ START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WRITERS = 3
 
 
-def _bodies(seed: int, n: int) -> list[tuple[str, list[tuple[bytes, int]]]]:
-    gen = Generator(seed=seed, partitions=WRITERS, merchants=12, bad_rate=0.0, start=START, days=1 / 96)
+def _bodies(seed: int, n: int, *, start: datetime = START, merchants: int = 12, days: float = 1 / 96
+            ) -> list[tuple[str, list[tuple[bytes, int]]]]:
+    gen = Generator(seed=seed, partitions=WRITERS, merchants=merchants, bad_rate=0.0, start=start, days=days)
     per: dict[str, list[tuple[bytes, int]]] = {}
     for e in gen.events(n):
         per.setdefault(e.partition_id, []).append((e.body, e.sequence_number))
@@ -85,8 +87,9 @@ def test_folds_concurrent_with_writers_and_with_each_other(env: dict[str, str], 
     assert checked > 100
 
 
-def _ingest(ingest_fn: Callable[[list[Any]], None], seed: int, n: int) -> None:
-    for partition, items in _bodies(seed, n):
+def _ingest(ingest_fn: Callable[[list[Any]], None], seed: int, n: int, **corpus: Any) -> None:
+    """`n` events of `_bodies(seed, n, **corpus)` through the function, 200 a batch."""
+    for partition, items in _bodies(seed, n, **corpus):
         for i in range(0, len(items), 200):
             chunk = items[i:i + 200]
             ingest_fn(make_batch([b for b, _ in chunk], partition_id=partition,
@@ -219,12 +222,6 @@ def test_emptying_the_aggregates_empties_the_pending_deltas_too(ingest_fn: Calla
     assert db.execute("SELECT count(*) FROM aggregate_histograms").fetchone() == (0,)
 
 
-def _join_filter_rejections(plan: dict[str, Any]) -> int:
-    """Rows that join filters of an EXPLAIN ANALYZE plan (JSON) compared and rejected, all nodes."""
-    own = int(plan.get("Rows Removed by Join Filter", 0)) * int(plan.get("Actual Loops", 1))
-    return own + sum(_join_filter_rejections(p) for p in plan.get("Plans", []))
-
-
 def test_the_fold_stays_linear_after_its_queue_was_analysed_empty(ingest_fn: Callable[[list[Any]], None],
                                                                   db: psycopg.Connection) -> None:
     """aggregate_deltas is a queue. ANALYZEd between a fold and the next fill (autovacuum can
@@ -254,7 +251,7 @@ def test_the_fold_stays_linear_after_its_queue_was_analysed_empty(ingest_fn: Cal
         (plan,), = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement).fetchone()
     assert db.execute("SELECT count(*) FROM aggregate_deltas").fetchone() == (deltas,)
     # a nested loop over (deltas x keys) rejects about deltas * keys rows here
-    rejected = _join_filter_rejections(plan["Plan"])
+    rejected = join_filter_rejections(plan["Plan"])
     assert rejected == 0, f"{rejected} rows compared and rejected for {deltas} deltas of {keys} keys"
     db.execute("SET statement_timeout = '120s'")     # a regression fails here instead of hanging the suite
     assert db.execute("SELECT txm_fold_aggregates()").fetchone() == (deltas,)
@@ -262,20 +259,8 @@ def test_the_fold_stays_linear_after_its_queue_was_analysed_empty(ingest_fn: Cal
     assert recompute_and_compare(db, load_catalog(BUNDLED_CATALOG), fold=False) > 0
 
 
-def _ingest_at(ingest_fn: Callable[[list[Any]], None], *, seed: int, n: int, start: datetime, merchants: int) -> None:
-    gen = Generator(seed=seed, partitions=WRITERS, merchants=merchants, bad_rate=0.0, start=start, days=1 / 24)
-    per: dict[str, list[tuple[bytes, int]]] = {}
-    for e in gen.events(n):
-        per.setdefault(e.partition_id, []).append((e.body, e.sequence_number))
-    for partition, items in sorted(per.items()):
-        for i in range(0, len(items), 200):
-            chunk = items[i:i + 200]
-            ingest_fn(make_batch([b for b, _ in chunk], partition_id=partition,
-                                 sequence_numbers=[s for _, s in chunk]))
-
-
 def test_kpi_statements_stay_linear_for_windows_written_since_the_last_analyze(
-        ingest_fn: Callable[[list[Any]], None], db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+        ingest_fn: Callable[[list[Any]], None], db: psycopg.Connection) -> None:
     """aggregate_histograms' statistics of window_start end at its last ANALYZE, and windows
     written since (the latest hours, what a dashboard asks for) are estimated at 1 row. On that
     estimate kpi.query's two statements joined by nested loops: event_counts every row with
@@ -286,35 +271,23 @@ def test_kpi_statements_stay_linear_for_windows_written_since_the_last_analyze(
     later = START + timedelta(hours=3)
     db.execute("ALTER TABLE aggregate_histograms SET (autovacuum_enabled = false)")   # keeps the stale statistics
     try:
-        _ingest_at(ingest_fn, seed=31, n=300, start=START, merchants=40)
+        _ingest(ingest_fn, 31, 300, start=START, merchants=40, days=1 / 24)
         db.execute("SELECT txm_fold_aggregates()")
         db.execute("ANALYZE aggregate_histograms")          # statistics of the early windows only
-        _ingest_at(ingest_fn, seed=32, n=1500, start=later, merchants=40)
+        _ingest(ingest_fn, 32, 1500, start=later, merchants=40, days=1 / 24)
         db.execute("SELECT txm_fold_aggregates()")
         recent = "FROM aggregate_histograms WHERE window_start >= %s"
         (estimate,), = db.execute("EXPLAIN (FORMAT JSON) SELECT 1 " + recent, (later,)).fetchone()
         (actual,) = db.execute("SELECT count(*) " + recent, (later,)).fetchone()
         assert estimate["Plan"]["Plan Rows"] * 10 < actual   # the statistics that misled the planner
-        plans: list[dict[str, Any]] = []
-        execute = db.execute
-
-        def explaining(sql: Any, params: Any = None, **kw: Any) -> Any:
-            if isinstance(sql, str) and " JOIN " in sql:     # the plan the statement runs with, where it runs
-                (plan,), = execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()
-                plans.append(plan)
-            return execute(sql, params, **kw)
-
-        monkeypatch.setattr(db, "execute", explaining)
-        db.execute("SET statement_timeout = '120s'")        # a regression fails here instead of hanging the suite
-        rows = kpi.query(db, metric="approved", start=later, end=later + timedelta(hours=1), group_by=["merchant_id"],
-                         window="5m", catalog=load_catalog(BUNDLED_CATALOG))
-        monkeypatch.undo()
-        db.execute("RESET statement_timeout")
+        with explaining(db, " JOIN ") as plans:              # the plans they run with, where they run
+            rows = kpi.query(db, metric="approved", start=later, end=later + timedelta(hours=1),
+                             group_by=["merchant_id"], window="5m", catalog=load_catalog(BUNDLED_CATALOG))
     finally:
         db.execute("ALTER TABLE aggregate_histograms RESET (autovacuum_enabled)")
     assert len(rows) > 200 and len(plans) == 2
     # a nested loop over (groups x groups) rejects about groups^2 rows here
-    rejected = [_join_filter_rejections(p["Plan"]) for p in plans]
+    rejected = [join_filter_rejections(plan["Plan"]) for _, plan in plans]
     assert rejected == [0, 0], f"{rejected} rows compared and rejected for {len(rows)} groups"
 
 
@@ -343,5 +316,5 @@ def test_the_kpi_view_reads_an_hour_without_comparing_every_merchant_with_every_
     db.execute("RESET statement_timeout")
     rows = plan["Plan"]["Actual Rows"]
     assert rows == 12 * 400
-    rejected = _join_filter_rejections(plan["Plan"])
+    rejected = join_filter_rejections(plan["Plan"])
     assert rejected == 0, f"{rejected} rows compared and rejected for {rows} rows of the view"

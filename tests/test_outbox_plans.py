@@ -7,11 +7,11 @@ compare every outbox row with every file (adapters/plans.py)."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
 
 import psycopg
 import pytest
 
+from tests.helpers import explaining, join_filter_rejections
 from txmetrics.adapters import manifest
 
 DAY = date(2026, 3, 1)
@@ -26,13 +26,7 @@ _FILES = """
     INSERT INTO raw_file_outbox (raw_file_id, content) SELECT id, '\\x50415231'::bytea FROM f"""
 
 
-def _join_filter_rejections(plan: dict[str, Any]) -> int:
-    own = int(plan.get("Rows Removed by Join Filter", 0)) * int(plan.get("Actual Loops", 1))
-    return own + sum(_join_filter_rejections(p) for p in plan.get("Plans", []))
-
-
-def test_the_outbox_statements_stay_linear_after_a_backlog_on_a_queue_analysed_empty(
-        db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_outbox_statements_stay_linear_after_a_backlog_on_a_queue_analysed_empty(db: psycopg.Connection) -> None:
     # the usual state: earlier files uploaded, their outbox rows deleted, both tables analysed
     db.execute(_FILES, {"tag": "old/", "day": date(2026, 2, 20), "n": 3000})
     db.execute("UPDATE raw_files SET state = 'uploaded', uploaded_at = now()")
@@ -46,32 +40,21 @@ def test_the_outbox_statements_stay_linear_after_a_backlog_on_a_queue_analysed_e
                                          "WHERE oid = 'raw_file_outbox'::regclass").fetchone()
         assert relpages > 0 and reltuples == 0          # the statistics that mislead the planner
         db.execute(_FILES, {"tag": "new/", "day": DAY, "n": 2000})   # Blob Storage was down: a backlog
-        plans: list[tuple[str, dict[str, Any]]] = []
-        execute = db.execute
-
-        def explaining(sql: Any, params: Any = None, **kw: Any) -> Any:
-            if isinstance(sql, str) and "raw_file_outbox o" in sql:   # the plan it runs with, where it runs
-                (plan,), = execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()
-                plans.append((sql.split("FROM")[0].strip(), plan))
-            return execute(sql, params, **kw)
-
-        monkeypatch.setattr(db, "execute", explaining)
-        db.execute("SET statement_timeout = '120s'")    # a regression fails here instead of hanging the suite
         start, end = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
-        with db.transaction():
-            assert len(manifest.pending_uploads(db, partition_id=None)) == 2000
-        with db.transaction():
-            assert len(manifest.pending_uploads(db, partition_id="1")) == 500
-        assert len(manifest.files_in_range(db, start=start, end=end)) == 2000
-        assert len(manifest.files_lacking_metric(db, metric="amount", start=start, end=end)) == 2000
-        monkeypatch.undo()
-        db.execute("RESET statement_timeout")
+        with explaining(db, "raw_file_outbox o") as plans:       # the plans they run with, where they run
+            with db.transaction():
+                assert len(manifest.pending_uploads(db, partition_id=None)) == 2000
+            with db.transaction():
+                assert len(manifest.pending_uploads(db, partition_id="1")) == 500
+            assert len(manifest.files_in_range(db, start=start, end=end)) == 2000
+            assert len(manifest.files_lacking_metric(db, metric="amount", start=start, end=end)) == 2000
     finally:
         for table in ("raw_files", "raw_file_outbox"):
             db.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
     assert len(plans) == 4
     # a nested loop over (outbox rows x pending files) rejects about files^2 / 2 rows here
-    rejected = {f"{i}: {stmt}": _join_filter_rejections(plan["Plan"]) for i, (stmt, plan) in enumerate(plans)}
+    rejected = {f"{i}: {sql.split('FROM')[0].strip()}": join_filter_rejections(plan["Plan"])
+                for i, (sql, plan) in enumerate(plans)}
     assert not any(rejected.values()), rejected
 
 
