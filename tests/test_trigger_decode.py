@@ -98,7 +98,7 @@ def test_an_unexpected_azure_functions_release_is_left_alone(monkeypatch: pytest
 def _events(decode: Any, datum: Any, metadata: Any) -> object:
     try:
         return [(e.get_body(), e.partition_key, e.sequence_number, e.offset, e.enqueued_time, e.iothub_metadata,
-                 e.metadata == e.metadata) for e in decode(datum, metadata)]
+                 dict(e.metadata or {})) for e in decode(datum, metadata)]
     except Exception as exc:   # the library's error, which the fast path must give too
         return ("error", type(exc))
 
@@ -142,3 +142,30 @@ def test_the_batch_fast_path_is_installed_and_used_by_make_batch() -> None:
     assert EventHubTriggerConverter.decode_multiple_events.__func__ is trigger_decode._decode_multiple_events
     events = make_batch([b"a", b"b"], partition_id="3", first_sequence=7)
     assert [(e.get_body(), e.sequence_number, e.offset) for e in events] == [(b"a", 7, 7 * 512), (b"b", 8, 8 * 512)]
+
+
+class _UnreadableDatum(Datum):
+    """A datum whose conversion fails: reading it through `metadata` raises."""
+
+    @property
+    def python_value(self) -> Any:
+        raise AssertionError("SystemPropertiesArray was converted")
+
+
+def test_the_fast_path_converts_only_the_metadata_read() -> None:
+    """The function reads PartitionContext alone; the batch's system properties (decoded once by
+    the fast path itself) are not converted a second time by `metadata`, and every event sees
+    the same entries as the library's eager dictionary would give."""
+    trigger_decode.install()
+    import function_app
+
+    props = json.dumps([{"SequenceNumber": n, "Offset": n, "EnqueuedTimeUtc": "2026-03-01T12:00:00Z"} for n in (1, 2)])
+    metadata = {"SystemPropertiesArray": _UnreadableDatum(type="json", value=props),
+                "PartitionContext": Datum(type="json", value=json.dumps({"PartitionId": "5"}))}
+    datum = Datum(type="collection_bytes", value=SimpleNamespace(bytes=[b"a", b"b"]))
+    events = EventHubTriggerConverter.decode_multiple_events(datum, metadata)
+    assert function_app.partition_id_of(events) == "5"
+    assert [e.metadata["PartitionContext"] for e in events] == [{"PartitionId": "5"}] * 2
+    assert sorted(events[1].metadata) == ["PartitionContext", "SystemPropertiesArray"]
+    with pytest.raises(AssertionError, match="was converted"):
+        events[0].metadata["SystemPropertiesArray"]
