@@ -292,13 +292,17 @@ def events_with_metric(conn: psycopg.Connection, *, metric: str, events: Sequenc
         return set()
     low = min(e.occurred_us for e in events)
     high = max(e.occurred_us for e in events)
-    rows = conn.execute(
-        """SELECT m.event_id, m.occurred_at FROM dynamic_metrics m
-             JOIN unnest(%s::text[], %s::timestamptz[]) AS k(event_id, occurred_at)
-               ON k.event_id = m.event_id AND k.occurred_at = m.occurred_at
-            WHERE m.metric_name = %s AND m.occurred_at BETWEEN %s AND %s""",
-        ([e.event_id for e in events], [us_to_datetime(e.occurred_us) for e in events], metric,
-         us_to_datetime(low), us_to_datetime(high))).fetchall()
+    # by hash join: the file's range is usually written after its day partition's last
+    # ANALYZE, estimated at a row, and on that a small file's events were compared with every
+    # row of the range (adapters/plans.py; tests/test_backfill_plans.py)
+    with without_nested_loops(conn):
+        rows = conn.execute(
+            """SELECT m.event_id, m.occurred_at FROM dynamic_metrics m
+                 JOIN unnest(%s::text[], %s::timestamptz[]) AS k(event_id, occurred_at)
+                   ON k.event_id = m.event_id AND k.occurred_at = m.occurred_at
+                WHERE m.metric_name = %s AND m.occurred_at BETWEEN %s AND %s""",
+            ([e.event_id for e in events], [us_to_datetime(e.occurred_us) for e in events], metric,
+             us_to_datetime(low), us_to_datetime(high))).fetchall()
     return {(str(r[0]), datetime_to_us(r[1])) for r in rows}
 
 
