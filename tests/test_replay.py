@@ -209,7 +209,11 @@ def test_failed_cli_says_why_a_selection_or_an_edit_missed(deliver: Callable[...
     for option in ("--bogus", "--dry-run", "-h"):     # an option, misspelt or not, is never taken as the value (a review)
         refused = runner.invoke(app, ["failed", "set", str(item_id), "event_type", option])
         assert refused.exit_code == 2 and "No such option" in refused.output, refused.output
+        assert f"put -- before the arguments: txmetrics failed set -- ID FIELD {option}" in refused.output, \
+            refused.output
     assert db.execute("SELECT fixed_payload FROM failed_items WHERE id = %s", (item_id,)).fetchone() == stored
+    dashed = runner.invoke(app, ["failed", "set", "--", str(item_id), "event_type", "-h"])    # as the hint says
+    assert dashed.exit_code == 0 and '"event_type":"-h"' in dashed.stdout, dashed.output
     listed = runner.invoke(app, ["failed", "list", "--code", "invalid_curency"])
     assert listed.exit_code == 0 and "did you mean 'invalid_currency'" in listed.output, listed.output
     replayed = runner.invoke(app, ["failed", "replay", "--code", "nosuchcode"])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import NoSuchOption  # typer's own click, whose parser raises it
 from typer.core import TyperCommand
 
 from . import context
@@ -88,7 +89,8 @@ _NEGATIVE_NUMBER = re.compile(r"-\.?[0-9]")       # -5, -0.5, -1e3 (-.5 too, kep
 class _NegativeValueCommand(TyperCommand):
     """`failed set ID amount -5`: a token that writes a negative number is a value, not an
     option (click said "No such option: -5"); any other token starting with a dash is still
-    an option, so a misspelt one is refused, never stored as the value."""
+    an option, so a misspelt one is refused, never stored as the value, and the refusal says
+    how to set such a value: after `--`."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:   # typer's own click Context
         if "--" not in args:
@@ -96,7 +98,12 @@ class _NegativeValueCommand(TyperCommand):
                 if _NEGATIVE_NUMBER.match(arg):
                     args = [*args[:i], "--", *args[i:]]
                     break
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except NoSuchOption as exc:
+            exc.message += (f"; to set a value that starts with a dash, put -- before the arguments: "
+                            f"txmetrics failed set -- ID FIELD {exc.option_name}")
+            raise
 
 
 @app.command("set", cls=_NegativeValueCommand)
