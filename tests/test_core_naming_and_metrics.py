@@ -8,8 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from txmetrics.core.catalog import load_catalog, parse_catalog
@@ -170,3 +171,46 @@ def test_extra_dimension_values_equal_in_python_but_not_in_json_are_apart_within
     for first, second in [(1, True), (True, 1), (0, False), (False, 0), ("1", 1)]:
         assert {name for name, _ in slices([first])} == {json.dumps({"attributes.flag": first}, separators=(",", ":"))}
         assert slices([second, second]) == {(json.dumps({"attributes.flag": second}, separators=(",", ":")), 2)}
+
+
+_AMOUNT_TEXT = st.builds(lambda units, places, as_text: (str if as_text else Decimal)(
+    Decimal(units).scaleb(-places) if places else Decimal(units)),
+    st.one_of(st.integers(0, 10**16), st.integers(999_999_000_000_000, 1_000_001_000_000_000),
+              st.integers(0, 10**21 - 1)),
+    st.integers(0, 9), st.booleans())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_AMOUNT_TEXT, st.one_of(st.none(), st.integers(0, 2**53), st.integers(0, 10**4))),
+                min_size=1, max_size=40))
+def test_exact_units_from_doubles_equal_the_general_path(values: list[tuple[Any, int | None]]) -> None:
+    """The units read from the doubles of validated amounts and processing times (below their
+    bounds) are those the general path reads from the numbers as written; above, the same rows
+    are irregular at the same positions."""
+    from txmetrics.core import metrics as m
+
+    cat = load_catalog(BUNDLED_CATALOG)
+    events = []
+    for i, (amount, processing_ms) in enumerate(values):
+        doc = {"event_id": f"e{i}", "transaction_id": "t", "occurred_at": "2026-03-01T00:01:00Z", "merchant_id": "m1",
+               "amount": "AMOUNT", "currency": "EUR", "payment_method": "card", "status": "approved",
+               "processing_ms": processing_ms}
+        # the amount as written: a decimal string, or a JSON number with its digits (not a float's)
+        literal = json.dumps(amount) if isinstance(amount, str) else str(amount)
+        body = json.dumps(doc).replace('"AMOUNT"', literal).encode()
+        event = parse_event(InboundEvent(body=body, partition_id="0", sequence_number=i))
+        if isinstance(event, PaymentEvent):
+            events.append(event)
+    assume(events)
+    rows = extract_metrics(events, cat)
+    metric_index = np.asarray(rows.metric_index, dtype=np.int64)
+    for mi, metric in enumerate(cat.metrics):
+        if metric.kind == "flag":
+            continue
+        sel = np.flatnonzero(metric_index == mi)
+        ev_sel = np.asarray(rows.event_index, dtype=np.int64)[sel]
+        val_sel = np.asarray(rows.value, dtype=np.float64)[sel]
+        fast, fast_irregular = m._exact_units(metric, events, ev_sel, val_sel)
+        general, general_irregular = m._exact_units_of(metric, events, ev_sel)
+        assert fast.tolist() == general.tolist(), metric.name
+        assert fast_irregular == general_irregular, metric.name
