@@ -302,6 +302,26 @@ def test_the_usual_amount_reads_as_the_general_path_does(text: str) -> None:
         assert _amount(_parse_amount, value) == _amount(_parse_amount_general, value)
 
 
+@settings(max_examples=2000, deadline=None)
+@given(text=st.one_of(_DECIMAL_TEXT, st.integers(-10**20, 10**20).map(str),
+                      st.sampled_from(["999999999999", "1000000000000", "4222222222222", "4111111111111111", "9007199254740992",
+                                       "9007199254740993", "0", "-0", "-1", "true", "null", "\"5\""])))
+def test_the_usual_processing_ms_reads_as_the_general_path_does(text: str) -> None:
+    """processing_ms' fast path (a plain int from 0 to below 10^12) gives the general path's
+    value or hands the value to it: the same value or the same error for anything the decoders
+    make of the text (ints, marked card numbers, Decimals, booleans, null, strings)."""
+    import msgspec
+
+    from txmetrics.core.events import _MARKING_DECODER, _parse_processing_ms, _parse_processing_ms_general
+
+    for decode in (lambda t: msgspec.json.decode(t, float_hook=Decimal), _MARKING_DECODER.decode):
+        try:
+            value = decode(text)
+        except Exception:              # not JSON (a bare decimal text such as "1."), or out of range
+            continue
+        assert _amount(_parse_processing_ms, value) == _amount(_parse_processing_ms_general, value)
+
+
 @pytest.mark.parametrize("event_type", ["", "   "])
 @pytest.mark.parametrize("card_like", [False, True])
 def test_event_type_is_any_string_even_an_empty_one(event_type: str, card_like: bool) -> None:

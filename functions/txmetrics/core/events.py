@@ -583,6 +583,18 @@ def _parse_amount_general(value: Any) -> Decimal:
 
 
 def _parse_processing_ms(value: Any) -> int | None:
+    """processing_ms as an int within the contract's rules, None when absent, or _Invalid.
+
+    The usual one, a plain int from 0 to below 10^12, is the general path's answer as it is:
+    its exact type is int, so it is neither a bool nor a number the decoder marked as a card
+    number (CardLikeNumber), and below 10^12 it has too few digits to be one. Anything else
+    takes the general path (tests/test_core_events.py compares the two)."""
+    if type(value) is int and 0 <= value < 1_000_000_000_000:
+        return value
+    return _parse_processing_ms_general(value)
+
+
+def _parse_processing_ms_general(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
