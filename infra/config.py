@@ -71,6 +71,7 @@ NAME_OVERRIDES = {   # config key -> (naming validator, what the name is)
 }
 # the window sizes a log alert accepts (Learn, "Create or edit a log search alert rule": 5 minutes to 2 days)
 ALERT_WINDOW_MINUTES = (5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880)
+NO_EVENTS_MIN_MINUTES = 15        # a no-events window at least this long (ingestion latency: Alerts below)
 EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -225,6 +226,14 @@ def _alerts(cfg: pulumi.Config) -> Alerts:
     if no_events and no_events not in ALERT_WINDOW_MINUTES:
         raise ConfigError(f"txmetrics:alertNoEventsMinutes = {no_events} is not a window a log alert accepts; set 0 "
                           f"(off) or one of {', '.join(map(str, ALERT_WINDOW_MINUTES))}")
+    if 0 < no_events < NO_EVENTS_MIN_MINUTES:
+        # the alert reads batch log lines, which reach Log Analytics 20 s to 3 min after they are
+        # written, longer when ingestion lags ("Log data ingestion time in Azure Monitor", Learn):
+        # a short window can page on-call (severity 1) for lines not yet ingested
+        raise ConfigError(f"txmetrics:alertNoEventsMinutes = {no_events} is shorter than {NO_EVENTS_MIN_MINUTES} "
+                          "minutes: the alert reads log lines that Log Analytics ingests minutes late, so a short "
+                          "window pages for a stream that is flowing; set 0 (off) or one of "
+                          f"{', '.join(str(m) for m in ALERT_WINDOW_MINUTES if m >= NO_EVENTS_MIN_MINUTES)}")
     return Alerts(
         emails=emails,
         function_failures=_int(cfg, "alertFunctionFailures", 5, 0, 100000),

@@ -156,6 +156,8 @@ def test_thresholds_come_from_stack_config() -> None:
     ({"txmetrics:alertEmail": None}, "txmetrics:alertEmail is not set"),
     ({"txmetrics:alertEmail": "oncall"}, "txmetrics:alertEmail: 'oncall' is not an email address"),
     ({"txmetrics:alertNoEventsMinutes": "20"}, "txmetrics:alertNoEventsMinutes = 20 is not a window"),
+    ({"txmetrics:alertNoEventsMinutes": "10"}, "txmetrics:alertNoEventsMinutes = 10 is shorter than 15 minutes"),
+    ({"txmetrics:alertNoEventsMinutes": "5"}, "set 0 (off) or one of 15, 30, 45"),
     ({"txmetrics:alertPostgresCpuPercent": "120"}, "txmetrics:alertPostgresCpuPercent = 120 is out of range 1-100"),
 ])
 def test_a_wrong_alert_setting_fails_the_preview_with_the_fix(overrides: dict[str, str | None], message: str) -> None:
