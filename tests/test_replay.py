@@ -184,6 +184,21 @@ def test_replaying_a_resolved_item_says_so(deliver: Callable[..., None], db: psy
         [items["open-1"]]
 
 
+@pytest.mark.parametrize("value, shown", [("-abc", "-abc"), ("--note=x", "--note=x"), ("-x y", "'-x y'")])
+def test_the_dash_hint_names_the_value_as_typed(value: str, shown: str) -> None:
+    """The refusal of a dash-led value says how to set it; its command sets the value typed,
+    not the option click matched of it (a cluster's first letter, a long option's name before
+    `=`): copied as shown, `-abc` stored "-a" (a review)."""
+    from typer.testing import CliRunner
+
+    from txmetrics_cli.main import app
+
+    refused = CliRunner().invoke(app, ["failed", "set", "42", "event_type", value])
+    assert refused.exit_code == 2 and "No such option" in refused.output, refused.output
+    assert f"put -- before the arguments: txmetrics failed set -- ID FIELD {shown} " in refused.output, \
+        refused.output
+
+
 def test_failed_cli_says_why_a_selection_or_an_edit_missed(deliver: Callable[..., None], db: psycopg.Connection,
                                                           env: dict[str, str]) -> None:
     """An operator's typo looked like success (an audit): `failed set ID statuss approved` added

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -98,11 +99,17 @@ class _NegativeValueCommand(TyperCommand):
                 if _NEGATIVE_NUMBER.match(arg):
                     args = [*args[:i], "--", *args[i:]]
                     break
+        given = list(args)             # click's parser consumes the list it is given
         try:
             return super().parse_args(ctx, args)
         except NoSuchOption as exc:
+            # the token as typed: click names only what it matched of it ("-a" of "-abc", the
+            # name before "=" of "--note=x"), and the hint's command must set the whole value
+            name = exc.option_name
+            typed = next((a for a in given if a != "--" and (a == name or a.startswith(
+                f"{name}=" if name.startswith("--") else name))), name)
             exc.message += (f"; to set a value that starts with a dash, put -- before the arguments: "
-                            f"txmetrics failed set -- ID FIELD {exc.option_name}")
+                            f"txmetrics failed set -- ID FIELD {shlex.quote(typed)}")
             raise
 
 
