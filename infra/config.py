@@ -39,7 +39,7 @@ Keys (namespace `txmetrics:`), defaults in brackets:
   alertPostgresCpuPercent [80]        PostgreSQL CPU, average over 15 minutes
   alertPostgresStoragePercent [80]    PostgreSQL storage used
   alertNoEventsMinutes [0 = off]      no event processed for this long alerts (30 in prod); one of
-                                      5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880
+                                      15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880
   storageAccountName, hostStorageAccountName, functionAppName, postgresServerName,
   eventHubsNamespaceName [derived]    override a globally unique name (default: from a stable suffix of
                                       subscription, project and stack; see infra/naming.py)
@@ -223,9 +223,10 @@ def _alerts(cfg: pulumi.Config) -> Alerts:
         raise ConfigError(f"txmetrics:alertEmail: {bad[0]!r} is not an email address; set e.g. "
                           "`pulumi config set alertEmail oncall@example.com`")
     no_events = _int(cfg, "alertNoEventsMinutes", 0, 0, 2880)
+    allowed = ', '.join(str(m) for m in ALERT_WINDOW_MINUTES if m >= NO_EVENTS_MIN_MINUTES)
     if no_events and no_events not in ALERT_WINDOW_MINUTES:
         raise ConfigError(f"txmetrics:alertNoEventsMinutes = {no_events} is not a window a log alert accepts; set 0 "
-                          f"(off) or one of {', '.join(map(str, ALERT_WINDOW_MINUTES))}")
+                          f"(off) or one of {allowed}")
     if 0 < no_events < NO_EVENTS_MIN_MINUTES:
         # the alert reads batch log lines, which reach Log Analytics 20 s to 3 min after they are
         # written, longer when ingestion lags ("Log data ingestion time in Azure Monitor", Learn):
@@ -233,7 +234,7 @@ def _alerts(cfg: pulumi.Config) -> Alerts:
         raise ConfigError(f"txmetrics:alertNoEventsMinutes = {no_events} is shorter than {NO_EVENTS_MIN_MINUTES} "
                           "minutes: the alert reads log lines that Log Analytics ingests minutes late, so a short "
                           "window pages for a stream that is flowing; set 0 (off) or one of "
-                          f"{', '.join(str(m) for m in ALERT_WINDOW_MINUTES if m >= NO_EVENTS_MIN_MINUTES)}")
+                          f"{allowed}")
     return Alerts(
         emails=emails,
         function_failures=_int(cfg, "alertFunctionFailures", 5, 0, 100000),

@@ -156,6 +156,8 @@ def test_thresholds_come_from_stack_config() -> None:
     ({"txmetrics:alertEmail": None}, "txmetrics:alertEmail is not set"),
     ({"txmetrics:alertEmail": "oncall"}, "txmetrics:alertEmail: 'oncall' is not an email address"),
     ({"txmetrics:alertNoEventsMinutes": "20"}, "txmetrics:alertNoEventsMinutes = 20 is not a window"),
+    # the fix offered for a window no alert accepts is one this setting accepts: not 5 or 10 (a review)
+    ({"txmetrics:alertNoEventsMinutes": "20"}, "set 0 (off) or one of 15, 30, 45"),
     ({"txmetrics:alertNoEventsMinutes": "10"}, "txmetrics:alertNoEventsMinutes = 10 is shorter than 15 minutes"),
     ({"txmetrics:alertNoEventsMinutes": "5"}, "set 0 (off) or one of 15, 30, 45"),
     ({"txmetrics:alertPostgresCpuPercent": "120"}, "txmetrics:alertPostgresCpuPercent = 120 is out of range 1-100"),
