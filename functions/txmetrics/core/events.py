@@ -575,13 +575,16 @@ def _parse_amount_general(value: Any) -> Decimal:
         raise _Invalid("invalid_amount", f"'amount' must be below {AMOUNT_LIMIT:.0e}, got {amount:.3e}")
     if amount != amount.quantize(_AMOUNT_QUANTUM):    # below 10^18: 27 digits, exact in the default context
         raise _Invalid("invalid_amount", f"'amount' has more than {AMOUNT_SCALE} decimal places")
-    if isinstance(value, CardLikeNumber) or card_digits_of_decimal(amount) or (
-            isinstance(value, str) and mask_text(value) != value):
-        # it would reach the Parquet amount column and dynamic_metrics.value as is; a string
-        # whose digits as written are one ("0000000000000.5", zero-padded) would be masked in
-        # the document, and the event stored without its amount metric row, in silence
+    if isinstance(value, CardLikeNumber) or card_digits_of_decimal(amount):
+        # it would reach the Parquet amount column and dynamic_metrics.value as is
         raise _Invalid("card_number_in_amount", "'amount' holds a card number; the event is refused rather than "
                                                 "storing it in typed columns")
+    if isinstance(value, str) and mask_text(value) != value:
+        # a string whose digits as written are one ("0000000000000.5", zero-padded) would be
+        # masked in the document, and the event stored without its amount metric row, in silence
+        raise _Invalid("card_number_in_amount", "'amount' is written with digits that read as a card number (a "
+                                                "run of 13-19 digits passing the Luhn check, e.g. zero padding); "
+                                                "send it without leading zeros")
     return amount
 
 
