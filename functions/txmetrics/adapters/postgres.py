@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from typing import TypeVar
 
+import numpy as np
 import psycopg
 from psycopg.conninfo import make_conninfo
 
@@ -211,19 +212,18 @@ _LEDGER = "ingested_events (event_key, occurred_at, dimension_key)"
 _METRICS = f"dynamic_metrics ({', '.join(TABLE_COLUMNS)})"
 
 
-def _ledger_rows(events: Sequence[PaymentEvent], dimension_keys: Sequence[int]
-                 ) -> tuple[list[tuple[bytes, int]], list[bytes]]:
-    """Each event's ledger key (`naming.event_key` of its id, its time), and the ledger rows
-    in binary COPY format sorted by key (see `BatchTransaction.claim_events`)."""
-    ledger_keys = [(event_key(ev.event_id), ev.occurred_us) for ev in events]
-    order = sorted(range(len(events)), key=ledger_keys.__getitem__)
-    three = pgcopy.field_count(3)
-    return ledger_keys, [three + pgcopy.uuid(ledger_keys[i][0]) + pgcopy.timestamptz(ledger_keys[i][1])
-                         + pgcopy.int8(dimension_keys[i]) for i in order]
+def _ledger_rows(events: Sequence[PaymentEvent], dimension_keys: Sequence[int]) -> tuple[list[bytes], list[bytes]]:
+    """Each event's ledger key (`naming.event_key` of its id), and the ledger rows in binary
+    COPY format sorted by key and time (see `BatchTransaction.claim_events`)."""
+    keys = [event_key(ev.event_id) for ev in events]
+    unix_us = np.fromiter((ev.occurred_us for ev in events), dtype=np.int64, count=len(events))
+    return keys, [pgcopy.ledger_rows(keys, unix_us, dimension_keys)]
 
 
 def _metric_rows(rows: MetricRows) -> Iterator[bytes]:
-    """dynamic_metrics rows in binary COPY format, each event's id and time encoded once."""
+    """dynamic_metrics rows in binary COPY format, each event's id and time encoded once.
+    (Gathered with numpy as the ledger's rows are, they cost the same: measured with the
+    collector paused, as ingest runs, 1.44-1.65 against 1.48-1.71 us an event.)"""
     names = [pgcopy.text(n) for n in rows.metric_names]
     float8 = pgcopy.float8
     four = pgcopy.field_count(4)
@@ -298,7 +298,8 @@ class BatchTransaction:
                 WHERE NOT EXISTS (SELECT 1 FROM inserted i WHERE i.event_key = s.event_key
                                      AND i.occurred_at = s.occurred_at)"""
         ).fetchall()
-        event_of = {key: (ev.event_id, ev.occurred_us) for key, ev in zip(ledger_keys, events, strict=True)}
+        event_of = {(key, ev.occurred_us): (ev.event_id, ev.occurred_us)
+                    for key, ev in zip(ledger_keys, events, strict=True)}
         return {event_of[(k.bytes, datetime_to_us(t))] for k, t in taken}
 
     @contextlib.contextmanager
