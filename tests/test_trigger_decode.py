@@ -97,7 +97,8 @@ def test_an_unexpected_azure_functions_release_is_left_alone(monkeypatch: pytest
 
 def _events(decode: Any, datum: Any, metadata: Any) -> object:
     try:
-        return [(e.get_body(), e.partition_key, e.sequence_number, e.offset, e.enqueued_time, e.iothub_metadata,
+        return [(type(e), e.get_body(), e.partition_key, e.sequence_number, e.offset, e.enqueued_time,
+                 e.enqueued_time.tzinfo if isinstance(e.enqueued_time, datetime) else None, e.iothub_metadata,
                  dict(e.metadata or {})) for e in decode(datum, metadata)]
     except Exception as exc:   # the library's error, which the fast path must give too
         return ("error", type(exc))
@@ -169,3 +170,98 @@ def test_the_fast_path_converts_only_the_metadata_read() -> None:
     assert sorted(events[1].metadata) == ["PartitionContext", "SystemPropertiesArray"]
     with pytest.raises(AssertionError, match="was converted"):
         events[0].metadata["SystemPropertiesArray"]
+
+
+_HOST_FORM_TIME = st.builds(
+    lambda moment, zone, digits: moment.strftime("%Y-%m-%dT%H:%M:%S")
+    + ("." + f"{moment.microsecond:06d}{moment.microsecond % 997:03d}"[:digits] if digits else "") + zone,
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+    st.sampled_from(["Z", "+00:00", "-00:00"]), st.integers(0, 9))
+_ODD_TIME = st.one_of(
+    st.sampled_from(["2026-02-30T00:00:00Z", "2026-13-01T00:00:00.5Z", "2026-03-01T24:00:00Z",   # impossible
+                     "2026-03-01 12:00:00Z", "2026-03-01T12:00:00+01:00", "2026-03-01T12:00:00",  # other forms
+                     "03/01/2026 12:00:00", "2026-03-01T12:00:00Z\n2026-03-01T12:00:00Z", "", "absent",
+                     "\u0662\u0660\u0662\u0666-03-01T12:00:00Z"]),
+    st.none(), st.integers(0, 3))
+# an event as the host sends it: typed properties, some absent or null
+_HOST_ITEM = st.tuples(st.binary(max_size=8),
+                       st.one_of(st.none(), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6),
+                                 st.just("absent")),
+                       st.one_of(st.integers(-2**70, 2**70), st.none(), st.just("absent")),
+                       st.one_of(st.integers(-2**70, 2**70), st.none(), st.just("absent")),
+                       _HOST_FORM_TIME, st.just({}))
+# one that is not: the host's with one field of any type, an odd timestamp, or keys given twice
+# (the last value counts)
+_ODD_ITEM = st.tuples(_HOST_ITEM, st.one_of(
+    st.tuples(st.sampled_from([1, 2, 3]), _PROPERTY), st.tuples(st.just(4), _ODD_TIME),
+    st.tuples(st.just(5), st.dictionaries(st.sampled_from(["x-opt-offset", "SequenceNumber", "PartitionKey", "Other"]),
+                                          _PROPERTY, min_size=1, max_size=2)))
+).map(lambda pair: (*pair[0][:pair[1][0]], pair[1][1], *pair[0][pair[1][0] + 1:]))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_HOST_ITEM, max_size=8), st.one_of(st.none(), st.tuples(st.integers(0, 8), _ODD_ITEM)),
+       st.booleans(), st.sampled_from([0, 0, 0, 1, -1]))
+def test_host_batches_agree_with_the_library(items: list[tuple[Any, ...]], odd: tuple[int, Any] | None,
+                                            same_time: bool, extra_bodies: int) -> None:
+    """Batches in the host's form (typed properties, timestamps shared or not, read at once) and
+    near it (other types, absent or repeated keys, impossible or other timestamps, a count of
+    bodies that differs): the same events, or the same error, as the library."""
+    trigger_decode.install()
+    if same_time and items:      # one timestamp for the whole batch (the host's are to the millisecond)
+        items = [(*item[:4], items[0][4], item[5]) for item in items]
+    if odd is not None:
+        items = [*items[:odd[0]], odd[1], *items[odd[0]:]]
+    _agrees(_host_batch(items, extra_bodies))
+
+
+def _host_batch(items: list[tuple[Any, ...]], extra_bodies: int = 0) -> tuple[Datum, dict[str, Datum]]:
+    """The host's payload for the items (body, key, sequence number, offset, time, more keys);
+    "absent" leaves a key out."""
+    texts = []
+    for _body, key, seq, offset, when, extra in items:
+        fields = [("PartitionKey", key), ("SequenceNumber", seq), ("Offset", offset), ("EnqueuedTimeUtc", when)]
+        # keys given twice (extra) come last: the last value counts
+        fields += list(extra.items())
+        texts.append("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in fields if v != "absent") + "}")
+    bodies = [b for b, *_ in items]
+    bodies = [*bodies, b"x"] if extra_bodies > 0 else bodies[:-1] if extra_bodies < 0 and bodies else bodies
+    datum = Datum(type="collection_bytes", value=SimpleNamespace(bytes=bodies))
+    return datum, {"SystemPropertiesArray": Datum(type="json", value="[" + ", ".join(texts) + "]"),
+                   "PartitionContext": Datum(type="json", value=json.dumps({"PartitionId": "1"}))}
+
+
+def _agrees(payload: tuple[Datum, dict[str, Datum]]) -> None:
+    datum, metadata = payload
+    fast = _events(lambda d, m: EventHubTriggerConverter.decode_multiple_events(d, m), datum, metadata)
+    library = _events(lambda d, m: trigger_decode._LIBRARY_DECODE_MANY.__func__(EventHubTriggerConverter, d, m),
+                      datum, metadata)
+    assert fast == library
+
+
+@pytest.mark.parametrize("odd", ["2026-02-30T00:00:00Z", "2026-13-01T00:00:00.5Z", "2026-03-01T24:00:00Z",
+                                 "2026-03-01 12:00:00Z", "2026-03-01T12:00:00+01:00", "2026-03-01T12:00:00-01:00",
+                                 "2026-03-01T12:00:00", "2026-03-01T12:00:00.Z", "2026-03-01t12:00:00z",
+                                 "2026-03-01T12:00:00Z\n2026-03-01T12:00:00Z", "", None, 0, 7, "absent",
+                                 "20260301T120000Z", "2026-03-01T12Z", "2026-03-01T12:00Z", "2026-03-01T12:00:00,5Z",
+                                 "2026-W09-7T12:00:00Z", "\u0662\u0660\u0662\u0666-03-01T12:00:00Z"])
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_one_odd_timestamp_in_a_host_batch(odd: object, position: int) -> None:
+    """A batch of the host's timestamps with one that is not in its forms: the library's answer."""
+    items = [(b"a", None, 1, 512, "2026-03-01T12:00:00.123Z", {}), (b"b", "k", 2, 1024, "2026-03-01T12:00:00.123Z", {}),
+             (b"c", "absent", 3, "absent", "2026-03-01T12:00:01.1234567Z", {})]
+    items[position] = (*items[position][:4], odd, {})
+    _agrees(_host_batch(items))
+
+
+def test_the_host_s_batch_takes_the_typed_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_batch's batches (the host's form) are read by _host_batch, with the library's values."""
+    trigger_decode.install()
+    taken = []
+    host_batch = trigger_decode._host_batch
+    monkeypatch.setattr(trigger_decode, "_host_batch", lambda *a: taken.append(1) or host_batch(*a))
+    times = [datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)] * 2 + [datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC)]
+    events = make_batch([b"a", b"b", b"c"], first_sequence=5, enqueued_times=times)
+    assert taken == [1]
+    assert [(e.sequence_number, e.offset, e.enqueued_time, e.partition_key, e.iothub_metadata) for e in events] == [
+        (5 + i, (5 + i) * 512, t, None, {}) for i, t in enumerate(times)]

@@ -19,7 +19,11 @@ per event in all. `_decode_multiple_events` does the same for the plain case (a
 `collection_bytes` batch whose system properties are dicts with a str-or-absent partition
 key and int-or-absent sequence number and offset, the host's form) in one pass, and hands
 any other batch, whole, to the library's method, whose results and errors are then the
-library's. Its events share one read-only view of the trigger metadata (`_MetadataView`)
+library's. The host's batch itself (JSON text with no IoT Hub key) is first decoded into
+typed structs (`_HostProperties`: msgspec checks the types in C), and its timestamps are
+matched against the ISO forms at once, joined into one text (one regular expression call a
+batch, not one an event): 2.4-2.5 -> 1.8-1.9 us an event for the decoding. Anything that
+does not fit goes on to the per-event path above. Its events share one read-only view of the trigger metadata (`_MetadataView`)
 that converts an entry when it is read: the function reads PartitionContext alone, and the
 library's `metadata` converts every entry, SystemPropertiesArray's JSON of the whole batch
 included (1 us an event with the standard library's json, for a value already decoded
@@ -31,6 +35,7 @@ never wrong.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -77,11 +82,67 @@ def _library_decode_many(cls: Any, data: Any, trigger_metadata: Any) -> list[Any
     return cast("list[Any]", _LIBRARY_DECODE_MANY.__func__(cls, data, trigger_metadata))
 
 
+class _HostProperties(msgspec.Struct):
+    """One event's system properties as the fast path reads them: the types the library's
+    typed decoding accepts as they are (a bool, which it also accepts as an int, and anything
+    else go to the general path below). Fields not named here are skipped; a key given twice
+    counts with its last value, as in a dict."""
+
+    PartitionKey: str | None = None
+    SequenceNumber: int | None = None
+    Offset: int | None = None
+    EnqueuedTimeUtc: str | None = None
+
+
+_HOST_PROPERTIES = msgspec.json.Decoder(list[_HostProperties])
+# A batch's timestamps joined with newlines, every one in the forms of _ISO_UTC (which has
+# no newline in it): one match for the batch instead of one call per event
+_ISO_UTC_LINES = re.compile(f"(?:{_ISO_UTC.pattern}\n)*{_ISO_UTC.pattern}")
+
+
 def _decode_multiple_events(cls: Any, data: Any, trigger_metadata: Any) -> list[Any]:
     sys_props = trigger_metadata.get("SystemPropertiesArray") if data.type == "collection_bytes" else None
     if sys_props is None:
         return _library_decode_many(cls, data, trigger_metadata)
     bodies = data.value.bytes
+    raw = sys_props.value
+    # The host's batch: its JSON text with no IoT Hub key (see _general_batch) and the types above
+    if isinstance(raw, str) and "iothub-" not in raw and "\\u" not in raw:
+        try:
+            typed = _HOST_PROPERTIES.decode(raw)
+        except msgspec.DecodeError:       # ValidationError included: the general path decides
+            typed = None
+        if typed is not None and len(typed) == len(bodies):
+            return _host_batch(cls, bodies, typed, trigger_metadata)
+    return _general_batch(cls, data, trigger_metadata, bodies, sys_props)
+
+
+def _host_batch(cls: Any, bodies: Any, props: list[_HostProperties], trigger_metadata: Any) -> list[Any]:
+    """The events of a host's batch whose properties are typed as the library accepts them."""
+    texts = [p.EnqueuedTimeUtc for p in props]
+    times: list[datetime | None] | None = None
+    if None not in texts:
+        joined = "\n".join(cast("list[str]", texts))
+        if _ISO_UTC_LINES.fullmatch(joined) is not None and joined.count("\n") == len(texts) - 1:
+            with contextlib.suppress(ValueError):     # an impossible date somewhere: each text on its own below
+                times = list(map(datetime.fromisoformat, cast("list[str]", texts)))   # as _parse_datetime reads them
+    if times is None:           # each on its own, in order: the library's error at the first bad one
+        parse = cls._parse_datetime
+        times = [parse(t) for t in texts]
+    view = _MetadataView(trigger_metadata)
+    event_class = _eventhub.EventHubEvent
+    events = []
+    for body, p, enqueued in zip(bodies, props, times, strict=True):
+        event = event_class(
+            body=body, trigger_metadata=trigger_metadata, enqueued_time=enqueued, partition_key=p.PartitionKey,
+            sequence_number=p.SequenceNumber, iothub_metadata={},
+            offset=p.Offset)  # type: ignore[arg-type]  # the library's annotation, not its behaviour (below)
+        event._trigger_metadata_pyobj = view
+        events.append(event)
+    return events
+
+
+def _general_batch(cls: Any, data: Any, trigger_metadata: Any, bodies: Any, sys_props: Any) -> list[Any]:
     try:
         props = msgspec.json.decode(sys_props.value)   # 3x json.loads; anything it refuses: the library's way
     except (msgspec.DecodeError, TypeError):
