@@ -254,6 +254,16 @@ def test_one_odd_timestamp_in_a_host_batch(odd: object, position: int) -> None:
     _agrees(_host_batch(items))
 
 
+@pytest.mark.parametrize("text", ['[{"PartitionKey": "\ud800", "SequenceNumber": 1}]',   # read by the library
+                                  '[{"PartitionKey": "k", "EnqueuedTimeUtc": "2026-03-01T12:00:00Z\udfff"}]'])
+def test_a_lone_surrogate_in_the_metadata_text(text: str) -> None:
+    """A str the library's json.loads reads but which is not UTF-8 (msgspec cannot encode it): the
+    library's events, not msgspec's UnicodeEncodeError."""
+    trigger_decode.install()
+    datum = Datum(type="collection_bytes", value=SimpleNamespace(bytes=[b"a"]))
+    _agrees((datum, {"SystemPropertiesArray": Datum(type="json", value=text)}))
+
+
 def test_the_host_s_batch_takes_the_typed_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """make_batch's batches (the host's form) are read by _host_batch, with the library's values."""
     trigger_decode.install()

@@ -110,8 +110,8 @@ def _decode_multiple_events(cls: Any, data: Any, trigger_metadata: Any) -> list[
     if isinstance(raw, str) and "iothub-" not in raw and "\\u" not in raw:
         try:
             typed = _HOST_PROPERTIES.decode(raw)
-        except msgspec.DecodeError:       # ValidationError included: the general path decides
-            typed = None
+        except ValueError:    # msgspec's DecodeError and ValidationError; UnicodeEncodeError for a lone
+            typed = None      # surrogate in the text, which json.loads takes: the general path decides
         if typed is not None and len(typed) == len(bodies):
             return _host_batch(cls, bodies, typed, trigger_metadata)
     return _general_batch(cls, data, trigger_metadata, bodies, sys_props)
@@ -145,7 +145,7 @@ def _host_batch(cls: Any, bodies: Any, props: list[_HostProperties], trigger_met
 def _general_batch(cls: Any, data: Any, trigger_metadata: Any, bodies: Any, sys_props: Any) -> list[Any]:
     try:
         props = msgspec.json.decode(sys_props.value)   # 3x json.loads; anything it refuses: the library's way
-    except (msgspec.DecodeError, TypeError):
+    except (ValueError, TypeError):    # ValueError: msgspec's DecodeError, or a lone surrogate in a str
         return _library_decode_many(cls, data, trigger_metadata)
     if type(props) is not list or len(props) != len(bodies):
         return _library_decode_many(cls, data, trigger_metadata)
