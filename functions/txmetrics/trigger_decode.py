@@ -23,12 +23,12 @@ library's. The host's batch itself (JSON text with no IoT Hub key) is first deco
 typed structs (`_HostProperties`: msgspec checks the types in C), and its timestamps are
 matched against the ISO forms at once, joined into one text (one regular expression call a
 batch, not one an event): 2.4-2.5 -> 1.8-1.9 us an event for the decoding. Anything that
-does not fit goes on to the per-event path above. Its events share one read-only view of the trigger metadata (`_MetadataView`)
-that converts an entry when it is read: the function reads PartitionContext alone, and the
-library's `metadata` converts every entry, SystemPropertiesArray's JSON of the whole batch
-included (1 us an event with the standard library's json, for a value already decoded
-above). It only replaces methods on `EventHubTriggerConverter`; other bindings keep
-theirs. Installing twice is harmless. Should the worker load an azure-functions release
+does not fit goes on to the per-event path above. Its events share one read-only view of
+the trigger metadata (`_MetadataView`) that converts an entry when it is read: the function
+reads PartitionContext alone, and the library's `metadata` converts every entry,
+SystemPropertiesArray's JSON of the whole batch included (1 us an event with the standard
+library's json, for a value already decoded above). It only replaces methods on
+`EventHubTriggerConverter`; other bindings keep theirs. Installing twice is harmless. Should the worker load an azure-functions release
 without the internals this relies on, nothing is patched and a warning is logged: slower,
 never wrong.
 """
