@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Sequence
+import keyword
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from decimal import Decimal
 from functools import lru_cache
-from operator import attrgetter
 from typing import Any
 
 import pyarrow as pa
@@ -54,9 +54,10 @@ def events_table(events: Sequence[PaymentEvent]) -> pa.Table:
     declared = fields.SCHEMA
     columns: dict[str, Any] = {}
     versions: list[int] | None = None
+    attribute_values = iter(_attribute_reader(declared)(events))
     for column in declared.columns:
         if column.attribute is not None:
-            values = list(map(attrgetter(column.attribute), events))
+            values = next(attribute_values)
             if column.type == "timestamp" and column.attribute.endswith("_us"):
                 columns[column.name] = pa.array(values, type=pa.int64()).cast(UTC_US)
             elif column.type == "decimal":
@@ -75,6 +76,24 @@ def events_table(events: Sequence[PaymentEvent]) -> pa.Table:
                 columns[column.name] = [fields.document_value(column, e.document, v)
                                         for e, v in zip(events, versions, strict=True)]
     return pa.Table.from_pydict(columns, schema=raw_event_schema(declared))
+
+
+# The attribute columns' values, one list per column: a list comprehension per attribute
+# (`[e.event_id for e in events], ...`), generated once per declaration because the attribute
+# names are the declaration's, never spelt here. A name written in the code is a slot read the
+# interpreter specialises; `map(attrgetter(name), events)` looks the name up for every value:
+# 0.89 -> 0.63 us an event for the 15 attribute columns (1,000-event batches, collector paused).
+@lru_cache(maxsize=8)
+def _attribute_reader(declared: fields.EventSchema) -> Callable[[Sequence[PaymentEvent]], tuple[list[Any], ...]]:
+    attributes = [c.attribute for c in declared.columns if c.attribute is not None]
+    for name in attributes:      # only checked names go into the generated source
+        if not name.isidentifier() or keyword.iskeyword(name) or name not in _EVENT_FIELDS:
+            raise ValueError(f"attribute {name!r} is not a field of PaymentEvent")
+    lists = "".join(f"[e.{name} for e in events], " for name in attributes)
+    namespace: dict[str, Any] = {}
+    exec(f"def read(events):\n    return ({lists})\n", namespace)
+    reader: Callable[[Sequence[PaymentEvent]], tuple[list[Any], ...]] = namespace["read"]
+    return reader
 
 
 def _schema_versions(events: Sequence[PaymentEvent]) -> list[int]:
