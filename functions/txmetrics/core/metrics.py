@@ -278,8 +278,8 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
     g_window: list[npt.NDArray[np.int64]] = []
     g_start: list[npt.NDArray[np.int64]] = []
     g_dims: list[str] = []
-    # a slice's JSON per (dimensions, value codes): the metrics share most slices of a batch
-    slice_json: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
+    # a slice's JSON per dimensions, then value codes: the metrics share most slices of a batch
+    slice_json: dict[tuple[str, ...], dict[tuple[int, ...], str]] = {}
     label_keys = _label_keys(labels)
     for mi, metric in enumerate(catalog.metrics):
         sel = np.flatnonzero(metric_index == mi)
@@ -291,22 +291,29 @@ def aggregate(events: Sequence[PaymentEvent], rows: MetricRows, catalog: Catalog
         # each dimension's code of each selected row, once for all the metric's windows and sets
         row_codes = {d: codes[d][ev_sel] for dims in sets for d in dims}
         for w in catalog.window_seconds:
-            starts, window_code = np.unique(occ_sel - occ_sel % (w * 1_000_000), return_inverse=True)
-            window_code = window_code.reshape(-1)
+            starts, window_code = _window_starts(occ_sel, w * 1_000_000)
             for dims in sets:
-                key = _group_key(window_code, len(starts), [(row_codes[d], len(labels[d])) for d in dims])
-                uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+                key, span = _group_key(window_code, len(starts), [(row_codes[d], len(labels[d])) for d in dims])
+                uniq, first, inverse = _distinct(key, span)
                 offset = len(g_dims)
-                # each group's window and dimension codes, read from its first row
+                # each group's window and dimension codes, read from a row of it (all its rows
+                # have the same)
                 part_codes = [row_codes[d][first].tolist() for d in dims]
-                label_sets = [labels[d] for d in dims]
-                key_sets = [label_keys[d] for d in dims]
-                for parts in zip(*part_codes, strict=True) if dims else [()] * len(uniq):
-                    text = slice_json.get((dims, parts))
-                    if text is None:
-                        text = slice_json[(dims, parts)] = _dimensions_json(
-                            dims, tuple(map(getitem, key_sets, parts)), label_sets, parts)
-                    g_dims.append(text)
+                all_parts = list(zip(*part_codes, strict=True)) if dims else [()] * len(uniq)
+                # the slices met before (by an earlier metric or window) looked up at once
+                known = slice_json.setdefault(dims, {})
+                texts: list[str | None] = list(map(known.get, all_parts))
+                if None in texts:
+                    label_sets = [labels[d] for d in dims]
+                    key_sets = [label_keys[d] for d in dims]
+                    for i, parts in enumerate(all_parts):
+                        if texts[i] is None:
+                            text = known.get(parts)
+                            if text is None:
+                                text = known[parts] = _dimensions_json(
+                                    dims, tuple(map(getitem, key_sets, parts)), label_sets, parts)
+                            texts[i] = text
+                g_dims += texts          # type: ignore[arg-type]  # every None replaced above
                 group_of.append(inverse.reshape(-1) + offset)
                 value_parts.append(val_sel)
                 unit_parts.append(units)
@@ -340,8 +347,8 @@ _KEY_LIMIT = 2**62
 
 
 def _group_key(window_code: npt.NDArray[np.int64], windows: int,
-               columns: list[tuple[npt.NDArray[np.int64], int]]) -> npt.NDArray[np.int64]:
-    """One int64 per row, equal for two rows exactly when their window and dimension codes
+               columns: list[tuple[npt.NDArray[np.int64], int]]) -> tuple[npt.NDArray[np.int64], int]:
+    """One int64 per row (and a bound they are all below), equal for two rows exactly when their window and dimension codes
     are: the mixed-radix number of (window code, each column's code < its radix). When the
     next radix would take the numbers past 2^62, the keys so far are first renumbered densely
     (no more than the rows' count): a set of six dimensions of a thousand values each, in a
@@ -355,7 +362,55 @@ def _group_key(window_code: npt.NDArray[np.int64], windows: int,
             span = int(key.max()) + 1 if key.size else 1
         key = key * radix + code
         span *= radix
-    return key
+    return key, span
+
+
+# The keys of a batch's groups span few values (a few windows times a few hundred slices),
+# so `_distinct` and `_window_starts` mark the values present in an array of that span
+# instead of sorting the rows (np.unique); beyond it, they sort. Same results either way
+# (tests/test_metrics_grouping.py compares them with np.unique): the distinct values
+# ascending and each row's rank among them. 1,000-event bench batches, 12 groupings and 3
+# window passes each: aggregate 0.5-0.7 us an event less (see the commit).
+_DENSE_SPAN_PER_ROW = 4
+_DENSE_SPAN_MIN = 4096
+
+
+def _dense_enough(rows: int, span: int) -> bool:
+    return span <= max(_DENSE_SPAN_MIN, _DENSE_SPAN_PER_ROW * rows)
+
+
+def _distinct(key: npt.NDArray[np.int64], span: int
+              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The distinct values of `key` (each in [0, span)) ascending, a row holding each (any
+    row of it: the caller reads only what is the same for all its rows), and each row's
+    index into them."""
+    if not _dense_enough(len(key), span):
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return uniq, first, inverse.reshape(-1)
+    present = np.zeros(span, dtype=np.bool_)
+    present[key] = True
+    uniq = np.flatnonzero(present)
+    rank = np.cumsum(present, dtype=np.int64) - 1
+    holder = np.empty(span, dtype=np.int64)
+    holder[key] = np.arange(len(key), dtype=np.int64)       # a repeated value keeps one of its rows
+    return uniq.astype(np.int64), holder[uniq], rank[key]
+
+
+def _window_starts(occurred_us: npt.NDArray[np.int64], window_us: int
+                   ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The distinct starts of the windows the times fall in, ascending, and each time's
+    index into them (np.unique of the starts, return_inverse)."""
+    number = occurred_us // window_us                      # floor: right before 1970 too
+    if len(number):
+        low = int(number.min())
+        span = int(number.max()) - low + 1
+        if _dense_enough(len(number), span):
+            present = np.zeros(span, dtype=np.bool_)
+            offset = number - low
+            present[offset] = True
+            return (np.flatnonzero(present) + low) * window_us, (np.cumsum(present, dtype=np.int64) - 1)[offset]
+    starts, code = np.unique(occurred_us - occurred_us % window_us, return_inverse=True)
+    return starts, code.reshape(-1)
 
 
 # Exact sums. A value's double is not the number the event wrote (0.1, or 12345678901234.56),
