@@ -379,3 +379,34 @@ def test_yaml_1_1_integer_forms_are_refused_with_the_fix(written: str, value: in
     for plain, operand in (("10", 10), ("-5", -5), ("0x1F", 31), (f"'{written}'", written)):
         (metric,) = parse_catalog_text(text.replace(written, plain)).metrics
         assert metric.when is not None and metric.when.operand == operand
+
+
+# Numbers as a metric source may hold them: Decimals of every exponent (beyond the double range
+# too) and the special ones, number text as it stands, with blanks around it, near the length
+# limit, beyond the double range, and text float() takes that is no number text here.
+_DECIMAL = st.one_of(st.decimals(allow_nan=True, allow_infinity=True),
+                     st.builds(lambda digits, exponent: Decimal(f"{digits}E{exponent}"),
+                               st.integers(-10**30, 10**30), st.integers(-400, 400)),
+                     st.sampled_from([Decimal("sNaN"), Decimal("-NaN"), Decimal("1E+308"), Decimal("1.8E+308"),
+                                      Decimal("-1E-400"), Decimal("4111111111111111")]))
+_NUMBER_TEXT = st.one_of(
+    st.from_regex(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,12})?|\.[0-9]{1,12})(?:[eE][+-]?[0-9]{1,3})?", fullmatch=True),
+    st.integers(90, 110).map(lambda n: "1" + "0" * (n - 1)),
+    st.integers(90, 110).map(lambda n: "0." + "5" * (n - 2)))
+_TEXT = st.one_of(_NUMBER_TEXT, st.tuples(st.sampled_from(["", " ", "\t", "\n", "\u00a0"]), _NUMBER_TEXT,
+                                          st.sampled_from(["", " ", "\r\n", "\u2003"])).map("".join),
+                  st.sampled_from(["1_000", "inf", "-Infinity", "nan", "\u0661\u0662", "0x10", "1e", "", " ", "."]),
+                  st.text(max_size=6))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_DECIMAL, _TEXT, st.integers(), st.floats(), st.none(), st.booleans()), max_size=20))
+def test_the_usual_numbers_read_without_a_call_equal_the_general_conversion(values: list[Any]) -> None:
+    """Metric.values reads an int, a finite Decimal and plain number text in its comprehension;
+    its answers equal extract's (`_as_metric_value`, then the card check of a source that is
+    no typed column) for every value, those it leaves to the general path included."""
+    catalog = parse_catalog({"metrics": [{"name": "amount", "kind": "value", "source": "amount"},
+                                         {"name": "score", "kind": "value", "source": "score"}]})
+    documents = [{"amount": v, "score": v} for v in values]
+    for metric in catalog.metrics:
+        assert metric.values(documents) == [metric.extract(d) for d in documents], metric.name

@@ -182,8 +182,19 @@ class Metric:
         assert self.source is not None
         source = self.source
         raw = [doc.get(source) for doc in documents] if "." not in source else [lookup(d, source) for d in documents]
-        convert = _as_metric_value
-        values = [float(v) if type(v) is int and -_FLOAT_INT_LIMIT < v < _FLOAT_INT_LIMIT else convert(v) for v in raw]
+        convert, limit, plain_text, longest, decimal = (_as_metric_value, _FLOAT_INT_LIMIT, _NUMBER_TEXT.fullmatch,
+                                                       _MAX_NUMBER_TEXT, Decimal)
+        # The usual values without a call: an int in the double range; a finite Decimal, or a
+        # string that is number text as it stands (no blanks around it, not too long), whose
+        # float is finite (`f - f` is 0.0 for a finite f only). Anything else, and a float
+        # that overflows, goes through `_as_metric_value`. (tests/test_core_catalog.py
+        # compares the two; 1,000-event bench batches, amounts half Decimals, half strings:
+        # the amount metric 0.3-0.5 us an event cheaper.)
+        values = [float(v) if type(v) is int and -limit < v < limit
+                  else f if ((type(v) is decimal and v.is_finite())
+                             or (type(v) is str and len(v) <= longest and plain_text(v)))
+                  and (f := float(v)) - f == 0.0
+                  else convert(v) for v in raw]
         if source not in _TYPED_SOURCES:
             # a value that is a card number has no row: ingest refuses such an event
             # (Catalog.masked_source_problem), but a backfill or rebuild reads events archived
