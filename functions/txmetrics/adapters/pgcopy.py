@@ -46,6 +46,12 @@ _INT4 = struct.Struct(">ii")
 _FLOAT8 = struct.Struct(">id")
 
 
+# Packers of a whole fixed-width field (its length, then the value), for encoders that inline
+# them row by row: pack_float8_field(8, value), pack_int8_field(8, value).
+pack_float8_field = _FLOAT8.pack
+pack_int8_field = _INT8.pack
+
+
 def field_count(n: int) -> bytes:
     return n.to_bytes(2, "big")
 
