@@ -1,0 +1,124 @@
+"""The blob client reads the environment's proxy and CA settings once (adapters/blob.py,
+`_environment_read_once`); every request must still reach `requests` with what it would have
+read itself on each request: same proxies, same verification, same timeouts, same headers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from requests.adapters import HTTPAdapter
+
+from txmetrics.adapters import blob
+
+_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+_ENDPOINTS = {
+    "http://127.0.0.1:10000/devstoreaccount1":
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={_KEY};"
+        "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;",
+    "https://acct.blob.core.windows.net/":
+        f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={_KEY};EndpointSuffix=core.windows.net",
+}
+
+
+class _Sent(Exception):
+    """Raised by the adapter instead of sending: not an AzureError, so no retry."""
+
+
+def _capturing(seen: list[dict[str, Any]]) -> Any:
+    """HTTPAdapter.send that records what requests hands the adapter, and sends nothing."""
+    def send(self: HTTPAdapter, request: Any, **kwargs: Any) -> Any:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("x-ms-date", "x-ms-client-request-id")
+                   and not (k.lower() == "authorization" and v.startswith("SharedKey"))}   # these vary per request
+        seen.append({"url": request.url, "method": request.method, "body": request.body, "headers": headers,
+                     **kwargs})
+        raise _Sent
+    return send
+
+
+@pytest.fixture
+def sent() -> Iterator[list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+    with mock.patch.object(HTTPAdapter, "send", _capturing(seen)):
+        yield seen
+
+
+def _what_requests_gets(client: BlobServiceClient, seen: list[dict[str, Any]]) -> dict[str, Any]:
+    seen.clear()
+    with pytest.raises(_Sent):
+        client.get_container_client("c").upload_blob("a/b.parquet", b"x" * 10, overwrite=True)
+    (request,) = seen
+    return request
+
+
+_PROXY = st.sampled_from(["http://proxy.example:3128", "https://user:pw@proxy.example:8443", "socks5://p:1080",
+                          "proxy.example:3128", ""])
+_NO_PROXY = st.sampled_from(["127.0.0.1", "localhost,127.0.0.1:10000", ".core.windows.net", "blob.core.windows.net",
+                             "acct.blob.core.windows.net", "*", "10.0.0.0/8", "example.com", "127.0.0.0/8", ""])
+_ENVIRONMENT = st.fixed_dictionaries({}, optional={
+    "HTTP_PROXY": _PROXY, "HTTPS_PROXY": _PROXY, "ALL_PROXY": _PROXY, "https_proxy": _PROXY, "http_proxy": _PROXY,
+    "NO_PROXY": _NO_PROXY, "no_proxy": _NO_PROXY,
+    "REQUESTS_CA_BUNDLE": st.sampled_from(["/etc/ssl/certs/ca-certificates.crt", ""]),
+    "CURL_CA_BUNDLE": st.sampled_from(["/tmp/curl-ca.pem", ""])})
+
+
+def _clean_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.lower().endswith("_proxy") and k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC")}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(sorted(_ENDPOINTS)), _ENVIRONMENT)
+def test_requests_get_what_they_would_read_from_the_environment(endpoint: str, environment: dict[str, str]) -> None:
+    """Proxies (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY in either case), the CA bundle, timeouts and
+    headers as the SDK's own transport, which reads the environment per request, hands them on."""
+    seen: list[dict[str, Any]] = []
+    connection_string = _ENDPOINTS[endpoint]
+    with mock.patch.dict(os.environ, {**_clean_environment(), **environment}, clear=True), \
+            mock.patch.object(HTTPAdapter, "send", _capturing(seen)):
+        ours = _what_requests_gets(blob.service_client(connection_string), seen)
+        sdk = _what_requests_gets(BlobServiceClient.from_connection_string(connection_string, **blob._RETRY), seen)
+    assert ours == sdk
+
+
+def test_a_proxy_in_the_environment_is_used_and_no_proxy_bypasses_it(sent: list[dict[str, Any]],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    connection_string = _ENDPOINTS["https://acct.blob.core.windows.net/"]
+    assert _what_requests_gets(blob.service_client(connection_string), sent)["proxies"]["https"] == \
+        "http://proxy.example:3128"
+    monkeypatch.setenv("NO_PROXY", ".core.windows.net")
+    assert "https" not in _what_requests_gets(blob.service_client(connection_string), sent)["proxies"]
+
+
+def test_a_netrc_entry_keeps_the_sdk_s_transport(sent: list[dict[str, Any]], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests sends a .netrc entry for the host as Basic credentials, read per request: then the
+    SDK's own transport is kept, and it still does."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine acct.blob.core.windows.net login u password p\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    connection_string = _ENDPOINTS["https://acct.blob.core.windows.net/"]
+    assert blob._environment_read_once("https://acct.blob.core.windows.net/") == {}
+    request = _what_requests_gets(blob.service_client(connection_string), sent)
+    assert request["headers"]["Authorization"].startswith("Basic ")
+
+
+def test_the_transport_is_configured_as_the_sdk_s_own() -> None:
+    """Timeouts, block size, verification: what the SDK builds from the same options."""
+    connection_string = _ENDPOINTS["https://acct.blob.core.windows.net/"]
+    with mock.patch.dict(os.environ, _clean_environment(), clear=True):     # no CA bundle named
+        ours = blob.service_client(connection_string)._pipeline._transport
+        sdk = BlobServiceClient.from_connection_string(connection_string, **blob._RETRY)._pipeline._transport
+    assert vars(ours.connection_config) == vars(sdk.connection_config)
+    assert type(ours) is type(sdk) and ours._use_env_settings is False and sdk._use_env_settings is True
