@@ -49,6 +49,35 @@ PIPELINE_TABLES = tuple(t.name for t in TABLES if t.name not in ("raw_compaction
 FLOOR_METRICS = ("amount", "processing_ms", "approved")
 
 
+def code_under_test() -> dict[str, Any]:
+    """Which txmetrics this run measures: its package directory, and the commit of this
+    checkout with whether its function code has uncommitted changes. A virtual environment's
+    editable install points at one checkout; run from another, a bench imported the first
+    one's txmetrics (round 16 found its A/B runs between checkouts measuring one code twice)."""
+    import subprocess
+
+    import txmetrics
+
+    package = Path(txmetrics.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "functions"],
+                                      capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, changed = None, None
+    return {"txmetrics": str(package), "commit": commit, "uncommitted_function_changes": changed}
+
+
+def require_own_code(code: dict[str, Any]) -> None:
+    """Refuse to measure another checkout's txmetrics (see `code_under_test`)."""
+    own = ROOT / "functions" / "txmetrics"
+    if Path(code["txmetrics"]) != own.resolve():
+        raise SystemExit(f"localdev.bench: txmetrics was imported from {code['txmetrics']}, not from this "
+                         f"checkout ({own}): the virtual environment's editable install points elsewhere; run "
+                         f"with PYTHONPATH={ROOT / 'functions'}:{ROOT}")
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -429,7 +458,7 @@ def run(events: int, partitions: int, batch_size: int, naive_events: int, repeat
         naive_seconds = _naive_seconds(env, data, naive_events, console)
     config = {"events": events, "partitions": partitions, "batch_size": batch_size, "naive_events": naive_events,
               "repeats": repeats}
-    return _figures(config, rounds, real, stored, naive_seconds)
+    return {**_figures(config, rounds, real, stored, naive_seconds), "code": code_under_test()}
 
 
 def _median(rounds: list[dict[str, Any]], *path: str) -> Any:
@@ -537,6 +566,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (real, floor); medians are reported")
     parser.add_argument("--no-record", action="store_true", help="print only; write no result file")
     args = parser.parse_args()
+    require_own_code(code_under_test())
     result = run(args.events, args.partitions, args.batch_size, args.naive_events, args.repeats)
     print(json.dumps(result, indent=2))
     print(summary(result))

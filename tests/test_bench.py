@@ -39,6 +39,17 @@ def test_every_valid_event_goes_through_the_function(result: dict[str, Any]) -> 
     assert result["metric_rows"] == len(extract_metrics(list(valid.values()), load_catalog(BUNDLED_CATALOG)))
 
 
+def test_it_records_the_code_it_measured(result: dict[str, Any]) -> None:
+    """The run names the txmetrics it imported (this checkout's) and its commit, and the bench
+    refuses to run another checkout's: a shared virtual environment's editable install made
+    A/B runs between checkouts measure one of them twice."""
+    assert result["code"]["txmetrics"] == str((bench.ROOT / "functions" / "txmetrics").resolve())
+    assert result["code"]["commit"] is None or len(result["code"]["commit"]) == 40
+    bench.require_own_code(result["code"])
+    with pytest.raises(SystemExit, match=r"imported from /elsewhere/txmetrics.*PYTHONPATH="):
+        bench.require_own_code({**result["code"], "txmetrics": "/elsewhere/txmetrics"})
+
+
 def test_it_reports_the_figures_the_issue_asks_for(result: dict[str, Any]) -> None:
     rounds = result["rounds"]
     assert isinstance(rounds, list) and len(rounds) == 1
