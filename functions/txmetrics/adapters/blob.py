@@ -5,7 +5,6 @@ that drives the Azure SDK's blob clients; everything else goes through BlobArchi
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,17 +57,23 @@ def _environment_read_once(endpoint: str) -> dict[str, Any]:
     the environment cost 0.3 ms of CPU an upload; docs/decisions.md). The retry policy keeps to the
     primary endpoint (retry_to_secondary is off), so its host is the only one. A .netrc entry for
     the host, which requests would also read per request and send as Basic credentials: then
-    nothing changes (empty options, the SDK's own transport)."""
+    nothing changes (empty options, the SDK's own transport).
+
+    Read by requests itself (`Session.merge_environment_settings`, what it runs per request),
+    so its rules apply as they are, and no environment variable is named here (only
+    settings.py reads the environment for txmetrics' own settings)."""
+    import requests
     from azure.core.pipeline.transport import RequestsTransport
-    from requests.utils import get_environ_proxies, get_netrc_auth
+    from requests.utils import get_netrc_auth
 
     if get_netrc_auth(endpoint) is not None:
         return {}
-    verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    options: dict[str, Any] = {"transport": RequestsTransport(use_env_settings=False, connection_verify=verify,
+    with requests.Session() as session:
+        read = session.merge_environment_settings(endpoint, {}, None, None, None)
+    options: dict[str, Any] = {"transport": RequestsTransport(use_env_settings=False, connection_verify=read["verify"],
                                                               **_TRANSPORT)}
-    if proxies := get_environ_proxies(endpoint):
-        options["proxies"] = proxies
+    if read["proxies"]:
+        options["proxies"] = dict(read["proxies"])
     return options
 
 
