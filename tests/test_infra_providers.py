@@ -433,7 +433,7 @@ def test_the_bundle_is_reproducible_and_complete(built: tuple[bundle.Bundle, bun
             "txmetrics/catalog.yaml"} <= names
     site = bundle.SITE_PACKAGES
     for package in ("azure/functions/__init__.py", "psycopg/__init__.py", "pyarrow/__init__.py", "msgspec/__init__.py",
-                    "azure/storage/blob/__init__.py", "yaml/__init__.py", "numpy/__init__.py"):
+                    "azure/storage/blob/__init__.py", "yaml/__init__.py", "numpy/__init__.py", "requests/__init__.py"):
         assert f"{site}/{package}" in names, package
     assert any(n.startswith(f"{site}/psycopg_binary/") and n.endswith(".so") for n in names)
     assert any("x86_64" in n and n.endswith(".so") for n in names if n.startswith(f"{site}/pyarrow"))
