@@ -28,9 +28,9 @@ the trigger metadata (`_MetadataView`) that converts an entry when it is read: t
 reads PartitionContext alone, and the library's `metadata` converts every entry,
 SystemPropertiesArray's JSON of the whole batch included (1 us an event with the standard
 library's json, for a value already decoded above). It only replaces methods on
-`EventHubTriggerConverter`; other bindings keep theirs. Installing twice is harmless. Should the worker load an azure-functions release
-without the internals this relies on, nothing is patched and a warning is logged: slower,
-never wrong.
+`EventHubTriggerConverter`; other bindings keep theirs. Installing twice is harmless.
+Should the worker load an azure-functions release without the internals this relies on,
+nothing is patched and a warning is logged: slower, never wrong.
 """
 
 from __future__ import annotations

@@ -387,13 +387,18 @@ def _distinct(key: npt.NDArray[np.int64], span: int
     if not _dense_enough(len(key), span):
         uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
         return uniq, first, inverse.reshape(-1)
-    present = np.zeros(span, dtype=np.bool_)
-    present[key] = True
-    uniq = np.flatnonzero(present)
-    rank = np.cumsum(present, dtype=np.int64) - 1
+    uniq, rank = _marked(key, span)
     holder = np.empty(span, dtype=np.int64)
     holder[key] = np.arange(len(key), dtype=np.int64)       # a repeated value keeps one of its rows
-    return uniq.astype(np.int64), holder[uniq], rank[key]
+    return uniq, holder[uniq], rank
+
+
+def _marked(values: npt.NDArray[np.int64], span: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The distinct values (each in [0, span)) ascending, and each value's index into them,
+    by marking the values present in an array of the span."""
+    present = np.zeros(span, dtype=np.bool_)
+    present[values] = True
+    return np.flatnonzero(present).astype(np.int64), (np.cumsum(present, dtype=np.int64) - 1)[values]
 
 
 def _window_starts(occurred_us: npt.NDArray[np.int64], window_us: int
@@ -405,10 +410,8 @@ def _window_starts(occurred_us: npt.NDArray[np.int64], window_us: int
         low = int(number.min())
         span = int(number.max()) - low + 1
         if _dense_enough(len(number), span):
-            present = np.zeros(span, dtype=np.bool_)
-            offset = number - low
-            present[offset] = True
-            return (np.flatnonzero(present) + low) * window_us, (np.cumsum(present, dtype=np.int64) - 1)[offset]
+            numbers, code = _marked(number - low, span)
+            return (numbers + low) * window_us, code
     starts, code = np.unique(occurred_us - occurred_us % window_us, return_inverse=True)
     return starts, code.reshape(-1)
 
