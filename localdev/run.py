@@ -8,6 +8,7 @@ tables and the archive.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +66,33 @@ def load_function(name: str = "ingest") -> Any:
     if name not in functions:
         raise RuntimeError(f"function_app defines no {name!r} function")
     return functions[name].get_user_function()
+
+
+@contextlib.contextmanager
+def worker_logging() -> Iterator[list[tuple[str, int, str]]]:
+    """The root logger as the Python worker sets it in Azure, for the duration: level INFO
+    (DEBUG only with PYTHON_ENABLE_DEBUG_LOGGING) and one handler that formats every record
+    and queues it for the host, whatever its logger (azure-functions-python-worker,
+    `Dispatcher.dispatch_forever` and `on_logging`; host.json's levels filter in the host,
+    after the worker has paid for the record). Yields the (logger, level, message) of each
+    record, as the host would receive them."""
+    import logging
+
+    received: list[tuple[str, int, str]] = []
+
+    class ToHost(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            received.append((record.name, record.levelno, self.format(record)))
+
+    root = logging.getLogger()
+    handler, level = ToHost(), root.level
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield received
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def capture_batch_reports() -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from localdev.eventhub import make_batch
-from localdev.run import indexed_functions
+from localdev.run import indexed_functions, worker_logging
 from txmetrics.settings import SettingsError
 
 
@@ -57,6 +57,22 @@ def test_one_structured_log_line_per_batch(ingest_fn: Callable[..., None], db: p
     ingest_fn(make_batch([event, event, b"bad"], partition_id="4", first_sequence=72))   # again, twice
     fields = json.loads([r.getMessage() for r in caplog.records if r.name == "txmetrics.ingest"][-1].split(" ", 1)[1])
     assert (fields["received"], fields["new"], fields["duplicates"], fields["failed"]) == (3, 0, 2, 1)
+
+
+def test_under_the_workers_logging_a_batch_sends_the_host_one_record(ingest_fn: Callable[..., None],
+                                                                     db: psycopg.Connection) -> None:
+    """In Azure the worker's root logger is at INFO and ships every record to the host
+    (localdev.run.worker_logging). azure-core's HttpLoggingPolicy logs each blob request and
+    response there with its headers: two records an upload, passed on to Application Insights
+    by host.json's "Information". The batch's own line is the one record it sends."""
+    event = {"event_id": "wl1", "transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m",
+             "amount": 1, "currency": "USD", "payment_method": "card", "status": "approved"}
+    with worker_logging() as sent:
+        ingest_fn(make_batch([event, b"bad"], partition_id="5", first_sequence=90))
+        ingest_fn(make_batch([{**event, "event_id": "wl2"}], partition_id="5", first_sequence=92))
+    assert [(name, level) for name, level, _ in sent] == [("txmetrics.ingest", logging.INFO)] * 2, sent
+    assert all(message.startswith("batch {") for _, _, message in sent)
+    assert db.execute("SELECT count(*) FROM raw_files WHERE partition_id = '5'").fetchone() == (2,)   # two uploads
 
 
 def test_hand_made_events_without_trigger_metadata_are_processed(ingest_fn: Callable[..., None],
