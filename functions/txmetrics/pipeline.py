@@ -294,13 +294,13 @@ class Pipeline:
         """Each encoded file entered in the manifest (pending) with its bytes in the outbox."""
         files = []
         for day, events, content in encoded:
-            first = min(ev.sequence_number for ev in events)
+            # lists, not generators: min and max of each in two C loops
+            seqs, times = [ev.sequence_number for ev in events], [ev.occurred_us for ev in events]
+            first = min(seqs)
             partition_id = events[0].partition_id
             file = RawFile(
                 path=raw_file_path(partition_id, first, day), partition_id=partition_id, event_date=day,
-                seq_min=first, seq_max=max(ev.sequence_number for ev in events),
-                occurred_min_us=min(ev.occurred_us for ev in events),
-                occurred_max_us=max(ev.occurred_us for ev in events),
+                seq_min=first, seq_max=max(seqs), occurred_min_us=min(times), occurred_max_us=max(times),
                 row_count=len(events), byte_size=len(content), metrics=self.catalog.metric_names)
             attempt = 0
             while (file_id := manifest.record_pending(tx.conn, file=file, content=content,

