@@ -11,7 +11,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, ExponentialRetry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
@@ -122,3 +122,45 @@ def test_the_transport_is_configured_as_the_sdk_s_own() -> None:
         sdk = BlobServiceClient.from_connection_string(connection_string, **blob._RETRY)._pipeline._transport
     assert vars(ours.connection_config) == vars(sdk.connection_config)
     assert type(ours) is type(sdk) and ours._use_env_settings is False and sdk._use_env_settings is True
+
+
+def test_a_retried_upload_leaves_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """function_app keeps the SDK's HTTP records (INFO) out of the host's logs; a request retried
+    and then through (a 503 here) still leaves one WARNING, with its status and no headers."""
+    import logging
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    puts: list[str] = []
+
+    class Busy(BaseHTTPRequestHandler):      # the container is there; the first blob PUT gets 503
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            blob_put = "restype=container" not in self.path
+            if blob_put:
+                puts.append(self.path)
+            status = 503 if blob_put and len(puts) == 1 else 201
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.send_header("ETag", '"0x1"')
+            self.send_header("Last-Modified", "Sun, 29 Nov 2026 00:00:00 GMT")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
+        archive = blob.BlobArchive(blob.service_client(
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={_KEY};BlobEndpoint={url};"), "c")
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+        caplog.set_level(logging.INFO)
+        with mock.patch.object(ExponentialRetry, "get_backoff_time", return_value=0):
+            archive.upload("a/b.parquet", b"x")
+    finally:
+        server.shutdown()
+    assert len(puts) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"blob request retried (1): PUT {url}/c/a/b.parquet -> 503"], warnings

@@ -5,6 +5,7 @@ that drives the Azure SDK's blob clients; everything else goes through BlobArchi
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,17 @@ from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRe
 # a batch's file is a few hundred KB, sent in well under a second; docs/ingest.md).
 _RETRY: dict[str, Any] = dict(retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
               connection_timeout=10, read_timeout=20, max_single_put_size=256 * 1024 * 1024)
+
+
+_log = logging.getLogger("txmetrics.blob")
+
+
+def _warn_retry(*, retry_count: int, request: Any, response: Any, error: Any, **_: Any) -> None:
+    """One WARNING per retried upload attempt: function_app keeps the SDK's per-request HTTP
+    records (INFO) out of the host's logs, and they were the only trace of a request the SDK
+    retried and then got through (a 503, a 500, a timeout): status or error, no headers."""
+    _log.warning("blob request retried (%d): %s %s -> %s", retry_count + 1, request.method,
+                 request.url.split("?", 1)[0], response.status_code if response is not None else repr(error))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +127,12 @@ class BlobArchive:
         """Idempotent: the same path is overwritten, so a retry never adds a file."""
         self.ensure_container()
         try:
-            self._container.upload_blob(path, data, overwrite=True)
+            self._container.upload_blob(path, data, overwrite=True, retry_hook=_warn_retry)
         except ResourceNotFoundError:
             # container deleted behind our back (e.g. emulator restarted in memory): recreate once
             self._container_checked = False
             self.ensure_container()
-            self._container.upload_blob(path, data, overwrite=True)
+            self._container.upload_blob(path, data, overwrite=True, retry_hook=_warn_retry)
 
     def download(self, path: str) -> bytes:
         return bytes(self._container.download_blob(path).readall())
