@@ -187,7 +187,9 @@ def _real_worker(env: dict[str, str], partition: str, batches: list[list[tuple[b
     latencies, decode_ms = [], []
     start = _start_together()
     cpu0 = time.process_time()
-    with worker_logging():      # the logging the worker pays for in Azure (the floor has none to pay)
+    # The root logger as the worker sets it in Azure: a library's INFO record would cost here what it costs
+    # there (the batch line itself goes to capture_batch_reports, not to the root)
+    with worker_logging():
         for payload in payloads:
             t = time.perf_counter()
             events = decode(*payload)

@@ -71,7 +71,7 @@ def load_function(name: str = "ingest") -> Any:
 @contextlib.contextmanager
 def worker_logging() -> Iterator[list[tuple[str, int, str]]]:
     """The root logger as the Python worker sets it in Azure, for the duration: level INFO
-    (DEBUG only with PYTHON_ENABLE_DEBUG_LOGGING) and one handler that formats every record
+    (the worker's DEBUG, with PYTHON_ENABLE_DEBUG_LOGGING, is not modelled) and one handler that formats every record
     and queues it for the host, whatever its logger (azure-functions-python-worker,
     `Dispatcher.dispatch_forever` and `on_logging`; host.json's levels filter in the host,
     after the worker has paid for the record). Yields the (logger, level, message) of each
