@@ -44,8 +44,8 @@ def host_payload(bodies: Sequence[dict[str, Any] | bytes | str], *, partition_id
     props = [{
         "SequenceNumber": seq,
         "Offset": seq * 512,
-        "EnqueuedTimeUtc": (enqueued_times[i] if enqueued_times is not None else start + timedelta(milliseconds=i))
-        .strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "EnqueuedTimeUtc": host_time_text(enqueued_times[i] if enqueued_times is not None
+                                          else start + timedelta(milliseconds=i)),
         "PartitionKey": None,
     } for i, seq in enumerate(seqs)]
     datum = Datum(type="collection_bytes", value=SimpleNamespace(bytes=raw))
@@ -56,6 +56,22 @@ def host_payload(bodies: Sequence[dict[str, Any] | bytes | str], *, partition_id
             "FullyQualifiedNamespace": "local.servicebus.windows.net", "PartitionId": partition_id})),
     }
     return datum, metadata
+
+
+def host_time_text(moment: datetime) -> str:
+    """An enqueued time as the host writes it into SystemPropertiesArray: UTC, with no zone, the
+    fraction's trailing zeros dropped (none when it is 0). The Event Hubs extension stores
+    `EventData.EnqueuedTime.DateTime`, a DateTime of DateTimeKind.Unspecified (azure-sdk-for-net,
+    Microsoft.Azure.WebJobs.Extensions.EventHubs, `EventHubTriggerBindingStrategy.
+    GetSystemPropertiesForBinding`), and the host serialises the array with Newtonsoft's default
+    settings (azure-functions-host, `RpcMessageConversionExtensions.ToRpcDefault`), whose ISO
+    format is `yyyy-MM-ddTHH:mm:ss.FFFFFFFK` (K is empty for Unspecified). azure-functions
+    therefore gives a naive `enqueued_time` (the worker's tests/endtoend/
+    test_eventhub_batch_functions.py compares it with `datetime.utcnow()`)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{moment.microsecond:06d}".rstrip("0") if moment.microsecond else text
 
 
 def decode(datum: Datum, metadata: dict[str, Datum]) -> list[func.EventHubEvent]:

@@ -215,8 +215,9 @@ def test_a_bad_event_twice_in_a_batch_is_one_failed_item_and_one_duplicate(
 def test_a_failed_item_keeps_where_and_when_it_came_from(ingest_fn: Callable[..., None],
                                                           db: psycopg.Connection) -> None:
     """What an operator needs to find and replay a bad event, column by column, for the
-    ways a batch can bring one: the host's batch (aware enqueued times), and hand-made
-    events with a naive enqueued time (read as UTC, as the database reads one) or none."""
+    ways a batch can bring one: the host's batch (naive UTC enqueued times, as the host writes
+    them: localdev.eventhub.host_time_text), and hand-made events with a naive enqueued time
+    (read as UTC, as the database reads one) or none."""
     from azure.functions import EventHubEvent
 
     at = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
