@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, List  # noqa: UP035  # List: see ingest's annotation
 
 import azure.functions as func
 
@@ -89,7 +89,10 @@ def to_inbound(events: list[func.EventHubEvent], partition_id: str) -> list[Inbo
 @app.event_hub_message_trigger(arg_name="events", event_hub_name="%EVENTHUB_NAME%",
                                connection="EventHubConnection", consumer_group="%EVENTHUB_CONSUMER_GROUP%",
                                cardinality=func.Cardinality.MANY, data_type="binary")
-def ingest(events: list[func.EventHubEvent]) -> None:
+# typing.List, not list[...]: the Python worker refuses PEP 585's list[...] when it indexes the app
+# ("invalid non-type annotation", azure_functions_worker/functions.py validate_function_params;
+# worker issue #1034), and then runs none of its functions (localdev.run checks as it does).
+def ingest(events: List[func.EventHubEvent]) -> None:  # noqa: UP006  # see above
     started = time.perf_counter()
     with collector_paused():      # the batch's objects are freed by reference counting (txmetrics/collector.py)
         partition_id = partition_id_of(events)

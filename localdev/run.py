@@ -55,9 +55,47 @@ def indexed_functions() -> dict[str, Any]:
             sys.path.insert(0, str(FUNCTIONS_DIR))
         import function_app
 
-        for f in function_app.app.get_functions():
-            _FUNCTIONS[str(f.get_function_name())] = f
+        functions = {str(f.get_function_name()): f for f in function_app.app.get_functions()}
+        for f in functions.values():
+            check_annotations_as_the_worker_does(f)
+        _FUNCTIONS.update(functions)
     return _FUNCTIONS
+
+
+def check_annotations_as_the_worker_does(function: Any) -> None:
+    """The checks of a function's parameter annotations that the Python worker makes when it
+    indexes the app (azure-functions-python-worker 4.x, azure_functions_worker/functions.py,
+    `Registry.add_indexed_function` -> `validate_function_params`): an annotation must be a
+    class or a generic by the worker's vendored `_thirdparty/typing_inspect.is_generic_type`
+    (typing's `_GenericAlias`/`_SpecialGenericAlias`, not PEP 585's `list[...]`: Python 3.11's
+    `types.GenericAlias` is neither, and not a class either), else FunctionLoadError "binding
+    ... has invalid non-type annotation"; and the binding's converter must accept it
+    (`bindings.check_input_type_annotation`, the library's converter). The worker then fails to
+    index the whole app: no function of it runs (worker issue #1034, open). Raises RuntimeError
+    with the worker's message."""
+    import collections.abc
+    import typing
+
+    import azure.functions as func
+
+    user_function = function.get_user_function()
+    hints = typing.get_type_hints(user_function)
+    registry = func.get_binding_registry()  # type: ignore[no-untyped-call]  # the library has no annotation
+    excluded = (typing.Union, tuple, typing.ClassVar, collections.abc.Callable)
+    for binding in function.get_bindings():
+        annotation = hints.get(binding.name)
+        if annotation is None or str(binding.direction).upper().endswith("OUT"):
+            continue
+        generic = (isinstance(annotation, typing._GenericAlias | typing._SpecialGenericAlias)  # type: ignore[attr-defined]  # the worker's check
+                   and annotation.__origin__ not in excluded)
+        name = function.get_function_name()
+        if not isinstance(annotation, type) and not generic:
+            raise RuntimeError(f"cannot load the {name} function: binding {binding.name} has invalid "
+                               f"non-type annotation {annotation!r}")
+        converter = registry.get(binding.type) if registry is not None else None
+        if converter is not None and not converter.check_input_type_annotation(annotation):
+            raise RuntimeError(f"cannot load the {name} function: type of {binding.name} binding "
+                               f"{binding.type!r} does not match its Python annotation {annotation!r}")
 
 
 def load_function(name: str = "ingest") -> Any:

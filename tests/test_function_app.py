@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from localdev.eventhub import make_batch
-from localdev.run import indexed_functions, worker_logging
+from localdev.run import check_annotations_as_the_worker_does, indexed_functions, worker_logging
 from txmetrics.settings import SettingsError
 
 
@@ -27,6 +27,16 @@ def test_binding_matches_the_contract() -> None:
     # retried until it succeeds: a bounded policy moves the checkpoint past a long outage (events lost)
     assert retry["strategy"] == "exponential_backoff" and int(retry["max_retry_count"]) == -1
     assert (retry["minimum_interval"], retry["maximum_interval"]) == ("00:00:02", "00:05:00")
+
+
+def test_the_worker_can_load_every_function() -> None:
+    """The Python worker refuses, at indexing, a parameter annotated with PEP 585's
+    `list[func.EventHubEvent]` (azure_functions_worker/functions.py, validate_function_params:
+    "invalid non-type annotation"), and then runs no function of the app at all."""
+    functions = indexed_functions()      # which makes these checks too, as the worker does when it indexes
+    assert {"ingest", "fold_aggregates", "retention", "maintenance"} <= set(functions)
+    for function in functions.values():
+        check_annotations_as_the_worker_does(function)
 
 
 def test_partition_id_comes_from_partition_context() -> None:
