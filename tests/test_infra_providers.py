@@ -447,3 +447,64 @@ def test_the_whole_bundle_is_published(built: tuple[bundle.Bundle, bundle.Bundle
     (post,) = scm.posts
     assert hashlib.sha256(post.body).hexdigest() == first.sha256
     assert "function_app.py" in zipfile.ZipFile(io.BytesIO(post.body)).namelist()
+
+
+def test_the_function_runs_on_the_app_role_s_privileges_alone(entra_db: dict[str, str], services: LocalServices,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """In Azure the function logs in as the app role the migration step maps (Entra; data privileges only, day
+    partitions and retention through the migrations' SECURITY DEFINER functions), not as an owner or a
+    superuser like the rest of the suite: ingest (a redelivery and a bad event among them), the fold, the
+    daily maintenance (compaction, rollups) and retention timers, and the dashboards' view, all as that role."""
+    import json
+    from datetime import UTC, datetime, timedelta
+    from urllib.parse import quote
+
+    from azure.functions.timer import TimerRequest
+    from psycopg import sql
+
+    from localdev.eventhub import make_batch
+    from localdev.run import load_function
+    from txmetrics import runtime
+
+    identity, oid = f"txm-t-{uuid.uuid4().hex[:6]}-func-id", str(uuid.uuid4())
+    role = SchemaMigrationProvider().create(props(entra_db, schema.MIGRATIONS_DIR, identity_name=identity,
+                                                  app_object_id=oid)).outs["app_role"]
+    password = f"token-{uuid.uuid4().hex}"         # stands in for the identity's Entra token
+    with psycopg.connect(entra_db["superuser_url"], autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    parts = urlsplit(entra_db["url"])
+    host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    app_url = urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}:{quote(password, safe='')}@{host}"))
+    for key, value in {**services.env(), "DATABASE_URL": app_url,
+                       "RAW_EVENTS_CONTAINER": f"raw-app-{uuid.uuid4().hex[:8]}"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("METRIC_CATALOG", raising=False)
+    runtime.reset()
+    try:
+        old = datetime.combine(datetime.now(UTC).date() - timedelta(days=2), datetime.min.time(), tzinfo=UTC)
+        bodies = [json.dumps({"event_id": f"a{i}", "transaction_id": "t", "merchant_id": "m", "amount": 1,
+                              "occurred_at": (old + timedelta(hours=i)).isoformat(), "currency": "USD",
+                              "payment_method": "card", "status": "approved"}) for i in range(3)]
+        ingest = load_function("ingest")
+        for i, body in enumerate(bodies):          # one small file per batch, all on an old day
+            ingest(make_batch([body], partition_id="0", first_sequence=i))
+        ingest(make_batch([bodies[0], b"not json"], partition_id="0", first_sequence=0))    # a redelivery, re-cut
+        assert runtime.get_pipeline().store.connection().info.user == role    # not the suite's superuser
+        load_function("fold_aggregates")(TimerRequest())
+        with psycopg.connect(app_url) as conn:     # the dashboards' view, as the app role
+            assert conn.execute("SELECT sum(transaction_count) FROM payment_metrics_5m").fetchone() == (3,)
+        load_function("maintenance")(TimerRequest())
+        with psycopg.connect(entra_db["superuser_url"]) as conn:
+            q = lambda statement: conn.execute(statement).fetchone()  # noqa: E731
+            assert q("SELECT count(*) FROM ingested_events") == (3,)
+            assert q("SELECT count(*) FROM dynamic_metrics") == (6,)          # 3 events x amount, approved
+            assert q("SELECT count(*) FROM failed_items") == (1,)
+            assert q("SELECT count(*) FROM aggregate_deltas") == (0,)         # folded
+            assert q("SELECT count(*) FROM raw_files WHERE state = 'uploaded'") == (1,)   # compacted
+            assert q("SELECT count(*) FROM aggregate_rollups WHERE NOT stale") == (1,)
+        monkeypatch.setenv("TXMETRICS_RETENTION", json.dumps({"dynamic_metrics": 1, "ingested_events": 1}))
+        load_function("retention")(TimerRequest())
+        with psycopg.connect(entra_db["superuser_url"]) as conn:
+            assert conn.execute("SELECT count(*) FROM dynamic_metrics").fetchone() == (0,)   # older than 1 day
+    finally:
+        runtime.reset()
