@@ -161,6 +161,7 @@ def test_a_retried_upload_leaves_a_warning(caplog: pytest.LogCaptureFixture) -> 
             archive.upload("a/b.parquet", b"x")
     finally:
         server.shutdown()
+        server.server_close()
     assert len(puts) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [f"blob request retried (1): PUT {url}/c/a/b.parquet -> 503"], warnings
