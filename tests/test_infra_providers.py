@@ -60,15 +60,34 @@ END $$;
 """
 
 
+# Who owns the database the deployment creates (`flexibleServers/databases`, infra/database.py) is not
+# documented. Databases made with CREATE DATABASE belong to their creator; the server's own `postgres`
+# and templates belong to `azure_pg_admin`, the group Azure makes every administrator (password and
+# Entra) a member of (Learn, "Security in Azure Database for PostgreSQL", and `\l` on a flexible
+# server). So the tests that need it run both ways: owned by the administrator, and owned by a
+# stand-in of azure_pg_admin with the administrator a member, where every ownership-only statement
+# of the migrations and the migration step works through that membership.
+DATABASE_OWNERS = ["administrator", "azure_pg_admin"]
+
+
 @pytest.fixture
-def entra_db(empty_db: str, services: LocalServices, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """An empty database whose owner is a non-superuser 'Entra administrator' (CREATEROLE, like a member of
-    azure_pg_admin) that logs in with a token as password; URLs without password, as the program builds them."""
+def entra_db(request: pytest.FixtureRequest, empty_db: str, services: LocalServices,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """An empty database owned by a non-superuser 'Entra administrator' (CREATEROLE, like a member of
+    azure_pg_admin) that logs in with a token as password, or (param "azure_pg_admin") by a group role
+    it is a member of; URLs without password, as the program builds them."""
     admin, token = f"admin_{uuid.uuid4().hex[:8]}", f"eyJ0eXAi.token-{uuid.uuid4().hex}.sig"
+    group = f"azure_pg_admin_{uuid.uuid4().hex[:8]}" if getattr(request, "param", "administrator") == \
+        "azure_pg_admin" else None
     dbname = urlsplit(empty_db).path.lstrip("/")
     with psycopg.connect(services.database_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{token}'")
-        conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO {admin}')
+        if group is None:
+            conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO {admin}')
+        else:
+            conn.execute(f"CREATE ROLE {group} NOLOGIN CREATEROLE")
+            conn.execute(f"GRANT {group} TO {admin}")
+            conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO {group}')
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute(PGAADAUTH_STAND_IN)
         conn.execute(f"GRANT USAGE ON SCHEMA stand_in TO {admin}; GRANT ALL ON stand_in.principals TO {admin}")
@@ -81,11 +100,12 @@ def entra_db(empty_db: str, services: LocalServices, monkeypatch: pytest.MonkeyP
     with psycopg.connect(empty_db, autocommit=True) as conn:     # roles are cluster-wide: leave none behind
         roles = [r[0] for r in conn.execute("SELECT p.rolename FROM stand_in.principals p JOIN pg_roles r "
                                             "ON r.rolname = p.rolename")]
-        conn.execute(f"REASSIGN OWNED BY {admin} TO CURRENT_USER")
-        for role in [*roles, admin]:
+        owners = [admin] if group is None else [admin, group]
+        conn.execute(f"REASSIGN OWNED BY {', '.join(owners)} TO CURRENT_USER")
+        for role in [*roles, *owners]:
             conn.execute(f'DROP OWNED BY "{role}"')
     with psycopg.connect(services.database_url, autocommit=True) as conn:
-        for role in [*roles, admin]:
+        for role in [*roles, *owners]:
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
@@ -95,6 +115,7 @@ def props(db: dict[str, str], migrations: Path, **extra: Any) -> dict[str, Any]:
             "private": False, "deployer_ip": "93.184.216.34", "connect_timeout": 5, **extra}
 
 
+@pytest.mark.parametrize("entra_db", DATABASE_OWNERS, indirect=True)
 def test_migrations_run_as_the_entra_admin_with_its_token_and_diff_on_content(entra_db: dict[str, str],
                                                                                tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
@@ -160,6 +181,7 @@ def test_migration_provider_refuses_migrations_changed_since_the_preview(entra_d
         SchemaMigrationProvider().create(planned)
 
 
+@pytest.mark.parametrize("entra_db", DATABASE_OWNERS, indirect=True)
 def test_the_app_role_maps_the_identity_with_data_privileges_only(entra_db: dict[str, str]) -> None:
     identity, oid = f"txm-t-{uuid.uuid4().hex[:6]}-func-id", str(uuid.uuid4())
     out = SchemaMigrationProvider().create(props(entra_db, schema.MIGRATIONS_DIR, identity_name=identity,
@@ -449,6 +471,7 @@ def test_the_whole_bundle_is_published(built: tuple[bundle.Bundle, bundle.Bundle
     assert "function_app.py" in zipfile.ZipFile(io.BytesIO(post.body)).namelist()
 
 
+@pytest.mark.parametrize("entra_db", DATABASE_OWNERS, indirect=True)
 def test_the_function_runs_on_the_app_role_s_privileges_alone(entra_db: dict[str, str], services: LocalServices,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """In Azure the function logs in as the app role the migration step maps (Entra; data privileges only, day
