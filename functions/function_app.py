@@ -44,8 +44,8 @@ log = logging.getLogger("txmetrics.ingest")
 # request and response there, headers and all: two records an upload, about 1.4 KB of log a
 # batch and 0.2-0.6 ms of CPU (localdev.run.worker_logging stands in for the worker in the
 # tests and the bench). It logs failed responses at INFO too: a request that fails for good
-# raises, and an upload (ingest's one blob request) the SDK retried gets a WARNING of its own
-# (adapters/blob.py, _warn_retry); the timers' other blob requests retry without one.
+# raises, and each retry the SDK makes of any blob request gets a WARNING of our own
+# (adapters/blob.py, _LoggedRetry).
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 

@@ -165,3 +165,60 @@ def test_a_retried_upload_leaves_a_warning(caplog: pytest.LogCaptureFixture) -> 
     assert len(puts) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [f"blob request retried (1): PUT {url}/c/a/b.parquet -> 503"], warnings
+
+
+@pytest.mark.parametrize("operation, method, query", [
+    ("download", "GET", ""), ("list", "GET", "restype=container&comp=list"), ("delete", "DELETE", ""),
+    ("set_tier", "PUT", "comp=tier"), ("exists", "GET", "restype=container"),
+])
+def test_every_retried_blob_request_leaves_a_warning(operation: str, method: str, query: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Not only uploads: the timers and the CLI list, download, delete and re-tier blobs through the
+    same client, and a retry of any of them leaves one WARNING (`_LoggedRetry`). The stand-in answers
+    503 to the first request, then 404 (not retried), which the operation raises or, for a delete,
+    takes as already gone."""
+    import logging
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from azure.core.exceptions import ResourceNotFoundError
+
+    seen: list[tuple[str, str]] = []
+
+    class BusyThenGone(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append((self.command, self.path))
+            self.send_response(503 if len(seen) == 1 else 404)
+            self.send_header("Content-Length", "0")
+            self.send_header("x-ms-error-code", "ServerBusy" if len(seen) == 1 else "BlobNotFound")
+            self.end_headers()
+
+        do_GET = do_PUT = do_DELETE = do_HEAD = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BusyThenGone)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
+        archive = blob.BlobArchive(blob.service_client(
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={_KEY};BlobEndpoint={url};"), "c")
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+        caplog.set_level(logging.INFO)
+        calls = {"download": lambda: archive.download("a/b.parquet"), "list": lambda: list(archive.list("a/")),
+                 "delete": lambda: archive.delete("a/b.parquet"), "set_tier": lambda: archive.set_tier("a/b.parquet", "Cool"),
+                 "exists": archive.exists}
+        with mock.patch.object(ExponentialRetry, "get_backoff_time", return_value=0):
+            try:
+                calls[operation]()
+            except ResourceNotFoundError:
+                assert operation in ("download", "list", "set_tier")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [m for m, _ in seen] == [method, method] and all(query in path for _, path in seen), seen
+    path = "/c" if operation in ("list", "exists") else "/c/a/b.parquet"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"blob request retried (1): {method} {url}{path} -> 503"], warnings

@@ -14,23 +14,36 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry, RehydratePriority
 
-# The SDK's default (15 s initial backoff, growing) holds an invocation for a minute before
-# it fails; the host retries whole batches anyway, so fail sooner and let it. A server that
-# accepts and never answers: 4 attempts x the read timeout (60 s: 257 s measured; 20 s: 102 s;
-# a batch's file is a few hundred KB, sent in well under a second; docs/ingest.md).
-_RETRY: dict[str, Any] = dict(retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
-              connection_timeout=10, read_timeout=20, max_single_put_size=256 * 1024 * 1024)
-
-
 _log = logging.getLogger("txmetrics.blob")
 
 
 def _warn_retry(*, retry_count: int, request: Any, response: Any, error: Any, **_: Any) -> None:
-    """One WARNING per retried upload attempt: function_app keeps the SDK's per-request HTTP
-    records (INFO) out of the host's logs, and they were the only trace of a request the SDK
-    retried and then got through (a 503, a 500, a timeout): status or error, no headers."""
+    """One WARNING per retried request: function_app keeps the SDK's per-request HTTP records
+    (INFO) out of the host's logs, and they were the only trace of a request the SDK retried
+    and then got through (a 503, a 500, a timeout): status or error, no headers."""
     _log.warning("blob request retried (%d): %s %s -> %s", retry_count + 1, request.method,
                  request.url.split("?", 1)[0], response.status_code if response is not None else repr(error))
+
+
+class _LoggedRetry(ExponentialRetry):
+    """ExponentialRetry that calls `_warn_retry` on every retry of every request of the client
+    (uploads, and the timers' and CLI's lists, downloads, deletes and tier changes). The SDK
+    takes its `retry_hook` per request only; this is where the policy reads it
+    (`StorageRetryPolicy.configure_retries`), so a hook a caller passes still wins."""
+
+    def configure_retries(self, request: Any) -> dict[str, Any]:
+        settings: dict[str, Any] = super().configure_retries(request)
+        if settings["hook"] is None:
+            settings["hook"] = _warn_retry
+        return settings
+
+
+# The SDK's default (15 s initial backoff, growing) holds an invocation for a minute before
+# it fails; the host retries whole batches anyway, so fail sooner and let it. A server that
+# accepts and never answers: 4 attempts x the read timeout (60 s: 257 s measured; 20 s: 102 s;
+# a batch's file is a few hundred KB, sent in well under a second; docs/ingest.md).
+_RETRY: dict[str, Any] = dict(retry_policy=_LoggedRetry(initial_backoff=1, increment_base=2, retry_total=3),
+              connection_timeout=10, read_timeout=20, max_single_put_size=256 * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +140,12 @@ class BlobArchive:
         """Idempotent: the same path is overwritten, so a retry never adds a file."""
         self.ensure_container()
         try:
-            self._container.upload_blob(path, data, overwrite=True, retry_hook=_warn_retry)
+            self._container.upload_blob(path, data, overwrite=True)
         except ResourceNotFoundError:
             # container deleted behind our back (e.g. emulator restarted in memory): recreate once
             self._container_checked = False
             self.ensure_container()
-            self._container.upload_blob(path, data, overwrite=True, retry_hook=_warn_retry)
+            self._container.upload_blob(path, data, overwrite=True)
 
     def download(self, path: str) -> bytes:
         return bytes(self._container.download_blob(path).readall())
