@@ -295,3 +295,46 @@ def test_the_host_s_batch_takes_the_typed_path(monkeypatch: pytest.MonkeyPatch) 
     assert taken == [1]
     assert [(e.sequence_number, e.offset, e.enqueued_time, e.partition_key, e.iothub_metadata) for e in events] == [
         (5 + i, (5 + i) * 512, t.replace(tzinfo=None), None, {}) for i, t in enumerate(times)]
+
+
+@pytest.mark.parametrize("keys", [None, ["k", None, "merchant-7"], ["iothub-x", "k", None], ['say "hi"', "a\\b", "\n"],
+                                  ["\u00e9t\u00e9", "\U0001f600", "h"]])
+@pytest.mark.parametrize("message_ids", [None, ["6f1c0a4e-1d2b-4c3a-9f00-0123456789ab", None, "hello"]])
+def test_the_extension_s_full_system_properties_agree_with_the_library(keys: list[str | None] | None,
+                                                                       message_ids: list[str | None] | None) -> None:
+    """host_payload's objects as the Event Hubs extension builds them (message-id, x-opt-partition-key,
+    x-opt-sequence-number, x-opt-offset, x-opt-enqueued-time, then the binding keys with OffsetString):
+    the library's events, with partition keys that hold an "h", "iothub-", escapes or non-ASCII text."""
+    times = [datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC), datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC),
+             datetime(2026, 3, 1, 12, 0, 1, 120, tzinfo=UTC)]
+    payload = host_payload([b"a", b"b", b"c"], first_sequence=2**40, enqueued_times=times, partition_keys=keys,
+                           message_ids=message_ids)
+    text = payload[1]["SystemPropertiesArray"].value
+    assert '"x-opt-enqueued-time":"2026-03-01T12:00:00.123+00:00"' in text and '"OffsetString":"' in text
+    _agrees(payload)
+    trigger_decode.install()
+    events = decode(*payload)
+    assert [(e.sequence_number, e.offset, e.enqueued_time, e.partition_key) for e in events] == [
+        (2**40 + i, (2**40 + i) * 512, t.replace(tzinfo=None), keys[i] if keys else None) for i, t in enumerate(times)]
+
+
+@pytest.mark.parametrize("keys", [None, ["merchant-7", "k"], ["h\u00e9", "x"]])
+@pytest.mark.parametrize("older_extension", [False, True])
+def test_the_extension_s_full_system_properties_take_the_typed_path(monkeypatch: pytest.MonkeyPatch,
+                                                                    keys: list[str] | None,
+                                                                    older_extension: bool) -> None:
+    """The extra keys do not turn the host's batch away from _host_batch: neither 6.5.2+'s (x-opt-offset
+    a string, OffsetString) nor 6.0-6.5.1's (x-opt-offset a number, no OffsetString)."""
+    trigger_decode.install()
+    taken = []
+    host_batch = trigger_decode._host_batch
+    monkeypatch.setattr(trigger_decode, "_host_batch", lambda *a: taken.append(1) or host_batch(*a))
+    datum, metadata = host_payload([b"a", b"b"], first_sequence=9, partition_keys=keys)
+    if older_extension:
+        props = json.loads(metadata["SystemPropertiesArray"].value)
+        for p in props:
+            p["x-opt-offset"] = int(p.pop("OffsetString"))
+        metadata["SystemPropertiesArray"] = Datum(type="json", value=json.dumps(props, separators=(",", ":"),
+                                                                                ensure_ascii=False))
+    _agrees((datum, metadata))
+    assert taken == [1]

@@ -29,7 +29,9 @@ per event in all. `_decode_multiple_events` does the same for the plain case (a
 key and int-or-absent sequence number and offset, the host's form) in one pass, and hands
 any other batch, whole, to the library's method, whose results and errors are then the
 library's. The host's batch itself (JSON text with no IoT Hub key) is first decoded into
-typed structs (`_HostProperties`: msgspec checks the types in C), and its timestamps are
+typed structs (`_HostProperties`: msgspec checks the types in C, and skips the keys the
+library ignores: the x-opt-* annotations, OffsetString and any AMQP property the extension
+copies in, see localdev.eventhub.host_payload), and its timestamps are
 matched against the ISO forms at once, joined into one text (one regular expression call a
 batch, not one an event): 2.4-2.5 -> 1.8-1.9 us an event for the decoding. Anything that
 does not fit goes on to the per-event path above. Its events share one read-only view of
@@ -117,8 +119,12 @@ def _decode_multiple_events(cls: Any, data: Any, trigger_metadata: Any) -> list[
         return _library_decode_many(cls, data, trigger_metadata)
     bodies = data.value.bytes
     raw = sys_props.value
-    # The host's batch: its JSON text with no IoT Hub key (see _general_batch) and the types above
-    if isinstance(raw, str) and "iothub-" not in raw and "\\u" not in raw:
+    # The host's batch: its JSON text with no IoT Hub key (see _general_batch) and the types above.
+    # Tested as one-character searches (memchr), 60x cheaper than the substring searches on the
+    # host's text (0.6 us an event: its x-opt-* copies double the text, full of "-"): no backslash
+    # (so no \u escape, and no key spelt with one), and no "h" (none of the host's keys, numbers,
+    # times or nulls has one; a partition key or message-id may) or, failing that, no "iothub-".
+    if isinstance(raw, str) and "\\" not in raw and ("h" not in raw or "iothub-" not in raw):
         try:
             typed = _HOST_PROPERTIES.decode(raw)
         except ValueError:    # msgspec's DecodeError and ValidationError; UnicodeEncodeError for a lone
