@@ -332,8 +332,23 @@ def test_event_type_is_any_string_even_an_empty_one(event_type: str, card_like: 
     ev = parse(valid(event_type=event_type, **extra))
     assert isinstance(ev, PaymentEvent), ev
     assert ev.event_type == event_type
-    refused = parse(valid(payment_method=event_type))                  # still a non-empty string
+    refused = parse(valid(payment_method=""))                          # still a non-empty string
     assert isinstance(refused, Rejection) and refused.error_code == "invalid_payment_method"
+
+
+@pytest.mark.parametrize("blank", [" ", "   ", "\t", "\n", "\u00a0", "\u3000"])
+@pytest.mark.parametrize("card_like", [False, True])
+@pytest.mark.parametrize("field", ["event_id", "transaction_id", "merchant_id", "payment_method"])
+def test_a_blank_identifier_is_a_non_empty_string(field: str, blank: str, card_like: bool) -> None:
+    """Contract section 1 asks these fields for a "non-empty string", and " " is one: taken as
+    sent, by both validation paths (an audit found "   " refused as "must not be empty").
+    The empty string is still refused."""
+    extra = {"attributes": {"note": "ref 4111 1111 1111 1111"}} if card_like else {}
+    ev = parse(valid(**{field: blank}, **extra))
+    assert isinstance(ev, PaymentEvent), ev
+    assert getattr(ev, field) == blank
+    refused = parse(valid(**{field: ""}, **extra))
+    assert isinstance(refused, Rejection) and refused.error_code == f"invalid_{field}"
 
 
 @pytest.mark.parametrize("amount", ["0000000000000.5", " 0000000000000.5 ", "0000000000000", "0004000000000.00",

@@ -432,8 +432,10 @@ def _shown(value: str, limit: int = 40) -> str:
 
 def _text(doc: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TEXT,
           blank: bool = False) -> str | None:
-    """A text field as sent. `blank` takes an empty or all-blank string (a field the contract
-    calls a plain "string", not a "non-empty string")."""
+    """A text field as sent. Required text is a "non-empty string" (contract section 1): at
+    least one character, blanks included ("   " is taken: docs/decisions.md, "Blank
+    identifiers"); `blank` also takes the empty string (a field the contract calls a plain
+    "string")."""
     value = doc.get(name)
     if value is None:
         if required:
@@ -441,7 +443,7 @@ def _text(doc: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TE
         return None
     if not isinstance(value, str):
         raise _Invalid(f"invalid_{name}", f"'{name}' must be a string, got {_kind(value)}")
-    if not blank and (not value or value.isspace()):   # as `not value.strip()`, without a copy
+    if not blank and not value:
         raise _Invalid(f"invalid_{name}", f"'{name}' must not be empty")
     if len(value) > limit:
         raise _Invalid(f"invalid_{name}", f"'{name}' is {len(value)} characters; at most {limit} are allowed")
@@ -647,7 +649,7 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
     event_type: Any = g("event_type")
     country: Any = g("country")
     str_ = str
-    # types first, then lengths and contents (an all-blank string, a NUL, a bad code): the
+    # types first, then lengths and contents (an empty string, a NUL, a bad code): the
     # checks of _text, _identifier and the code patterns, written out for the usual case
     if not (type(event_id) is str_ and type(transaction_id) is str_ and type(merchant_id) is str_
             and type(payment_method) is str_ and type(status) is str_ and type(currency) is str_
@@ -662,8 +664,7 @@ def _validate_usual(doc: dict[str, Any], text: str, inbound: InboundEvent) -> Pa
     if (card is not None and type(card) is not dict) or (attributes is not None and type(attributes) is not dict):
         return None
     joined = f"{event_id}\x00{transaction_id}\x00{merchant_id}\x00{payment_method}\x00{event_type or '-'}"
-    if joined.count("\x00") != 4 or event_id.isspace() or transaction_id.isspace() or merchant_id.isspace() \
-            or payment_method.isspace():
+    if joined.count("\x00") != 4:
         return None
     occurred_us = _parse_occurred_at(g("occurred_at"))
     amount = _parse_amount(g("amount"))
