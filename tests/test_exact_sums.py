@@ -165,3 +165,24 @@ def test_sums_over_many_rows_are_exact_chunk_by_chunk() -> None:
     expected = [sum(int(u) for u, g in zip(units.tolist(), groups.tolist(), strict=True) if g == k) for k in range(1)]
     got = [int(exact[k].scaleb(9)) if k in exact else int(sums[k]) for k in range(1)]
     assert got == expected
+
+
+def test_a_whole_sum_reads_as_an_exact_integer_in_json_and_csv(deliver: Callable[..., None],
+                                                              db: psycopg.Connection, env: dict[str, str]) -> None:
+    """An audit: `txmetrics kpi --format json` wrote a whole sum with its stored scale
+    (`9007199254741007.000000000`), which a JSON reader takes for a double (2^53 + 16); written
+    plainly it is an integer, exact at any size. Fractions keep their digits, without the
+    scale's trailing zeros."""
+    deliver([payment(0, "1", processing_ms=2**53), payment(1, "1", processing_ms=15),
+             payment(2, "0.10"), payment(3, "0.20")], partition_id="0")
+    db.execute("SELECT txm_fold_aggregates()")
+    args = ["kpi", "--metric", "processing_ms", "--start", "2026-03-01", "--end", "2026-03-02"]
+    result = CliRunner().invoke(app, [*args, "--format", "json"], env={"COLUMNS": None})
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)                       # the plain reader: no parse_float
+    assert row["sum"] == 2**53 + 15 and type(row["sum"]) is int, row
+    csv_out = CliRunner().invoke(app, [*args, "--format", "csv"], env={"COLUMNS": None})
+    assert f",{2**53 + 15}," in csv_out.stdout, csv_out.output
+    amount = json.loads(CliRunner().invoke(app, ["kpi", "--metric", "amount", "--start", "2026-03-01", "--end",
+                                                 "2026-03-02", "--format", "json"], env={"COLUMNS": None}).stdout)
+    assert [r["sum"] for r in amount] == [2.3]               # 1 + 1 + 0.10 + 0.20, written "2.3"

@@ -75,10 +75,19 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def decimal_text(value: Decimal) -> str:
+    """An exact decimal in plain notation without the stored scale's trailing zeros
+    (`9007199254741007.000000000` -> `9007199254741007`, `12.300000000` -> `12.3`): a JSON
+    reader then takes a whole sum for an integer, exact at any size, where the zeros made it
+    a double (2^53 + 15 read as 2^53 + 16). Not `normalize()`, which rounds to 28 digits."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def json_value(value: Any) -> str:
     """One value as JSON text: exact decimals as numbers, NaN as null, times as ISO strings."""
     if isinstance(value, Decimal):
-        return format(value, "f") if value.is_finite() else "null"
+        return decimal_text(value) if value.is_finite() else "null"
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return "null"
     if isinstance(value, datetime | date):
@@ -102,7 +111,7 @@ def csv_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return decimal_text(value) if value.is_finite() else ""
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return ""
     if isinstance(value, datetime | date):
