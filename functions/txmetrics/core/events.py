@@ -55,11 +55,13 @@ from .masking import (
     card_digits_of_decimal,
     card_digits_of_int,
     card_digits_of_number,
+    card_digits_written,
     digit_run_possible,
     has_escaped_card_characters,
     mask_json_text,
     mask_text,
     mask_value,
+    mask_written_number,
     might_contain_pan,
 )
 from .naming import datetime_to_us, us_to_datetime
@@ -117,11 +119,20 @@ def _marked_number(text: str) -> Decimal:
 
 
 def _number_or_text(text: str) -> Decimal | str:
-    """float_hook for a refused body's payload: an out-of-range number stays as its text."""
+    """float_hook for a refused body's payload: an out-of-range number stays as its text,
+    unless its integer digits as written are a card number (`4111111111111111e99999`): then it
+    is marked as any such number is (masking turns it into the masked string of its digits)."""
     try:
         return _marked_number(text)
     except NumberOutOfRange:
-        return text
+        digits = card_digits_written(text)
+        return CardLikeNumber.of("-0" if text.startswith("-") else "0", digits) if digits else text
+
+
+def _out_of_range_detail(exc: NumberOutOfRange) -> str:
+    """The detail of a number out of range; a card number written as its integer digits is
+    masked (mask_text leaves `4111111111111111e99999` alone: the digits touch a letter)."""
+    return NumberOutOfRange(mask_written_number(exc.text)).detail
 
 
 _DECODER = msgspec.json.Decoder(float_hook=_number)
@@ -297,8 +308,10 @@ def _decode(text: str) -> tuple[Any, bool]:
         except _CardNumberInNumber:
             return _MARKING_DECODER.decode(text), True
     except NumberOutOfRange as exc:
-        raise _Invalid("number_out_of_range", exc.detail) from None
-    except msgspec.ValidationError as exc:    # an integer of more than 4300 digits
+        raise _Invalid("number_out_of_range", _out_of_range_detail(exc)) from None
+    except msgspec.ValidationError as exc:    # the float hook's NumberOutOfRange, or an integer of over 4300 digits
+        if isinstance(exc.__cause__, NumberOutOfRange):
+            raise _Invalid("number_out_of_range", _out_of_range_detail(exc.__cause__)) from None
         raise _Invalid("number_out_of_range", f"body holds a number out of range ({exc})") from None
     except msgspec.DecodeError as exc:
         raise _Invalid("body_not_json", f"body is not JSON: {exc}") from None

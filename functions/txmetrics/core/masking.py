@@ -390,14 +390,30 @@ def card_digits_of_decimal(value: Decimal) -> str | None:
     return card_digits_of_int(int(value))       # at most 19 digits: cheap and exact
 
 
-def card_digits_of_number(text: str, value: Decimal) -> str | None:
-    """The card number in a JSON number written with a fraction or an exponent (`text`, its
-    exact `value`): its integer digits as written, else its value's integer part."""
+def card_digits_written(text: str) -> str | None:
+    """The card number a JSON number's integer digits are as written (`text`), if any:
+    `4111111111111111e99999` holds one whatever its value."""
     if len(text) >= 13:
         m = _INTEGER_DIGITS.match(text)
         if m is not None and _is_pan(m.group(1)):
             return m.group(1)
-    return card_digits_of_decimal(value)
+    return None
+
+
+def mask_written_number(text: str) -> str:
+    """A JSON number's text with its integer digits masked when, as written, they are a card
+    number (for numbers kept as text: out of range, never converted)."""
+    digits = card_digits_written(text)
+    if digits is None:
+        return text
+    start = text.index(digits)
+    return text[:start] + _mask_digits(digits) + text[start + len(digits):]
+
+
+def card_digits_of_number(text: str, value: Decimal) -> str | None:
+    """The card number in a JSON number written with a fraction or an exponent (`text`, its
+    exact `value`): its integer digits as written, else its value's integer part."""
+    return card_digits_written(text) or card_digits_of_decimal(value)
 
 
 class CardLikeNumber(Decimal):

@@ -1,0 +1,55 @@
+"""Independent acceptance audit A (contract sections 1 and 3), through the function only."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+
+from txmetrics.adapters.blob import BlobArchive
+
+PAN = "4111111111111111"
+BASE = {"transaction_id": "t", "occurred_at": "2026-03-01T10:00:00Z", "merchant_id": "m", "amount": "5.00",
+        "currency": "USD", "payment_method": "card", "status": "approved"}
+
+
+def body_with(event_id: str, extra: str) -> bytes:
+    """A valid event's JSON text with `extra` (raw JSON members) appended."""
+    return (json.dumps({"event_id": event_id, **BASE})[:-1] + ", " + extra + "}").encode()
+
+
+def stored_text(db: psycopg.Connection, archive: BlobArchive) -> str:
+    parts = []
+    for table in ("dynamic_metrics", "aggregate_deltas", "event_dimensions", "failed_items", "ingested_events",
+                  "raw_files"):
+        parts += [r[0] for r in db.execute(f"SELECT t::text FROM {table} t").fetchall()]
+    for blob in archive.list():
+        raw = archive.download(blob.name)
+        parts.append(raw.decode("latin-1"))
+        table = pq.read_table(io.BytesIO(raw))
+        parts += [str(v) for column in table.columns for v in column.to_pylist()]
+    return "\n".join(parts)
+
+
+def test_a_card_number_written_as_an_out_of_range_number_is_masked_in_failed_items(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`4111111111111111e0` is masked (its integer digits as written are a card number); with an
+    exponent beyond the limit the event is refused (number_out_of_range), and its failed item
+    must not carry the card number either: not in the payload, not in the detail."""
+    caplog.set_level(logging.DEBUG)
+    numbers = [f"{PAN}e99999", f"-{PAN}E+1001", f"{PAN}e-99999", f"{PAN}e" + "0" * 100 + "1"]
+    deliver([body_with("ok", '"n": 1'), *(body_with(f"big{i}", f'"big": {n}') for i, n in enumerate(numbers))],
+            partition_id="0")
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (1,)
+    rows = db.execute("SELECT event_id, error_code, detail, payload FROM failed_items ORDER BY event_id").fetchall()
+    assert [(e, c) for e, c, _, _ in rows] == [(f"big{i}", "number_out_of_range") for i in range(len(numbers))]
+    for _, _, detail, payload in rows:
+        assert PAN not in detail
+        assert PAN not in payload
+    assert PAN not in stored_text(db, archive) + caplog.text
