@@ -53,3 +53,19 @@ def test_a_card_number_written_as_an_out_of_range_number_is_masked_in_failed_ite
         assert PAN not in detail
         assert PAN not in payload
     assert PAN not in stored_text(db, archive) + caplog.text
+
+
+def test_a_card_number_by_value_in_a_refused_typed_field_is_masked_in_the_detail(
+        deliver: Callable[..., None], db: psycopg.Connection) -> None:
+    """3530111333300000 (a Luhn-valid test card number) sent as `-353011133330000e1`: a number
+    whose value's integer part is a card number is masked in the payload; the detail that
+    quotes the refused value printed it as `-3.53011133330000E+15`, the card number by value."""
+    jcb = "3530111333300000"
+    deliver([body_with("neg-pms", '"processing_ms": -353011133330000e1').replace(b', "processing_ms": 1}', b"}"),
+             (json.dumps({"event_id": "neg-amount", **BASE})[:-1] + "}").replace(
+                 '"amount": "5.00"', '"amount": -353011133330000e1').encode()], partition_id="0")
+    rows = db.execute("SELECT event_id, error_code, detail, payload FROM failed_items ORDER BY event_id").fetchall()
+    assert [(e, c) for e, c, _, _ in rows] == [("neg-amount", "invalid_amount"), ("neg-pms", "invalid_processing_ms")]
+    for _, _, detail, payload in rows:
+        assert jcb not in payload
+        assert "3.53011133330000" not in detail and jcb not in detail, detail

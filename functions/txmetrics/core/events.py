@@ -63,6 +63,7 @@ from .masking import (
     mask_value,
     mask_written_number,
     might_contain_pan,
+    shown_number,
 )
 from .naming import datetime_to_us, us_to_datetime
 
@@ -585,7 +586,7 @@ def _parse_amount_general(value: Any) -> Decimal:
     if not amount.is_finite():
         raise _Invalid("invalid_amount", "'amount' must be finite")
     if amount < 0:
-        raise _Invalid("invalid_amount", f"'amount' must be >= 0, got {mask_text(str(amount))}")
+        raise _Invalid("invalid_amount", f"'amount' must be >= 0, got {shown_number(amount)}")
     if amount >= AMOUNT_LIMIT:
         raise _Invalid("invalid_amount", f"'amount' must be below {AMOUNT_LIMIT:.0e}, got {amount:.3e}")
     if amount != amount.quantize(_AMOUNT_QUANTUM):    # below 10^18: 27 digits, exact in the default context
@@ -621,10 +622,10 @@ def _parse_processing_ms_general(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer, got {_kind(value)}")
     if isinstance(value, Decimal) and value != value.to_integral_value():
-        raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer, got {mask_text(str(value))}")
+        raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer, got {shown_number(value)}")
     if not 0 <= value <= MAX_PROCESSING_MS:   # compared before any int(): 1E+99999999 stays cheap
         raise _Invalid("invalid_processing_ms", f"'processing_ms' must be an integer from 0 to 2^53, "
-                                                f"got {mask_text(str(value))[:40]}")
+                                                f"got {shown_number(value)[:40]}")
     processing_ms = int(value)
     if isinstance(value, CardLikeNumber) or card_digits_of_int(processing_ms):
         raise _Invalid("card_number_in_processing_ms", "'processing_ms' holds a card number; the event is refused "

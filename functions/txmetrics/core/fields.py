@@ -38,7 +38,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal
 
-from .masking import CardLikeNumber, card_digits_of_decimal, card_digits_of_int, mask_text
+from .masking import CardLikeNumber, card_digits_of_decimal, card_digits_of_int, mask_text, shown_number
 
 FieldType = Literal["string", "int64", "float64", "boolean", "timestamp", "decimal"]
 Origin = Literal["event", "delivery", "archive"]
@@ -252,7 +252,7 @@ def _shown(value: Any) -> str:
         return "a boolean"
     if isinstance(value, dict | list):
         return "an " + ("object" if isinstance(value, dict) else "array")
-    return f"{mask_text(str(value))[:20]}" if isinstance(value, int | Decimal) else type(value).__name__
+    return shown_number(value)[:20] if isinstance(value, int | Decimal) else type(value).__name__
 
 
 def _type_problem(column: Column, value: Any) -> tuple[str, str] | None:

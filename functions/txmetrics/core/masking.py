@@ -461,3 +461,11 @@ def _mask_value(value: Any, budget: list[int]) -> Any:
         found = card_digits_of_decimal(value)
         return _masked_number(value.is_signed(), found) if found else value
     return value
+
+
+def shown_number(value: int | Decimal) -> str:
+    """A number as a detail quotes it, masked as the document masks it: by its digits, and by
+    its value's integer part (`-353011133330000e1` prints as `-3.53011133330000E+15`, whose
+    text holds no card number that mask_text finds, but whose value is one)."""
+    masked = mask_value(value)
+    return masked if isinstance(masked, str) else mask_text(str(value))
