@@ -69,3 +69,24 @@ def test_a_card_number_by_value_in_a_refused_typed_field_is_masked_in_the_detail
     for _, _, detail, payload in rows:
         assert jcb not in payload
         assert "3.53011133330000" not in detail and jcb not in detail, detail
+
+
+def test_a_card_number_in_exponent_form_is_masked_in_an_undecodable_body(
+        deliver: Callable[..., None], db: psycopg.Connection) -> None:
+    """Decoded, `4111111111111111e0` is masked (its integer digits as written); a body that
+    cannot be decoded (not JSON, not UTF-8, too deep, an integer of 4,301 digits) is masked as
+    text, where `4111111111111111.0` was masked but `4111111111111111e0` kept whole (the `e`
+    touching the digits read as a letter)."""
+    deliver([
+        f'{{"event_id": "cut", "n": {PAN}e0,'.encode(),
+        f'{{"event_id": "latin1", "n": {PAN}E+2, "s": "\xe9"}}'.encode("latin-1"),
+        f'{{"event_id": "deep", "n": [-{PAN}e-1], "d": {"[" * 70}{"]" * 70}}}'.encode(),
+        f'{{"event_id": "huge", "big": {"7" * 4301}, "n": {PAN}e0}}'.encode(),
+        body_with("ok", f'"note": "x {PAN}e5"'),       # inside a string: touches a letter, left as it is
+    ], partition_id="0")
+    codes = db.execute("SELECT error_code FROM failed_items ORDER BY error_code").fetchall()
+    assert codes == [("body_not_json",), ("body_not_utf8",), ("body_too_deep",), ("number_out_of_range",)]
+    for (payload,) in db.execute("SELECT payload FROM failed_items").fetchall():
+        assert PAN not in payload, payload[-80:]
+        assert PAN[-4:] in payload
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (1,)

@@ -308,6 +308,19 @@ def mask_text(text: str, budget: list[int] | None = None) -> str:
     return _apply(text, spans) if spans else text
 
 
+# A JSON number with an exponent where a value starts (after ':', ',' or '[', blanks allowed):
+# decoded, its integer digits as written are judged as a card number (`4111111111111111e0`,
+# card_digits_written), so in text that cannot be decoded the exponent's letter does not glue
+# them to a word either (group 1: the letter and what follows it up to the exponent's digit).
+_NUMBER_EXPONENT = re.compile(r"(?<=[:,\[])[ \t\r\n]*-?[0-9]+(?:\.[0-9]+)?([eE][+-]?)[0-9]")
+
+
+def _neutral_exponent(m: re.Match[str]) -> str:
+    """A _NUMBER_EXPONENT match with its exponent letter (and sign) shown as no character."""
+    start, end = m.start(1) - m.start(), m.end(1) - m.start()
+    return m.group(0)[:start] + "\x00" * (end - start) + m.group(0)[end:]
+
+
 def mask_json_text(text: str) -> str:
     """Mask card numbers in JSON text that could not be decoded (a failed event's payload).
 
@@ -318,6 +331,8 @@ def mask_json_text(text: str) -> str:
     if len(text) < 13 or not might_contain_pan(text):
         return text
     view = _ESCAPE.sub(lambda m: _escape_view(m.group(0)), text) if "\\" in text else text
+    if "e" in view or "E" in view:
+        view = _NUMBER_EXPONENT.sub(_neutral_exponent, view)
     spans = _card_spans(view)
     return _apply(text, spans) if spans else text
 
