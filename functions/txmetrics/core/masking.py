@@ -458,11 +458,27 @@ def mask_value(value: Any) -> Any:
     return _mask_value(value, [_WINDOW_BUDGET])
 
 
+def _distinct_keys(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose masked keys coincide (two card numbers with the same last four, or a
+    key already written masked): every value is kept, a later key numbered (`#2`, `#3`, ...),
+    rather than the last value alone (the archived payload loses nothing)."""
+    out: dict[str, Any] = {}
+    for key, v in items:
+        name, n = key, 1
+        while name in out:
+            n += 1
+            name = f"{key}#{n}"
+        out[name] = v
+    return out
+
+
 def _mask_value(value: Any, budget: list[int]) -> Any:
     if isinstance(value, str):
         return mask_text(value, budget)
     if isinstance(value, dict):
-        return {mask_text(k, budget): _mask_value(v, budget) for k, v in value.items()}
+        items = [(mask_text(k, budget), _mask_value(v, budget)) for k, v in value.items()]
+        masked = dict(items)
+        return masked if len(masked) == len(items) else _distinct_keys(items)
     if isinstance(value, list):
         return [_mask_value(v, budget) for v in value]
     if isinstance(value, bool):

@@ -1,4 +1,6 @@
-"""Independent acceptance audit A (contract sections 1 and 3), through the function only."""
+"""Card numbers in the forms an audit (round 18) found reaching storage: the integer digits of an
+out-of-range number, exponent forms in bodies that cannot be decoded, a refused number quoted in a
+detail, and keys that mask to the same text (contract sections 1 and 3), through the function."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import archive_rows
 from txmetrics.adapters.blob import BlobArchive
 
 PAN = "4111111111111111"
@@ -90,3 +93,19 @@ def test_a_card_number_in_exponent_form_is_masked_in_an_undecodable_body(
         assert PAN not in payload, payload[-80:]
         assert PAN[-4:] in payload
     assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (1,)
+
+
+def test_keys_that_mask_to_the_same_text_keep_every_value_in_the_payload(
+        deliver: Callable[..., None], db: psycopg.Connection, archive: BlobArchive) -> None:
+    """Keys are masked too; two card numbers used as keys of one object with the same last
+    four digits (or a key already written masked) became one key, and the archived payload
+    kept only the last value: the other was lost from the archive (contract section 3: the
+    payload is the event after masking, "so nothing is lost")."""
+    other = "5500000000081111"          # Luhn-valid, last four as PAN's
+    deliver([body_with("keys", f'"attributes": {{"{PAN}": "first", "{other}": "second", '
+                               f'"x": {{"************1111": "third", "{PAN}": "fourth"}}}}')], partition_id="0")
+    assert db.execute("SELECT count(*) FROM failed_items").fetchone() == (0,)
+    (payload,) = [p for _, _, _, p in archive_rows(archive)]
+    assert PAN not in payload and other not in payload
+    for value in ("first", "second", "third", "fourth"):
+        assert f'"{value}"' in payload, payload
