@@ -324,3 +324,14 @@ def test_a_small_event_of_spaced_readings_is_archived_as_sent() -> None:
             rows.append(row)
     doc = {"readings": rows}
     assert mask_value(doc) == doc
+
+
+@pytest.mark.parametrize("text", ["4111111111111111e5 x", "  -4111111111111111E+5,", "4111111111111111.5e-3}"])
+def test_a_top_level_number_in_exponent_form_is_masked_in_an_undecodable_body(text: str) -> None:
+    """A JSON text's value starts at its beginning too: decoded, `4111111111111111e5` (a JSON
+    number, not an object) is stored masked; a body that cannot be decoded and starts with that
+    number kept it whole, as _NUMBER_EXPONENT only looked after ':', ',' and '['."""
+    assert "4111111111111111" not in mask_json_text(text)
+    refused = parse_event(InboundEvent(body=text.encode(), partition_id="0", sequence_number=1))
+    assert isinstance(refused, Rejection) and "4111111111111111" not in refused.payload
+

@@ -308,11 +308,12 @@ def mask_text(text: str, budget: list[int] | None = None) -> str:
     return _apply(text, spans) if spans else text
 
 
-# A JSON number with an exponent where a value starts (after ':', ',' or '[', blanks allowed):
-# decoded, its integer digits as written are judged as a card number (`4111111111111111e0`,
-# card_digits_written), so in text that cannot be decoded the exponent's letter does not glue
-# them to a word either (group 1: the letter and what follows it up to the exponent's digit).
-_NUMBER_EXPONENT = re.compile(r"(?<=[:,\[])[ \t\r\n]*-?[0-9]+(?:\.[0-9]+)?([eE][+-]?)[0-9]")
+# A JSON number with an exponent where a value starts (the text's start, or after ':', ',' or
+# '[', blanks allowed): decoded, its integer digits as written are judged as a card number
+# (`4111111111111111e0`, card_digits_written), so in text that cannot be decoded the exponent's
+# letter does not glue them to a word either (group 1: the letter and what follows it up to the
+# exponent's digit).
+_NUMBER_EXPONENT = re.compile(r"(?:(?<=[:,\[])|\A)[ \t\r\n]*-?[0-9]+(?:\.[0-9]+)?([eE][+-]?)[0-9]")
 
 
 def _neutral_exponent(m: re.Match[str]) -> str:
