@@ -335,3 +335,14 @@ def test_a_top_level_number_in_exponent_form_is_masked_in_an_undecodable_body(te
     refused = parse_event(InboundEvent(body=text.encode(), partition_id="0", sequence_number=1))
     assert isinstance(refused, Rejection) and "4111111111111111" not in refused.payload
 
+
+@pytest.mark.parametrize("value", ["ref:4111111111111111e5", "a,4111111111111111E1", "[4111111111111111e2]"])
+def test_exponent_masking_leaves_strings_of_an_undecodable_body_alone(value: str) -> None:
+    """Inside a string, digits touching a letter are no card number (contract section 1, and a
+    decoded body keeps `"ref:4111111111111111e5"` as sent); masking never changes anything else.
+    A body that cannot be decoded had such a string masked when a ':', ',' or '[' came before it."""
+    body = json.dumps({"event_id": "e", "note": value})
+    decoded = parse_event(InboundEvent(body=body.encode(), partition_id="0", sequence_number=1))
+    assert value in decoded.payload                       # refused (fields missing), stored as sent
+    undecodable = body[:-1] + ", "                           # the same text, cut: not JSON
+    assert mask_json_text(undecodable) == undecodable

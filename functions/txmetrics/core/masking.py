@@ -322,6 +322,41 @@ def _neutral_exponent(m: re.Match[str]) -> str:
     return m.group(0)[:start] + "\x00" * (end - start) + m.group(0)[end:]
 
 
+_QUOTE_OR_ESCAPE = re.compile(r'\\.|"', re.DOTALL)
+
+
+def _string_spans(text: str) -> list[tuple[int, int]]:
+    """The complete JSON strings of `text`, quotes included, in order (an unterminated last one
+    is left out: its text is judged as outside a string, the cautious way)."""
+    spans: list[tuple[int, int]] = []
+    start = -1
+    for m in _QUOTE_OR_ESCAPE.finditer(text):
+        if m.group() == '"':
+            if start < 0:
+                start = m.start()
+            else:
+                spans.append((start, m.end()))
+                start = -1
+    return spans
+
+
+def _neutral_exponents(text: str, view: str) -> str:
+    """`view` with the exponents of the numbers of `text` neutralised (_NUMBER_EXPONENT), those
+    inside a string excepted: there the digits touching a letter are no card number, as in a
+    decoded body (contract section 1: masking never changes anything else)."""
+    matches = list(_NUMBER_EXPONENT.finditer(view))
+    if not matches:
+        return view
+    strings = _string_spans(text)
+    parts, at = [], 0
+    for m in matches:
+        if _overlaps_any((m.start(), m.start() + 1), strings):
+            continue
+        parts += [view[at:m.start()], _neutral_exponent(m)]
+        at = m.end()
+    return "".join(parts) + view[at:]
+
+
 def mask_json_text(text: str) -> str:
     """Mask card numbers in JSON text that could not be decoded (a failed event's payload).
 
@@ -333,7 +368,7 @@ def mask_json_text(text: str) -> str:
         return text
     view = _ESCAPE.sub(lambda m: _escape_view(m.group(0)), text) if "\\" in text else text
     if "e" in view or "E" in view:
-        view = _NUMBER_EXPONENT.sub(_neutral_exponent, view)
+        view = _neutral_exponents(text, view)
     spans = _card_spans(view)
     return _apply(text, spans) if spans else text
 
