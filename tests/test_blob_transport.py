@@ -4,8 +4,12 @@ read itself on each request: same proxies, same verification, same timeouts, sam
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -124,13 +128,30 @@ def test_the_transport_is_configured_as_the_sdk_s_own() -> None:
     assert type(ours) is type(sdk) and ours._use_env_settings is False and sdk._use_env_settings is True
 
 
+@contextlib.contextmanager
+def _archive_behind(handler: type[BaseHTTPRequestHandler], caplog: pytest.LogCaptureFixture
+                    ) -> Iterator[tuple[blob.BlobArchive, str]]:
+    """A BlobArchive on container "c" of a local stand-in server answering with `handler`, the
+    SDK's HTTP records quiet as function_app sets them, INFO captured, no backoff between
+    retries; and the account's URL. The server is shut down and its socket closed after."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
+        archive = blob.BlobArchive(blob.service_client(
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={_KEY};BlobEndpoint={url};"), "c")
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+        caplog.set_level(logging.INFO)
+        with mock.patch.object(ExponentialRetry, "get_backoff_time", return_value=0):
+            yield archive, url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_retried_upload_leaves_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     """function_app keeps the SDK's HTTP records (INFO) out of the host's logs; a request retried
     and then through (a 503 here) still leaves one WARNING, with its status and no headers."""
-    import logging
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     puts: list[str] = []
 
     class Busy(BaseHTTPRequestHandler):      # the container is there; the first blob PUT gets 503
@@ -149,19 +170,8 @@ def test_a_retried_upload_leaves_a_warning(caplog: pytest.LogCaptureFixture) -> 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
-        archive = blob.BlobArchive(blob.service_client(
-            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={_KEY};BlobEndpoint={url};"), "c")
-        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
-        caplog.set_level(logging.INFO)
-        with mock.patch.object(ExponentialRetry, "get_backoff_time", return_value=0):
-            archive.upload("a/b.parquet", b"x")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _archive_behind(Busy, caplog) as (archive, url):
+        archive.upload("a/b.parquet", b"x")
     assert len(puts) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [f"blob request retried (1): PUT {url}/c/a/b.parquet -> 503"], warnings
@@ -177,10 +187,6 @@ def test_every_retried_blob_request_leaves_a_warning(operation: str, method: str
     same client, and a retry of any of them leaves one WARNING (`_LoggedRetry`). The stand-in answers
     503 to the first request, then 404 (not retried), which the operation raises or, for a delete,
     takes as already gone."""
-    import logging
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from azure.core.exceptions import ResourceNotFoundError
 
     seen: list[tuple[str, str]] = []
@@ -199,25 +205,14 @@ def test_every_retried_blob_request_leaves_a_warning(operation: str, method: str
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BusyThenGone)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
-        archive = blob.BlobArchive(blob.service_client(
-            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={_KEY};BlobEndpoint={url};"), "c")
-        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
-        caplog.set_level(logging.INFO)
+    with _archive_behind(BusyThenGone, caplog) as (archive, url):
         calls = {"download": lambda: archive.download("a/b.parquet"), "list": lambda: list(archive.list("a/")),
                  "delete": lambda: archive.delete("a/b.parquet"), "set_tier": lambda: archive.set_tier("a/b.parquet", "Cool"),
                  "exists": archive.exists}
-        with mock.patch.object(ExponentialRetry, "get_backoff_time", return_value=0):
-            try:
-                calls[operation]()
-            except ResourceNotFoundError:
-                assert operation in ("download", "list", "set_tier")
-    finally:
-        server.shutdown()
-        server.server_close()
+        try:
+            calls[operation]()
+        except ResourceNotFoundError:
+            assert operation in ("download", "list", "set_tier")
     assert [m for m, _ in seen] == [method, method] and all(query in path for _, path in seen), seen
     path = "/c" if operation in ("list", "exists") else "/c/a/b.parquet"
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
