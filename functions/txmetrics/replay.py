@@ -29,8 +29,7 @@ import psycopg
 
 from .adapters import failed_items, partitions
 from .core.catalog import contract_fields
-from .core.events import InboundEvent, Rejection, parse_event
-from .core.masking import mask_text
+from .core.events import InboundEvent, Rejection, masked_json_text, parse_event
 from .core.naming import replay_sequence_number
 from .core.tables import LEDGER
 from .errors import InvalidRequestError, NotFoundError
@@ -74,19 +73,22 @@ def show(conn: psycopg.Connection, item_id: int) -> dict[str, Any]:
     return item
 
 
-def fix(conn: psycopg.Connection, item_id: int, payload: str, *, source: str = "the payload") -> None:
-    """Store a corrected payload (the original stays for the record). It must be a JSON
-    object, as every event is: anything else is refused before the item is touched. Card
-    numbers in it are masked like any payload before it is stored (PCI DSS)."""
+def fix(conn: psycopg.Connection, item_id: int, payload: str, *, source: str = "the payload") -> str:
+    """Store a corrected payload (the original stays for the record); returns it as stored. It
+    must be a JSON object, as every event is: anything else is refused before the item is
+    touched. Card numbers in it are masked as ingest masks a body before it is stored (PCI
+    DSS): in the decoded document, so escaped digits and numbers holding one are found too."""
     try:
         document = json.loads(payload)
     except ValueError as exc:
         raise InvalidRequestError(f"{source} is not valid JSON ({exc}); nothing was stored") from None
     if not isinstance(document, dict):
         raise InvalidRequestError(f"{source} is JSON but not an object (an event is a JSON object); nothing was stored")
+    masked = masked_json_text(payload)
     with conn.transaction():
-        if not failed_items.store_fix(conn, item_id=item_id, payload=mask_text(payload)):
+        if not failed_items.store_fix(conn, item_id=item_id, payload=masked):
             raise NotFoundError(f"no failed item {item_id}: `txmetrics failed list --all` lists them")
+    return masked
 
 
 # Numbers as written: an amount of 123456789.123456789 read into a float and written back
@@ -131,9 +133,7 @@ def set_field(conn: psycopg.Connection, item_id: int, path: str, value: Any, *,
         node.pop(parts[-1], None)
     else:
         node[parts[-1]] = value
-    payload = _EXACT_ENCODER.encode(doc).decode()
-    fix(conn, item_id, payload)
-    return mask_text(payload)           # as stored
+    return fix(conn, item_id, _EXACT_ENCODER.encode(doc).decode())        # as stored
 
 
 def _refuse_near_miss(item_id: int, head: str, doc: dict[str, Any], path: str) -> None:

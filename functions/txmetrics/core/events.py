@@ -355,6 +355,19 @@ def _stored_text(text: str, doc: Any, masked: Any) -> str:
     return _ENCODER.encode(masked).decode()
 
 
+def masked_json_text(text: str) -> str:
+    """JSON text written by hand (a failed item's corrected payload, `txmetrics failed fix` and
+    `set`), masked as ingest masks a body: from the decoded document, so that card numbers
+    written with \\u escapes or as numbers (`4111111111111111e0`, `4.111111111111111e15`)
+    are found as every JSON reader sees them (a number becomes the masked string of its
+    digits); text the decoder cannot read is masked as text (`mask_json_text`)."""
+    try:
+        doc = _LENIENT_DECODER.decode(text)
+        return _stored_text(text, doc, mask_value(doc))
+    except Exception:              # not JSON to msgspec (NaN), nested too deep to mask: masked as text
+        return mask_json_text(text)
+
+
 def document_of_payload(payload: str) -> dict[str, Any]:
     """The document of an archived event (its masked `payload`), decoded exactly as ingest
     decoded it: numbers with a fraction or exponent as the same Decimals. Backfill and rebuild
