@@ -24,7 +24,7 @@ import yaml
 
 from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX, STAGING_PREFIX, compaction_staging_path
 from txmetrics.core.tables import RETAINED
-from txmetrics.core.yaml_text import DuplicateKeyError, load_yaml
+from txmetrics.core.yaml_text import DuplicateKeyError, YAML11IntegerError, load_yaml
 
 LIFECYCLE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = LIFECYCLE_DIR.parent            # Pulumi.yaml and one Pulumi.<stack>.yaml per stack
@@ -118,7 +118,10 @@ class Policy:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = load_yaml(path.read_text())
+        # integers as JSON and YAML 1.2 write them: `dynamic_metrics: 010` is 8 days to YAML 1.1
+        data = load_yaml(path.read_text(), plain_integers=True)
+    except YAML11IntegerError as exc:
+        raise LifecycleError(f"{path}: line {exc.line}: {exc.what}; fix: {exc.fix}") from None
     except yaml.YAMLError as exc:
         raise LifecycleError(f"{path}: not valid YAML ({exc}); fix: correct the YAML syntax") from None
     except DuplicateKeyError as exc:

@@ -94,10 +94,39 @@ _PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+")   # -0x1F is t
 _JSON_EXPONENT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
 
 
-class _ExactLoader(_Loader):
-    """_Loader that reads every non-integer number as the Decimal of the text written (0.1 is
-    0.1, not the nearest double; 12345678901234567.5 keeps its last digit), exponent forms
-    included; .inf and .nan stay floats (no Decimal is written so)."""
+class _PlainIntLoader(_Loader):
+    """_Loader that takes integers only as JSON and YAML 1.2 write them (`construct_plain_int`)."""
+
+    def construct_plain_int(self, node: ScalarNode) -> Any:
+        """An integer as JSON writes it; YAML 1.1's other forms are refused: `010` is 8 (octal)
+        to PyYAML and 10 to JSON and YAML 1.2, `1_000` and `1:30` (90, sexagesimal) are text to
+        YAML 1.2, `0b11` is 3. A condition `equals: 010` compared events' 10 with 8, and a
+        retention `dynamic_metrics: 010` kept 8 days, silently."""
+        text = str(self.construct_scalar(node))
+        if _PLAIN_INT.fullmatch(text) is None:
+            raise YAML11IntegerError(text, self.construct_yaml_int(node), node.start_mark)
+        return self.construct_yaml_int(node)
+
+
+class YAML11IntegerError(yaml.constructor.ConstructorError):
+    """An integer written in a form only YAML 1.1 reads as one (`_PlainIntLoader`): `what` is
+    wrong, `fix` how to write it, `line` (1-based) where."""
+
+    def __init__(self, text: str, value: int, mark: Any) -> None:
+        self.what = (f"{text} is the integer {value} to YAML 1.1 but not to JSON or YAML 1.2 (a leading zero, "
+                     "underscores, a colon, 0b, or a sign before 0x)")
+        self.fix = f"write the number without them, or quote it for text ('{text}')"
+        self.line = mark.line + 1
+        super().__init__(None, None, f"{self.what}; {self.fix}", mark)
+
+
+_PlainIntLoader.add_constructor(_INT_TAG, _PlainIntLoader.construct_plain_int)
+
+
+class _ExactLoader(_PlainIntLoader):
+    """_PlainIntLoader that reads every non-integer number as the Decimal of the text written
+    (0.1 is 0.1, not the nearest double; 12345678901234567.5 keeps its last digit), exponent
+    forms included; .inf and .nan stay floats (no Decimal is written so)."""
 
     def construct_exact_float(self, node: ScalarNode) -> Any:
         text = str(self.construct_scalar(node)).replace("_", "")
@@ -106,30 +135,18 @@ class _ExactLoader(_Loader):
         except InvalidOperation:          # .inf, .nan, sexagesimal 1:30.5: YAML's own float
             return self.construct_yaml_float(node)
 
-    def construct_plain_int(self, node: ScalarNode) -> Any:
-        """An integer as JSON writes it; YAML 1.1's other forms are refused: `010` is 8 (octal)
-        to PyYAML and 10 to JSON and YAML 1.2, `1_000` and `1:30` (90, sexagesimal) are text to
-        YAML 1.2, `0b11` is 3. A condition `equals: 010` compared events' 10 with 8, silently."""
-        text = str(self.construct_scalar(node))
-        if _PLAIN_INT.fullmatch(text) is None:
-            value = self.construct_yaml_int(node)
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{text} is the integer {value} to YAML 1.1 but not to JSON or YAML 1.2 (a leading zero, "
-                "underscores, a colon, 0b, or a sign before 0x); write the number without them, or quote it for text "
-                f"('{text}')", node.start_mark)
-        return self.construct_yaml_int(node)
-
 
 _ExactLoader.add_implicit_resolver(_FLOAT_TAG, _JSON_EXPONENT, list("-+0123456789."))
 _ExactLoader.add_constructor(_FLOAT_TAG, _ExactLoader.construct_exact_float)
-_ExactLoader.add_constructor(_INT_TAG, _ExactLoader.construct_plain_int)
 
 
-def load_yaml(text: str, *, exact_numbers: bool = False) -> Any:
+def load_yaml(text: str, *, exact_numbers: bool = False, plain_integers: bool = False) -> Any:
     """The data of one YAML document (None for an empty one), as yaml.safe_load gives it;
-    `exact_numbers`: every non-integer number as a Decimal of its text (_ExactLoader).
+    `exact_numbers`: every non-integer number as a Decimal of its text (_ExactLoader), and
+    integers as `plain_integers`; `plain_integers`: an integer in a YAML 1.1 form of its own
+    (`010`, `1_000`, `1:30`, `0b11`) is refused (_PlainIntLoader).
     Raises yaml.YAMLError for invalid YAML, DuplicateKeyError for a repeated key."""
-    loader = (_ExactLoader if exact_numbers else _Loader)(text)
+    loader = (_ExactLoader if exact_numbers else _PlainIntLoader if plain_integers else _Loader)(text)
     try:
         node = loader.get_single_node()
         if node is None:

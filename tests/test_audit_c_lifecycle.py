@@ -1,0 +1,34 @@
+"""Acceptance audit C: retention policies (lifecycle/*.yaml) refuse what they would misread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lifecycle.policy import LIFECYCLE_DIR, LifecycleError, load_policy
+
+
+def _policy_dir(tmp_path: Path, stack_text: str) -> Path:
+    (tmp_path / "base.yaml").write_text((LIFECYCLE_DIR / "base.yaml").read_text())
+    (tmp_path / "Pulumi.test.yaml").write_text("config: {}\n")
+    (tmp_path / "test.yaml").write_text(stack_text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("written", "yaml_11"), [
+    ("010", 8),          # octal to YAML 1.1, 10 to YAML 1.2 and JSON
+    ("1_0", 10),
+    ("1:30", 90),        # sexagesimal
+])
+def test_a_retention_written_in_a_yaml_1_1_integer_form_is_refused(tmp_path: Path, written: str,
+                                                                   yaml_11: int) -> None:
+    """`dynamic_metrics: 010` was read as 8 days, silently (PyYAML's YAML 1.1 octal); the metric
+    catalog refuses these forms (core/yaml_text.py), the retention policy took them."""
+    directory = _policy_dir(tmp_path, f"tables:\n  dynamic_metrics: {written}\n")
+    assert yaml.safe_load(f"x: {written}")["x"] == yaml_11
+    with pytest.raises(LifecycleError) as err:
+        load_policy("test", directory, project_dir=directory)
+    message = str(err.value)
+    assert message.startswith(str(directory / "test.yaml")) and written in message and "fix:" in message
