@@ -162,6 +162,10 @@ def load_policy(stack: str, directory: Path = LIFECYCLE_DIR, project_dir: Path =
         override = _read(stack_path)
         files.append(str(stack_path))
         for key, value in override.items():
+            if key in ("storage", "tables", "minimum_retention_days") and value is None:
+                # an empty section (every line commented out) merges no key: it must not drop
+                # the base's, least of all the compliance floors of minimum_retention_days
+                continue
             if key in ("storage", "tables", "minimum_retention_days") and isinstance(value, dict):
                 merged[key] = {**(merged.get(key) or {}), **value}
             else:

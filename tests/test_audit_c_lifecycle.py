@@ -32,3 +32,15 @@ def test_a_retention_written_in_a_yaml_1_1_integer_form_is_refused(tmp_path: Pat
         load_policy("test", directory, project_dir=directory)
     message = str(err.value)
     assert message.startswith(str(directory / "test.yaml")) and written in message and "fix:" in message
+
+
+def test_an_empty_minimum_retention_block_keeps_the_base_floors(tmp_path: Path) -> None:
+    """A stack file's `minimum_retention_days:` with every line commented out (a YAML null)
+    dropped every floor of base.yaml: a raw rule deleting after 30 days then validated. The
+    section merges key by key (docs/retention.md): no key, no change."""
+    directory = _policy_dir(tmp_path, "minimum_retention_days:\n  # raw_events: 2555\n"
+                                      "blob_rules:\n  - name: raw-events-tiering\n    container: raw-events\n"
+                                      "    prefix: raw_events/\n    delete_after_days: 30\n")
+    with pytest.raises(LifecycleError) as err:
+        load_policy("test", directory, project_dir=directory)
+    assert "below the minimum retention of 2555 days" in str(err.value)
