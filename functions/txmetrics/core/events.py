@@ -444,10 +444,12 @@ def unexpected_failure(inbound: InboundEvent, step: str, exc: BaseException) -> 
 
 def refused_after_parsing(inbound: InboundEvent, event: PaymentEvent, code: str, detail: str) -> Rejection:
     """The Rejection of a valid event that storage cannot take (past_retention): recorded as
-    the archive would have held it (its masked payload), keyed as any event that names its id."""
+    the archive would have held it (its whole masked payload: the item is the event's only
+    copy, to be replayed once it can be; a valid body is at most MAX_BODY_BYTES), keyed as any
+    event that names its id."""
     return Rejection(
-        error_code=code, detail=mask_text(detail)[:MAX_DETAIL], payload=event.payload[:MAX_FAILED_PAYLOAD],
-        payload_truncated=len(event.payload) > MAX_FAILED_PAYLOAD, event_id=event.event_id,
+        error_code=code, detail=mask_text(detail)[:MAX_DETAIL], payload=event.payload,
+        payload_truncated=False, event_id=event.event_id,
         partition_id=inbound.partition_id, sequence_number=inbound.sequence_number, enqueued_at=inbound.enqueued_at,
         item_key=item_key(inbound.partition_id, inbound.sequence_number, inbound.body, identified=True))
 
