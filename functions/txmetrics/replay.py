@@ -186,10 +186,14 @@ def _replay_one(conn: psycopg.Connection, pipeline: Any, item: failed_items.Repl
                 ) -> ReplayOutcome:
     if item.replayed and not force:
         return ReplayOutcome(item.id, False, "already replayed")
-    if item.error_code in MASKED_IDENTIFIER_CODES and not item.fixed:
+    if item.error_code in MASKED_IDENTIFIER_CODES:
+        # fixed means this identifier set again: an edit of any other field (or a `failed fix` of
+        # the payload `failed show` printed) leaves the masked id, which two events may share
         field = item.error_code.removeprefix("card_number_in_")
-        return _not_replayed(conn, item.id, f"not replayed: its {field} held a card number and is masked in the "
-                                            f"stored payload; set the producer's real {field} first (failed fix / set)")
+        if _document_or_empty(item.payload).get(field) == _document_or_empty(item.original).get(field):
+            return _not_replayed(conn, item.id, f"not replayed: its {field} held a card number and is masked in the "
+                                                f"stored payload; set the producer's real {field} first (failed "
+                                                "fix / set)")
     if item.error_code == MASKED_METRIC_SOURCE_CODE and \
             (masked := pipeline.catalog.masked_sources(_document_or_empty(item.payload))):
         # replayed so, the masked value would store the event without that metric's row
