@@ -291,7 +291,10 @@ def _prepare(catalog: Catalog, item: _Planned, table: pa.Table, *, ledger: bool,
         seq_max=int(pc.max(table.column("sequence_number")).as_py()),
         occurred_min_us=min(e.occurred_us for e in events), occurred_max_us=max(e.occurred_us for e in events),
         row_count=table.num_rows, byte_size=item.blob.size, generation=compacted_generation(item.blob.name),
-        metrics=catalog.metric_names)
+        metrics=catalog.metric_names,
+        # dated as its blob: retention drops the row when the blob rule deletes the blob (both
+        # count from the blob's modification), not the rebuild's age later
+        created_at=item.blob.last_modified)
     metric_rows = extract_metrics(events, catalog)
     return _Prepared(item, record, events, keys, dimensions, metric_rows, aggregate(events, metric_rows, catalog),
                      ledger, rows)

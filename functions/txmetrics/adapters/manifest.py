@@ -49,6 +49,9 @@ class RawFile:
     byte_size: int
     metrics: tuple[str, ...] | None    # the catalog's metrics its events have (None: before migration 0009)
     generation: str | None = None      # the compaction that wrote it
+    # when its blob was written (rebuild: the blob's last modification), None: now. Retention
+    # deletes the row by it as the blob rule deletes the blob by its modification time
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,12 +320,14 @@ def insert_uploaded(conn: psycopg.Connection, *, file: RawFile, container: str, 
     on_conflict = "ON CONFLICT (path) DO NOTHING " if skip_existing else ""
     row = conn.execute(
         f"""INSERT INTO raw_files (id, path, container, partition_id, event_date, seq_min, seq_max, occurred_min,
-                                   occurred_max, row_count, byte_size, state, generation, uploaded_at, metrics)
-            VALUES (nextval('raw_files_id_seq'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'uploaded', %s, now(), %s)
+                                   occurred_max, row_count, byte_size, state, generation, uploaded_at, metrics,
+                                   created_at)
+            VALUES (nextval('raw_files_id_seq'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'uploaded', %s, now(), %s,
+                    coalesce(%s, now()))
             {on_conflict}RETURNING id""",
         (file.path, container, file.partition_id, file.event_date, file.seq_min, file.seq_max,
          us_to_datetime(file.occurred_min_us), us_to_datetime(file.occurred_max_us), file.row_count, file.byte_size,
-         file.generation, None if file.metrics is None else list(file.metrics))).fetchone()
+         file.generation, None if file.metrics is None else list(file.metrics), file.created_at)).fetchone()
     return None if row is None else int(row[0])
 
 
