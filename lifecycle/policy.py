@@ -29,6 +29,9 @@ from txmetrics.core.yaml_text import DuplicateKeyError, YAML11IntegerError, load
 LIFECYCLE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = LIFECYCLE_DIR.parent            # Pulumi.yaml and one Pulumi.<stack>.yaml per stack
 MAX_RULES = 100
+# the longest retention a policy may give (100 years): a cutoff `today - days` must be a date (a
+# "keep for ever" of 999999 days stopped the daily retention job with OverflowError)
+MAX_DAYS = 36_500
 NO_ARCHIVE_REDUNDANCY = {"Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS", "Premium_ZRS"}
 REDUNDANCIES = {"Standard_LRS", "Standard_GRS", "Standard_RAGRS", *NO_ARCHIVE_REDUNDANCY}
 TIERS = ("cool", "cold", "archive", "delete")            # in the order blobs move through them
@@ -297,6 +300,9 @@ def _validate_rule(r: Any, i: int, fail: _Refusal, *, redundancy: str, container
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise fail("blob_rules", where, f"{key} must be a whole number of days >= 0, got {value!r}",
                            f"write e.g. {key}: 90")
+            if value > MAX_DAYS:
+                raise fail("blob_rules", where, f"{key} {value} is more than {MAX_DAYS} days (100 years)",
+                           f"write at most {key}: {MAX_DAYS}, or leave {key} out to never do it")
             days[tier] = value
     if not days:
         raise fail("blob_rules", where, "no action", "set at least one of " +
@@ -343,6 +349,9 @@ def _validate_tables(tables_raw: dict[str, Any], fail: _Refusal, *, minimums: di
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise fail("tables", f"tables.{table}", f"retention must be a whole number of days >= 1, got {value!r}",
                        f"write e.g. {table}: 35")
+        if value > MAX_DAYS:
+            raise fail("tables", f"tables.{table}", f"{value} days is more than {MAX_DAYS} days (100 years)",
+                       f"write at most {table}: {MAX_DAYS}")
         floor = minimums.get(table)
         if floor is not None and value < floor:
             raise fail("tables", f"tables.{table}", f"{value} days is below the minimum retention of {floor} days",

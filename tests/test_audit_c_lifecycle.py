@@ -44,3 +44,36 @@ def test_an_empty_minimum_retention_block_keeps_the_base_floors(tmp_path: Path) 
     with pytest.raises(LifecycleError) as err:
         load_policy("test", directory, project_dir=directory)
     assert "below the minimum retention of 2555 days" in str(err.value)
+
+
+@pytest.mark.parametrize(("stack_text", "where"), [
+    ("tables:\n  aggregate_histograms: 999999\n", "tables.aggregate_histograms"),
+    ("blob_rules:\n  - name: raw-events-tiering\n    container: raw-events\n    prefix: raw_events/\n"
+     "    cool_after_days: 30\n    delete_after_days: 999999\n", "rule 'raw-events-tiering'"),
+])
+def test_a_retention_no_date_can_reach_is_refused(tmp_path: Path, stack_text: str, where: str) -> None:
+    """`aggregate_histograms: 999999` ("keep for ever": a policy must name every table) validated,
+    and then the daily retention job, `retention apply` and `lifecycle plan` stopped on
+    OverflowError (`today - 999999 days` is no date), every day; a raw delete rule of 999999
+    days did the same through the manifest's retention."""
+    from datetime import date
+
+    from lifecycle.policy import table_retention
+    from txmetrics.retention import expiry
+
+    directory = _policy_dir(tmp_path, stack_text)
+    try:
+        policy = load_policy("test", directory, project_dir=directory)
+    except LifecycleError as err:
+        message = str(err)
+        assert message.startswith(f"{directory / 'test.yaml'}: {where}") and "fix:" in message, message
+        return
+    expiry(table_retention(policy), date(2026, 11, 30))          # a policy accepted must be applicable
+
+
+def test_a_retention_setting_no_date_can_reach_is_refused() -> None:
+    from txmetrics.settings import Settings, SettingsError
+
+    settings = Settings.from_env({"TXMETRICS_RETENTION": '{"aggregate_histograms": 999999}'})
+    with pytest.raises(SettingsError, match="aggregate_histograms must be at most"):
+        assert settings.retention_days is None

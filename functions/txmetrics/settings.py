@@ -110,6 +110,7 @@ def _container(raw: str | None) -> str:
 
 # the keys retention takes: each table's `retention_key` (core/tables.py)
 _RETENTION_KEYS = tuple(t.retention_key for t in TABLES if t.retention_key)
+_MAX_RETENTION_DAYS = 36_500      # 100 years, as lifecycle/policy.py allows (MAX_DAYS)
 _FIX = ("it is rendered by pulumi up from lifecycle/<stack>.yaml (checked there): deploy again, or correct it by "
         "hand as a JSON object such as {\"dynamic_metrics\": 35, \"ingested_events\": 35}")
 
@@ -133,6 +134,10 @@ def _retention(raw: str | None) -> dict[str, int]:
         if type(days) is not int or days < 1:
             raise SettingsError(f"TXMETRICS_RETENTION: {key} must be a whole number of days >= 1, got {days!r}; "
                                 f"{_FIX}")
+        if days > _MAX_RETENTION_DAYS:
+            # beyond, `today - days` is no date: the job would stop on OverflowError every day
+            raise SettingsError(f"TXMETRICS_RETENTION: {key} must be at most {_MAX_RETENTION_DAYS} days (100 years), "
+                                f"got {days}; {_FIX}")
     ledger, rows = parsed.get("ingested_events"), parsed.get("dynamic_metrics")
     if ledger is not None and (rows is None or ledger < rows):
         # an absent table is kept for ever: the ledger must outlive the rows it deduplicates
