@@ -86,3 +86,52 @@ def test_failed_set_of_a_card_number_keeps_the_payload_json(deliver: Callable[..
     assert shown == stored
     assert json.loads(stored)["attributes"]["ref"] == "************1111"
     assert replay.replay(db, runtime.get_pipeline(), item_ids=[item_id])[0].replayed
+
+
+def test_replays_racing_the_same_events_live_and_each_other_store_each_once(
+        deliver: Callable[..., None], ingest_fn: Callable[[list[Any]], None], db: psycopg.Connection,
+        archive: BlobArchive, services: Any) -> None:
+    """Each fixed item is replayed twice at once while its corrected event also arrives live from
+    the producer: the event is stored once (ledger, metric rows, archive), and every item is
+    marked replayed."""
+    import threading
+
+    from localdev.eventhub import make_batch
+
+    ids = [f"race-{i}" for i in range(6)]
+    deliver([{**BAD_CURRENCY, "event_id": e} for e in ids], partition_id="0", first_sequence=0)
+    items = dict(db.execute("SELECT event_id, id FROM failed_items").fetchall())
+    for e in ids:
+        replay.set_field(db, items[e], "currency", "EUR")
+    errors: list[BaseException] = []
+
+    def replaying(item_id: int) -> None:
+        try:
+            with psycopg.connect(services.database_url, autocommit=True) as conn:
+                replay.replay(conn, runtime.get_pipeline(), item_ids=[item_id], force=True)
+        except BaseException as exc:      # handed to the test thread
+            errors.append(exc)
+
+    def live(event_id: str, seq: int) -> None:
+        try:
+            ingest_fn(make_batch([{**BAD_CURRENCY, "event_id": event_id, "currency": "EUR"}], partition_id="5",
+                                 first_sequence=seq))
+        except BaseException as exc:
+            errors.append(exc)
+
+    for n, e in enumerate(ids):
+        threads = [threading.Thread(target=replaying, args=(items[e],)),
+                   threading.Thread(target=replaying, args=(items[e],)),
+                   threading.Thread(target=live, args=(e, 100 + n))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert db.execute("SELECT count(*) FROM ingested_events").fetchone() == (len(ids),)
+    assert db.execute("SELECT event_id, count(*) FROM dynamic_metrics GROUP BY 1 HAVING count(*) <> 2").fetchall() == []
+    rows = archive_rows(archive)
+    assert sorted(r[2] for r in rows) == ids and len({r[:2] for r in rows}) == len(ids)
+    assert db.execute("SELECT count(*) FROM failed_items WHERE NOT replayed").fetchone() == (0,)
+    assert db.execute("SELECT sum(count) FROM aggregate_histograms_current WHERE metric_name = 'approved' "
+                      "AND dimensions = '{}'").fetchone() == (len(ids),)
