@@ -1,4 +1,4 @@
-"""Acceptance audit C: retention policies (lifecycle/*.yaml) refuse what they would misread."""
+"""(Audit, round 18) retention policies (lifecycle/*.yaml) refuse what they would misread."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Acceptance audit C: an item refused because an identifier held a card number is replayed
+"""(Audit, round 18) an item refused because an identifier held a card number is replayed
 only once that identifier is really fixed, not once anything about the item was edited."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Acceptance audit C: replay, compaction, backfill and rebuild, one after the other and each
+"""(Audit, round 18) replay, compaction, backfill and rebuild, one after the other and each
 twice, on one day: the archive holds each event once, dynamic_metrics and the aggregates equal
 a recomputation, and a second run of each changes nothing."""
 

@@ -1,4 +1,4 @@
-"""Acceptance audit C: after a rebuild, the raw files' manifest rows go when the blob rule
+"""(Audit, round 18) after a rebuild, the raw files' manifest rows go when the blob rule
 deletes their blobs (docs/retention.md), not years later."""
 
 from __future__ import annotations

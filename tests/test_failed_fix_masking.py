@@ -1,4 +1,4 @@
-"""Acceptance audit C: failed items, fixed and replayed (`txmetrics failed fix|set|replay`): no card
+"""(Audit, round 18) failed items, fixed and replayed (`txmetrics failed fix|set|replay`): no card
 number is stored in any form ingest masks, and replays racing live deliveries store each event once."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Acceptance audit C: an event refused as past_retention is kept whole in failed_items."""
+"""(Audit, round 18) an event refused as past_retention is kept whole in failed_items."""
 
 from __future__ import annotations
 
