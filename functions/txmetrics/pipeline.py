@@ -130,10 +130,12 @@ class Pipeline:
 
     def flush_outbox(self, partition_id: str | None) -> int:
         """Upload files committed but not yet confirmed in Blob Storage (of one partition, or
-        all); a file another process is uploading is left to it. Idempotent."""
+        all). All (the daily timer): a file another process is uploading is left to it. One
+        partition (its batch, before it returns): such a file is waited for, and uploaded
+        here if that upload failed. Idempotent."""
         conn = self.store.connection()
         with conn.transaction():       # the files' rows stay locked until they are marked (manifest.pending_uploads)
-            pending = manifest.pending_uploads(conn, partition_id=partition_id)
+            pending = manifest.pending_uploads(conn, partition_id=partition_id, wait=partition_id is not None)
             for _, path, content in pending:
                 self.archive.upload(path, content)
             manifest.mark_uploaded(conn, file_ids=[fid for fid, _, _ in pending])
@@ -180,7 +182,7 @@ class Pipeline:
         with conn.transaction():   # uploaded while their rows are locked, then marked (manifest.pending_uploads)
             mine = manifest.lock_pending(conn, file_ids=[f.id for f in written.files])
             for f in written.files:
-                if f.id in mine:       # else the daily flush got to it first: it uploads and marks it
+                if f.id in mine:       # else the daily flush uploaded and marked it while we waited
                     self.archive.upload(f.path, f.content)
             timer.lap("upload")
             self._crash_point("after_upload")

@@ -147,11 +147,16 @@ def record_pending(conn: psycopg.Connection, *, file: RawFile, content: bytes, c
 # compaction merged and deleted it (an audit: such a late upload put the superseded file back
 # into the tree, its events twice). Compaction takes only 'uploaded' files.
 
-def pending_uploads(conn: psycopg.Connection, *, partition_id: str | None) -> list[tuple[int, str, bytes]]:
+def pending_uploads(conn: psycopg.Connection, *, partition_id: str | None,
+                    wait: bool = False) -> list[tuple[int, str, bytes]]:
     """(id, path, bytes) of the files committed but not confirmed uploaded (of one partition,
     or of all with None), in id order, locked for this transaction; a file another uploader
-    holds is skipped (it is being uploaded). Called inside the transaction that marks them:
-    outside one, the locks would end with the statement and two uploaders could take a file."""
+    holds is skipped (it is being uploaded), or, with `wait`, waited for: taken when that
+    uploader failed and the file is still pending, left out when it was marked uploaded. An
+    ingest batch waits (it may return only once its events are in the tree: the other uploader,
+    the daily flush, may fail after the batch returned); the daily flush skips (it never waits
+    for a batch's upload). Called inside the transaction that marks them: outside one, the
+    locks would end with the statement and two uploaders could take a file."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
         raise ValueError("pending_uploads locks the files for the caller's transaction: call it inside one "
                          "(with conn.transaction(): ...), which marks them uploaded")
@@ -163,18 +168,23 @@ def pending_uploads(conn: psycopg.Connection, *, partition_id: str | None) -> li
         rows = conn.execute(
             """SELECT f.id, f.path, o.content FROM raw_file_outbox o JOIN raw_files f ON f.id = o.raw_file_id
                 WHERE (%(p)s::text IS NULL OR f.partition_id = %(p)s) AND f.state = 'pending'
-                ORDER BY f.id FOR UPDATE OF f SKIP LOCKED""",
+                ORDER BY f.id FOR UPDATE OF f""" + ("" if wait else " SKIP LOCKED"),
             {"p": partition_id}).fetchall()
     return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
 
 def lock_pending(conn: psycopg.Connection, *, file_ids: Sequence[int]) -> set[int]:
     """Those of `file_ids` still pending, locked for this transaction (to upload them, then
-    mark them); a file another uploader holds, or one already uploaded, is left out."""
+    mark them); one already uploaded is left out. A file another uploader (the daily flush)
+    holds is waited for, then left out if that uploader marked it, taken if it failed: the
+    batch that committed the file returns only once the file is in the tree. Skipping it (until
+    an audit) let the batch return, and the host checkpoint it, while a flush that then failed
+    left the file in the outbox, out of the tree, until the partition's next batch or the next
+    day's flush."""
     if not file_ids:
         return set()
     return {int(r[0]) for r in conn.execute(
-        "SELECT id FROM raw_files WHERE id = ANY(%s) AND state = 'pending' FOR UPDATE SKIP LOCKED",
+        "SELECT id FROM raw_files WHERE id = ANY(%s) AND state = 'pending' ORDER BY id FOR UPDATE",
         (list(file_ids),))}
 
 
