@@ -111,23 +111,40 @@ def inventory(policy: Policy, service: BlobServiceClient) -> Inventory:
     return listed
 
 
+# "If you define more than one action on the same blob, lifecycle management applies the least
+# expensive action to the blob. For example, action delete is cheaper than action tierToArchive.
+# Action tierToArchive is cheaper than action tierToCool." (Learn, "Configure a lifecycle
+# management policy"); among rules of the same cost, the first defined.
+_ACTION_COST = {ARM_ACTION[tier]: cost for cost, tier in enumerate(reversed(TIERS))}   # delete 0 ... tierToCool 3
+
+
 def plan_blobs(policy: Policy, listed: Inventory, at: datetime) -> tuple[list[BlobAction], int]:
-    """The blob actions due at `at`, per (rule, action), and how many blobs need none."""
-    actions: dict[tuple[str, str], BlobAction] = {}
-    unchanged = 0
+    """The blob actions due at `at`, per (rule, action), and how many blobs need none. A blob
+    that more than one enabled rule covers (or one rule by two prefixes) gets one action, the
+    least expensive of those due, as Azure applies it (`_ACTION_COST`), under the first rule
+    that gives it."""
+    chosen: dict[tuple[str, str], tuple[str, str, BlobInfo] | None] = {}   # (container, blob) -> (rule, action, blob)
     for rule in policy.blob_rules:
         if not rule.enabled:
             continue
         for blob in listed.get(rule.name, []):
             age = (at - blob.last_modified).total_seconds() / 86400
             action = due_action(rule.days, age, blob.tier)
-            if action is None:
-                unchanged += 1
-                continue
-            key = (rule.name, action)
-            if key not in actions:
-                actions[key] = BlobAction(rule=rule.name, prefix=", ".join(rule.full_prefixes), action=action)
-            actions[key].blobs.append((blob.name, blob.size))
+            key, held = (rule.container, blob.name), chosen.get((rule.container, blob.name))
+            if action is not None and (held is None or _ACTION_COST[action] < _ACTION_COST[held[1]]):
+                chosen[key] = (rule.name, action, blob)
+            elif key not in chosen:
+                chosen[key] = None
+    actions: dict[tuple[str, str], BlobAction] = {}
+    for entry in chosen.values():
+        if entry is None:
+            continue
+        rule_name, action, blob = entry
+        if (rule_name, action) not in actions:
+            actions[(rule_name, action)] = BlobAction(rule=rule_name, prefix=", ".join(policy.rule(rule_name).full_prefixes),
+                                                      action=action)
+        actions[(rule_name, action)].blobs.append((blob.name, blob.size))
+    unchanged = sum(1 for entry in chosen.values() if entry is None)
     return sorted(actions.values(), key=lambda a: (a.rule, a.action)), unchanged
 
 

@@ -329,3 +329,36 @@ def test_a_fresh_deployment_takes_old_events_until_retention_drops_their_day(
         assert report.deleted_rows["failed_items"] == 0
         conn.execute("UPDATE failed_items SET resolved = true")
         assert enforce(conn, {"failed_items": 30}, date(2027, 3, 1)).deleted_rows["failed_items"] == 1
+
+
+def test_a_blob_two_rules_cover_gets_their_least_expensive_action(service: BlobServiceClient) -> None:
+    """Learn, "Configure a lifecycle management policy": when more than one action applies to a
+    blob, lifecycle management applies the least expensive (delete, then tierToArchive, then
+    tierToCool), the first rule defined among equals. The plan listed the blob under each rule,
+    and --simulate then deleted it twice (the second delete failed: the blob was gone)."""
+    from lifecycle.policy import validate
+
+    container = service.get_container_client("exports")
+    if container.exists():
+        container.delete_container()
+    container.create_container()
+    for name in ("reports/old/a.csv", "reports/new/b.csv"):
+        container.upload_blob(name, b"x" * 10)
+    raw = {"storage": {"redundancy": "Standard_LRS", "containers": ["raw-events", "exports"]},
+           "blob_rules": [{"name": "reports-cool", "container": "exports", "prefix": "reports/", "cool_after_days": 10},
+                          {"name": "old-reports-cool", "container": "exports", "prefix": "reports/old/",
+                           "cool_after_days": 10},
+                          {"name": "old-reports-expire", "container": "exports", "prefix": "reports/old/",
+                           "delete_after_days": 20}],
+           "tables": {"dynamic_metrics": 35, "ingested_events": 35, "failed_items": 90, "aggregate_histograms": 730}}
+    policy = validate(raw, stack="t", origin={k: "t.yaml" for k in raw}, files=("t.yaml",))
+    now = datetime.now(UTC)
+    cool = make_plan(policy, now + timedelta(days=15), service=service)
+    assert [(a.rule, a.action, sorted(n for n, _ in a.blobs)) for a in cool.blob_actions] == [
+        ("reports-cool", "tierToCool", ["reports/new/b.csv", "reports/old/a.csv"])]     # the first rule of equals
+    plan = make_plan(policy, now + timedelta(days=25), service=service)
+    assert [(a.rule, a.action, [n for n, _ in a.blobs]) for a in plan.blob_actions] == [
+        ("old-reports-expire", "delete", ["reports/old/a.csv"]), ("reports-cool", "tierToCool", ["reports/new/b.csv"])]
+    assert plan.unchanged_blobs == 0
+    assert simulate(plan, policy, service) == {"delete": 1, "tierToCool": 1}
+    assert [b.name for b in container.list_blobs()] == ["reports/new/b.csv"]
