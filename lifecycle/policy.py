@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ MINIMUM_KEYS = {"raw_events", *TABLES}
 # runs from the deployed package; "Flex Consumption plan hosting": deployment.storage). The Pulumi program
 # keeps that container out of the data account altogether (infra/storage.py); this guard keeps a policy file
 # from ever naming it.
+# Blob Storage container names (the program creates each listed container, and Azure refuses any other name):
+# 3-63 characters, lower-case letters, digits and hyphens, every hyphen between two letters or digits (Learn,
+# "Naming and Referencing Containers, Blobs, and Metadata"; pulumi-azure-native storage.BlobContainer,
+# container_name). The same rule as RAW_EVENTS_CONTAINER's (functions/txmetrics/settings.py).
+CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 PROTECTED_CONTAINERS = {
     "deployments": "it holds the package the Function App runs from (Flex Consumption reads it on every cold "
                    "start and scale-out); deleting or tiering it takes the app down",
@@ -242,6 +248,15 @@ def _validate_storage(storage: dict[str, Any], fail: _Refusal) -> tuple[str, tup
         raise fail("storage", "storage.containers", f"must be a list of container names, got {_shape(listed)}",
                    "write e.g. containers: [raw-events]")
     containers = tuple(listed)
+    for container in containers:
+        if not CONTAINER_NAME.fullmatch(container):
+            raise fail("storage", "storage.containers", f"{container!r} is not a Blob Storage container name, which "
+                       "Azure refuses when the program creates the container", "use 3-63 lower-case letters, digits "
+                       "and single hyphens, starting and ending with a letter or digit (e.g. raw-events)")
+    if len(set(containers)) != len(containers):
+        twice = next(c for c in containers if containers.count(c) > 1)
+        raise fail("storage", "storage.containers", f"container {twice!r} is listed twice",
+                   f"list {twice!r} once")
     if not containers:
         raise fail("storage", "storage.containers", "no containers listed", "list the containers the rules act on")
     for container in containers:
@@ -388,8 +403,6 @@ def render_management_policy(policy: Policy) -> dict[str, Any]:
 
 def to_snake(value: Any) -> Any:
     """ARM camelCase keys -> the snake_case keys Pulumi's Python SDK takes."""
-    import re
-
     if isinstance(value, dict):
         return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): to_snake(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -529,3 +529,13 @@ def test_diagnostic_metric_categories_are_ones_each_resource_accepts(stack: str,
                   for r in mocks.of_type("azure-native:monitor:DiagnosticSetting")}
     assert categories == {"diag-eventhubs": ["AllMetrics"], "diag-postgres": ["AllMetrics"],
                           "diag-blob": ["Transaction"], "diag-storage": ["Transaction"]}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_blob_container_sent_has_a_name_azure_accepts(stack: str, dev: Any, prod: Any) -> None:
+    """The mocks take any container name; Azure takes 3-63 lower-case letters, digits and single inner hyphens
+    (Learn, "Naming and Referencing Containers, Blobs, and Metadata"). The names come from lifecycle/
+    (storage.containers), which lifecycle/policy.py now checks the same way."""
+    mocks, _ = stack_of(stack, dev, prod)
+    names = [r.inputs["containerName"] for r in mocks.of_type("azure-native:storage:BlobContainer")]
+    assert names and all(re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", n) for n in names), names

@@ -327,3 +327,19 @@ def test_a_rule_on_compaction_staging_keeps_the_raw_events_minimum(tmp_path: Pat
     base = yaml.safe_load((LIFECYCLE_DIR / "base.yaml").read_text())
     msg = refused(tmp_path, base_changes={"blob_rules": [*base["blob_rules"], rule]})
     assert "rule 'staging-cleanup': delete_after_days 40 is below the minimum retention of 2555 days for raw events" in msg
+
+
+@pytest.mark.parametrize("name", ["Raw-Events", "raw_events", "rw", "raw--events", "-raw-events", "raw-events-",
+                                  "r" * 64])
+def test_a_container_name_azure_refuses_is_refused_here(tmp_path: Path, name: str) -> None:
+    """Each listed container becomes a storage.BlobContainer the program creates (infra/storage.py): the mocks
+    take any name, Azure refuses one outside 3-63 lower-case letters, digits and single inner hyphens (Learn,
+    "Naming and Referencing Containers, Blobs, and Metadata"; pulumi-azure-native BlobContainer.container_name)."""
+    msg = refused(tmp_path, stack={"storage": {"containers": ["raw-events", name]}})
+    assert f"storage.containers: {name!r} is not a Blob Storage container name" in msg
+    assert msg.startswith(f"{tmp_path / 'test.yaml'}: ") and "fix: use 3-63 lower-case letters" in msg
+
+
+def test_a_container_listed_twice_is_refused(tmp_path: Path) -> None:
+    msg = refused(tmp_path, stack={"storage": {"containers": ["raw-events", "raw-events"]}})
+    assert "storage.containers: container 'raw-events' is listed twice" in msg
