@@ -13,8 +13,12 @@ override each name (infra/config.py); every name is checked against Azure's rule
   uses for its host id (longer names can collide on shared storage)
 - PostgreSQL flexible server: 3-63 characters, lower-case letters, digits and hyphens, no hyphen
   at either end
-- Event Hubs namespace: 6-50 characters, letters, digits and hyphens, starts with a letter,
-  ends with a letter or digit, not ending in `-sb` or `-mgmt`
+- Event Hubs namespace: 8-50 characters, letters, digits and hyphens, starts with a letter,
+  ends with a letter or digit, not ending in `-sb` or `-mgmt`. Learn says 6-50, but the API
+  spec's pattern (`^[a-zA-Z][a-zA-Z0-9-]{6,50}[a-zA-Z0-9]$`, Microsoft.EventHub 2024-01-01, the
+  version pulumi-azure-native 3.29 uses) needs 8, and the provider checks inputs against it at
+  preview ("'namespaceName' does not match expression"; the Azure CLI refuses 'dev-lab' with the
+  same pattern, Azure/azure-cli#31108)
 """
 
 from __future__ import annotations
@@ -68,8 +72,8 @@ def check_postgres_server(name: str) -> str:
 
 
 def check_eventhubs_namespace(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9]", name) or name.lower().endswith(("-sb", "-mgmt")):
-        raise NameError_("an Event Hubs namespace name has 6-50 characters, letters, digits and hyphens, starts with "
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{6,48}[A-Za-z0-9]", name) or name.lower().endswith(("-sb", "-mgmt")):
+        raise NameError_("an Event Hubs namespace name has 8-50 characters, letters, digits and hyphens, starts with "
                          "a letter, ends with a letter or digit, and does not end in -sb or -mgmt")
     return name
 

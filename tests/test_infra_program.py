@@ -282,7 +282,8 @@ NAME_RULES = {   # Learn, "Naming rules and restrictions for Azure resources"
     ("azure-native:storage:StorageAccount", "accountName"): r"[a-z0-9]{3,24}",
     ("azure-native:web:WebApp", "name"): r"[a-zA-Z0-9][a-zA-Z0-9-]{0,30}[a-zA-Z0-9]",      # <= 32: the host id
     (f"{PG}:Server", "serverName"): r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]",
-    ("azure-native:eventhub:Namespace", "namespaceName"): r"[a-zA-Z][a-zA-Z0-9-]{4,48}[a-zA-Z0-9]",
+    # the API spec's pattern, which pulumi-azure-native checks at preview: 8-50 (infra/naming.py)
+    ("azure-native:eventhub:Namespace", "namespaceName"): r"[a-zA-Z][a-zA-Z0-9-]{6,48}[a-zA-Z0-9]",
 }
 
 
@@ -539,3 +540,16 @@ def test_every_blob_container_sent_has_a_name_azure_accepts(stack: str, dev: Any
     mocks, _ = stack_of(stack, dev, prod)
     names = [r.inputs["containerName"] for r in mocks.of_type("azure-native:storage:BlobContainer")]
     assert names and all(re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", n) for n in names), names
+
+
+@pytest.mark.parametrize("name", ["txm-dev", "txmdev1"])
+def test_an_event_hubs_namespace_name_the_provider_refuses_is_refused_at_config(name: str) -> None:
+    """pulumi-azure-native checks namespaceName against the Microsoft.EventHub 2024-01-01 spec's pattern
+    ^[a-zA-Z][a-zA-Z0-9-]{6,50}[a-zA-Z0-9]$ (at least 8 characters; Azure/bicep-types-az generated 2024-01-01
+    types.md; the provider's Check: "does not match expression"), so a 6- or 7-character override that the mocks
+    take fails the real preview. It is refused here with the key and the fix; 8 characters are taken."""
+    with pytest.raises(Exception) as err:
+        run_program("dev", BUNDLE, {"txmetrics:eventHubsNamespaceName": name})
+    assert f"txmetrics:eventHubsNamespaceName = {name!r}" in str(err.value) and "8-50 characters" in str(err.value)
+    mocks, _ = run_program("dev", BUNDLE, {"txmetrics:eventHubsNamespaceName": "txm-dev1"})
+    assert mocks.one("azure-native:eventhub:Namespace").inputs["namespaceName"] == "txm-dev1"
