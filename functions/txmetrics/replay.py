@@ -6,8 +6,8 @@ item's id, which starts again at 1 after a database loss), so deduplication stil
 replaying an item twice, or an item whose event meanwhile arrived fixed from the producer,
 changes nothing.
 An item whose (fixed) payload is still invalid is not replayed; the reason is noted. An item
-refused because an identifier held a card number is replayed only once fixed: its stored
-payload has that identifier masked, and the event must not be stored under an id its producer
+refused because an identifier held a card number is replayed only once that identifier is set
+again (differs from the refused payload's): its stored payload has that identifier masked, and the event must not be stored under an id its producer
 never sent (nor merged with another whose id masks the same way). An item whose event id is
 already stored with another occurred_at (a corrected time replayed with --force, or the
 producer's own copy) is not replayed either: the ledger deduplicates by (event_id,

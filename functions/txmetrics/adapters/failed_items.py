@@ -114,14 +114,13 @@ class Replayable:
     payload: str                 # the fixed payload when there is one, else the original
     replayed: bool
     error_code: str
-    fixed: bool
     original: str                # the payload as refused (masked), whatever was fixed since
 
 
 def replayable(conn: psycopg.Connection, *, item_ids: Sequence[int], error_code: str | None) -> list[Replayable]:
     """The unresolved items with one of `item_ids` or of `error_code`, in id order."""
     rows = conn.execute(
-        """SELECT id, coalesce(fixed_payload, payload), replayed, error_code, fixed_payload IS NOT NULL, payload
+        """SELECT id, coalesce(fixed_payload, payload), replayed, error_code, payload
              FROM failed_items
             WHERE (id = ANY(%(ids)s) OR error_code = %(code)s) AND NOT resolved ORDER BY id""",
         {"ids": list(item_ids), "code": error_code}).fetchall()
