@@ -23,7 +23,13 @@ from typing import Any
 
 import yaml
 
-from txmetrics.core.naming import RAW_EVENTS_CONTAINER, RAW_PREFIX, STAGING_PREFIX, compaction_staging_path
+from txmetrics.core.naming import (
+    CONTAINER_NAME,
+    RAW_EVENTS_CONTAINER,
+    RAW_PREFIX,
+    STAGING_PREFIX,
+    compaction_staging_path,
+)
 from txmetrics.core.tables import RETAINED
 from txmetrics.core.yaml_text import DuplicateKeyError, YAML11IntegerError, load_yaml
 
@@ -53,11 +59,6 @@ MINIMUM_KEYS = {"raw_events", *TABLES}
 # runs from the deployed package; "Flex Consumption plan hosting": deployment.storage). The Pulumi program
 # keeps that container out of the data account altogether (infra/storage.py); this guard keeps a policy file
 # from ever naming it.
-# Blob Storage container names (the program creates each listed container, and Azure refuses any other name):
-# 3-63 characters, lower-case letters, digits and hyphens, every hyphen between two letters or digits (Learn,
-# "Naming and Referencing Containers, Blobs, and Metadata"; pulumi-azure-native storage.BlobContainer,
-# container_name). The same rule as RAW_EVENTS_CONTAINER's (functions/txmetrics/settings.py).
-CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 PROTECTED_CONTAINERS = {
     "deployments": "it holds the package the Function App runs from (Flex Consumption reads it on every cold "
                    "start and scale-out); deleting or tiering it takes the app down",
@@ -249,6 +250,8 @@ def _validate_storage(storage: dict[str, Any], fail: _Refusal) -> tuple[str, tup
                    "write e.g. containers: [raw-events]")
     containers = tuple(listed)
     for container in containers:
+        # the program creates each listed container, and Azure refuses any other name
+        # (pulumi-azure-native storage.BlobContainer, container_name)
         if not CONTAINER_NAME.fullmatch(container):
             raise fail("storage", "storage.containers", f"{container!r} is not a Blob Storage container name, which "
                        "Azure refuses when the program creates the container", "use 3-63 lower-case letters, digits "

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.naming import CONTAINER_NAME
 from .core.naming import RAW_EVENTS_CONTAINER as DEFAULT_RAW_EVENTS_CONTAINER
 from .core.tables import TABLES
 from .errors import TxmetricsError
@@ -93,15 +93,10 @@ class Settings:
         return self.storage_connection_string, self.storage_account_url
 
 
-# Azure's container names: 3-63 characters, lower-case letters, digits and single hyphens, a
-# letter or digit first and last (Learn, "Naming and referencing containers, blobs, and metadata")
-_CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
-
-
 def _container(raw: str | None) -> str:
     if raw is None:
         return DEFAULT_RAW_EVENTS_CONTAINER
-    if not _CONTAINER_NAME.fullmatch(raw):
+    if not CONTAINER_NAME.fullmatch(raw):
         raise SettingsError(f"RAW_EVENTS_CONTAINER={raw!r} is not a Blob Storage container name: 3-63 lower-case "
                             "letters, digits and single hyphens, starting and ending with a letter or digit; set it "
                             f"to e.g. {DEFAULT_RAW_EVENTS_CONTAINER}, or unset it")

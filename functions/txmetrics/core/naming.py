@@ -9,6 +9,10 @@ from datetime import UTC, date, datetime
 # The raw archive's default container and the folder its tree starts in: every layer (the
 # settings, the CLI, the lifecycle rules, the Pulumi program) takes them from here.
 RAW_EVENTS_CONTAINER = "raw-events"
+# Azure's Blob Storage container names: 3-63 characters, lower-case letters, digits and single
+# hyphens, a letter or digit first and last (Learn, "Naming and Referencing Containers, Blobs,
+# and Metadata"); RAW_EVENTS_CONTAINER's setting and the lifecycle files' containers follow it
+CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 RAW_PREFIX = "raw_events"
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]")
 
