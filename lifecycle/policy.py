@@ -30,15 +30,12 @@ from txmetrics.core.naming import (
     STAGING_PREFIX,
     compaction_staging_path,
 )
-from txmetrics.core.tables import RETAINED
+from txmetrics.core.tables import MAX_RETENTION_DAYS, RETAINED
 from txmetrics.core.yaml_text import DuplicateKeyError, YAML11IntegerError, load_yaml
 
 LIFECYCLE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = LIFECYCLE_DIR.parent            # Pulumi.yaml and one Pulumi.<stack>.yaml per stack
 MAX_RULES = 100
-# the longest retention a policy may give (100 years): a cutoff `today - days` must be a date (a
-# "keep for ever" of 999999 days stopped the daily retention job with OverflowError)
-MAX_DAYS = 36_500
 NO_ARCHIVE_REDUNDANCY = {"Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS", "Premium_ZRS"}
 REDUNDANCIES = {"Standard_LRS", "Standard_GRS", "Standard_RAGRS", *NO_ARCHIVE_REDUNDANCY}
 TIERS = ("cool", "cold", "archive", "delete")            # in the order blobs move through them
@@ -318,9 +315,9 @@ def _validate_rule(r: Any, i: int, fail: _Refusal, *, redundancy: str, container
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise fail("blob_rules", where, f"{key} must be a whole number of days >= 0, got {value!r}",
                            f"write e.g. {key}: 90")
-            if value > MAX_DAYS:
-                raise fail("blob_rules", where, f"{key} {value} is more than {MAX_DAYS} days (100 years)",
-                           f"write at most {key}: {MAX_DAYS}, or leave {key} out to never do it")
+            if value > MAX_RETENTION_DAYS:
+                raise fail("blob_rules", where, f"{key} {value} is more than {MAX_RETENTION_DAYS} days (100 years)",
+                           f"write at most {key}: {MAX_RETENTION_DAYS}, or leave {key} out to never do it")
             days[tier] = value
     if not days:
         raise fail("blob_rules", where, "no action", "set at least one of " +
@@ -367,9 +364,9 @@ def _validate_tables(tables_raw: dict[str, Any], fail: _Refusal, *, minimums: di
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise fail("tables", f"tables.{table}", f"retention must be a whole number of days >= 1, got {value!r}",
                        f"write e.g. {table}: 35")
-        if value > MAX_DAYS:
-            raise fail("tables", f"tables.{table}", f"{value} days is more than {MAX_DAYS} days (100 years)",
-                       f"write at most {table}: {MAX_DAYS}")
+        if value > MAX_RETENTION_DAYS:
+            raise fail("tables", f"tables.{table}", f"{value} days is more than {MAX_RETENTION_DAYS} days (100 years)",
+                       f"write at most {table}: {MAX_RETENTION_DAYS}")
         floor = minimums.get(table)
         if floor is not None and value < floor:
             raise fail("tables", f"tables.{table}", f"{value} days is below the minimum retention of {floor} days",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .core.naming import CONTAINER_NAME
 from .core.naming import RAW_EVENTS_CONTAINER as DEFAULT_RAW_EVENTS_CONTAINER
-from .core.tables import TABLES
+from .core.tables import MAX_RETENTION_DAYS, TABLES
 from .errors import TxmetricsError
 
 BUNDLED_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -105,7 +105,6 @@ def _container(raw: str | None) -> str:
 
 # the keys retention takes: each table's `retention_key` (core/tables.py)
 _RETENTION_KEYS = tuple(t.retention_key for t in TABLES if t.retention_key)
-_MAX_RETENTION_DAYS = 36_500      # 100 years, as lifecycle/policy.py allows (MAX_DAYS)
 _FIX = ("it is rendered by pulumi up from lifecycle/<stack>.yaml (checked there): deploy again, or correct it by "
         "hand as a JSON object such as {\"dynamic_metrics\": 35, \"ingested_events\": 35}")
 
@@ -129,9 +128,9 @@ def _retention(raw: str | None) -> dict[str, int]:
         if type(days) is not int or days < 1:
             raise SettingsError(f"TXMETRICS_RETENTION: {key} must be a whole number of days >= 1, got {days!r}; "
                                 f"{_FIX}")
-        if days > _MAX_RETENTION_DAYS:
+        if days > MAX_RETENTION_DAYS:
             # beyond, `today - days` is no date: the job would stop on OverflowError every day
-            raise SettingsError(f"TXMETRICS_RETENTION: {key} must be at most {_MAX_RETENTION_DAYS} days (100 years), "
+            raise SettingsError(f"TXMETRICS_RETENTION: {key} must be at most {MAX_RETENTION_DAYS} days (100 years), "
                                 f"got {days}; {_FIX}")
     ledger, rows = parsed.get("ingested_events"), parsed.get("dynamic_metrics")
     if ledger is not None and (rows is None or ledger < rows):

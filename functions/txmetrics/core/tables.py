@@ -49,6 +49,10 @@ DAY_PARTITIONED = tuple(t.name for t in TABLES if t.day_partitioned)
 ROW_RETENTION = tuple(t for t in TABLES if t.retention_key and not t.day_partitioned)
 # the tables whose retention the lifecycle files set directly (raw_files follows the blob rule)
 RETAINED = tuple(t.retention_key for t in TABLES if t.retention_key and t.name != "raw_files")
+# the longest retention anything may give (100 years), in a policy file or TXMETRICS_RETENTION: a
+# cutoff `today - days` must be a date (a "keep for ever" of 999999 days stopped the daily
+# retention job with OverflowError)
+MAX_RETENTION_DAYS = 36_500
 
 
 def table(name: str) -> Table:
